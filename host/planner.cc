@@ -1,0 +1,620 @@
+#include "planner.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "assignment.h"
+
+namespace eplb {
+
+namespace {
+
+template <typename T>
+void Grow(std::vector<T>& v, size_t n, T fill = T()) {
+  if (v.size() < n) v.resize(n, fill);
+}
+
+// Above this many (items x packs) the packing uses a heap of packs instead of
+// a linear scan; both pick the same pack (smallest load, then lowest index).
+constexpr int32_t kLinearPackLimit = 32;
+// Above this many (experts x added replicas) per node the replication uses a
+// heap instead of a linear scan; both pick the same expert.
+constexpr int64_t kLinearReplicateLimit = 8192;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Validation
+
+void ValidateShape(const PlanShape& s) {
+  EPLB_CHECK_ARG(s.num_layers >= 1 && s.num_layers <= kMaxLayers,
+                 "num_layers (%d) must be in [1, %d]", s.num_layers, kMaxLayers);
+  EPLB_CHECK_ARG(s.num_logical_experts >= 1 && s.num_logical_experts <= kMaxLogicalExperts,
+                 "num_logical_experts (%d) must be in [1, %d]", s.num_logical_experts,
+                 kMaxLogicalExperts);
+  EPLB_CHECK_ARG(s.num_physical_experts >= 1 && s.num_physical_experts <= kMaxPhysicalExperts,
+                 "num_physical_experts (%d) must be in [1, %d]", s.num_physical_experts,
+                 kMaxPhysicalExperts);
+  EPLB_CHECK_ARG(s.num_physical_experts >= s.num_logical_experts,
+                 "num_physical_experts (%d) must be >= num_logical_experts (%d)",
+                 s.num_physical_experts, s.num_logical_experts);
+  EPLB_CHECK_ARG(s.num_ranks >= 1 && s.num_ranks <= kMaxRanks, "num_ranks (%d) must be in [1, %d]",
+                 s.num_ranks, kMaxRanks);
+  EPLB_CHECK_ARG(s.num_physical_experts % s.num_ranks == 0,
+                 "num_physical_experts (%d) must be a multiple of num_ranks (%d)",
+                 s.num_physical_experts, s.num_ranks);
+  EPLB_CHECK_ARG(s.num_groups >= 1 && s.num_groups <= s.num_logical_experts,
+                 "num_groups (%d) must be in [1, num_logical_experts = %d]", s.num_groups,
+                 s.num_logical_experts);
+  EPLB_CHECK_ARG(s.num_nodes >= 1 && s.num_nodes <= s.num_ranks,
+                 "num_nodes (%d) must be in [1, num_ranks = %d]", s.num_nodes, s.num_ranks);
+}
+
+namespace {
+Policy AutoPolicy(const PlanShape& s, const char* what) {
+  EPLB_CHECK_ARG(s.num_ranks % s.num_nodes == 0,
+                 "num_ranks (%d) must be a multiple of num_nodes (%d) for the %s policy",
+                 s.num_ranks, s.num_nodes, what);
+  if (s.num_groups % s.num_nodes != 0) return Policy::kGlobal;
+  EPLB_CHECK_ARG(s.num_logical_experts % s.num_groups == 0,
+                 "num_logical_experts (%d) must be a multiple of num_groups (%d) for the %s "
+                 "policy when num_groups is a multiple of num_nodes (%d)",
+                 s.num_logical_experts, s.num_groups, what, s.num_nodes);
+  return Policy::kHierarchical;
+}
+}  // namespace
+
+Policy ResolvePolicy(const PlanShape& s, Policy policy) {
+  switch (policy) {
+    case Policy::kAuto:
+      return AutoPolicy(s, "AUTO");
+    case Policy::kGlobal:
+      return Policy::kGlobal;
+    case Policy::kChurnAware:
+      AutoPolicy(s, "CHURN_AWARE");
+      return Policy::kChurnAware;
+    case Policy::kHierarchical:
+      EPLB_CHECK_ARG(s.num_ranks % s.num_nodes == 0,
+                     "num_ranks (%d) must be a multiple of num_nodes (%d) for the HIERARCHICAL "
+                     "policy",
+                     s.num_ranks, s.num_nodes);
+      EPLB_CHECK_ARG(s.num_groups % s.num_nodes == 0,
+                     "num_groups (%d) must be a multiple of num_nodes (%d) for the HIERARCHICAL "
+                     "policy",
+                     s.num_groups, s.num_nodes);
+      EPLB_CHECK_ARG(s.num_logical_experts % s.num_groups == 0,
+                     "num_logical_experts (%d) must be a multiple of num_groups (%d) for the "
+                     "HIERARCHICAL policy",
+                     s.num_logical_experts, s.num_groups);
+      return Policy::kHierarchical;
+  }
+  Throw(Status::kInvalidArgument, "policy (%d) is not a valid eplbPolicy_t",
+        static_cast<int>(policy));
+}
+
+Policy BasePolicy(const PlanShape& s, Policy policy) {
+  Policy p = ResolvePolicy(s, policy);
+  return p == Policy::kChurnAware ? AutoPolicy(s, "CHURN_AWARE") : p;
+}
+
+void ValidateLoads(const PlanShape& s, const int64_t* load) {
+  EPLB_CHECK_ARG(load != nullptr, "h_load is NULL");
+  const int32_t E = s.num_logical_experts;
+  for (int32_t l = 0; l < s.num_layers; ++l) {
+    const int64_t* w = load + static_cast<size_t>(l) * E;
+    int64_t total = 0;  // < 1024 * 2^53 < 2^63: no overflow
+    for (int32_t e = 0; e < E; ++e) {
+      EPLB_CHECK_ARG(w[e] >= 0 && w[e] < kMaxLoad, "h_load[%d][%d] = %lld is outside [0, 2^53)", l,
+                     e, static_cast<long long>(w[e]));
+      total += w[e];
+    }
+    EPLB_CHECK_ARG(total < kMaxLoad, "h_load layer %d: total load %lld is not below 2^53", l,
+                   static_cast<long long>(total));
+  }
+}
+
+void ValidatePlacement(const PlanShape& s, const int32_t* phy2log, const char* name) {
+  EPLB_CHECK_ARG(phy2log != nullptr, "%s is NULL", name);
+  const int32_t E = s.num_logical_experts, P = s.num_physical_experts;
+  uint8_t seen[kMaxLogicalExperts];
+  for (int32_t l = 0; l < s.num_layers; ++l) {
+    const int32_t* row = phy2log + static_cast<size_t>(l) * P;
+    std::memset(seen, 0, static_cast<size_t>(E));
+    for (int32_t p = 0; p < P; ++p) {
+      EPLB_CHECK_ARG(row[p] >= 0 && row[p] < E, "%s[%d][%d] = %d is outside [0, %d)", name, l, p,
+                     row[p], E);
+      seen[row[p]] = 1;
+    }
+    for (int32_t e = 0; e < E; ++e)
+      EPLB_CHECK_ARG(seen[e], "%s layer %d: logical expert %d has no slot", name, l, e);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers on placements
+
+void BuildLog2Phy(const PlanShape& s, const int32_t* phy2log, int32_t* log2phy) {
+  const int32_t E = s.num_logical_experts, P = s.num_physical_experts;
+  const size_t width = static_cast<size_t>(P - E + 1);
+  int32_t fill[kMaxLogicalExperts];
+  for (int32_t l = 0; l < s.num_layers; ++l) {
+    const int32_t* row = phy2log + static_cast<size_t>(l) * P;
+    int32_t* out = log2phy + static_cast<size_t>(l) * E * width;
+    std::fill(out, out + E * width, -1);
+    std::memset(fill, 0, sizeof(int32_t) * static_cast<size_t>(E));
+    for (int32_t p = 0; p < P; ++p) {
+      const int32_t e = row[p];
+      out[static_cast<size_t>(e) * width + static_cast<size_t>(fill[e]++)] = p;
+    }
+  }
+}
+
+void BuildLogCnt(const PlanShape& s, const int32_t* phy2log, int32_t* logcnt) {
+  const int32_t E = s.num_logical_experts, P = s.num_physical_experts;
+  for (int32_t l = 0; l < s.num_layers; ++l) {
+    int32_t* cnt = logcnt + static_cast<size_t>(l) * E;
+    std::fill(cnt, cnt + E, 0);
+    const int32_t* row = phy2log + static_cast<size_t>(l) * P;
+    for (int32_t p = 0; p < P; ++p) ++cnt[row[p]];
+  }
+}
+
+int64_t CountMovedSlots(const PlanShape& s, const int32_t* phy2log, const int32_t* old_phy2log) {
+  const size_t n = static_cast<size_t>(s.num_layers) * static_cast<size_t>(s.num_physical_experts);
+  int64_t moved = 0;
+  for (size_t i = 0; i < n; ++i) moved += phy2log[i] != old_phy2log[i];
+  return moved;
+}
+
+PlanMetrics Evaluate(const PlanShape& s, const int64_t* load, const int32_t* phy2log,
+                     const int32_t* old_phy2log, double* layer_balancedness) {
+  const int32_t E = s.num_logical_experts, P = s.num_physical_experts, N = s.num_ranks;
+  const int32_t S = P / N;
+  int32_t cnt[kMaxLogicalExperts];
+  PlanMetrics m;
+  double bal_sum = 0.0;
+  for (int32_t l = 0; l < s.num_layers; ++l) {
+    const int32_t* row = phy2log + static_cast<size_t>(l) * P;
+    const int64_t* w = load + static_cast<size_t>(l) * E;
+    std::memset(cnt, 0, sizeof(int32_t) * static_cast<size_t>(E));
+    for (int32_t p = 0; p < P; ++p) ++cnt[row[p]];
+    double max_load = 0.0, total = 0.0;
+    for (int32_t r = 0; r < N; ++r) {
+      double rank_load = 0.0;
+      for (int32_t k = 0; k < S; ++k) {
+        const int32_t e = row[r * S + k];
+        rank_load += static_cast<double>(w[e]) / cnt[e];
+      }
+      total += rank_load;
+      if (rank_load > max_load) max_load = rank_load;
+    }
+    const double bal = max_load == 0.0 ? 1.0 : (total / N) / max_load;
+    if (layer_balancedness != nullptr) layer_balancedness[l] = bal;
+    bal_sum += bal;
+    m.max_load_sum += max_load;
+  }
+  m.balancedness = bal_sum / s.num_layers;
+  m.moved_slots = old_phy2log != nullptr ? CountMovedSlots(s, phy2log, old_phy2log) : -1;
+  return m;
+}
+
+// ---------------------------------------------------------------------------
+// Planner
+
+struct Planner::Scratch {
+  // Effective shape of the layer being planned (global: G = M = 1).
+  int32_t E = 0, P = 0, G = 1, M = 1, N = 1;
+  int32_t epg = 0;  // experts per group
+  int32_t gpn = 0;  // groups per node
+  int32_t epn = 0;  // experts per node
+  int32_t rpn = 0;  // replicas (slots) per node
+  int32_t bs = 0;   // GPUs per node
+  int32_t spg = 0;  // slots per GPU
+  const int64_t* load = nullptr;
+
+  // Balanced packing.
+  std::vector<int32_t> order, pack_of, pos_of, pack_cnt, heap;
+  std::vector<double> items, pack_load;
+
+  // Replication.
+  std::vector<int32_t> node_group, node_expert, rep_expert, cnt, rheap;
+  std::vector<double> cur_load;
+
+  // Migration.
+  std::vector<int32_t> old_start, old_slots, newcnt, first, nxt, out, tmp, perm_all, sigma, target;
+  std::vector<char> taken;
+  std::vector<int64_t> inter, block, vnode;
+  AssignmentSolver solver;
+
+  void Reserve(const PlanShape& s) {
+    const size_t E = static_cast<size_t>(s.num_logical_experts);
+    const size_t P = static_cast<size_t>(s.num_physical_experts);
+    const size_t G = static_cast<size_t>(s.num_groups);
+    const size_t N = static_cast<size_t>(s.num_ranks);
+    const size_t n = std::max(P, G);
+    Grow(order, n);
+    Grow(pack_of, n);
+    Grow(pos_of, n);
+    Grow(items, n);
+    Grow(pack_cnt, N);
+    Grow(heap, N);
+    Grow(pack_load, N);
+    Grow(node_group, G);
+    Grow(node_expert, E);
+    Grow(rep_expert, P);
+    Grow(cnt, E);
+    Grow(rheap, E);
+    Grow(cur_load, E);
+  }
+
+  void ReserveMigration(const PlanShape& s) {
+    const size_t E = static_cast<size_t>(s.num_logical_experts);
+    const size_t P = static_cast<size_t>(s.num_physical_experts);
+    const size_t N = static_cast<size_t>(s.num_ranks);
+    const size_t M = static_cast<size_t>(s.num_nodes);
+    Grow(old_start, E + 1);
+    Grow(old_slots, P);
+    Grow(newcnt, E, 0);  // invariant between uses: all 0
+    Grow(first, E, -1);  // invariant between uses: all -1
+    Grow(nxt, P);
+    Grow(out, P);
+    Grow(tmp, P);
+    Grow(taken, P);
+    Grow(inter, N * N);
+    Grow(block, N * N);
+    Grow(vnode, M * M);
+    Grow(perm_all, M * N);
+    Grow(sigma, M);
+    Grow(target, N);
+  }
+
+  // Balanced packing of items[0, n) into m packs of n / m items: fills
+  // pack_of[i] and pos_of[i]. Stable descending order (index sort on the key
+  // (load desc, index asc), which is what a stable sort produces), then each
+  // item to the non-full pack of smallest float64 load, lowest index on exact
+  // equality; pack loads are summed in insertion order.
+  void Pack(int32_t n, int32_t m) {
+    const int32_t cap = n / m;
+    if (cap == 1) {
+      for (int32_t i = 0; i < n; ++i) {
+        pack_of[i] = i;
+        pos_of[i] = 0;
+      }
+      return;
+    }
+    const double* it = items.data();
+    int32_t* ord = order.data();
+    for (int32_t i = 0; i < n; ++i) ord[i] = i;
+    std::sort(ord, ord + n,
+              [it](int32_t a, int32_t b) { return it[a] > it[b] || (it[a] == it[b] && a < b); });
+    double* pl = pack_load.data();
+    int32_t* pc = pack_cnt.data();
+    for (int32_t k = 0; k < m; ++k) {
+      pl[k] = 0.0;
+      pc[k] = 0;
+    }
+    if (m <= kLinearPackLimit) {
+      // key[k] is pl[k] while pack k has room, +inf once full: the strict '<'
+      // scan then picks the smallest non-full load, lowest index on equality
+      // (loads are finite, so +inf never ties with a real load).
+      double key[kLinearPackLimit];
+      for (int32_t k = 0; k < m; ++k) key[k] = 0.0;
+      for (int32_t t = 0; t < n; ++t) {
+        const int32_t i = ord[t];
+        int32_t best = 0;
+        double bk = key[0];
+        for (int32_t k = 1; k < m; ++k) {
+          const bool lt = key[k] < bk;
+          bk = lt ? key[k] : bk;
+          best = lt ? k : best;
+        }
+        pack_of[i] = best;
+        pos_of[i] = pc[best]++;
+        pl[best] += it[i];
+        key[best] = pc[best] < cap ? pl[best] : std::numeric_limits<double>::infinity();
+      }
+      return;
+    }
+    // Min-heap on (load, index) of the packs that are not full.
+    int32_t* h = heap.data();
+    auto after = [pl](int32_t a, int32_t b) { return pl[a] > pl[b] || (pl[a] == pl[b] && a > b); };
+    int32_t hn = m;
+    for (int32_t k = 0; k < m; ++k) h[k] = k;  // already a heap: all 0, ascending index
+    for (int32_t t = 0; t < n; ++t) {
+      const int32_t i = ord[t];
+      std::pop_heap(h, h + hn, after);
+      const int32_t best = h[hn - 1];
+      pack_of[i] = best;
+      pos_of[i] = pc[best]++;
+      pl[best] += it[i];
+      if (pc[best] < cap) {
+        std::push_heap(h, h + hn, after);
+      } else {
+        --hn;
+      }
+    }
+  }
+};
+
+Planner::Planner() : s_(new Scratch) {}
+Planner::~Planner() {
+  delete s_;
+}
+
+void Planner::Reserve(const PlanShape& shape) {
+  s_->Reserve(shape);
+}
+
+void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_t* load,
+                             int32_t* logcnt) {
+  Scratch& s = *s_;
+  s.Reserve(shape);
+  const bool hier = policy == Policy::kHierarchical;
+  s.E = shape.num_logical_experts;
+  s.P = shape.num_physical_experts;
+  s.N = shape.num_ranks;
+  s.G = hier ? shape.num_groups : 1;
+  s.M = hier ? shape.num_nodes : 1;
+  s.epg = s.E / s.G;
+  s.gpn = s.G / s.M;
+  s.epn = s.E / s.M;
+  s.rpn = s.P / s.M;
+  s.bs = s.N / s.M;
+  s.spg = s.P / s.N;
+  s.load = load;
+
+  // 1. Groups onto nodes. Group loads are exact int64 sums (< 2^53, so exact
+  // as doubles too, and their float64 pack sums are exact).
+  for (int32_t g = 0; g < s.G; ++g) {
+    int64_t sum = 0;
+    for (int32_t i = 0; i < s.epg; ++i) sum += load[g * s.epg + i];
+    s.items[g] = static_cast<double>(sum);
+  }
+  s.Pack(s.G, s.M);
+  for (int32_t g = 0; g < s.G; ++g) s.node_group[s.pack_of[g] * s.gpn + s.pos_of[g]] = g;
+  for (int32_t j = 0; j < s.G; ++j) {
+    const int32_t g = s.node_group[j];
+    for (int32_t i = 0; i < s.epg; ++i) s.node_expert[j * s.epg + i] = g * s.epg + i;
+  }
+
+  // 2. Replication per node: each added replica goes to the expert of largest
+  // w / count, the first in node-local order on exact equality.
+  const int32_t red = s.rpn - s.epn;
+  int32_t* cnt = s.cnt.data();
+  double* cur = s.cur_load.data();
+  for (int32_t n = 0; n < s.M; ++n) {
+    const int32_t* ne = s.node_expert.data() + n * s.epn;
+    int32_t* re = s.rep_expert.data() + n * s.rpn;
+    for (int32_t i = 0; i < s.epn; ++i) {
+      cnt[ne[i]] = 1;
+      cur[i] = static_cast<double>(load[ne[i]]);  // w / 1
+      re[i] = ne[i];
+    }
+    if (static_cast<int64_t>(s.epn) * red <= kLinearReplicateLimit) {
+      for (int32_t t = 0; t < red; ++t) {
+        int32_t best = 0;
+        for (int32_t i = 1; i < s.epn; ++i)
+          if (cur[i] > cur[best]) best = i;
+        const int32_t e = ne[best];
+        ++cnt[e];
+        cur[best] = static_cast<double>(load[e]) / cnt[e];
+        re[s.epn + t] = e;
+      }
+    } else {
+      // Max-heap on (load desc, position asc): the same choice as the scan.
+      int32_t* h = s.rheap.data();
+      auto less = [cur](int32_t a, int32_t b) {
+        return cur[a] < cur[b] || (cur[a] == cur[b] && a > b);
+      };
+      for (int32_t i = 0; i < s.epn; ++i) h[i] = i;
+      std::make_heap(h, h + s.epn, less);
+      for (int32_t t = 0; t < red; ++t) {
+        std::pop_heap(h, h + s.epn, less);
+        const int32_t best = h[s.epn - 1];
+        const int32_t e = ne[best];
+        ++cnt[e];
+        cur[best] = static_cast<double>(load[e]) / cnt[e];
+        re[s.epn + t] = e;
+        std::push_heap(h, h + s.epn, less);
+      }
+    }
+  }
+  std::memcpy(logcnt, cnt, sizeof(int32_t) * static_cast<size_t>(s.E));
+}
+
+void Planner::PackLayer(int32_t* phy2log) {
+  Scratch& s = *s_;
+  const int32_t* cnt = s.cnt.data();
+  // 3. Replicas onto the node's GPUs; replica load = w / final count.
+  for (int32_t n = 0; n < s.M; ++n) {
+    const int32_t* re = s.rep_expert.data() + n * s.rpn;
+    for (int32_t j = 0; j < s.rpn; ++j)
+      s.items[j] = static_cast<double>(s.load[re[j]]) / cnt[re[j]];
+    s.Pack(s.rpn, s.bs);
+    int32_t* out = phy2log + n * s.rpn;
+    for (int32_t j = 0; j < s.rpn; ++j) out[s.pack_of[j] * s.spg + s.pos_of[j]] = re[j];
+  }
+}
+
+void Planner::MigrateLayer(Migration migration, const int32_t* old, int32_t* phy2log) {
+  if (migration == Migration::kNone || old == nullptr) return;
+  Scratch& s = *s_;
+  const int32_t E = s.E, P = s.P, N = s.N, M = s.M, bs = s.bs, S = s.spg;
+  PlanShape rs;
+  rs.num_logical_experts = E;
+  rs.num_physical_experts = P;
+  rs.num_ranks = N;
+  rs.num_nodes = M;
+  s.ReserveMigration(rs);
+
+  int64_t kept_full = -1;
+  if (migration == Migration::kFull) {
+    // Old slots of each expert, ascending (hence grouped by old GPU).
+    int32_t* os = s.old_start.data();
+    std::fill(os, os + E + 1, 0);
+    for (int32_t p = 0; p < P; ++p) ++os[old[p] + 1];
+    for (int32_t e = 0; e < E; ++e) os[e + 1] += os[e];
+    int32_t* fillp = s.tmp.data();  // temporary cursor per expert (E <= P)
+    for (int32_t e = 0; e < E; ++e) fillp[e] = os[e];
+    for (int32_t p = 0; p < P; ++p) s.old_slots[fillp[old[p]]++] = p;
+
+    // inter[k][j]: slots kept if new GPU pack k lands on old GPU j (multiset
+    // intersection, exactly what the keep-in-slot rule keeps).
+    int64_t* I = s.inter.data();
+    std::fill(I, I + static_cast<size_t>(N) * N, 0);
+    int32_t* nc = s.newcnt.data();
+    for (int32_t k = 0; k < N; ++k) {
+      const int32_t* pk = phy2log + k * S;
+      for (int32_t r = 0; r < S; ++r) ++nc[pk[r]];
+      int64_t* Ik = I + static_cast<size_t>(k) * N;
+      for (int32_t r = 0; r < S; ++r) {
+        const int32_t e = pk[r];
+        const int32_t c = nc[e];
+        if (c == 0) continue;  // expert already handled for this pack
+        nc[e] = 0;
+        for (int32_t t = os[e]; t < os[e + 1];) {
+          const int32_t j = s.old_slots[t] / S;
+          int32_t run = 0;
+          while (t < os[e + 1] && s.old_slots[t] / S == j) {
+            ++run;
+            ++t;
+          }
+          Ik[j] += std::min(c, run);
+        }
+      }
+    }
+
+    // (a) Within-node GPU assignment for every (new node pack, old node).
+    int64_t* B = s.block.data();
+    for (int32_t a = 0; a < M; ++a) {
+      for (int32_t b = 0; b < M; ++b) {
+        for (int32_t k = 0; k < bs; ++k)
+          for (int32_t j = 0; j < bs; ++j)
+            B[k * bs + j] = I[static_cast<size_t>(a * bs + k) * N + b * bs + j];
+        int32_t* perm = s.perm_all.data() + static_cast<size_t>(a * M + b) * bs;
+        int64_t v = s.solver.SolveMax(bs, B, perm);
+        if (a == b) {
+          // Keep GPUs in place unless moving them keeps strictly more slots.
+          int64_t idv = 0;
+          for (int32_t k = 0; k < bs; ++k) idv += B[k * bs + k];
+          EPLB_ASSERT(idv <= v);
+          if (idv == v)
+            for (int32_t k = 0; k < bs; ++k) perm[k] = k;
+        }
+        s.vnode[a * M + b] = v;
+      }
+    }
+    // (b) Node packs onto old nodes, weighted by their best GPU assignment.
+    int32_t* sigma = s.sigma.data();
+    if (M == 1) {
+      sigma[0] = 0;
+    } else {
+      int64_t v = s.solver.SolveMax(M, s.vnode.data(), sigma);
+      int64_t idv = 0;
+      for (int32_t a = 0; a < M; ++a) idv += s.vnode[a * M + a];
+      EPLB_ASSERT(idv <= v);
+      if (idv == v)
+        for (int32_t a = 0; a < M; ++a) sigma[a] = a;
+    }
+    int64_t kept_id = 0;
+    kept_full = 0;
+    for (int32_t a = 0; a < M; ++a) {
+      const int32_t* perm = s.perm_all.data() + static_cast<size_t>(a * M + sigma[a]) * bs;
+      for (int32_t k = 0; k < bs; ++k) {
+        const int32_t kg = a * bs + k;
+        const int32_t tg = sigma[a] * bs + perm[k];
+        s.target[kg] = tg;
+        kept_full += I[static_cast<size_t>(kg) * N + tg];
+        kept_id += I[static_cast<size_t>(kg) * N + kg];
+      }
+    }
+    // The identity relabeling is one of the candidates and both steps are
+    // exact, so FULL keeps at least as many slots as PRESERVE.
+    EPLB_ASSERT(kept_full >= kept_id);
+    int32_t* t = s.tmp.data();
+    for (int32_t kg = 0; kg < N; ++kg)
+      std::memcpy(t + s.target[kg] * S, phy2log + kg * S, sizeof(int32_t) * static_cast<size_t>(S));
+    std::memcpy(phy2log, t, sizeof(int32_t) * static_cast<size_t>(P));
+  }
+
+  // (c) Keep-in-slot rule per GPU (conformance README, preserved_phy2log).
+  int32_t* first = s.first.data();
+  int32_t* nxt = s.nxt.data();
+  int32_t* out = s.out.data();
+  char* taken = s.taken.data();
+  int64_t kept = 0;
+  for (int32_t g = 0; g < N; ++g) {
+    int32_t* nw = phy2log + g * S;
+    const int32_t* od = old + g * S;
+    for (int32_t i = S - 1; i >= 0; --i) {
+      nxt[i] = first[nw[i]];
+      first[nw[i]] = i;
+      taken[i] = 0;
+    }
+    for (int32_t r = 0; r < S; ++r) {
+      const int32_t i = first[od[r]];
+      if (i >= 0) {
+        out[r] = od[r];
+        taken[i] = 1;
+        first[od[r]] = nxt[i];
+        ++kept;
+      } else {
+        out[r] = -1;
+      }
+    }
+    for (int32_t i = 0; i < S; ++i) first[nw[i]] = -1;
+    int32_t j = 0;
+    for (int32_t r = 0; r < S; ++r) {
+      if (out[r] >= 0) continue;
+      while (taken[j]) ++j;
+      out[r] = nw[j++];
+    }
+    std::memcpy(nw, out, sizeof(int32_t) * static_cast<size_t>(S));
+  }
+  if (kept_full >= 0) EPLB_ASSERT(kept == kept_full);
+}
+
+int64_t Planner::PlanLayer(const PlanShape& shape, Policy policy, Migration migration,
+                           const int64_t* load, const int32_t* old_phy2log, int32_t* phy2log,
+                           int32_t* logcnt) {
+  ReplicateLayer(shape, policy, load, logcnt);
+  PackLayer(phy2log);
+  if (old_phy2log == nullptr) return 0;
+  MigrateLayer(migration, old_phy2log, phy2log);
+  int64_t moved = 0;
+  for (int32_t p = 0; p < shape.num_physical_experts; ++p) moved += phy2log[p] != old_phy2log[p];
+  return moved;
+}
+
+PlanResult Planner::Plan(const PlanShape& shape, Policy policy, Migration migration,
+                         const int64_t* load, const int32_t* old_phy2log, int32_t* phy2log,
+                         int32_t* logcnt, int32_t* log2phy) {
+  ValidateShape(shape);
+  const Policy p = ResolvePolicy(shape, policy);
+  EPLB_CHECK_ARG(p != Policy::kChurnAware,
+                 "policy CHURN_AWARE is planned by the churn-aware policy, not Planner::Plan");
+  EPLB_CHECK_ARG(migration == Migration::kNone || migration == Migration::kPreserve ||
+                     migration == Migration::kFull,
+                 "migration (%d) is not a valid eplbMigration_t", static_cast<int>(migration));
+  ValidateLoads(shape, load);
+  if (old_phy2log != nullptr) ValidatePlacement(shape, old_phy2log, "old_phy2log");
+  EPLB_CHECK_ARG(phy2log != nullptr, "phy2log is NULL");
+  EPLB_CHECK_ARG(logcnt != nullptr, "logcnt is NULL");
+  const size_t E = static_cast<size_t>(shape.num_logical_experts);
+  const size_t P = static_cast<size_t>(shape.num_physical_experts);
+  int64_t moved = 0;
+  for (int32_t l = 0; l < shape.num_layers; ++l) {
+    const size_t ul = static_cast<size_t>(l);
+    moved += PlanLayer(shape, p, migration, load + ul * E,
+                       old_phy2log != nullptr ? old_phy2log + ul * P : nullptr, phy2log + ul * P,
+                       logcnt + ul * E);
+  }
+  if (log2phy != nullptr) BuildLog2Phy(shape, phy2log, log2phy);
+  PlanResult r;
+  r.policy = p;
+  r.moved_slots = old_phy2log != nullptr ? moved : -1;
+  return r;
+}
+
+}  // namespace eplb
