@@ -1,7 +1,9 @@
 // The conformance case format (`*.eplb`, see shared/conformance/README.md):
 // reading and writing. Pure host code. The reader is strict: an unknown
 // keyword, a wrong count, a non-number or a value outside the limits raises
-// eplb::Error(kInvalidArgument) whose message starts with "line N: ".
+// eplb::Error(kInvalidArgument) whose message is "SOURCE:line N: reason"
+// ("line N: reason" when no source is given), N being the 1-based line of
+// the offending token (the last line for an early end of file).
 #pragma once
 
 #include <cstdint>
@@ -20,10 +22,10 @@ struct PlanCase {
   int32_t num_nodes = 0;
   int32_t num_ranks = 0;  // "gpus"
 
-  std::vector<int64_t> weights;            // [L][E]; always present in a valid file
-  std::vector<int32_t> phy2log;            // [L][P]; empty when absent
-  std::vector<int32_t> logcnt;             // [L][E]; empty when absent
-  std::vector<int32_t> log2phy;            // [L][E][P-E+1]; empty when absent
+  std::vector<int64_t> weights;  // [L][E]; always present in a valid file
+  std::vector<int32_t> phy2log;  // [L][P]; empty when absent
+  std::vector<int32_t> logcnt;   // [L][E]; empty when absent
+  std::vector<int32_t> log2phy;  // [L][E][P-E+1]; empty when absent
   bool has_objective = false;
   double max_load_sum = 0.0;
   double balancedness = 0.0;
