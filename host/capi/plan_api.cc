@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "api_common.h"
+#include "churn_api.h"
 #include "planner.h"
 
 namespace eplb {
@@ -71,11 +72,6 @@ void GrowTo(std::vector<T>& v, size_t n) {
 void PlanChurnAwareDispatch(const PlanShape& shape, const eplbPlanConfig_t* config,
                             const int64_t* h_load, const int32_t* h_old_phy2log, int32_t* phy2log,
                             int32_t* logcnt, int32_t* skipped, int64_t* moved_slots) {
-  // Defined in churn_api.cc (hidden symbol; this file cannot include its
-  // header from inside this function, so the symbol is named explicitly).
-  void PlanChurnAwareC(const PlanShape&, const eplbPlanConfig_t*, const int64_t*,
-                       const int32_t*, int32_t*, int32_t*, int32_t*, int64_t*)
-      __asm__("eplb_internal_plan_churn_aware");
   PlanChurnAwareC(shape, config, h_load, h_old_phy2log, phy2log, logcnt, skipped, moved_slots);
 }
 // ---- end EPLB_POLICY_CHURN_AWARE --------------------------------------------

@@ -192,18 +192,621 @@ EPLB_API eplbStatus_t eplbPlanEvaluate(const eplbPlanConfig_t* config, const int
 
 /* ---- churn-aware policy (section owned by the replay work) ---- */
 /* EPLB_CHURN_SECTION_BEGIN */
+/* Options of EPLB_POLICY_CHURN_AWARE. The policy starts from h_old_phy2log
+ * (required), forecasts the next window from h_load_estimate and moves only
+ * what pays: per layer it may switch to the fresh base-policy plan on the
+ * forecast (relabelled onto the old placement), chosen in order of predicted
+ * balancedness gain per new (layer, rank, expert) holding, under a budget;
+ * it keeps the old placement when the total predicted gain is below
+ * min_gain (eplbPlanInfo_t.skipped = 1). A hierarchical layer whose old
+ * placement splits a group over nodes is always replanned (outside the
+ * budget). Deterministic; the same on every rank given the same inputs. */
+struct eplbChurnOptions {
+  size_t struct_size; /* sizeof(eplbChurnOptions_t) */
+  /* [L][E] host forecast of the next window's per-expert load, finite and
+   * >= 0 (scale free); NULL uses h_load. Maintain it with
+   * eplbLoadEstimateUpdate once per step from that step's logical load. */
+  const double* h_load_estimate;
+  /* At most floor(max_moved_fraction * L * P) new (layer, rank, expert)
+   * holdings per call; in [0, 1]. 1 means unlimited and starts every layer
+   * from the fresh plan (use it for the first rearrangement, which leaves the
+   * arbitrary initial placement). Default 0.10. */
+  double max_moved_fraction;
+  /* Skip threshold on the predicted gain of mean balancedness; >= 0.
+   * Default 0.001. */
+  double min_gain;
+  /* Minimum predicted gain of mean balancedness per new holding; >= 0.
+   * Default 2e-5 (a layer switch moving half of a 26 x 80 layer's slots must
+   * gain ~0.02 on its layer). */
+  double min_gain_per_move;
+  /* 1: also try single-slot moves (slower; measured less robust). Default 0. */
+  int32_t single_moves;
+};
+
+#define EPLB_CHURN_OPTIONS_INIT {sizeof(eplbChurnOptions_t), NULL, 0.10, 0.001, 2e-5, 0}
+
+/* Recommended half-life, in steps, of the decayed load estimate: decay =
+ * 0.5^(1 / EPLB_CHURN_DEFAULT_HALF_LIFE_STEPS). */
+#define EPLB_CHURN_DEFAULT_HALF_LIFE_STEPS 200.0
+
+/* Exponentially decayed load accumulator, the forecast for
+ * eplbChurnOptions_t.h_load_estimate: h_estimate[i] = decay * h_estimate[i]
+ * + h_load[i] for i < L * E, float64 in index order (identical on every
+ * rank). Start from zeros; call once per (non-dummy) step with that step's
+ * logical load [L][E] (host int64, each in [0, EPLB_MAX_LOAD)). decay in
+ * [0, 1]. Host only; blocks; thread safe for distinct h_estimate. Errors:
+ * EPLB_ERROR_INVALID_ARGUMENT (NULL pointer, shape out of limits, decay or a
+ * load out of range), h_estimate untouched. */
+EPLB_API eplbStatus_t eplbLoadEstimateUpdate(int32_t num_layers, int32_t num_logical_experts,
+                                             double decay, const int64_t* h_load,
+                                             double* h_estimate);
 /* EPLB_CHURN_SECTION_END */
 
 /* ---- device kernels (section owned by the kernel work) ---- */
 /* EPLB_KERNELS_SECTION_BEGIN */
+/*
+ * Device kernels: route + count, window ring, read-out, GPU planner.
+ *
+ * Common contract of every call in this section:
+ *   - d_* are device pointers (cudaMalloc'd or managed memory visible to the
+ *     current device); h_* are host pointers.
+ *   - Work is enqueued on `stream` (never the legacy default stream: passing
+ *     0/cudaStreamLegacy is rejected with EPLB_ERROR_INVALID_ARGUMENT; use a
+ *     created stream or cudaStreamPerThread). The call returns once the work
+ *     is enqueued; it never synchronises the host and never allocates, so it
+ *     can be captured in a CUDA graph (the graph keeps the pointers; values
+ *     behind them - token counts, the record flag - are read on the device at
+ *     replay time).
+ *   - Thread safety: calls on different streams may run concurrently if they
+ *     write disjoint buffers; the library keeps no state between calls.
+ *   - Errors: a host-checkable bad argument (NULL where not nullable, a shape
+ *     outside the limits, a size too small) -> EPLB_ERROR_INVALID_ARGUMENT
+ *     naming the field, nothing enqueued; a failed launch ->
+ *     EPLB_ERROR_CUDA with the CUDA error name (the outputs are then
+ *     undefined). Device-side faults show up on the stream as usual.
+ *   - Results are deterministic: same inputs (values and capacity sizes) ->
+ *     bit-identical outputs, run after run. Counters are integers, so their
+ *     atomics are exact in any order.
+ */
+
+/* Element type of a top-k id array. */
+typedef enum {
+  EPLB_ID_INT32 = 0,
+  EPLB_ID_INT64 = 1
+} eplbIdType_t;
+
+/* Number of items (token, k) one route+count block ranks together; see the
+ * replica-choice rule below. Part of the contract (the host reference and
+ * the tests depend on it). */
+#define EPLB_ROUTE_TILE_ITEMS 4096
+/* Most blocks (segments) a route+count launch uses. */
+#define EPLB_ROUTE_MAX_SEGMENTS 528
+
+/* Routes top-k logical ids to physical replicas and counts them.
+ *
+ * d_topk_logical   [T][K] device, int32 or int64 per id_type; T = num_tokens
+ *                  (the capacity the buffers are sized for).
+ * d_num_tokens     device int32, nullable: the valid token count, read on the
+ *                  device (clamped to [0, T]); NULL means all T are valid. A
+ *                  graph captured at the padded capacity T stays valid while
+ *                  the count changes.
+ * top_k            K >= 1.
+ * d_log2phy        this layer's [E][R+1] device table (R = P - E), slots of
+ *                  each expert first, -1 padded.
+ * d_logcnt         this layer's [E] device replica counts (1..R+1).
+ * d_record         device int32 flag, nullable: when it reads 0 the call
+ *                  routes but does not touch d_load_pass (NULL = count).
+ * d_topk_physical  [T][K] device int32 output. Valid items get a slot in
+ *                  [0, P); an item whose id is outside [0, E) gets -1; items
+ *                  of tokens >= the valid count get -1 too (and count
+ *                  nowhere).
+ * d_load_pass      this layer's [P] device int32 counters; each valid item
+ *                  adds 1 to its slot (when recording). Not zeroed here.
+ * d_invalid_count  device counter, nullable: += number of items of valid
+ *                  tokens whose id is outside [0, E) (always, whatever the
+ *                  record flag).
+ *
+ * Replica choice (normative; the host reference eplb::RouteCountRef mirrors
+ * it): let n = valid_tokens * K items, flat index i = t * K + k. The capacity
+ * T * K is cut into S = max(1, min(ceil(T*K / EPLB_ROUTE_TILE_ITEMS),
+ * EPLB_ROUTE_MAX_SEGMENTS)) segments of Z = ceil(T*K / S) rounded up to a
+ * multiple of 32 items: segment s is items [s*Z, min((s+1)*Z, T*K)) (the
+ * last ones may be shorter or empty), handled by one block. In
+ * segment s, the occurrences of expert e in ascending flat index get ranks
+ * 0, 1, 2, ...; the item of rank r takes replica (r + s) mod logcnt[e], i.e.
+ * slot log2phy[e][(r + s) % logcnt[e]]. Hence:
+ *   - when T*K <= EPLB_ROUTE_TILE_ITEMS (one segment; decode sizes, e.g. 512
+ *     tokens x top-8), every replica of an expert gets its share within 1 of
+ *     equal (floor or ceil of count/replicas);
+ *   - in general each replica's share is within S of equal (each segment
+ *     adds at most one extra item per replica), S <= 528.
+ * The result depends on the ids, the valid count and the capacity T only.
+ *
+ * Errors: NULL d_topk_logical / d_log2phy / d_logcnt / d_topk_physical /
+ * d_load_pass, num_tokens < 0, top_k < 1, T*K >= 2^31, E or P out of
+ * [1, limits], P < E, bad id_type -> EPLB_ERROR_INVALID_ARGUMENT. T = 0 is a
+ * no-op. */
+EPLB_API eplbStatus_t eplbRouteCount(const void* d_topk_logical, eplbIdType_t id_type,
+                                     int64_t num_tokens, const int32_t* d_num_tokens,
+                                     int32_t top_k, const int32_t* d_log2phy,
+                                     const int32_t* d_logcnt, int32_t num_logical_experts,
+                                     int32_t num_physical_experts, const int32_t* d_record,
+                                     int32_t* d_topk_physical, int32_t* d_load_pass,
+                                     unsigned long long* d_invalid_count, cudaStream_t stream);
+
+/* Count-only variant: the engine already routed. d_topk_physical [T][K]
+ * device ids (int32 or int64); each id in [0, P) of a valid token adds 1 to
+ * d_load_pass[id] when recording; other ids of valid tokens go to
+ * d_invalid_count (nullable). Same d_num_tokens / d_record rules, same
+ * errors as eplbRouteCount. */
+EPLB_API eplbStatus_t eplbCount(const void* d_topk_physical, eplbIdType_t id_type,
+                                int64_t num_tokens, const int32_t* d_num_tokens, int32_t top_k,
+                                int32_t num_physical_experts, const int32_t* d_record,
+                                int32_t* d_load_pass, unsigned long long* d_invalid_count,
+                                cudaStream_t stream);
+
+/* Ends a step for all layers in one launch.
+ *
+ * d_phy2log     [L][P] device int32: the placement the step was routed with.
+ * d_load_pass   [L][P] device int32 counters: folded through d_phy2log into
+ *               logical loads (entries whose phy2log is outside [0, E) are
+ *               dropped), then zeroed.
+ * d_window      [W][L][E] device int32 ring (int32: one step's count of an
+ *               expert fits; halves the ring's memory).
+ * d_window_sum  [L][E] device int64: running sum of the W rows.
+ * d_ring_state  device int32[2], opaque: [0] = row written next, [1] = an
+ *               arrival counter of the launch.
+ * The new row replaces the oldest one (row d_ring_state[0]); the sum gets
+ * new - evicted; the position advances modulo W. Before the first update the
+ * caller zeroes d_window, d_window_sum and d_ring_state (cudaMemsetAsync); an
+ * all-zero ring is an empty window. Consecutive updates must be ordered (same
+ * stream or events). Errors: NULL pointers, L/E/P outside limits, P < E,
+ * W < 1 -> EPLB_ERROR_INVALID_ARGUMENT. */
+EPLB_API eplbStatus_t eplbWindowUpdate(const int32_t* d_phy2log, int32_t* d_load_pass,
+                                       int32_t num_layers, int32_t num_logical_experts,
+                                       int32_t num_physical_experts, int32_t window_size,
+                                       int32_t* d_window, int64_t* d_window_sum,
+                                       int32_t* d_ring_state, cudaStream_t stream);
+
+/* Read-out of the window: d_load [L][E] device int64 = d_window_sum, ready
+ * for ncclAllReduce (ncclInt64, ncclSum). Errors as above. */
+EPLB_API eplbStatus_t eplbWindowReadout(const int64_t* d_window_sum, int32_t num_layers,
+                                        int32_t num_logical_experts, int64_t* d_load,
+                                        cudaStream_t stream);
+
+/* Reference read-out: d_load [L][E] device int64 = sum of all W rows of
+ * d_window [W][L][E]; equals the running sum kept by eplbWindowUpdate (the
+ * tests check it). Slower: reads the whole ring. Errors as above. */
+EPLB_API eplbStatus_t eplbWindowReduce(const int32_t* d_window, int32_t window_size,
+                                       int32_t num_layers, int32_t num_logical_experts,
+                                       int64_t* d_load, cudaStream_t stream);
+
+/* Device scratch bytes eplbPlanComputeGpu needs for `config`. Host only,
+ * launches nothing, thread safe. Errors: the config checks of
+ * eplbPlanComputeGpu. */
+EPLB_API eplbStatus_t eplbPlanComputeGpuWorkspaceSize(const eplbPlanConfig_t* config,
+                                                      size_t* workspace_bytes);
+
+/* The host planner (eplbPlanCompute) on the device: one block per layer.
+ * Output bit-identical to eplbPlanCompute with the same config and loads.
+ *
+ * config          host; policies AUTO, HIERARCHICAL, GLOBAL; migration NONE
+ *                 or PRESERVE (used only with d_old_phy2log).
+ *                 EPLB_POLICY_CHURN_AWARE and EPLB_MIGRATION_FULL with an old
+ *                 placement -> EPLB_ERROR_NOT_SUPPORTED (host only).
+ * d_load          [L][E] device int64 loads, each in [0, EPLB_MAX_LOAD) with
+ *                 per-layer sums below it (not checked on the device: a load
+ *                 out of range gives an unspecified but memory-safe plan).
+ * d_old_phy2log   [L][P] device, nullable: the placement in force, entries in
+ *                 [0, E) (not checked on the device; out-of-range entries
+ *                 never match).
+ * d_phy2log       [L][P] device int32 output.
+ * d_logcnt        [L][E] device int32 output.
+ * d_log2phy       [L][E][P-E+1] device int32 output, nullable.
+ * d_workspace     device scratch of workspace_bytes >=
+ *                 eplbPlanComputeGpuWorkspaceSize (256-byte aligned).
+ * Errors: bad config (as eplbPlanCompute), NULL d_load/d_phy2log/d_logcnt/
+ * d_workspace, workspace too small -> EPLB_ERROR_INVALID_ARGUMENT. */
+EPLB_API eplbStatus_t eplbPlanComputeGpu(const eplbPlanConfig_t* config, const int64_t* d_load,
+                                         const int32_t* d_old_phy2log, int32_t* d_phy2log,
+                                         int32_t* d_logcnt, int32_t* d_log2phy,
+                                         void* d_workspace, size_t workspace_bytes,
+                                         cudaStream_t stream);
 /* EPLB_KERNELS_SECTION_END */
 
 /* ---- packed weight exchange (section owned by the exchange work) ---- */
 /* EPLB_EXCHANGE_SECTION_BEGIN */
+/* Moves expert weights between the GPUs of an EP communicator so that every
+ * slot holds the expert of a new phy2log (stages 5-6 of DESIGN.md).
+ *
+ * An expert is a *bundle* of tensors (e.g. gate/up, down, scales). For each
+ * registered layer and tensor the caller owns a device array of the rank's
+ * P/N local slots: row r (local slot r) starts at d_slots + r * pitch_bytes and
+ * holds bytes_per_slot bytes. eplb reads and writes those rows and nothing
+ * else. Rows going to one peer are packed into one contiguous staging region
+ * and sent with one ncclSend per peer (one ncclRecv per peer) inside
+ * ncclGroupStart/End; layers are processed in chunks that fit the staging
+ * budget; packing, sending and unpacking of successive chunks overlap.
+ *
+ * Collective contract: every rank of the communicator calls Create, Run and
+ * Destroy in the same order with the same shapes, the same staging budget,
+ * the same tensor sizes per layer and the same old/new phy2log; Run checks
+ * this (a hash of its inputs, agreed through one small ncclAllReduce) before
+ * any byte moves. Thread safety: one handle is used by one host thread at a
+ * time; different handles (one per GPU, e.g. one thread per GPU) are
+ * independent. Every call switches to config.device for its duration and
+ * restores the caller's current device. */
+
+typedef struct eplbExchange_s* eplbExchange_t;
+
+/* Most tensors in one layer's bundle. */
+#define EPLB_EXCHANGE_MAX_TENSORS 16
+/* Rows in staging start on this boundary (each tensor's row is padded). */
+#define EPLB_EXCHANGE_ROW_ALIGN 16
+
+typedef struct {
+  size_t struct_size;           /* sizeof(eplbExchangeConfig_t) */
+  int32_t num_layers;           /* L, 1..EPLB_MAX_LAYERS */
+  int32_t num_physical_experts; /* P, 1..EPLB_MAX_PHYSICAL_EXPERTS, multiple of N */
+  int32_t num_ranks;            /* N, must equal the communicator's size */
+  int32_t rank;                 /* must equal the communicator's rank */
+  /* [N] host, node of each rank (0-based, any labels); NULL = one node.
+   * Senders on the receiver's node are preferred. Copied at Create. */
+  const int32_t* h_rank_node;
+  /* Device staging budget in bytes, the same on every rank; at least the
+   * minimum eplbExchangeStagingQuery returns for the layers Run will see.
+   * Twice the largest layer's traffic or more lets chunks overlap. */
+  size_t staging_bytes;
+  int32_t device; /* CUDA device ordinal of this rank; -1 = the current device */
+} eplbExchangeConfig_t;
+
+#define EPLB_EXCHANGE_CONFIG_INIT {sizeof(eplbExchangeConfig_t), 0, 0, 0, 0, NULL, 0, -1}
+
+/* One tensor of a layer's bundle on this rank. */
+typedef struct {
+  void* d_slots;         /* device; row r at d_slots + r * pitch_bytes */
+  size_t bytes_per_slot; /* > 0; the same on every rank */
+  size_t pitch_bytes;    /* >= bytes_per_slot */
+} eplbTensorDesc_t;
+
+/* What a Run did on this rank (optional output of eplbExchangeRun). */
+typedef struct {
+  size_t struct_size;          /* sizeof(eplbExchangeStats_t), set by the caller */
+  int64_t bytes_sent;          /* payload bytes this rank sent (bundle bytes, no padding) */
+  int64_t bytes_received;      /* payload bytes this rank received */
+  int64_t bytes_copied_local;  /* payload bytes written into slots from this rank's own rows */
+  int64_t rows_sent;           /* bundles sent (one per (expert, receiving rank)) */
+  int64_t rows_received;       /* bundles received */
+  int64_t slots_received;      /* local slots filled from received bundles */
+  int64_t slots_copied_local;  /* local slots filled from another local slot */
+  int64_t slots_kept;          /* local slots whose expert did not change */
+  int32_t num_chunks;          /* staging rounds (NCCL groups) enqueued */
+  /* Layers first_layer .. first_layer + num_layers_done - 1 are fully
+   * enqueued; on success, num_layers_done == num_layers. Written also when
+   * Run fails after the agreement check (see eplbExchangeRun). */
+  int32_t num_layers_done;
+} eplbExchangeStats_t;
+
+#define EPLB_EXCHANGE_STATS_INIT {sizeof(eplbExchangeStats_t), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+
+/* Staging needed by an exchange, computed on the host before Create (no
+ * handle, no GPU, no communicator).
+ *
+ * config          the shape (staging_bytes and device ignored).
+ * h_tensor_bytes  [L][EPLB_EXCHANGE_MAX_TENSORS] host: bytes_per_slot of
+ *                 tensor t of layer l, 0 where layer l has fewer tensors
+ *                 (each layer needs at least one nonzero entry).
+ * h_old_phy2log, h_new_phy2log  [L][P] host, both NULL or both given.
+ * h_min_staging_bytes  output: the smallest staging_bytes a Run of any
+ *                 range of these layers accepts. With plans: exact, the
+ *                 largest over layers and ranks of one layer's send + receive
+ *                 + local-copy staging. Without plans: the plan-independent
+ *                 worst case, P padded bundles of the largest layer.
+ * h_device_bytes  optional output: device memory Create allocates for a
+ *                 budget of *h_min_staging_bytes (staging plus descriptor
+ *                 tables and the agreement-check word).
+ *
+ * Host only; blocks; thread safe. Errors: EPLB_ERROR_INVALID_ARGUMENT (NULL
+ * output, a shape outside the limits, P % N != 0, a bad h_rank_node, a bad
+ * tensor table, an expert id < 0, a new expert held by no old slot of its
+ * layer, only one of the two plans), outputs untouched. */
+EPLB_API eplbStatus_t eplbExchangeStagingQuery(const eplbExchangeConfig_t* config,
+                                               const size_t* h_tensor_bytes,
+                                               const int32_t* h_old_phy2log,
+                                               const int32_t* h_new_phy2log,
+                                               size_t* h_min_staging_bytes,
+                                               size_t* h_device_bytes);
+
+/* Creates the exchange of this rank over `comm` (a communicator of N ranks,
+ * one GPU each, owned by the caller and kept alive until Destroy). Allocates
+ * all device memory the exchange will ever use here: config->staging_bytes
+ * of staging plus small tables; Run never allocates.
+ *
+ * Host; blocks (device allocation, stream and event creation); not
+ * collective (no NCCL call). Errors: EPLB_ERROR_INVALID_ARGUMENT (NULL,
+ * struct_size, shapes, rank/num_ranks different from the communicator's,
+ * h_rank_node, staging_bytes == 0), EPLB_ERROR_CUDA, EPLB_ERROR_NCCL,
+ * EPLB_ERROR_OUT_OF_MEMORY; *out untouched on error. */
+EPLB_API eplbStatus_t eplbExchangeCreate(const eplbExchangeConfig_t* config, ncclComm_t comm,
+                                         eplbExchange_t* out);
+
+/* Registers (or replaces) the weight bundle of `layer` on this rank:
+ * h_tensors[num_tensors] host array, copied; the device arrays stay the
+ * caller's and must stay valid while Run may touch them. Tensors may have
+ * different row sizes and pitches. num_local_slots must be P/N. Every layer
+ * a Run covers must be registered, with the same tensor sizes on every rank.
+ *
+ * Host; blocks briefly (a small host-to-device table copy, synchronous);
+ * never touches the weights. Errors: EPLB_ERROR_INVALID_ARGUMENT (NULL
+ * handle or array, layer out of range, num_tensors outside
+ * 1..EPLB_EXCHANGE_MAX_TENSORS, a NULL d_slots, bytes_per_slot == 0,
+ * pitch_bytes < bytes_per_slot, num_local_slots != P/N), EPLB_ERROR_CUDA;
+ * the previous registration is kept on error. A budget too small for the
+ * bundle is not checked here (it depends on the plan): Run reports it. */
+EPLB_API eplbStatus_t eplbExchangeRegisterLayer(eplbExchange_t ex, int32_t layer,
+                                                const eplbTensorDesc_t* h_tensors,
+                                                int32_t num_tensors, int32_t num_local_slots);
+
+/* Moves the weights of layers [first_layer, first_layer + num_layers) from
+ * the placement h_old_phy2log to h_new_phy2log (each [num_layers][P] host,
+ * the rows of those layers only; the same on every rank). Collective.
+ *
+ * Phases: (1) validate; (2) agreement check: one ncclAllReduce of a hash of
+ * every input (shapes, budget, tensor sizes, plans, validation outcome) on
+ * `stream`, then THE HOST BLOCKS until it completes — i.e. until `stream`
+ * has reached this point, including the work enqueued on it before the
+ * call; (3) enqueue the exchange, ordered after the work already on `stream`
+ * and before the work enqueued on it after the call (internal streams fork
+ * from and join back to `stream` through events), and return without
+ * waiting for it. When `stream` reaches the point after the call, every slot
+ * of every covered layer holds its new expert; a layer is never visible half
+ * moved to work ordered after the call. So a caller that commits the maps of
+ * these layers on `stream` after the call (or after synchronising it)
+ * commits exactly when their weights are in place. Slots whose expert does
+ * not change are never written.
+ *
+ * h_stats optional output (struct_size set by the caller).
+ *
+ * Errors (nothing moved, weights unchanged, stats untouched):
+ *   EPLB_ERROR_INVALID_ARGUMENT — NULL plan, range outside [0, L), an expert
+ *     id < 0, a new expert of a layer held by no old slot of that layer, a
+ *     layer not registered; this rank still takes part in the check, so the
+ *     other ranks return EPLB_ERROR_MISMATCH instead of hanging;
+ *   EPLB_ERROR_MISMATCH — the ranks' inputs differ (every rank returns it);
+ *   EPLB_ERROR_INVALID_USAGE — staging_bytes below what a layer of this plan
+ *     needs (the same decision on every rank, since plans agree).
+ *   A NULL handle returns EPLB_ERROR_INVALID_ARGUMENT without the check
+ *   (the other ranks then wait in it: a caller bug).
+ * Errors after the check (EPLB_ERROR_NCCL with ncclGetErrorString in the
+ * detail, EPLB_ERROR_CUDA): h_stats is written; the layers counted in
+ * h_stats->num_layers_done are enqueued in full, the layers after them are
+ * untouched; the communicator should be considered broken.
+ *
+ * Host: blocks for the check (see above). Not thread safe per handle. */
+EPLB_API eplbStatus_t eplbExchangeRun(eplbExchange_t ex, const int32_t* h_old_phy2log,
+                                      const int32_t* h_new_phy2log, int32_t first_layer,
+                                      int32_t num_layers, eplbExchangeStats_t* h_stats,
+                                      cudaStream_t stream);
+
+/* Releases the exchange's device memory, streams and events. Waits (blocks)
+ * for the exchange's work in flight; does not destroy the communicator. NULL
+ * is a no-op returning EPLB_SUCCESS. Not collective. */
+EPLB_API eplbStatus_t eplbExchangeDestroy(eplbExchange_t ex);
 /* EPLB_EXCHANGE_SECTION_END */
 
 /* ---- per-rank state machine (section owned by the state-machine work) ---- */
 /* EPLB_STATE_SECTION_BEGIN */
+/* The per-rank state machine: ties route + count, the window, read-out,
+ * planning, the weight exchange and the map commit together (DESIGN.md
+ * "host-side state machine"). An engine creates one state per rank over its
+ * EP communicator, registers its expert weight bundles, routes every MoE
+ * layer with eplbRouteCount on the maps of eplbStateGetDeviceMaps (counting
+ * into its d_load_pass), and calls eplbStateStep once per forward pass.
+ *
+ * Collective contract: every rank of the communicator calls Create, Step (with
+ * the same EPLB_STEP_STATS bit; EPLB_STEP_DUMMY may differ between ranks),
+ * Rearrange and Destroy in the same order, with the same config. Every rank
+ * then makes the same sequence of NCCL calls, on error paths too: a rank that
+ * fails locally before a collective still takes part in it (with a poison
+ * value), so the others return EPLB_ERROR_MISMATCH instead of hanging.
+ * Thread safety: one state is used by one host thread at a time; states of
+ * different ranks (e.g. one thread per GPU) are independent. Every call
+ * switches to the communicator's device for its duration and restores the
+ * caller's current device. Streams: every call that enqueues work takes the
+ * caller's stream (never the legacy default stream: 0 / cudaStreamLegacy is
+ * rejected); use the same stream (or order them) for all calls of a state. */
+
+typedef struct eplbState_s* eplbState_t;
+
+/* eplbStateStep flags. */
+/* A padding / warm-up pass: its counts are discarded (not entered into the
+ * window), but the step still counts towards step_interval. May differ
+ * between ranks. */
+#define EPLB_STEP_DUMMY 0x1u
+/* Compute this pass's balancedness into d_step_balance (one ncclAllReduce on
+ * the stream; no host sync). Must be the same on every rank. */
+#define EPLB_STEP_STATS 0x2u
+
+typedef struct {
+  size_t struct_size;           /* sizeof(eplbStateConfig_t) */
+  int32_t num_layers;           /* L */
+  int32_t num_logical_experts;  /* E */
+  int32_t num_physical_experts; /* P, multiple of N */
+  int32_t num_groups;           /* G */
+  int32_t num_nodes;            /* M; planning uses 1 when N % M != 0 */
+  int32_t num_ranks;            /* N, must equal the communicator's size */
+  int32_t rank;                 /* must equal the communicator's rank */
+  int32_t window_size;          /* W >= 1 passes in the load window */
+  int32_t step_interval;        /* >= 1; the first rearrangement comes after
+                                   step_interval - step_interval / 4 steps */
+  /* Device staging budget of the weight exchange (eplbExchangeConfig_t). */
+  size_t staging_bytes;
+  /* [N] host, node of each rank; NULL = rank r on node r * M / N. Copied. */
+  const int32_t* h_rank_node;
+  eplbPolicy_t policy;       /* AUTO, HIERARCHICAL or GLOBAL */
+  eplbMigration_t migration; /* of every rearrangement (old = placement in force) */
+  /* Initial placement, at most one of the two (both NULL: the E experts in
+   * order, then slot E + i holds expert i % E). Host, copied, the same on
+   * every rank (checked). */
+  const int32_t* h_initial_phy2log; /* [L][P] */
+  const int64_t* h_initial_load;    /* [L][E]: planned with config's policy */
+} eplbStateConfig_t;
+
+#define EPLB_STATE_CONFIG_INIT                                                              \
+  {sizeof(eplbStateConfig_t), 0, 0, 0, 1, 1, 0, 0, 1000, 3000, 0, NULL, EPLB_POLICY_AUTO, \
+   EPLB_MIGRATION_FULL, NULL, NULL}
+
+/* Balancedness of one pass, reduced over ranks (device struct, written by a
+ * step with EPLB_STEP_STATS). Tokens are (token, k) items counted by route +
+ * count on all ranks; a rank's tokens are those of its slots. */
+typedef struct {
+  double avg_tokens_per_rank; /* mean over layers of (layer tokens / N) */
+  double max_tokens_per_rank; /* mean over layers of the busiest rank's tokens */
+  double balancedness;        /* mean over layers of avg / max (1 for an empty layer) */
+  int64_t step;               /* index (0-based) of the step that wrote this */
+} eplbStepBalance_t;
+
+/* Device pointers owned by the state, fixed for its lifetime (so they can be
+ * baked into CUDA graphs). */
+typedef struct {
+  size_t struct_size;        /* sizeof(eplbStateDeviceMaps_t), set by the caller */
+  const int32_t* d_phy2log;  /* [L][P] placement in force */
+  const int32_t* d_log2phy;  /* [L][E][P-E+1], for eplbRouteCount (layer l at
+                                d_log2phy + l * E * (P-E+1)) */
+  const int32_t* d_logcnt;   /* [L][E] (layer l at d_logcnt + l * E) */
+  int32_t* d_load_pass;      /* [L][P] counters route + count adds to (layer l
+                                at d_load_pass + l * P); consumed by Step */
+  int32_t* d_record;         /* record flag for eplbRouteCount, 1 after Create;
+                                the caller may set 0 / 1 on its stream */
+  unsigned long long* d_invalid_count; /* invalid-id counter; zeroed at Create only */
+  const eplbStepBalance_t* d_step_balance; /* last EPLB_STEP_STATS result */
+  const double* d_layer_balancedness;      /* [L] per layer, same step */
+} eplbStateDeviceMaps_t;
+
+#define EPLB_STATE_DEVICE_MAPS_INIT \
+  {sizeof(eplbStateDeviceMaps_t), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL}
+
+/* Phases of a rearrangement (indices of the eplbStateStats_t arrays). */
+typedef enum {
+  EPLB_STATE_PHASE_READOUT = 0,   /* window sum -> logical load */
+  EPLB_STATE_PHASE_ALLREDUCE = 1, /* ncclAllReduce of the load + copy to host */
+  EPLB_STATE_PHASE_PLAN = 2,      /* host planner */
+  EPLB_STATE_PHASE_CHECK = 3,     /* cross-rank agreement on the plan */
+  EPLB_STATE_PHASE_EXCHANGE = 4,  /* eplbExchangeRun */
+  EPLB_STATE_PHASE_COMMIT = 5     /* new maps copied to the device */
+} eplbStatePhase_t;
+#define EPLB_STATE_NUM_PHASES 6
+
+typedef struct {
+  size_t struct_size;               /* sizeof(eplbStateStats_t), set by the caller */
+  int64_t num_steps;                /* steps taken, dummy ones included */
+  int64_t num_dummy_steps;
+  int64_t num_rearrangements;       /* attempted (periodic and on demand) */
+  int64_t num_failed_rearrangements;
+  int64_t steps_to_next_rearrangement; /* periodic */
+  /* The last rearrangement (zeros / -1 before the first one). */
+  int32_t last_status;              /* eplbStatus_t it returned */
+  int32_t last_layers_committed;    /* layers whose maps (and weights) changed */
+  int64_t last_slots_moved;         /* (layer, slot) entries, all ranks, that changed */
+  int64_t last_bytes_sent;          /* payload bytes this rank sent */
+  int64_t last_bytes_received;      /* payload bytes this rank received */
+  double last_balancedness_before;  /* of the old placement on the all-reduced load */
+  double last_balancedness_after;   /* of the new placement on the same load */
+  /* Host time blocked in each phase (ms). */
+  double last_host_ms[EPLB_STATE_NUM_PHASES];
+  /* Stream time between the phase boundaries (ms, CUDA events): the stall
+   * the rearrangement inserted into the stream, split by phase. */
+  double last_device_ms[EPLB_STATE_NUM_PHASES];
+} eplbStateStats_t;
+
+#define EPLB_STATE_STATS_INIT \
+  {sizeof(eplbStateStats_t), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, {0.0}, {0.0}}
+
+/* Creates this rank's state over `comm` (N ranks, one GPU each; owned by the
+ * caller, kept alive until Destroy; the state runs on the communicator's
+ * device). Allocates all memory the state will ever use, here: maps, load
+ * counters, the window [W][L][E] int32, the exchange staging, pinned host
+ * buffers; Step and Rearrange never allocate.
+ *
+ * Collective: one small ncclAllReduce checks that every rank passed the same
+ * config and initial placement. Host; blocks. Errors: EPLB_ERROR_INVALID_ARGUMENT
+ * (NULL, struct_size, shapes outside the limits or the policy table,
+ * EPLB_POLICY_CHURN_AWARE, window_size / step_interval < 1, staging_bytes ==
+ * 0, rank / num_ranks different from the communicator's, a bad initial
+ * placement or load, both initial inputs given), EPLB_ERROR_MISMATCH (ranks
+ * passed different configs; every rank returns it), EPLB_ERROR_CUDA,
+ * EPLB_ERROR_NCCL, EPLB_ERROR_OUT_OF_MEMORY; *out untouched on error. */
+EPLB_API eplbStatus_t eplbStateCreate(const eplbStateConfig_t* config, ncclComm_t comm,
+                                      eplbState_t* out);
+
+/* Registers (or replaces) the weight bundle of `layer` on this rank: its P/N
+ * local slots, as in eplbExchangeRegisterLayer (h_tensors[num_tensors] host,
+ * copied; the device arrays stay the caller's and must stay valid while the
+ * state lives). Every layer must be registered before the first Step. Host;
+ * blocks briefly; not collective. Errors: those of eplbExchangeRegisterLayer;
+ * the previous registration is kept on error. */
+EPLB_API eplbStatus_t eplbStateRegisterLayer(eplbState_t state, int32_t layer,
+                                             const eplbTensorDesc_t* h_tensors,
+                                             int32_t num_tensors);
+
+/* The state's device pointers (see eplbStateDeviceMaps_t). Host; no GPU
+ * work; thread safe. Errors: NULL, struct_size too small. */
+EPLB_API eplbStatus_t eplbStateGetDeviceMaps(eplbState_t state, eplbStateDeviceMaps_t* h_maps);
+
+/* Ends a forward pass (call it after the pass's route + count calls, on the
+ * same stream). Enqueues: the pass's d_load_pass folded into the window (or
+ * discarded when EPLB_STEP_DUMMY) and zeroed; with EPLB_STEP_STATS, the
+ * pass's balancedness. Counts the step; every step_interval steps (the first
+ * time after step_interval - step_interval / 4) it then rearranges, exactly
+ * as eplbStateRearrange.
+ *
+ * A step that does not rearrange never blocks the host and never allocates
+ * (its GPU work is one window kernel, plus a kernel, an ncclAllReduce and a
+ * kernel with STATS). A step that rearranges blocks (see eplbStateRearrange).
+ * Errors: EPLB_ERROR_INVALID_ARGUMENT (NULL state, unknown flag bits, the
+ * legacy stream), EPLB_ERROR_INVALID_USAGE (a layer not registered; the state
+ * is broken by an earlier CUDA/NCCL failure), then the errors of a
+ * rearrangement (the step itself was counted). */
+EPLB_API eplbStatus_t eplbStateStep(eplbState_t state, uint32_t flags, cudaStream_t stream);
+
+/* Rearranges now (call it between passes: after a Step, before the next
+ * pass's route + count). Collective. Phases, in this order on every rank:
+ * read-out of the window on `stream`; ncclAllReduce of the logical load; the
+ * host BLOCKS until `stream` gets there and copies the load; host planning
+ * (migration-aware against the placement in force); cross-rank check that
+ * every rank planned the same (one ncclAllReduce, the host blocks on it);
+ * weight exchange (eplbExchangeRun; its own check blocks again, the moves are
+ * enqueued); commit: the new maps are copied to the device on `stream` after
+ * the weights, so work enqueued after this call sees new weights and new
+ * maps together. Returns once all that is enqueued. Resets the periodic
+ * counter (the next periodic rearrangement is step_interval steps away).
+ *
+ * Errors (every rank returns an error; the maps always describe the weights
+ * of this rank, each layer wholly old or wholly new):
+ *   EPLB_ERROR_MISMATCH — the ranks planned differently, or a rank failed
+ *     before the check; nothing moved anywhere, the state stays usable;
+ *   EPLB_ERROR_INVALID_USAGE — a layer not registered, or the staging budget
+ *     too small for this plan (nothing moved, the state stays usable);
+ *   EPLB_ERROR_CUDA / EPLB_ERROR_NCCL during the exchange or commit — layers
+ *     whose weights moved have their new maps, the others keep old ones;
+ *     the state is broken (later calls: EPLB_ERROR_INVALID_USAGE) and the
+ *     communicator should be aborted. */
+EPLB_API eplbStatus_t eplbStateRearrange(eplbState_t state, cudaStream_t stream);
+
+/* Counters and the last rearrangement's phases, bytes and slots. Host;
+ * BLOCKS until the last rearrangement's work is finished on the device (its
+ * event timings); otherwise no GPU work. Errors: NULL, struct_size. */
+EPLB_API eplbStatus_t eplbStateGetStats(eplbState_t state, eplbStateStats_t* h_stats);
+
+/* Copies the placement in force (h_phy2log [L][P], host) as the host sees it
+ * (the maps committed by the last call, possibly still in flight on the
+ * stream). Host; no GPU work. Errors: NULL. */
+EPLB_API eplbStatus_t eplbStateGetPlacement(eplbState_t state, int32_t* h_phy2log);
+
+/* Releases everything Create allocated; waits (blocks) for the state's work
+ * in flight. Not collective; does not destroy the communicator. NULL is a
+ * no-op returning EPLB_SUCCESS. */
+EPLB_API eplbStatus_t eplbStateDestroy(eplbState_t state);
 /* EPLB_STATE_SECTION_END */
 
 #ifdef __cplusplus

@@ -1,0 +1,128 @@
+// The churn-aware planning policy (EPLB_POLICY_CHURN_AWARE): starts from the
+// placement in force and moves only what pays on a forecast of the next
+// window's load. Pure host C++ (no CUDA headers).
+//
+// Why: a placement is computed from the past and used in the future, and every
+// expert that lands on a rank that did not hold it costs a weight transfer.
+// Replanning from scratch on the last window chases noise (the next window
+// is as balanced as with a frozen placement) and moves most slots. This
+// policy (1) plans on a long, exponentially weighted memory of the load (the
+// caller keeps it with UpdateLoadEstimate), (2) improves the current
+// placement by single moves chosen by predicted balancedness gain per newly
+// held (rank, expert) pair, under a per-call budget, with a whole-layer
+// switch to a fresh plan (relabelled onto the current placement) as one more
+// candidate move, and (3) keeps the old placement when the total predicted
+// gain is below a threshold.
+//
+// Moves, per layer, on the forecast w[e] (rank load = sum over its slots of
+// w[e] / count[e]; the layer's objective is its max rank load, since the mean
+// is fixed):
+//   swap       a slot of the most loaded rank exchanges its expert with a slot
+//              of another rank;
+//   shed       a slot of the most loaded rank holding an expert with >= 2
+//              replicas is given to another expert;
+//   replicate  a slot of another rank holding an expert with >= 2 replicas is
+//              given to an expert of the most loaded rank;
+//   switch     the layer adopts the fresh plan of the base policy on the
+//              forecast (migration FULL onto the current placement).
+// Hierarchical shapes keep every group on one node: swaps stay inside a node,
+// a new replica goes to a rank of its group's node, and a layer whose old
+// placement splits a group over nodes (e.g. the initial placement) is
+// switched to the fresh plan unconditionally ("forced", outside the budget).
+//
+// Determinism: float64 in a fixed order, candidates scanned in a fixed order
+// with strict comparisons (first found wins), layers ordered by (ratio,
+// layer index); no unordered containers. Same inputs, same plan on every rank.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "planner.h"
+
+namespace eplb {
+
+struct ChurnOptions {
+  // [L][E] host forecast of the next window's load (any positive scale), or
+  // nullptr to use the plan's load as the forecast.
+  const double* load_estimate = nullptr;
+  // Budget: at most floor(max_moved_fraction * L * P) new (layer, rank,
+  // expert) holdings per call (forced layers excepted). In [0, 1]; 1 also
+  // starts every layer from the fresh plan (warm-up from an arbitrary
+  // placement).
+  double max_moved_fraction = 0.10;
+  // Skip threshold: keep the old placement when the predicted gain in
+  // balancedness (mean over layers, on the forecast) is below this. >= 0.
+  double min_gain = 0.001;
+  // A move is taken only if its predicted gain in overall balancedness per
+  // new holding is at least this. >= 0.
+  double min_gain_per_move = 2e-5;
+  // Also try single-slot moves (swap / shed / replicate), not only layer
+  // switches. Off by default: on the real trace the single moves reached a
+  // lower forward balancedness (their placements fit the forecast but are
+  // less robust to the next window than the planner's packing) and cost
+  // 30-100x the plan time.
+  bool single_moves = false;
+};
+
+// Checks the options for `shape` (valid); throws kInvalidArgument naming the
+// field ("churn->max_moved_fraction (1.5) must be in [0, 1]"). The estimate,
+// when given, must be finite and >= 0 everywhere.
+void ValidateChurnOptions(const PlanShape& shape, const ChurnOptions& options);
+
+struct ChurnResult {
+  bool skipped = false;         // the old placement was kept
+  int64_t new_holdings = 0;     // CountNewHoldings(new, old)
+  int64_t budget = 0;           // floor(max_moved_fraction * L * P)
+  int64_t forced_holdings = 0;  // new holdings of forced layers (not charged)
+  int32_t forced_layers = 0;    // layers switched because old split a group
+  int32_t switched_layers = 0;  // layers that took the fresh plan by choice
+  int32_t moves = 0;            // single moves taken
+  double predicted_before = 0;  // balancedness of old on the forecast
+  double predicted_after = 0;   // of the result on the forecast
+};
+
+// (layer, rank, expert) triples held in phy2log and not in old_phy2log: the
+// numerator of churn (weights that must cross the network). Both valid [L][P].
+int64_t CountNewHoldings(const PlanShape& shape, const int32_t* phy2log,
+                         const int32_t* old_phy2log);
+
+// estimate[i] = decay * estimate[i] + load[i] for i < n, float64, in index
+// order: the exponentially decayed load accumulator whose value is the
+// forecast the policy wants. Call it once per step with that step's logical
+// load [L][E] (decay = 0.5^(1 / half_life_steps)); start from zeros.
+void UpdateLoadEstimate(int64_t n, double decay, const int64_t* load, double* estimate);
+
+class ChurnPlanner {
+ public:
+  ChurnPlanner();
+  ~ChurnPlanner();
+  ChurnPlanner(const ChurnPlanner&) = delete;
+  ChurnPlanner& operator=(const ChurnPlanner&) = delete;
+
+  // Plans from old_phy2log (required, valid) on the forecast. load [L][E] is
+  // validated (ValidateLoads) and is the forecast when options has none.
+  // Outputs phy2log [L][P], logcnt [L][E], log2phy [L][E][P-E+1] (nullable).
+  // Host; blocks; not thread safe (owns scratch; one per thread). Throws
+  // kInvalidArgument (shape, policy table, loads, old placement, options).
+  ChurnResult Plan(const PlanShape& shape, const ChurnOptions& options, const int64_t* load,
+                   const int32_t* old_phy2log, int32_t* phy2log, int32_t* logcnt, int32_t* log2phy);
+
+ private:
+  struct Layer;
+  double BestMove(const PlanShape& shape, Layer& ly, const double* w, double total);
+  void ApplyMove(const PlanShape& shape, Layer& ly, const double* w);
+  void Rebuild(const PlanShape& shape, Layer& ly, const double* w);
+
+  Planner planner_;
+  std::vector<Layer> layers_;
+  std::vector<double> estimate_;
+  std::vector<int64_t> scaled_;
+  std::vector<int32_t> target_, target_cnt_;
+  std::vector<int32_t> order_, holders_start_, holders_, stamp_;
+  int32_t stamp_value_ = 0;
+  bool hier_ = false, single_moves_ = false;
+  int32_t slots_per_rank_ = 0, ranks_per_node_ = 0, experts_per_group_ = 0;
+};
+
+}  // namespace eplb

@@ -1,0 +1,164 @@
+// Churn-aware policy: structural invariants of every plan, the budget and
+// the skip threshold on every call of a replayed history, determinism, and
+// the C API (options validation, eplbLoadEstimateUpdate).
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "churn_policy.h"
+#include "eplb/eplb.h"
+#include "planner.h"
+#include "replay.h"
+
+namespace {
+
+void CheckInvariants(const eplb::PlanShape& s, const std::vector<int32_t>& pl,
+                     const std::vector<int32_t>& logcnt, bool hier) {
+  const int L = s.num_layers, E = s.num_logical_experts, P = s.num_physical_experts;
+  const int S = P / s.num_ranks, rpn = s.num_ranks / s.num_nodes, epg = E / s.num_groups;
+  ASSERT_EQ(pl.size(), static_cast<size_t>(L) * P);  // exactly P/N slots per rank
+  std::vector<int32_t> l2p(static_cast<size_t>(L) * E * (P - E + 1));
+  eplb::BuildLog2Phy(s, pl.data(), l2p.data());
+  for (int l = 0; l < L; ++l) {
+    std::vector<int> cnt(E, 0), node(s.num_groups, -1);
+    for (int p = 0; p < P; ++p) {
+      const int e = pl[l * P + p];
+      ASSERT_TRUE(e >= 0 && e < E);
+      ++cnt[e];
+      if (hier) {
+        const int n = (p / S) / rpn;
+        if (node[e / epg] < 0) node[e / epg] = n;
+        EXPECT_EQ(node[e / epg], n) << "layer " << l << " group " << e / epg << " split";
+      }
+    }
+    for (int e = 0; e < E; ++e) {
+      EXPECT_GE(cnt[e], 1);
+      EXPECT_EQ(logcnt[l * E + e], cnt[e]);
+      const int32_t* row = &l2p[(static_cast<size_t>(l) * E + e) * (P - E + 1)];
+      for (int k = 0; k < cnt[e]; ++k) EXPECT_EQ(pl[l * P + row[k]], e);
+    }
+  }
+}
+
+struct Case {
+  eplb::PlanShape shape;
+  bool hier;
+  bool single_moves;
+  double budget;
+  double min_gain;
+};
+
+TEST(ChurnPolicy, InvariantsBudgetAndSkipOnEveryCall) {
+  eplb::SyntheticConfig sc;
+  sc.mode = eplb::SyntheticMode::kShift;
+  sc.num_steps = 120;
+  sc.num_layers = 6;
+  sc.num_logical_experts = 64;
+  sc.num_groups = 8;
+  sc.tokens_per_step = 300;
+  sc.shift_every = 40;
+  const eplb::LoadTrace t = eplb::GenerateSynthetic(sc);
+  std::vector<Case> cases;
+  for (bool single : {false, true})
+    for (double budget : {0.0, 0.03, 0.1, 1.0}) {
+      cases.push_back({{6, 64, 80, 8, 2, 8}, true, single, budget, 0.001});
+      cases.push_back({{6, 64, 96, 1, 1, 16}, false, single, budget, 0.0});
+      cases.push_back({{6, 64, 72, 8, 4, 8}, true, single, budget, 0.01});
+    }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::Message()
+                 << "P=" << c.shape.num_physical_experts << " N=" << c.shape.num_ranks
+                 << " single=" << c.single_moves << " budget=" << c.budget);
+    const eplb::PlanShape& s = c.shape;
+    const size_t LE = 6 * 64, LP = 6 * static_cast<size_t>(s.num_physical_experts);
+    std::vector<int32_t> cur = eplb::InitialPlacement(s), next(LP), cnt(LE);
+    std::vector<int32_t> again(LP), cnt2(LE);
+    std::vector<double> est(LE, 0.0);
+    eplb::ChurnPlanner planner, planner2;
+    for (int step = 0; step < t.num_steps(); ++step) {
+      eplb::UpdateLoadEstimate(LE, 0.97, t.step(step), est.data());
+      if (step % 10 != 9) continue;
+      eplb::ChurnOptions o;
+      o.load_estimate = est.data();
+      o.max_moved_fraction = c.budget;
+      o.min_gain = c.min_gain;
+      o.single_moves = c.single_moves;
+      const eplb::ChurnResult r =
+          planner.Plan(s, o, t.step(step), cur.data(), next.data(), cnt.data(), nullptr);
+      CheckInvariants(s, next, cnt, c.hier);
+      EXPECT_EQ(r.new_holdings, eplb::CountNewHoldings(s, next.data(), cur.data()));
+      EXPECT_LE(r.new_holdings - r.forced_holdings, r.budget) << "step " << step;
+      EXPECT_EQ(r.budget, static_cast<int64_t>(c.budget * LP));
+      if (r.skipped) {
+        EXPECT_EQ(next, cur);
+        EXPECT_LT(r.predicted_after - r.predicted_before, c.min_gain);
+      } else {
+        EXPECT_GE(r.predicted_after - r.predicted_before, c.min_gain);
+      }
+      if (!c.hier) {
+        EXPECT_EQ(r.forced_layers, 0);
+      }
+      // Deterministic: a second planner gives the same plan.
+      planner2.Plan(s, o, t.step(step), cur.data(), again.data(), cnt2.data(), nullptr);
+      EXPECT_EQ(again, next);
+      cur = next;
+    }
+  }
+}
+
+TEST(ChurnPolicy, CApi) {
+  const int L = 2, E = 8, P = 12, N = 4;
+  eplbPlanConfig_t cfg = EPLB_PLAN_CONFIG_INIT;
+  cfg.num_layers = L;
+  cfg.num_logical_experts = E;
+  cfg.num_physical_experts = P;
+  cfg.num_ranks = N;
+  cfg.policy = EPLB_POLICY_CHURN_AWARE;
+  std::vector<int64_t> load(L * E);
+  for (int i = 0; i < L * E; ++i) load[i] = (i * 37) % 11 + (i % E == 3 ? 90 : 1);
+  eplb::PlanShape s{L, E, P, 1, 1, N};
+  std::vector<int32_t> old = eplb::InitialPlacement(s), out(L * P, -7), cnt(L * E), l2p(L * E * 5);
+  // Old placement required; outputs untouched on error.
+  EXPECT_EQ(eplbPlanCompute(&cfg, load.data(), nullptr, out.data(), cnt.data(), nullptr, nullptr),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::strstr(eplbGetLastErrorDetail(), "h_old_phy2log"), nullptr);
+  EXPECT_EQ(out[0], -7);
+  eplbChurnOptions_t o = EPLB_CHURN_OPTIONS_INIT;
+  o.max_moved_fraction = 1.5;
+  cfg.churn = &o;
+  EXPECT_EQ(
+      eplbPlanCompute(&cfg, load.data(), old.data(), out.data(), cnt.data(), nullptr, nullptr),
+      EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::strstr(eplbGetLastErrorDetail(), "max_moved_fraction"), nullptr);
+  o.max_moved_fraction = 1.0;
+  o.struct_size = 8;
+  EXPECT_EQ(
+      eplbPlanCompute(&cfg, load.data(), old.data(), out.data(), cnt.data(), nullptr, nullptr),
+      EPLB_ERROR_INVALID_ARGUMENT);
+  o.struct_size = sizeof(o);
+  std::vector<double> est(L * E, 0.0);
+  EXPECT_EQ(eplbLoadEstimateUpdate(L, E, 0.5, load.data(), est.data()), EPLB_SUCCESS);
+  EXPECT_EQ(eplbLoadEstimateUpdate(L, E, 0.5, load.data(), est.data()), EPLB_SUCCESS);
+  EXPECT_DOUBLE_EQ(est[3], 1.5 * load[3]);
+  EXPECT_EQ(eplbLoadEstimateUpdate(L, E, 1.5, load.data(), est.data()),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  o.h_load_estimate = est.data();
+  eplbPlanInfo_t info = EPLB_PLAN_INFO_INIT;
+  ASSERT_EQ(
+      eplbPlanCompute(&cfg, load.data(), old.data(), out.data(), cnt.data(), l2p.data(), &info),
+      EPLB_SUCCESS)
+      << eplbGetLastErrorDetail();
+  EXPECT_EQ(info.policy, EPLB_POLICY_CHURN_AWARE);
+  EXPECT_EQ(info.skipped, 0);
+  EXPECT_EQ(info.moved_slots, eplb::CountMovedSlots(s, out.data(), old.data()));
+  CheckInvariants(s, out, cnt, false);
+  // A plan on the same forecast from its own output gains nothing: skipped.
+  std::vector<int32_t> out2(L * P), cnt2(L * E);
+  ASSERT_EQ(
+      eplbPlanCompute(&cfg, load.data(), out.data(), out2.data(), cnt2.data(), nullptr, &info),
+      EPLB_SUCCESS);
+  EXPECT_EQ(out2, out);
+}
+
+}  // namespace
