@@ -4,6 +4,10 @@
 #include <cstring>
 #include <limits>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "assignment.h"
 
 namespace eplb {
@@ -21,6 +25,57 @@ constexpr int32_t kLinearPackLimit = 32;
 // Above this many (experts x added replicas) per node the replication uses a
 // heap instead of a linear scan; both pick the same expert.
 constexpr int64_t kLinearReplicateLimit = 8192;
+// At most this many added replicas per node: replication only scans the
+// `red` candidate experts (see ReplicateLayer); above it, the scan / heap.
+constexpr int32_t kCandidateLimit = 32;
+// At most this many nodes have their packing steps interleaved (PackLayer).
+constexpr int32_t kInterleaveLimit = 8;
+
+// Sort key of a nonnegative double: for x >= +0.0 (loads are never negative
+// and w / c of w >= 0 is +0.0, never -0.0) the IEEE bit pattern orders like
+// the value, so ~bits (sign bit cleared) is an ascending key for descending
+// load. Exact: equal keys <=> equal values.
+inline uint64_t DescKey(double x) {
+  uint64_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return ~b & ~(uint64_t{1} << 63);
+}
+
+inline int32_t CountTrailingZeros(uint32_t x) {
+  return __builtin_ctz(x);
+}
+
+// Lowest index k < m4 (m4 a multiple of 4, <= 32) with key[k] == the minimum
+// of key[0, m4): the strict-'<' serial scan's choice. min() returns one of its
+// operands (no NaN: keys are finite loads or +inf), so mn equals some key
+// exactly, and the equality mask's lowest bit is the first such pack.
+inline int32_t FirstMin(const double* key, int32_t m4) {
+#if defined(__SSE2__)
+  __m128d a = _mm_loadu_pd(key), b = _mm_loadu_pd(key + 2);
+  for (int32_t k = 4; k < m4; k += 4) {
+    a = _mm_min_pd(a, _mm_loadu_pd(key + k));
+    b = _mm_min_pd(b, _mm_loadu_pd(key + k + 2));
+  }
+  a = _mm_min_pd(a, b);
+  const __m128d mn = _mm_min_pd(a, _mm_shuffle_pd(a, a, 1));  // both lanes: the minimum
+  uint32_t eq = 0;
+  for (int32_t k = 0; k < m4; k += 2)
+    eq |= static_cast<uint32_t>(_mm_movemask_pd(_mm_cmpeq_pd(_mm_loadu_pd(key + k), mn))) << k;
+  return CountTrailingZeros(eq);
+#else
+  double a0 = key[0], a1 = key[1], a2 = key[2], a3 = key[3];
+  for (int32_t k = 4; k < m4; k += 4) {
+    a0 = std::min(a0, key[k]);
+    a1 = std::min(a1, key[k + 1]);
+    a2 = std::min(a2, key[k + 2]);
+    a3 = std::min(a3, key[k + 3]);
+  }
+  const double mn = std::min(std::min(a0, a1), std::min(a2, a3));
+  uint32_t eq = 0;
+  for (int32_t k = 0; k < m4; ++k) eq |= static_cast<uint32_t>(key[k] == mn) << k;
+  return CountTrailingZeros(eq);
+#endif
+}
 
 }  // namespace
 
@@ -216,9 +271,10 @@ struct Planner::Scratch {
   // Balanced packing.
   std::vector<int32_t> order, pack_of, pos_of, pack_cnt, heap;
   std::vector<double> items, pack_load;
+  std::vector<uint64_t> sort_key;
 
   // Replication.
-  std::vector<int32_t> node_group, node_expert, rep_expert, cnt, rheap;
+  std::vector<int32_t> node_group, node_expert, rep_expert, rep_pos, cnt, rheap;
   std::vector<double> cur_load;
 
   // Migration.
@@ -237,12 +293,14 @@ struct Planner::Scratch {
     Grow(pack_of, n);
     Grow(pos_of, n);
     Grow(items, n);
+    Grow(sort_key, 2 * n);  // keys + merge buffer
     Grow(pack_cnt, N);
     Grow(heap, N);
     Grow(pack_load, N);
     Grow(node_group, G);
     Grow(node_expert, E);
     Grow(rep_expert, P);
+    Grow(rep_pos, P);
     Grow(cnt, E);
     Grow(rheap, E);
     Grow(cur_load, E);
@@ -269,6 +327,83 @@ struct Planner::Scratch {
     Grow(target, N);
   }
 
+  // order[0, n) = the item indices 0..n-1 sorted by (items[i] desc, i asc),
+  // which is what the README's stable descending sort produces. Sorts plain
+  // uint64 keys instead of indices with an indirect comparator: the key is the
+  // descending load key with its low `sh` bits replaced by the index (sh bits
+  // hold any index < n). Ordering these keys orders by (truncated load key,
+  // index); items whose truncated keys are equal sit next to each other, and
+  // only such runs (rare unless loads tie) are re-sorted by the full
+  // (load desc, index asc) comparison, so the result is exactly that order.
+  // Ascending sort of the distinct keys a[0, n) (tmp: n more keys of room).
+  // Bottom-up merge sort whose merge step selects with conditional moves
+  // instead of a data-dependent branch: the order of random loads defeats
+  // branch prediction, which dominated std::sort here. Keys are distinct, so
+  // any correct sort gives the same result.
+  static void SortKeys(uint64_t* a, uint64_t* tmp, int32_t n) {
+    // Runs of 4 by insertion sort, then merges.
+    for (int32_t lo = 0; lo < n; lo += 4) {
+      const int32_t hi = std::min(lo + 4, n);
+      for (int32_t i = lo + 1; i < hi; ++i) {
+        const uint64_t x = a[i];
+        int32_t j = i;
+        while (j > lo && a[j - 1] > x) {
+          a[j] = a[j - 1];
+          --j;
+        }
+        a[j] = x;
+      }
+    }
+    uint64_t* src = a;
+    uint64_t* dst = tmp;
+    for (int32_t w = 4; w < n; w *= 2) {
+      for (int32_t lo = 0; lo < n; lo += 2 * w) {
+        const int32_t mid = std::min(lo + w, n), hi = std::min(lo + 2 * w, n);
+        int32_t i = lo, j = mid, k = lo;
+        while (i < mid && j < hi) {
+          const uint64_t x = src[i], y = src[j];
+          const bool take_y = y < x;
+          dst[k++] = take_y ? y : x;
+          i += !take_y;
+          j += take_y;
+        }
+        while (i < mid) dst[k++] = src[i++];
+        while (j < hi) dst[k++] = src[j++];
+      }
+      std::swap(src, dst);
+    }
+    if (src != a) std::memcpy(a, src, sizeof(uint64_t) * static_cast<size_t>(n));
+  }
+
+  void SortDesc(int32_t n) { SortDesc(items.data(), order.data(), sort_key.data(), n); }
+  static void SortDesc(const double* it, int32_t* ord, uint64_t* key, int32_t n) {
+    int32_t sh = 1;
+    while ((int32_t{1} << sh) < n) ++sh;
+    const uint64_t low = (uint64_t{1} << sh) - 1;
+    for (int32_t i = 0; i < n; ++i) key[i] = (DescKey(it[i]) & ~low) | static_cast<uint64_t>(i);
+    SortKeys(key, key + n, n);
+    for (int32_t t = 0; t < n; ++t) ord[t] = static_cast<int32_t>(key[t] & low);
+    for (int32_t t0 = 0; t0 < n;) {
+      int32_t t1 = t0 + 1;
+      while (t1 < n && (key[t1] & ~low) == (key[t0] & ~low)) ++t1;
+      if (t1 - t0 > 1) {
+        // Insertion sort of the run by the exact key; a run of exact ties is
+        // already in index order and costs one pass.
+        for (int32_t a = t0 + 1; a < t1; ++a) {
+          const int32_t x = ord[a];
+          int32_t b = a;
+          while (b > t0 &&
+                 (it[ord[b - 1]] < it[x] || (it[ord[b - 1]] == it[x] && ord[b - 1] > x))) {
+            ord[b] = ord[b - 1];
+            --b;
+          }
+          ord[b] = x;
+        }
+      }
+      t0 = t1;
+    }
+  }
+
   // Balanced packing of items[0, n) into m packs of n / m items: fills
   // pack_of[i] and pos_of[i]. Stable descending order (index sort on the key
   // (load desc, index asc), which is what a stable sort produces), then each
@@ -285,9 +420,7 @@ struct Planner::Scratch {
     }
     const double* it = items.data();
     int32_t* ord = order.data();
-    for (int32_t i = 0; i < n; ++i) ord[i] = i;
-    std::sort(ord, ord + n,
-              [it](int32_t a, int32_t b) { return it[a] > it[b] || (it[a] == it[b] && a < b); });
+    SortDesc(n);
     double* pl = pack_load.data();
     int32_t* pc = pack_cnt.data();
     for (int32_t k = 0; k < m; ++k) {
@@ -298,17 +431,15 @@ struct Planner::Scratch {
       // key[k] is pl[k] while pack k has room, +inf once full: the strict '<'
       // scan then picks the smallest non-full load, lowest index on equality
       // (loads are finite, so +inf never ties with a real load).
-      double key[kLinearPackLimit];
-      for (int32_t k = 0; k < m; ++k) key[k] = 0.0;
+      // Branch-free argmin (FirstMin): the same pack the serial strict-'<'
+      // scan picks. Padding packs are +inf.
+      constexpr double kInf = std::numeric_limits<double>::infinity();
+      alignas(32) double key[kLinearPackLimit];
+      const int32_t m4 = (m + 3) & ~3;
+      for (int32_t k = 0; k < m4; ++k) key[k] = k < m ? 0.0 : kInf;
       for (int32_t t = 0; t < n; ++t) {
         const int32_t i = ord[t];
-        int32_t best = 0;
-        double bk = key[0];
-        for (int32_t k = 1; k < m; ++k) {
-          const bool lt = key[k] < bk;
-          bk = lt ? key[k] : bk;
-          best = lt ? k : best;
-        }
+        const int32_t best = FirstMin(key, m4);
         pack_of[i] = best;
         pos_of[i] = pc[best]++;
         pl[best] += it[i];
@@ -386,12 +517,50 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
   for (int32_t n = 0; n < s.M; ++n) {
     const int32_t* ne = s.node_expert.data() + n * s.epn;
     int32_t* re = s.rep_expert.data() + n * s.rpn;
+    int32_t* rp = s.rep_pos.data() + n * s.rpn;
     for (int32_t i = 0; i < s.epn; ++i) {
       cnt[ne[i]] = 1;
       cur[i] = static_cast<double>(load[ne[i]]);  // w / 1
       re[i] = ne[i];
+      rp[i] = i;
     }
-    if (static_cast<int64_t>(s.epn) * red <= kLinearReplicateLimit) {
+    if (red <= kCandidateLimit && red < s.epn) {
+      // Only the first `red` experts in (w desc, node position asc) order can
+      // receive a replica: any other expert x has `red` experts y ahead of it
+      // in that order, and while fewer than `red` replicas have been added
+      // one such y still has count 1, so cur[y] = w[y] >= w[x] >= cur[x], and
+      // y comes first on equality: x is never the (first) largest. The scan
+      // over the candidates, in node position order, therefore picks exactly
+      // what the scan over all experts picks. The candidates are selected on
+      // an exact integer key: (2^53 - 1 - w) in the high bits (w < 2^53), the
+      // position (< 2^11, as epn <= 1024) in the low 11 bits.
+      uint64_t top[kCandidateLimit];
+      int32_t nt = 0;
+      for (int32_t i = 0; i < s.epn; ++i) {
+        const uint64_t k =
+            (static_cast<uint64_t>(kMaxLoad - 1 - load[ne[i]]) << 11) | static_cast<uint64_t>(i);
+        if (nt == red && k >= top[red - 1]) continue;
+        int32_t b = nt < red ? nt++ : red - 1;
+        while (b > 0 && top[b - 1] > k) {
+          top[b] = top[b - 1];
+          --b;
+        }
+        top[b] = k;
+      }
+      int32_t cand[kCandidateLimit];
+      for (int32_t c = 0; c < red; ++c) cand[c] = static_cast<int32_t>(top[c] & 2047);
+      std::sort(cand, cand + red);
+      for (int32_t t = 0; t < red; ++t) {
+        int32_t best = cand[0];
+        for (int32_t c = 1; c < red; ++c)
+          if (cur[cand[c]] > cur[best]) best = cand[c];
+        const int32_t e = ne[best];
+        ++cnt[e];
+        cur[best] = static_cast<double>(load[e]) / cnt[e];
+        re[s.epn + t] = e;
+        rp[s.epn + t] = best;
+      }
+    } else if (static_cast<int64_t>(s.epn) * red <= kLinearReplicateLimit) {
       for (int32_t t = 0; t < red; ++t) {
         int32_t best = 0;
         for (int32_t i = 1; i < s.epn; ++i)
@@ -400,6 +569,7 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
         ++cnt[e];
         cur[best] = static_cast<double>(load[e]) / cnt[e];
         re[s.epn + t] = e;
+        rp[s.epn + t] = best;
       }
     } else {
       // Max-heap on (load desc, position asc): the same choice as the scan.
@@ -416,6 +586,7 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
         ++cnt[e];
         cur[best] = static_cast<double>(load[e]) / cnt[e];
         re[s.epn + t] = e;
+        rp[s.epn + t] = best;
         std::push_heap(h, h + s.epn, less);
       }
     }
@@ -427,13 +598,63 @@ void Planner::PackLayer(int32_t* phy2log) {
   Scratch& s = *s_;
   const int32_t* cnt = s.cnt.data();
   // 3. Replicas onto the node's GPUs; replica load = w / final count.
+  // Each expert's replica load w / count is computed once (for count 1 the
+  // conversion alone: w / 1 == w exactly) and copied to its added replicas,
+  // which share the same value. Node n's items live at [n * rpn, (n+1) * rpn).
+  double* items = s.items.data();
   for (int32_t n = 0; n < s.M; ++n) {
     const int32_t* re = s.rep_expert.data() + n * s.rpn;
-    for (int32_t j = 0; j < s.rpn; ++j)
-      s.items[j] = static_cast<double>(s.load[re[j]]) / cnt[re[j]];
-    s.Pack(s.rpn, s.bs);
-    int32_t* out = phy2log + n * s.rpn;
-    for (int32_t j = 0; j < s.rpn; ++j) out[s.pack_of[j] * s.spg + s.pos_of[j]] = re[j];
+    const int32_t* rp = s.rep_pos.data() + n * s.rpn;
+    double* it = items + n * s.rpn;
+    for (int32_t j = 0; j < s.epn; ++j) {
+      const int32_t e = re[j];
+      const double w = static_cast<double>(s.load[e]);
+      it[j] = cnt[e] == 1 ? w : w / cnt[e];
+    }
+    for (int32_t j = s.epn; j < s.rpn; ++j) it[j] = it[rp[j]];
+  }
+  const int32_t cap = s.spg;
+  if (cap == 1 || s.bs > kLinearPackLimit || s.M > kInterleaveLimit) {
+    for (int32_t n = 0; n < s.M; ++n) {
+      if (n > 0) std::memcpy(items, items + n * s.rpn, sizeof(double) * static_cast<size_t>(s.rpn));
+      s.Pack(s.rpn, s.bs);
+      const int32_t* re = s.rep_expert.data() + n * s.rpn;
+      int32_t* out = phy2log + n * s.rpn;
+      for (int32_t j = 0; j < s.rpn; ++j) out[s.pack_of[j] * s.spg + s.pos_of[j]] = re[j];
+    }
+    return;
+  }
+  // The nodes are independent, so their greedy steps are interleaved (step t
+  // of every node, then step t + 1): each node's step depends on its previous
+  // one through the pack loads, and interleaving lets the CPU overlap the
+  // nodes' dependency chains. Each node performs exactly the sequence of
+  // Pack(): sorted order, then smallest non-full pack (lowest index on
+  // equality), pack loads summed in insertion order.
+  const int32_t m = s.bs, rpn = s.rpn, M = s.M;
+  int32_t* ord = s.order.data();
+  for (int32_t n = 0; n < M; ++n)
+    Scratch::SortDesc(items + n * rpn, ord + n * rpn, s.sort_key.data(), rpn);
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  const int32_t m4 = (m + 3) & ~3;
+  alignas(32) double key[kInterleaveLimit][kLinearPackLimit];
+  double pl[kInterleaveLimit][kLinearPackLimit];
+  int32_t pc[kInterleaveLimit][kLinearPackLimit];
+  for (int32_t n = 0; n < M; ++n)
+    for (int32_t k = 0; k < m4; ++k) {
+      key[n][k] = k < m ? 0.0 : kInf;
+      pl[n][k] = 0.0;
+      pc[n][k] = 0;
+    }
+  for (int32_t t = 0; t < rpn; ++t) {
+    for (int32_t n = 0; n < M; ++n) {
+      const double* kn = key[n];
+      const int32_t i = ord[n * rpn + t];
+      const int32_t best = FirstMin(kn, m4);
+      const int32_t pos = pc[n][best]++;
+      pl[n][best] += items[n * rpn + i];
+      key[n][best] = pc[n][best] < cap ? pl[n][best] : kInf;
+      phy2log[n * rpn + best * cap + pos] = s.rep_expert[static_cast<size_t>(n * rpn + i)];
+    }
   }
 }
 
