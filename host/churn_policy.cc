@@ -32,6 +32,12 @@ struct ChurnPlanner::Layer {
   bool target_valid = false;
   double target_max = 0.0;
   int64_t target_new_holdings = 0;
+  // The sticky plan (same counts, packed to keep old holdings).
+  // [0]: the fresh plan's counts and group -> node map; [1] (hierarchical):
+  // the old group -> node map with counts replicated per node on the forecast.
+  bool sticky_valid[2] = {false, false};
+  double sticky_max[2] = {0.0, 0.0};
+  int64_t sticky_new_holdings[2] = {0, 0};
   // Best pending move: kind 0 none, 1 single slot edits, 2 switch.
   int32_t kind = 0;
   int32_t edit_slot[2] = {-1, -1};
@@ -52,8 +58,10 @@ void ValidateChurnOptions(const PlanShape& shape, const ChurnOptions& o) {
                  "churn->max_moved_fraction (%g) must be in [0, 1]", o.max_moved_fraction);
   EPLB_CHECK_ARG(std::isfinite(o.min_gain) && o.min_gain >= 0.0,
                  "churn->min_gain (%g) must be finite and >= 0", o.min_gain);
-  EPLB_CHECK_ARG(std::isfinite(o.min_gain_per_move) && o.min_gain_per_move >= 0.0,
-                 "churn->min_gain_per_move (%g) must be finite and >= 0", o.min_gain_per_move);
+  EPLB_CHECK_ARG(std::isfinite(o.sticky_slack) && o.sticky_slack >= -1.0 && o.sticky_slack <= 10.0,
+                 "churn->sticky_slack (%g) must be in [-1, 10]", o.sticky_slack);
+  EPLB_CHECK_ARG(std::isfinite(o.min_gain_per_churn) && o.min_gain_per_churn >= 0.0,
+                 "churn->min_gain_per_churn (%g) must be finite and >= 0", o.min_gain_per_churn);
   if (o.load_estimate != nullptr) {
     const int64_t n = static_cast<int64_t>(shape.num_layers) * shape.num_logical_experts;
     for (int64_t i = 0; i < n; ++i) {
@@ -89,6 +97,70 @@ void UpdateLoadEstimate(int64_t n, double decay, const int64_t* load, double* es
   for (int64_t i = 0; i < n; ++i) estimate[i] = decay * estimate[i] + static_cast<double>(load[i]);
 }
 
+void ValidateForecastConfig(const ForecastConfig& c) {
+  EPLB_CHECK_ARG(c.num_half_lives >= 1 && c.num_half_lives <= kMaxForecastHalfLives,
+                 "forecast num_half_lives (%d) must be in [1, %d]", c.num_half_lives,
+                 kMaxForecastHalfLives);
+  for (int32_t k = 0; k < c.num_half_lives; ++k)
+    EPLB_CHECK_ARG(std::isfinite(c.half_lives[k]) && c.half_lives[k] > 0.0,
+                   "forecast half_lives[%d] (%g) must be finite and > 0", k, c.half_lives[k]);
+  EPLB_CHECK_ARG(std::isfinite(c.error_half_life) && c.error_half_life > 0.0,
+                 "forecast error_half_life (%g) must be finite and > 0", c.error_half_life);
+}
+
+int64_t ForecastStateSize(int32_t L, int32_t E, const ForecastConfig& c) {
+  return static_cast<int64_t>(c.num_half_lives) * L * (static_cast<int64_t>(E) + 1);
+}
+
+void UpdateForecastState(int32_t L, int32_t E, const ForecastConfig& c, const int64_t* load,
+                         double* state) {
+  const int32_t K = c.num_half_lives;
+  const size_t LE = static_cast<size_t>(L) * E;
+  double* err = state + static_cast<size_t>(K) * LE;
+  const double err_decay = std::pow(0.5, 1.0 / c.error_half_life);
+  for (int32_t k = 0; k < K; ++k) {
+    double* est = state + static_cast<size_t>(k) * LE;
+    const double decay = std::pow(0.5, 1.0 / c.half_lives[k]);
+    for (int32_t l = 0; l < L; ++l) {
+      const int64_t* a = load + static_cast<size_t>(l) * E;
+      double* f = est + static_cast<size_t>(l) * E;
+      double atot = 0.0, ftot = 0.0;
+      for (int32_t e = 0; e < E; ++e) {
+        atot += static_cast<double>(a[e]);
+        ftot += f[e];
+      }
+      // Error of the estimate before it sees the step (a step without load
+      // says nothing about the distribution).
+      if (atot > 0.0) {
+        double sq = 0.0;
+        for (int32_t e = 0; e < E; ++e) {
+          const double fe = ftot > 0.0 ? f[e] / ftot : 1.0 / E;
+          const double d = fe - static_cast<double>(a[e]) / atot;
+          sq += d * d;
+        }
+        double& x = err[static_cast<size_t>(k) * L + l];
+        x = err_decay * x + sq;
+      }
+      for (int32_t e = 0; e < E; ++e) f[e] = decay * f[e] + static_cast<double>(a[e]);
+    }
+  }
+}
+
+void ForecastFromState(int32_t L, int32_t E, const ForecastConfig& c, const double* state,
+                       double* forecast, int32_t* chosen) {
+  const int32_t K = c.num_half_lives;
+  const size_t LE = static_cast<size_t>(L) * E;
+  const double* err = state + static_cast<size_t>(K) * LE;
+  for (int32_t l = 0; l < L; ++l) {
+    int32_t best = 0;
+    for (int32_t k = 1; k < K; ++k)
+      if (err[static_cast<size_t>(k) * L + l] < err[static_cast<size_t>(best) * L + l]) best = k;
+    const double* f = state + static_cast<size_t>(best) * LE + static_cast<size_t>(l) * E;
+    std::copy(f, f + E, forecast + static_cast<size_t>(l) * E);
+    if (chosen != nullptr) chosen[l] = best;
+  }
+}
+
 // Recomputes counts, rank loads (slot order), max, groups' nodes from slots.
 void ChurnPlanner::Rebuild(const PlanShape& s, Layer& ly, const double* w) {
   const int32_t E = s.num_logical_experts, P = s.num_physical_experts, N = s.num_ranks;
@@ -115,6 +187,113 @@ void ChurnPlanner::Rebuild(const PlanShape& s, Layer& ly, const double* w) {
         ly.group_node[g] = -1;
         ly.split = true;
       }
+    }
+  }
+}
+
+// Packs replicas (counts tcnt, group g on node gnode[g] when hierarchical) keeping a
+// replica on a rank that held its expert in `old` while that rank stays <= cap;
+// the rest go largest first to the least loaded rank with a free slot of the
+// expert's node. Kept experts keep their old slot. Writes out[P].
+void ChurnPlanner::StickyPlan(const PlanShape& s, const double* w, const int32_t* old,
+                              const int32_t* gnode, const int32_t* tcnt, double cap, int32_t* out) {
+  const int32_t E = s.num_logical_experts, P = s.num_physical_experts, N = s.num_ranks;
+  const int32_t S = slots_per_rank_, R = ranks_per_node_;
+  avail_.assign(static_cast<size_t>(N) * E, 0);
+  for (int32_t p = 0; p < P; ++p) ++avail_[static_cast<size_t>(p / S) * E + old[p]];
+  items_.clear();
+  for (int32_t e = 0; e < E; ++e)
+    for (int32_t k = 0; k < tcnt[e]; ++k) items_.push_back({w[e] / tcnt[e], e});
+  // Largest first; ties by expert (the sort key is total, so the order is
+  // unique).
+  std::sort(items_.begin(), items_.end(),
+            [](const std::pair<double, int32_t>& a, const std::pair<double, int32_t>& b) {
+              if (a.first != b.first) return a.first > b.first;
+              return a.second < b.second;
+            });
+  pack_load_.assign(N, 0.0);
+  free_.assign(N, S);
+  assign_rank_.resize(P);
+  leftover_.clear();
+  for (size_t k = 0; k < items_.size(); ++k) {
+    const int32_t e = items_[k].second;
+    const double x = items_[k].first;
+    const int32_t lo = hier_ ? gnode[e / experts_per_group_] * R : 0, hi = hier_ ? lo + R : N;
+    int32_t best = -1;
+    for (int32_t r = lo; r < hi; ++r) {
+      if (avail_[static_cast<size_t>(r) * E + e] == 0 || free_[r] == 0) continue;
+      if (!(pack_load_[r] + x <= cap)) continue;
+      if (best < 0 || pack_load_[r] < pack_load_[best]) best = r;
+    }
+    if (best < 0) {
+      leftover_.push_back(static_cast<int32_t>(k));
+      assign_rank_[k] = -1;
+      continue;
+    }
+    --avail_[static_cast<size_t>(best) * E + e];
+    --free_[best];
+    pack_load_[best] += x;
+    assign_rank_[k] = best;
+  }
+  for (int32_t k : leftover_) {
+    const int32_t e = items_[k].second;
+    const int32_t lo = hier_ ? gnode[e / experts_per_group_] * R : 0, hi = hier_ ? lo + R : N;
+    int32_t best = -1;
+    for (int32_t r = lo; r < hi; ++r) {
+      if (free_[r] == 0) continue;
+      if (best < 0 || pack_load_[r] < pack_load_[best]) best = r;
+    }
+    EPLB_ASSERT(best >= 0);  // a node's slots equal its groups' replicas
+    --free_[best];
+    pack_load_[best] += items_[k].first;
+    assign_rank_[k] = best;
+  }
+  // Per rank: experts that were there keep their slot, the others fill the
+  // freed slots in slot order. mark_[r*E+e] = replicas of e assigned to r.
+  mark_.assign(static_cast<size_t>(N) * E, 0);
+  for (size_t k = 0; k < items_.size(); ++k)
+    ++mark_[static_cast<size_t>(assign_rank_[k]) * E + items_[k].second];
+  for (int32_t p = 0; p < P; ++p) {
+    int32_t& m = mark_[static_cast<size_t>(p / S) * E + old[p]];
+    if (m > 0) {
+      out[p] = old[p];
+      --m;
+    } else {
+      out[p] = -1;
+    }
+  }
+  for (int32_t r = 0; r < N; ++r) {
+    int32_t e = 0;
+    for (int32_t p = r * S; p < (r + 1) * S; ++p) {
+      if (out[p] >= 0) continue;
+      while (mark_[static_cast<size_t>(r) * E + e] == 0) ++e;
+      out[p] = e;
+      --mark_[static_cast<size_t>(r) * E + e];
+    }
+  }
+}
+
+// DeepSeek's replication inside each node: every expert one replica, then
+// each spare slot of the node to the expert of max w / count (lowest index on
+// ties). gnode[g] is group g's node (hierarchical) or ignored. Writes cnt[E].
+void ChurnPlanner::ReplicatePerNode(const PlanShape& s, const double* w, const int32_t* gnode,
+                                    int32_t* cnt) {
+  const int32_t E = s.num_logical_experts;
+  const int32_t nodes = hier_ ? s.num_nodes : 1;
+  const int32_t node_slots = ranks_per_node_ * slots_per_rank_;
+  for (int32_t e = 0; e < E; ++e) cnt[e] = 1;
+  for (int32_t n = 0; n < nodes; ++n) {
+    int32_t used = 0;
+    for (int32_t e = 0; e < E; ++e)
+      if (!hier_ || gnode[e / experts_per_group_] == n) ++used;
+    for (; used < node_slots; ++used) {
+      int32_t best = -1;
+      for (int32_t e = 0; e < E; ++e) {
+        if (hier_ && gnode[e / experts_per_group_] != n) continue;
+        if (best < 0 || w[e] / cnt[e] > w[best] / cnt[best]) best = e;
+      }
+      if (best < 0) break;
+      ++cnt[best];
     }
   }
 }
@@ -276,13 +455,27 @@ double ChurnPlanner::BestMove(const PlanShape& s, Layer& ly, const double* w, do
       ly.edit_expert[k] = best_edit_expert[k];
     }
   }
-  // switch: the fresh plan, when it beats both the layer and the best move.
+  // switch: the fresh plan or the sticky plan, when it beats both the layer
+  // and the best move.
   if (ly.target_valid && ly.target_max > 0.0 && ly.target_max < ly.max_load) {
     const double gain = (mean / ly.target_max - base_bal) / L;
     const int64_t cost = ly.target_new_holdings - ly.new_holdings;
     const double ratio = cost <= 0 ? kFreeRatio + gain : gain / static_cast<double>(cost);
     if (gain > 0.0 && ratio > ly.ratio) {
       ly.kind = 2;
+      ly.ratio = ratio;
+      ly.gain = gain;
+      ly.cost = cost;
+    }
+  }
+  for (int32_t c = 0; c < 2; ++c) {
+    if (!ly.sticky_valid[c] || !(ly.sticky_max[c] > 0.0) || !(ly.sticky_max[c] < ly.max_load))
+      continue;
+    const double gain = (mean / ly.sticky_max[c] - base_bal) / L;
+    const int64_t cost = ly.sticky_new_holdings[c] - ly.new_holdings;
+    const double ratio = cost <= 0 ? kFreeRatio + gain : gain / static_cast<double>(cost);
+    if (gain > 0.0 && ratio > ly.ratio) {
+      ly.kind = 3 + c;
       ly.ratio = ratio;
       ly.gain = gain;
       ly.cost = cost;
@@ -325,6 +518,8 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
   stamp_value_ = 0;
   scaled_.resize(E);
   target_.resize(static_cast<size_t>(L) * P);
+  sticky_.resize(static_cast<size_t>(2) * L * P);
+  sticky_cnt_.resize(E);
   target_cnt_.resize(std::max(E, 1));
 
   ChurnResult res;
@@ -358,6 +553,7 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
     // The fresh plan on the forecast scaled to integers (the planner's
     // input), relabelled onto the old placement.
     ly.target_valid = false;
+    ly.sticky_valid[0] = ly.sticky_valid[1] = false;
     int32_t* tgt = target_.data() + static_cast<size_t>(l) * P;
     if (total > 0.0) {
       const double scale = 1125899906842624.0 / total;  // 2^50 / total: sums stay < 2^53
@@ -377,6 +573,34 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
       PlanShape one = s;
       one.num_layers = 1;
       ly.target_new_holdings = CountNewHoldings(one, tgt, ol);
+      if (o.sticky_slack >= 0.0 && !ly.split) {
+        const double cap = tmax * (1.0 + o.sticky_slack);
+        for (int32_t c = 0; c < (hier_ ? 2 : 1); ++c) {
+          int32_t* st = sticky_.data() + (static_cast<size_t>(c) * L + l) * P;
+          const int32_t* cnt = target_cnt_.data();
+          gnode_.assign(G, 0);
+          if (c == 0) {
+            if (hier_)
+              for (int32_t p = 0; p < P; ++p)
+                gnode_[tgt[p] / experts_per_group_] = (p / slots_per_rank_) / ranks_per_node_;
+          } else {
+            for (int32_t g = 0; g < G; ++g) gnode_[g] = ly.group_node[g];
+            ReplicatePerNode(s, w, gnode_.data(), sticky_cnt_.data());
+            cnt = sticky_cnt_.data();
+          }
+          StickyPlan(s, w, ol, gnode_.data(), cnt, cap, st);
+          double smax = 0.0;
+          for (int32_t r = 0; r < N; ++r) {
+            double acc = 0.0;
+            for (int32_t p = r * slots_per_rank_; p < (r + 1) * slots_per_rank_; ++p)
+              acc += w[st[p]] / cnt[st[p]];
+            if (acc > smax) smax = acc;
+          }
+          ly.sticky_valid[c] = true;
+          ly.sticky_max[c] = smax;
+          ly.sticky_new_holdings[c] = CountNewHoldings(one, st, ol);
+        }
+      }
     } else if (ly.split) {
       // No load at all: any valid plan balances; take the base plan on zeros.
       std::fill(scaled_.begin(), scaled_.end(), 0);
@@ -390,9 +614,9 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
   }
   res.predicted_before = before / L;
 
-  auto do_switch = [&](int32_t l) {
+  // Adopts plan `tgt` (target_ or sticky_ of layer l), holding `holdings`.
+  auto do_switch = [&](int32_t l, const int32_t* tgt, int64_t holdings) {
     Layer& ly = layers_[l];
-    const int32_t* tgt = target_.data() + static_cast<size_t>(l) * P;
     for (int32_t p = 0; p < P; ++p) {
       const int32_t r = p / slots_per_rank_;
       --ly.held[static_cast<size_t>(r) * E + ly.slots[p]];
@@ -402,9 +626,19 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
       const int32_t r = p / slots_per_rank_;
       ++ly.held[static_cast<size_t>(r) * E + ly.slots[p]];
     }
-    ly.new_holdings = ly.target_new_holdings;
-    ly.target_valid = false;  // taken
+    ly.new_holdings = holdings;
     Rebuild(s, ly, estimate_.data() + static_cast<size_t>(l) * E);
+  };
+  auto take_target = [&](int32_t l) {
+    Layer& ly = layers_[l];
+    do_switch(l, target_.data() + static_cast<size_t>(l) * P, ly.target_new_holdings);
+    ly.target_valid = false;  // taken
+    ly.sticky_valid[0] = ly.sticky_valid[1] = false;
+  };
+  auto take_sticky = [&](int32_t l, int32_t c) {
+    Layer& ly = layers_[l];
+    do_switch(l, sticky_.data() + (static_cast<size_t>(c) * L + l) * P, ly.sticky_new_holdings[c]);
+    ly.sticky_valid[0] = ly.sticky_valid[1] = false;  // taken; the fresh plan stays a candidate
   };
 
   // Forced: a layer that splits a group over nodes cannot be improved by
@@ -412,7 +646,7 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
   for (int32_t l = 0; l < L; ++l) {
     if (!layers_[l].split) continue;
     EPLB_ASSERT(layers_[l].target_valid);
-    do_switch(l);
+    take_target(l);
     res.forced_holdings += layers_[l].new_holdings;
     ++res.forced_layers;
   }
@@ -423,7 +657,7 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
     for (int32_t l = 0; l < L; ++l) {
       Layer& ly = layers_[l];
       if (ly.target_valid && ly.target_max < ly.max_load) {
-        do_switch(l);
+        take_target(l);
         ++res.switched_layers;
       }
     }
@@ -444,11 +678,17 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
     const int32_t l = -top.second;
     Layer& ly = layers_[l];
     if (ly.kind == 0 || ly.ratio != top.first) continue;  // stale
-    if (ly.ratio < o.min_gain_per_move) break;            // the rest gain less
-    if (spent + ly.cost > res.budget) continue;           // does not fit: layer done
+    // The threshold is per unit of churn (new holdings / (L * P)), so it
+    // means the same for every shape.
+    if (ly.ratio * (static_cast<double>(L) * P) < o.min_gain_per_churn) break;
+    if (spent + ly.cost > res.budget) continue;  // does not fit: layer done
     const double* w = estimate_.data() + static_cast<size_t>(l) * E;
-    if (ly.kind == 2) {
-      do_switch(l);
+    if (ly.kind >= 2) {
+      if (ly.kind == 2) {
+        take_target(l);
+      } else {
+        take_sticky(l, ly.kind - 3);
+      }
       ++res.switched_layers;
     } else {
       for (int32_t k = 0; k < ly.num_edits; ++k) {

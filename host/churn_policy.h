@@ -36,6 +36,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "planner.h"
@@ -50,19 +51,27 @@ struct ChurnOptions {
   // expert) holdings per call (forced layers excepted). In [0, 1]; 1 also
   // starts every layer from the fresh plan (warm-up from an arbitrary
   // placement).
-  double max_moved_fraction = 0.10;
+  double max_moved_fraction = 0.29;
   // Skip threshold: keep the old placement when the predicted gain in
   // balancedness (mean over layers, on the forecast) is below this. >= 0.
   double min_gain = 0.001;
   // A move is taken only if its predicted gain in overall balancedness per
-  // new holding is at least this. >= 0.
-  double min_gain_per_move = 2e-5;
+  // unit of churn (its new holdings / (L * P)) is at least this. >= 0. The
+  // budget is then spent only where it pays: 0.075 keeps the shared trace's
+  // churn near 0.05-0.10 while a drifting load may use the whole budget.
+  double min_gain_per_churn = 0.075;
   // Also try single-slot moves (swap / shed / replicate), not only layer
   // switches. Off by default: on the real trace the single moves reached a
   // lower forward balancedness (their placements fit the forecast but are
   // less robust to the next window than the planner's packing) and cost
   // 30-100x the plan time.
   bool single_moves = false;
+  // Sticky candidate: the fresh plan's replica counts (and group -> node
+  // map) packed so that a replica stays on a rank that already holds its
+  // expert whenever that rank stays under (1 + sticky_slack) * the fresh
+  // plan's max load; the rest is packed largest first onto the least loaded
+  // rank. Negative disables it. >= -1.
+  double sticky_slack = 0.02;
 };
 
 // Checks the options for `shape` (valid); throws kInvalidArgument naming the
@@ -93,6 +102,36 @@ int64_t CountNewHoldings(const PlanShape& shape, const int32_t* phy2log,
 // load [L][E] (decay = 0.5^(1 / half_life_steps)); start from zeros.
 void UpdateLoadEstimate(int64_t n, double decay, const int64_t* load, double* estimate);
 
+// Adaptive forecast: K exponentially decayed estimates with different
+// half-lives, and per (estimate, layer) a decayed squared error of how each
+// estimate (normalized to a distribution) predicted the next step's load
+// distribution; the forecast of a layer is the estimate with the least error
+// (lowest k on ties). Why: popularity changes at different speeds in
+// different deployments (and after a shift): a long memory averages noise
+// away on a stable load, a short one follows a drift; the per-layer choice is
+// a function of the history alone, so every rank makes the same one.
+// State (caller owned, zeros at start): ForecastStateSize doubles, laid out
+// [K][L][E] estimates then [K][L] errors.
+constexpr int32_t kMaxForecastHalfLives = 8;
+struct ForecastConfig {
+  int32_t num_half_lives = 4;
+  double half_lives[kMaxForecastHalfLives] = {4.0, 16.0, 64.0, 256.0};
+  double error_half_life = 30.0;  // steps, of the prediction error
+};
+// Throws kInvalidArgument naming the field (1..8 half-lives, each > 0 and
+// finite; error_half_life > 0).
+void ValidateForecastConfig(const ForecastConfig& config);
+int64_t ForecastStateSize(int32_t num_layers, int32_t num_logical_experts,
+                          const ForecastConfig& config);
+// Folds one step's load [L][E] into the state (float64, fixed order).
+void UpdateForecastState(int32_t num_layers, int32_t num_logical_experts,
+                         const ForecastConfig& config, const int64_t* load, double* state);
+// forecast[L][E]: per layer the chosen estimate (its own scale); chosen[L]
+// (nullable) receives the index of the half-life used.
+void ForecastFromState(int32_t num_layers, int32_t num_logical_experts,
+                       const ForecastConfig& config, const double* state, double* forecast,
+                       int32_t* chosen);
+
 class ChurnPlanner {
  public:
   ChurnPlanner();
@@ -113,12 +152,20 @@ class ChurnPlanner {
   double BestMove(const PlanShape& shape, Layer& ly, const double* w, double total);
   void ApplyMove(const PlanShape& shape, Layer& ly, const double* w);
   void Rebuild(const PlanShape& shape, Layer& ly, const double* w);
+  void StickyPlan(const PlanShape& shape, const double* w, const int32_t* old, const int32_t* gnode,
+                  const int32_t* tcnt, double cap, int32_t* out);
+  void ReplicatePerNode(const PlanShape& shape, const double* w, const int32_t* gnode,
+                        int32_t* cnt);
 
   Planner planner_;
   std::vector<Layer> layers_;
   std::vector<double> estimate_;
   std::vector<int64_t> scaled_;
-  std::vector<int32_t> target_, target_cnt_;
+  std::vector<int32_t> target_, target_cnt_, sticky_, sticky_cnt_;
+  std::vector<std::pair<double, int32_t>> items_;
+  std::vector<int32_t> leftover_, free_, assign_rank_, gnode_, mark_;
+  std::vector<int16_t> avail_;
+  std::vector<double> pack_load_;
   std::vector<int32_t> order_, holders_start_, holders_, stamp_;
   int32_t stamp_value_ = 0;
   bool hier_ = false, single_moves_ = false;

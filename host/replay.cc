@@ -98,6 +98,9 @@ ReplayResult RunReplay(const LoadTrace& trace, const ReplayConfig& c) {
   std::vector<double> estimate(LE, 0.0);
   const double decay = std::pow(0.5, 1.0 / c.half_life_steps);
   int32_t fed = 0;  // steps folded into the estimate
+  if (c.adaptive_forecast) ValidateForecastConfig(c.forecast);
+  std::vector<double> forecast_state(
+      c.adaptive_forecast ? static_cast<size_t>(ForecastStateSize(L, E, c.forecast)) : 0, 0.0);
 
   std::vector<int32_t> fixed;  // hindsight / static placement
   if (c.policy == ReplayPolicy::kHindsight) {
@@ -135,7 +138,13 @@ ReplayResult RunReplay(const LoadTrace& trace, const ReplayConfig& c) {
         next = fixed;
         break;
       case ReplayPolicy::kChurnAware: {
-        for (; fed < t; ++fed) UpdateLoadEstimate(LE, decay, trace.step(fed), estimate.data());
+        if (c.adaptive_forecast) {
+          for (; fed < t; ++fed)
+            UpdateForecastState(L, E, c.forecast, trace.step(fed), forecast_state.data());
+          ForecastFromState(L, E, c.forecast, forecast_state.data(), estimate.data(), nullptr);
+        } else {
+          for (; fed < t; ++fed) UpdateLoadEstimate(LE, decay, trace.step(fed), estimate.data());
+        }
         AddSteps(trace, t - I, t, &plan_load);
         churn.load_estimate = estimate.data();
         // Warm-up: the first point leaves the arbitrary initial placement (its

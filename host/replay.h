@@ -56,8 +56,11 @@ struct ReplayConfig {
   ReplayPolicy policy = ReplayPolicy::kChurnAware;
   ChurnOptions churn;                              // load_estimate is ignored: the replay keeps it
   double half_life_steps = kDefaultHalfLifeSteps;  // of the decayed estimate, > 0
-  int64_t bytes_per_expert = 0;                    // for bytes moved; 0 = not reported
-  bool keep_placements = true;                     // log every placement (tests re-score them)
+  // Adaptive forecast (ForecastConfig) instead of the single half-life.
+  bool adaptive_forecast = true;
+  ForecastConfig forecast;
+  int64_t bytes_per_expert = 0;  // for bytes moved; 0 = not reported
+  bool keep_placements = true;   // log every placement (tests re-score them)
   // Called after each rearrangement with (done, total); may be empty.
   std::function<void(int32_t, int32_t)> progress;
 };

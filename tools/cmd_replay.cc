@@ -14,20 +14,21 @@
 namespace {
 
 void Usage(FILE* out) {
-  std::fprintf(
-      out,
-      "usage: eplb replay (--trace FILE | --synthetic stationary|drift|shift [--seed S] "
-      "[--steps S])\n"
-      "         [--gpus N] [--slots P] [--groups G] [--nodes M] [--interval I]\n"
-      "         [--policy churn-aware|reference|history|hindsight|static]\n"
-      "         [--half-life STEPS] [--budget FRACTION] [--min-gain X]\n"
-      "         [--min-gain-per-move X] [--single-moves]\n"
-      "         [--bytes-per-expert B] [--json OUT] [--report OUT.html]\n"
-      "Defaults: trace: gpus 8 slots 80 groups 1 nodes 1; synthetic (DeepSeek-V3 shape):\n"
-      "gpus 32 slots 288 groups 8 nodes 4; interval 10; policy churn-aware (half-life %g,\n"
-      "budget 0.10, min-gain 0.001, min-gain-per-move 2e-5). The reference policy is\n"
-      "also replayed for the comparison table and the report.\n",
-      eplb::kDefaultHalfLifeSteps);
+  std::fprintf(out,
+               "usage: eplb replay (--trace FILE | --synthetic stationary|drift|shift [--seed S] "
+               "[--steps S])\n"
+               "         [--gpus N] [--slots P] [--groups G] [--nodes M] [--interval I]\n"
+               "         [--policy churn-aware|reference|history|hindsight|static]\n"
+               "         [--half-lives H1,H2,.. | --half-life STEPS] [--error-half-life STEPS]\n"
+               "         [--budget FRACTION] [--min-gain X] [--min-gain-per-churn X]\n"
+               "         [--sticky-slack X] [--single-moves]\n"
+               "         [--bytes-per-expert B] [--json OUT] [--report OUT.html]\n"
+               "Defaults: trace: gpus 8 slots 80 groups 1 nodes 1; synthetic (DeepSeek-V3 shape):\n"
+               "gpus 32 slots 288 groups 8 nodes 4; interval 10; policy churn-aware (adaptive\n"
+               "forecast, half-lives 4,16,64,256 chosen per layer by the error of the last ~30\n"
+               "steps; --half-life fixes one; budget 0.29, min-gain 0.001, min-gain-per-churn\n"
+               "0.075, sticky-slack 0.02). The reference policy is also replayed for the\n"
+               "comparison table and the report.\n");
 }
 
 bool Num(const eplb_cli::Options& o, const char* name, double lo, double hi, double* v) {
@@ -71,8 +72,11 @@ int RunReplayCommand(int argc, char** argv) {
                 {"half-life", true},
                 {"budget", true},
                 {"min-gain", true},
-                {"min-gain-per-move", true},
+                {"min-gain-per-churn", true},
                 {"single-moves", false},
+                {"sticky-slack", true},
+                {"half-lives", true},
+                {"error-half-life", true},
                 {"bytes-per-expert", true},
                 {"json", true},
                 {"report", true}},
@@ -125,9 +129,28 @@ int RunReplayCommand(int argc, char** argv) {
     if (!Num(o, "half-life", 1e-9, 1e12, &c.half_life_steps) ||
         !Num(o, "budget", 0.0, 1.0, &c.churn.max_moved_fraction) ||
         !Num(o, "min-gain", 0.0, 1.0, &c.churn.min_gain) ||
-        !Num(o, "min-gain-per-move", 0.0, 1.0, &c.churn.min_gain_per_move))
+        !Num(o, "min-gain-per-churn", 0.0, 1e6, &c.churn.min_gain_per_churn) ||
+        !Num(o, "sticky-slack", -1.0, 10.0, &c.churn.sticky_slack))
       return 2;
     c.churn.single_moves = o.Has("single-moves");
+    if (o.Has("half-life")) c.adaptive_forecast = false;
+    if (o.Has("half-lives")) {
+      std::stringstream hs(o.Get("half-lives"));
+      std::string item;
+      c.forecast.num_half_lives = 0;
+      while (std::getline(hs, item, ',')) {
+        char* end = nullptr;
+        const double x = std::strtod(item.c_str(), &end);
+        if (item.empty() || *end != '\0' || !(x > 0.0 && x < 1e12) ||
+            c.forecast.num_half_lives >= eplb::kMaxForecastHalfLives) {
+          std::fprintf(stderr, "eplb replay: --half-lives '%s' must be 1..%d numbers > 0\n",
+                       o.Get("half-lives").c_str(), eplb::kMaxForecastHalfLives);
+          return 2;
+        }
+        c.forecast.half_lives[c.forecast.num_half_lives++] = x;
+      }
+    }
+    if (!Num(o, "error-half-life", 1e-9, 1e12, &c.forecast.error_half_life)) return 2;
     c.keep_placements = false;
     const bool tty = isatty(fileno(stderr));
     c.progress = [tty](int32_t done, int32_t total) {

@@ -30,8 +30,14 @@ void PlanChurnAwareC(const PlanShape& shape, const eplbPlanConfig_t* config, con
     o.load_estimate = c->h_load_estimate;
     o.max_moved_fraction = c->max_moved_fraction;
     o.min_gain = c->min_gain;
-    o.min_gain_per_move = c->min_gain_per_move;
+    o.min_gain_per_churn = c->min_gain_per_churn;
     o.single_moves = c->single_moves != 0;
+    if (c->struct_size >= offsetof(eplbChurnOptions_t, sticky_slack) + sizeof(double)) {
+      EPLB_CHECK_ARG(
+          std::isfinite(c->sticky_slack) && c->sticky_slack >= -1.0 && c->sticky_slack <= 10.0,
+          "churn->sticky_slack (%g) must be in [-1, 10]", c->sticky_slack);
+      o.sticky_slack = c->sticky_slack;
+    }
   }
   ChurnPlanner planner;
   const ChurnResult r = planner.Plan(shape, o, h_load, h_old_phy2log, phy2log, logcnt, nullptr);

@@ -210,20 +210,26 @@ struct eplbChurnOptions {
   /* At most floor(max_moved_fraction * L * P) new (layer, rank, expert)
    * holdings per call; in [0, 1]. 1 means unlimited and starts every layer
    * from the fresh plan (use it for the first rearrangement, which leaves the
-   * arbitrary initial placement). Default 0.10. */
+   * arbitrary initial placement). Default 0.29 (a third of a full
+   * replan's churn); min_gain_per_churn decides how much of it is used. */
   double max_moved_fraction;
   /* Skip threshold on the predicted gain of mean balancedness; >= 0.
    * Default 0.001. */
   double min_gain;
-  /* Minimum predicted gain of mean balancedness per new holding; >= 0.
-   * Default 2e-5 (a layer switch moving half of a 26 x 80 layer's slots must
-   * gain ~0.02 on its layer). */
-  double min_gain_per_move;
+  /* Minimum predicted gain of mean balancedness per unit of churn (a
+   * move's new holdings / (L * P)); >= 0. Default 0.075 (a layer switch
+   * moving half of its layer's slots must gain ~0.04 on its layer). */
+  double min_gain_per_churn;
   /* 1: also try single-slot moves (slower; measured less robust). Default 0. */
   int32_t single_moves;
+  /* Sticky candidate: the fresh plan's replica counts packed so that a
+   * replica stays on a rank already holding its expert while the rank stays
+   * under (1 + sticky_slack) * the fresh plan's max load; < 0 disables it;
+   * in [-1, 10]. Default 0.02. Absent (older struct_size): 0.02. */
+  double sticky_slack;
 };
 
-#define EPLB_CHURN_OPTIONS_INIT {sizeof(eplbChurnOptions_t), NULL, 0.10, 0.001, 2e-5, 0}
+#define EPLB_CHURN_OPTIONS_INIT {sizeof(eplbChurnOptions_t), NULL, 0.29, 0.001, 0.075, 0, 0.02}
 
 /* Recommended half-life, in steps, of the decayed load estimate: decay =
  * 0.5^(1 / EPLB_CHURN_DEFAULT_HALF_LIFE_STEPS). */
@@ -281,6 +287,8 @@ typedef enum {
 #define EPLB_ROUTE_TILE_ITEMS 4096
 /* Most blocks (segments) a route+count launch uses. */
 #define EPLB_ROUTE_MAX_SEGMENTS 528
+/* From this many items (T*K) on, route+count takes the hash path. */
+#define EPLB_ROUTE_HASH_MIN_ITEMS (1 << 22)
 
 /* Routes top-k logical ids to physical replicas and counts them.
  *
@@ -307,7 +315,17 @@ typedef enum {
  *                  record flag).
  *
  * Replica choice (normative; the host reference eplb::RouteCountRef mirrors
- * it): let n = valid_tokens * K items, flat index i = t * K + k. The capacity
+ * it; the device functions of eplb/eplb_device.cuh implement it): let
+ * n = valid_tokens * K items, flat index i = t * K + k.
+ *
+ * Hash path, T*K >= EPLB_ROUTE_HASH_MIN_ITEMS (4 Mi items, e.g. 512 Ki
+ * tokens x top-8): item i takes replica EplbItemHash(i) mod logcnt[e]
+ * (a fixed 32-bit integer mix of i, eplb_device.cuh). No ranking, so it runs
+ * at memory speed; each replica's share is binomial around count/replicas
+ * (standard deviation about sqrt(count/replicas); the tests check every
+ * expert within 6 of them).
+ *
+ * Rank path, T*K below that: the capacity
  * T * K is cut into S = max(1, min(ceil(T*K / EPLB_ROUTE_TILE_ITEMS),
  * EPLB_ROUTE_MAX_SEGMENTS)) segments of Z = ceil(T*K / S) rounded up to a
  * multiple of 32 items: segment s is items [s*Z, min((s+1)*Z, T*K)) (the
@@ -319,7 +337,8 @@ typedef enum {
  *     tokens x top-8), every replica of an expert gets its share within 1 of
  *     equal (floor or ceil of count/replicas);
  *   - in general each replica's share is within S of equal (each segment
- *     adds at most one extra item per replica), S <= 528.
+ *     adds at most one extra item per replica), S <= 528 (S <= 16 up to
+ *     8192 tokens x top-8).
  * The result depends on the ids, the valid count and the capacity T only.
  *
  * Errors: NULL d_topk_logical / d_log2phy / d_logcnt / d_topk_physical /

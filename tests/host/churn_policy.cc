@@ -61,7 +61,7 @@ TEST(ChurnPolicy, InvariantsBudgetAndSkipOnEveryCall) {
   const eplb::LoadTrace t = eplb::GenerateSynthetic(sc);
   std::vector<Case> cases;
   for (bool single : {false, true})
-    for (double budget : {0.0, 0.03, 0.1, 1.0}) {
+    for (double budget : {0.0, 0.03, 0.1, 0.29, 1.0}) {
       cases.push_back({{6, 64, 80, 8, 2, 8}, true, single, budget, 0.001});
       cases.push_back({{6, 64, 96, 1, 1, 16}, false, single, budget, 0.0});
       cases.push_back({{6, 64, 72, 8, 4, 8}, true, single, budget, 0.01});
@@ -84,6 +84,8 @@ TEST(ChurnPolicy, InvariantsBudgetAndSkipOnEveryCall) {
       o.max_moved_fraction = c.budget;
       o.min_gain = c.min_gain;
       o.single_moves = c.single_moves;
+      o.sticky_slack = c.single_moves ? -1.0 : 0.02;  // both with and without sticky
+      o.min_gain_per_churn = c.single_moves ? 0.0 : 0.075;
       const eplb::ChurnResult r =
           planner.Plan(s, o, t.step(step), cur.data(), next.data(), cnt.data(), nullptr);
       CheckInvariants(s, next, cnt, c.hier);
@@ -105,6 +107,45 @@ TEST(ChurnPolicy, InvariantsBudgetAndSkipOnEveryCall) {
       cur = next;
     }
   }
+}
+
+// The adaptive forecast: deterministic, a function of the history only, and
+// it picks a short memory on a drifting load and a long one on a stationary
+// load (where averaging more steps predicts the next better).
+TEST(ChurnPolicy, AdaptiveForecastChoosesBySpeed) {
+  for (auto mode : {eplb::SyntheticMode::kStationary, eplb::SyntheticMode::kDrift}) {
+    eplb::SyntheticConfig sc;
+    sc.mode = mode;
+    sc.num_steps = 200;
+    sc.num_layers = 4;
+    sc.num_logical_experts = 64;
+    sc.num_groups = 8;
+    sc.tokens_per_step = 2000;
+    sc.drift_steps = 30;
+    const eplb::LoadTrace t = eplb::GenerateSynthetic(sc);
+    eplb::ForecastConfig fc;
+    std::vector<double> st(eplb::ForecastStateSize(4, 64, fc), 0.0), st2 = st;
+    for (int s = 0; s < t.num_steps(); ++s) {
+      eplb::UpdateForecastState(4, 64, fc, t.step(s), st.data());
+      eplb::UpdateForecastState(4, 64, fc, t.step(s), st2.data());
+    }
+    EXPECT_EQ(st, st2);
+    std::vector<double> f(4 * 64);
+    std::vector<int32_t> chosen(4);
+    eplb::ForecastFromState(4, 64, fc, st.data(), f.data(), chosen.data());
+    for (int l = 0; l < 4; ++l) {
+      if (mode == eplb::SyntheticMode::kDrift) {
+        EXPECT_LE(chosen[l], 1) << "layer " << l;
+      } else {
+        EXPECT_GE(chosen[l], 2) << "layer " << l;
+      }
+      for (int e = 0; e < 64; ++e)
+        EXPECT_EQ(f[l * 64 + e], st[(static_cast<size_t>(chosen[l]) * 4 + l) * 64 + e]);
+    }
+  }
+  eplb::ForecastConfig bad;
+  bad.half_lives[2] = 0.0;
+  EXPECT_THROW(eplb::ValidateForecastConfig(bad), eplb::Error);
 }
 
 TEST(ChurnPolicy, CApi) {
