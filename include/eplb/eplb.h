@@ -623,8 +623,8 @@ EPLB_API eplbStatus_t eplbExchangeDestroy(eplbExchange_t ex);
  * into its d_load_pass), and calls eplbStateStep once per forward pass.
  *
  * Collective contract: every rank of the communicator calls Create, Step (with
- * the same EPLB_STEP_STATS bit; EPLB_STEP_DUMMY may differ between ranks),
- * Rearrange and Destroy in the same order, with the same config. Every rank
+ * the same EPLB_STEP_STATS bit; EPLB_STEP_DUMMY may differ between ranks) and
+ * Rearrange in the same order, with the same config. Every rank
  * then makes the same sequence of NCCL calls, on error paths too: a rank that
  * fails locally before a collective still takes part in it (with a poison
  * value), so the others return EPLB_ERROR_MISMATCH instead of hanging.
@@ -734,7 +734,8 @@ typedef struct {
   /* Host time blocked in each phase (ms). */
   double last_host_ms[EPLB_STATE_NUM_PHASES];
   /* Stream time between the phase boundaries (ms, CUDA events): the stall
-   * the rearrangement inserted into the stream, split by phase. */
+   * the rearrangement inserted into the stream, split by phase; -1 for a
+   * phase a failed rearrangement did not reach. */
   double last_device_ms[EPLB_STATE_NUM_PHASES];
 } eplbStateStats_t;
 
@@ -782,6 +783,8 @@ EPLB_API eplbStatus_t eplbStateGetDeviceMaps(eplbState_t state, eplbStateDeviceM
  * A step that does not rearrange never blocks the host and never allocates
  * (its GPU work is one window kernel, plus a kernel, an ncclAllReduce and a
  * kernel with STATS). A step that rearranges blocks (see eplbStateRearrange).
+ * Not for stream capture: the host counts steps, so call it after replaying
+ * the pass's graph (route + count itself is capturable).
  * Errors: EPLB_ERROR_INVALID_ARGUMENT (NULL state, unknown flag bits, the
  * legacy stream), EPLB_ERROR_INVALID_USAGE (a layer not registered; the state
  * is broken by an earlier CUDA/NCCL failure), then the errors of a

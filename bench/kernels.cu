@@ -1,0 +1,409 @@
+// Benchmarks of the device kernels, each with its baseline measured in the
+// same process on the same stream (CUDA events, UseManualTime):
+//   route+count on 64 Mi ids vs a device-to-device cudaMemcpy of the same
+//   bytes (ids read + physical ids written); decode-size route+count inside a
+//   CUDA graph vs a graph of empty kernels; one 58-layer decode step (58
+//   route+count + window update) vs a graph of 59 empty kernels; window
+//   update / read-out / reduce at W=1000, 58 x 256; the GPU planner on the
+//   DeepSeek-V3 shape vs the host planner.
+// Counters: GB/s, and ratio counters (vs_memcpy, us_over_empty, vs_host).
+#include <benchmark/benchmark.h>
+#include <cuda_runtime.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "eplb/eplb.h"
+
+namespace {
+
+#define CK(x)                                                       \
+  do {                                                              \
+    cudaError_t e_ = (x);                                           \
+    if (e_ != cudaSuccess) {                                        \
+      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_)); \
+      std::abort();                                                 \
+    }                                                               \
+  } while (0)
+#define EK(x)                                                         \
+  do {                                                                \
+    eplbStatus_t s_ = (x);                                            \
+    if (s_ != EPLB_SUCCESS) {                                         \
+      std::fprintf(stderr, "%s: %s\n", #x, eplbGetLastErrorDetail()); \
+      std::abort();                                                   \
+    }                                                                 \
+  } while (0)
+
+struct Ctx {
+  cudaStream_t stream;
+  cudaEvent_t a, b;
+  Ctx() {
+    CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+  }
+  ~Ctx() {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    cudaStreamDestroy(stream);
+  }
+  // Seconds of one call of f, on the stream.
+  double Time(const std::function<void()>& f) {
+    CK(cudaEventRecord(a, stream));
+    f();
+    CK(cudaEventRecord(b, stream));
+    CK(cudaEventSynchronize(b));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    return ms * 1e-3;
+  }
+  double Mean(const std::function<void()>& f, int reps) {
+    f();  // warm
+    double s = 0;
+    for (int i = 0; i < reps; ++i) s += Time(f);
+    return s / reps;
+  }
+};
+
+__global__ void EmptyKernel() {}
+
+struct Placement {
+  std::vector<int32_t> phy2log, log2phy, logcnt;
+};
+
+Placement MakePlacement(int32_t L, int32_t E, int32_t P, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Placement pl;
+  const int32_t R1 = P - E + 1;
+  for (int32_t l = 0; l < L; ++l) {
+    std::vector<int32_t> p2l(P), cnt(E, 0), l2p(static_cast<size_t>(E) * R1, -1);
+    for (int32_t p = 0; p < P; ++p) p2l[p] = p < E ? p : static_cast<int32_t>(rng() % E);
+    for (int32_t p = 0; p < P; ++p) l2p[static_cast<size_t>(p2l[p]) * R1 + cnt[p2l[p]]++] = p;
+    pl.phy2log.insert(pl.phy2log.end(), p2l.begin(), p2l.end());
+    pl.logcnt.insert(pl.logcnt.end(), cnt.begin(), cnt.end());
+    pl.log2phy.insert(pl.log2phy.end(), l2p.begin(), l2p.end());
+  }
+  return pl;
+}
+
+std::vector<int32_t> Ids(size_t n, int32_t E, double zipf, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> ids(n);
+  if (zipf == 0.0) {
+    for (auto& v : ids) v = static_cast<int32_t>(rng() % E);
+    return ids;
+  }
+  std::vector<double> cdf(E);
+  double acc = 0;
+  for (int32_t e = 0; e < E; ++e) cdf[e] = acc += 1.0 / std::pow(e + 1.0, zipf);
+  // Permute the hot experts so they are not all the low ids.
+  std::vector<int32_t> perm(E);
+  for (int32_t e = 0; e < E; ++e) perm[e] = e;
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::uniform_real_distribution<double> u(0.0, acc);
+  for (auto& v : ids) v = perm[std::lower_bound(cdf.begin(), cdf.end(), u(rng)) - cdf.begin()];
+  return ids;
+}
+
+template <typename T>
+T* Dev(const std::vector<T>& h) {
+  T* d = nullptr;
+  CK(cudaMalloc(&d, h.size() * sizeof(T)));
+  CK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+// Route + count over T x top-8 int32 ids, 256 -> 288: 64 Mi ids (hash path)
+// and 4 Mi - 8 ids (rank path, the largest below EPLB_ROUTE_HASH_MIN_ITEMS).
+void BM_RouteCountLarge(benchmark::State& state) {
+  const double zipf = state.range(0) / 10.0;
+  const int64_t T = state.range(1);  // 8 Mi: hash path; 512 Ki - 1: rank path (528 segments)
+  const int32_t K = 8, E = 256, P = 288;
+  const size_t n = static_cast<size_t>(T * K);
+  Ctx c;
+  Placement pl = MakePlacement(1, E, P, 1);
+  int32_t* d_ids = Dev(Ids(n, E, zipf, 2));
+  int32_t *d_out, *d_load, *d_l2p = Dev(pl.log2phy), *d_cnt = Dev(pl.logcnt);
+  CK(cudaMalloc(&d_out, n * 4));
+  CK(cudaMalloc(&d_load, P * 4));
+  CK(cudaMemset(d_load, 0, P * 4));
+  auto route = [&] {
+    EK(eplbRouteCount(d_ids, EPLB_ID_INT32, T, nullptr, K, d_l2p, d_cnt, E, P, nullptr, d_out,
+                      d_load, nullptr, c.stream));
+  };
+  auto copy = [&] { CK(cudaMemcpyAsync(d_out, d_ids, n * 4, cudaMemcpyDeviceToDevice, c.stream)); };
+  const double t_copy = c.Mean(copy, 20);
+  route();
+  double total = 0;
+  int64_t iters = 0;
+  for (auto _ : state) {
+    const double t = c.Time(route);
+    state.SetIterationTime(t);
+    total += t;
+    ++iters;
+  }
+  const double bytes = 8.0 * n;  // 4 B read + 4 B written per id
+  const double t_route = total / iters;
+  state.counters["route_GBps"] = bytes / t_route * 1e-9;
+  state.counters["memcpy_GBps"] = bytes / t_copy * 1e-9;
+  state.counters["vs_memcpy"] = t_copy / t_route;
+  state.SetBytesProcessed(static_cast<int64_t>(bytes) * iters);
+  cudaFree(d_ids);
+  cudaFree(d_out);
+  cudaFree(d_load);
+  cudaFree(d_l2p);
+  cudaFree(d_cnt);
+}
+BENCHMARK(BM_RouteCountLarge)
+    ->Args({0, 8 << 20})
+    ->Args({12, 8 << 20})
+    ->Args({0, (1 << 19) - 1})
+    ->Args({12, (1 << 19) - 1})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// Per-launch cost at decode sizes: a graph of 64 route+count launches vs a
+// graph of 64 empty kernels; us_over_empty = (route - empty) / 64.
+void BM_RouteCountDecodeGraph(benchmark::State& state) {
+  const int64_t T = state.range(0);
+  const int32_t K = 8, E = 256, P = 288, reps = 64;
+  const size_t n = static_cast<size_t>(T * K);
+  Ctx c;
+  Placement pl = MakePlacement(1, E, P, 3);
+  int32_t* d_ids = Dev(Ids(n, E, 1.2, 4));
+  int32_t *d_out, *d_load, *d_l2p = Dev(pl.log2phy), *d_cnt = Dev(pl.logcnt);
+  int32_t* d_valid = Dev(std::vector<int32_t>{static_cast<int32_t>(T)});
+  int32_t* d_rec = Dev(std::vector<int32_t>{1});
+  CK(cudaMalloc(&d_out, n * 4));
+  CK(cudaMalloc(&d_load, P * 4));
+  CK(cudaMemset(d_load, 0, P * 4));
+  auto capture = [&](bool empty) {
+    cudaGraph_t g;
+    cudaGraphExec_t x;
+    CK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < reps; ++i) {
+      if (empty) {
+        EmptyKernel<<<1, 32, 0, c.stream>>>();
+      } else {
+        EK(eplbRouteCount(d_ids, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
+                          d_load, nullptr, c.stream));
+      }
+    }
+    CK(cudaStreamEndCapture(c.stream, &g));
+    CK(cudaGraphInstantiate(&x, g, 0));
+    CK(cudaGraphDestroy(g));
+    return x;
+  };
+  cudaGraphExec_t gr = capture(false), ge = capture(true);
+  const double t_empty = c.Mean([&] { CK(cudaGraphLaunch(ge, c.stream)); }, 50);
+  double total = 0;
+  int64_t iters = 0;
+  c.Mean([&] { CK(cudaGraphLaunch(gr, c.stream)); }, 3);
+  for (auto _ : state) {
+    const double t = c.Time([&] { CK(cudaGraphLaunch(gr, c.stream)); });
+    state.SetIterationTime(t);  // one iteration = one graph of `reps` launches
+    total += t;
+    ++iters;
+  }
+  const double t_route = total / iters;
+  state.counters["us_per_launch"] = t_route / reps * 1e6;
+  state.counters["us_empty_launch"] = t_empty / reps * 1e6;
+  state.counters["us_over_empty"] = (t_route - t_empty) / reps * 1e6;
+  cudaGraphExecDestroy(gr);
+  cudaGraphExecDestroy(ge);
+  for (void* p : {(void*)d_ids, (void*)d_out, (void*)d_load, (void*)d_l2p, (void*)d_cnt,
+                  (void*)d_valid, (void*)d_rec})
+    cudaFree(p);
+}
+BENCHMARK(BM_RouteCountDecodeGraph)
+    ->Arg(64)
+    ->Arg(512)
+    ->Arg(1024)
+    ->Arg(8192)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// One decode step of a 58-layer model: 58 route+count + window update in one
+// graph, vs a graph of 59 empty kernels.
+void BM_DecodeStepGraph(benchmark::State& state) {
+  const int64_t T = state.range(0);
+  const int32_t L = 58, K = 8, E = 256, P = 288, W = 1000;
+  const size_t n = static_cast<size_t>(T * K);
+  Ctx c;
+  Placement pl = MakePlacement(L, E, P, 5);
+  int32_t* d_ids = Dev(Ids(n * L, E, 1.2, 6));
+  int32_t *d_out, *d_pass, *d_win, *d_state;
+  int64_t* d_sum;
+  int32_t *d_l2p = Dev(pl.log2phy), *d_cnt = Dev(pl.logcnt), *d_p2l = Dev(pl.phy2log);
+  int32_t* d_valid = Dev(std::vector<int32_t>{static_cast<int32_t>(T)});
+  int32_t* d_rec = Dev(std::vector<int32_t>{1});
+  CK(cudaMalloc(&d_out, n * L * 4));
+  CK(cudaMalloc(&d_pass, static_cast<size_t>(L) * P * 4));
+  CK(cudaMalloc(&d_win, static_cast<size_t>(W) * L * E * 4));
+  CK(cudaMalloc(&d_sum, static_cast<size_t>(L) * E * 8));
+  CK(cudaMalloc(&d_state, 8));
+  CK(cudaMemset(d_pass, 0, static_cast<size_t>(L) * P * 4));
+  CK(cudaMemset(d_win, 0, static_cast<size_t>(W) * L * E * 4));
+  CK(cudaMemset(d_sum, 0, static_cast<size_t>(L) * E * 8));
+  CK(cudaMemset(d_state, 0, 8));
+  const int32_t R1 = P - E + 1;
+  auto capture = [&](bool empty) {
+    cudaGraph_t g;
+    cudaGraphExec_t x;
+    CK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeThreadLocal));
+    for (int32_t l = 0; l < L; ++l) {
+      if (empty) {
+        EmptyKernel<<<1, 32, 0, c.stream>>>();
+      } else {
+        EK(eplbRouteCount(d_ids + n * l, EPLB_ID_INT32, T, d_valid, K,
+                          d_l2p + static_cast<size_t>(l) * E * R1,
+                          d_cnt + static_cast<size_t>(l) * E, E, P, d_rec, d_out + n * l,
+                          d_pass + static_cast<size_t>(l) * P, nullptr, c.stream));
+      }
+    }
+    if (empty) {
+      EmptyKernel<<<1, 32, 0, c.stream>>>();
+    } else {
+      EK(eplbWindowUpdate(d_p2l, d_pass, L, E, P, W, d_win, d_sum, d_state, c.stream));
+    }
+    CK(cudaStreamEndCapture(c.stream, &g));
+    CK(cudaGraphInstantiate(&x, g, 0));
+    CK(cudaGraphDestroy(g));
+    return x;
+  };
+  cudaGraphExec_t gr = capture(false), ge = capture(true);
+  const double t_empty = c.Mean([&] { CK(cudaGraphLaunch(ge, c.stream)); }, 50);
+  c.Mean([&] { CK(cudaGraphLaunch(gr, c.stream)); }, 3);
+  double total = 0;
+  int64_t iters = 0;
+  for (auto _ : state) {
+    const double t = c.Time([&] { CK(cudaGraphLaunch(gr, c.stream)); });
+    state.SetIterationTime(t);
+    total += t;
+    ++iters;
+  }
+  state.counters["us_step"] = total / iters * 1e6;
+  state.counters["us_empty59"] = t_empty * 1e6;
+  state.counters["ratio_vs_empty"] = (total / iters) / t_empty;
+  cudaGraphExecDestroy(gr);
+  cudaGraphExecDestroy(ge);
+  for (void* p :
+       {(void*)d_ids, (void*)d_out, (void*)d_pass, (void*)d_win, (void*)d_state, (void*)d_sum,
+        (void*)d_l2p, (void*)d_cnt, (void*)d_p2l, (void*)d_valid, (void*)d_rec})
+    cudaFree(p);
+}
+BENCHMARK(BM_DecodeStepGraph)->Arg(64)->Arg(512)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// Window update, read-out and full-ring reduce at W=1000, 58 x 256 (288
+// slots); baseline: an empty kernel launch on the same stream.
+void BM_Window(benchmark::State& state) {
+  const int which = static_cast<int>(state.range(0));  // 0 update, 1 readout, 2 reduce
+  const int32_t L = 58, E = 256, P = 288, W = 1000;
+  Ctx c;
+  Placement pl = MakePlacement(L, E, P, 7);
+  int32_t* d_p2l = Dev(pl.phy2log);
+  int32_t *d_pass, *d_win, *d_state;
+  int64_t *d_sum, *d_out;
+  CK(cudaMalloc(&d_pass, static_cast<size_t>(L) * P * 4));
+  CK(cudaMalloc(&d_win, static_cast<size_t>(W) * L * E * 4));
+  CK(cudaMalloc(&d_sum, static_cast<size_t>(L) * E * 8));
+  CK(cudaMalloc(&d_out, static_cast<size_t>(L) * E * 8));
+  CK(cudaMalloc(&d_state, 8));
+  CK(cudaMemset(d_pass, 1, static_cast<size_t>(L) * P * 4));
+  CK(cudaMemset(d_win, 0, static_cast<size_t>(W) * L * E * 4));
+  CK(cudaMemset(d_sum, 0, static_cast<size_t>(L) * E * 8));
+  CK(cudaMemset(d_state, 0, 8));
+  auto op = [&] {
+    if (which == 0)
+      EK(eplbWindowUpdate(d_p2l, d_pass, L, E, P, W, d_win, d_sum, d_state, c.stream));
+    if (which == 1) EK(eplbWindowReadout(d_sum, L, E, d_out, c.stream));
+    if (which == 2) EK(eplbWindowReduce(d_win, W, L, E, d_out, c.stream));
+  };
+  const double t_empty = c.Mean([&] { EmptyKernel<<<1, 32, 0, c.stream>>>(); }, 50);
+  op();
+  double total = 0;
+  int64_t iters = 0;
+  for (auto _ : state) {
+    const double t = c.Time(op);
+    state.SetIterationTime(t);
+    total += t;
+    ++iters;
+  }
+  state.counters["us"] = total / iters * 1e6;
+  state.counters["us_empty_kernel"] = t_empty * 1e6;
+  if (which == 2) state.counters["ring_GBps"] = 4.0 * W * L * E / (total / iters) * 1e-9;
+  for (void* p :
+       {(void*)d_p2l, (void*)d_pass, (void*)d_win, (void*)d_state, (void*)d_sum, (void*)d_out})
+    cudaFree(p);
+}
+BENCHMARK(BM_Window)->Arg(0)->Arg(1)->Arg(2)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// GPU planner, DeepSeek-V3 shape (58 x 256 -> 288, G=8, M=4, N=32), vs the
+// host planner (eplbPlanCompute, wall clock) on the same loads.
+void BM_PlanGpu(benchmark::State& state) {
+  const int32_t L = 58, E = 256, P = 288;
+  Ctx c;
+  eplbPlanConfig_t cfg = EPLB_PLAN_CONFIG_INIT;
+  cfg.num_layers = L;
+  cfg.num_logical_experts = E;
+  cfg.num_physical_experts = P;
+  cfg.num_groups = 8;
+  cfg.num_nodes = 4;
+  cfg.num_ranks = 32;
+  cfg.migration = EPLB_MIGRATION_NONE;
+  std::mt19937_64 rng(8);
+  std::vector<int64_t> load(static_cast<size_t>(L) * E);
+  for (int32_t l = 0; l < L; ++l) {
+    std::vector<int32_t> ids = Ids(20000, E, 1.2, rng());
+    for (int32_t v : ids) ++load[static_cast<size_t>(l) * E + v];
+  }
+  std::vector<int32_t> h_p2l(static_cast<size_t>(L) * P), h_cnt(static_cast<size_t>(L) * E),
+      h_l2p(static_cast<size_t>(L) * E * 33);
+  size_t ws = 0;
+  EK(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws));
+  void* d_ws;
+  CK(cudaMalloc(&d_ws, ws));
+  int64_t* d_load = Dev(load);
+  int32_t *d_p2l, *d_cnt, *d_l2p;
+  CK(cudaMalloc(&d_p2l, h_p2l.size() * 4));
+  CK(cudaMalloc(&d_cnt, h_cnt.size() * 4));
+  CK(cudaMalloc(&d_l2p, h_l2p.size() * 4));
+  // Host planner, same input.
+  EK(eplbPlanCompute(&cfg, load.data(), nullptr, h_p2l.data(), h_cnt.data(), h_l2p.data(),
+                     nullptr));
+  const int host_reps = 20;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < host_reps; ++i)
+    EK(eplbPlanCompute(&cfg, load.data(), nullptr, h_p2l.data(), h_cnt.data(), h_l2p.data(),
+                       nullptr));
+  const double t_host =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / host_reps;
+  auto op = [&] {
+    EK(eplbPlanComputeGpu(&cfg, d_load, nullptr, d_p2l, d_cnt, d_l2p, d_ws, ws, c.stream));
+  };
+  op();
+  double total = 0;
+  int64_t iters = 0;
+  for (auto _ : state) {
+    const double t = c.Time(op);
+    state.SetIterationTime(t);
+    total += t;
+    ++iters;
+  }
+  std::vector<int32_t> g_p2l(h_p2l.size());
+  CK(cudaMemcpy(g_p2l.data(), d_p2l, g_p2l.size() * 4, cudaMemcpyDeviceToHost));
+  state.counters["us_gpu"] = total / iters * 1e6;
+  state.counters["us_host"] = t_host * 1e6;
+  state.counters["host_over_gpu"] = t_host / (total / iters);
+  state.counters["bit_equal"] = g_p2l == h_p2l ? 1 : 0;
+  for (void* p : {d_ws, (void*)d_load, (void*)d_p2l, (void*)d_cnt, (void*)d_l2p}) cudaFree(p);
+}
+BENCHMARK(BM_PlanGpu)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,237 @@
+// C entry points of the device kernels (KERNELS section of eplb.h): argument
+// checks on the host, then one launch from kernels/launch.cuh. Nothing here
+// synchronises or allocates.
+#include <cstddef>
+
+#include "api_common.h"
+#include "kernel_ref.h"
+#include "kernels/launch.cuh"
+#include "planner.h"
+
+namespace {
+
+using eplb::Status;
+
+static_assert(EPLB_ROUTE_TILE_ITEMS == eplb::kernels::kRouteTileItems, "route tile");
+static_assert(EPLB_ROUTE_MAX_SEGMENTS == eplb::kernels::kRouteMaxSegments, "route segments");
+// The host reference mirrors the same segmentation.
+static_assert(eplb::kRouteTileItemsRef == EPLB_ROUTE_TILE_ITEMS, "reference tile");
+static_assert(eplb::kRouteMaxSegmentsRef == EPLB_ROUTE_MAX_SEGMENTS, "reference segments");
+static_assert(eplb::kRouteHashMinItemsRef == EPLB_ROUTE_HASH_MIN_ITEMS &&
+                  eplb::kernels::kRouteHashMinItems == EPLB_ROUTE_HASH_MIN_ITEMS,
+              "hash path threshold");
+
+void CheckStream(cudaStream_t stream) {
+  EPLB_CHECK_ARG(stream != nullptr && stream != cudaStreamLegacy,
+                 "stream is the legacy default stream; pass a created stream or "
+                 "cudaStreamPerThread");
+}
+
+void CheckIds(eplbIdType_t id_type, int64_t num_tokens, int32_t top_k) {
+  EPLB_CHECK_ARG(id_type == EPLB_ID_INT32 || id_type == EPLB_ID_INT64,
+                 "id_type (%d) is not EPLB_ID_INT32 or EPLB_ID_INT64", static_cast<int>(id_type));
+  EPLB_CHECK_ARG(num_tokens >= 0, "num_tokens (%lld) is negative",
+                 static_cast<long long>(num_tokens));
+  EPLB_CHECK_ARG(top_k >= 1, "top_k (%d) must be >= 1", top_k);
+  EPLB_CHECK_ARG(
+      num_tokens <= (int64_t{1} << 31) / top_k && num_tokens * top_k < (int64_t{1} << 31),
+      "num_tokens * top_k (%lld * %d) must be below 2^31", static_cast<long long>(num_tokens),
+      top_k);
+}
+
+void CheckExperts(int32_t num_logical_experts, int32_t num_physical_experts) {
+  EPLB_CHECK_ARG(num_logical_experts >= 1 && num_logical_experts <= EPLB_MAX_LOGICAL_EXPERTS,
+                 "num_logical_experts (%d) must be in [1, %d]", num_logical_experts,
+                 EPLB_MAX_LOGICAL_EXPERTS);
+  EPLB_CHECK_ARG(num_physical_experts >= num_logical_experts &&
+                     num_physical_experts <= EPLB_MAX_PHYSICAL_EXPERTS,
+                 "num_physical_experts (%d) must be in [num_logical_experts (%d), %d]",
+                 num_physical_experts, num_logical_experts, EPLB_MAX_PHYSICAL_EXPERTS);
+}
+
+void CheckLayers(int32_t num_layers) {
+  EPLB_CHECK_ARG(num_layers >= 1 && num_layers <= EPLB_MAX_LAYERS,
+                 "num_layers (%d) must be in [1, %d]", num_layers, EPLB_MAX_LAYERS);
+}
+
+void CheckLaunch(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) eplb::capi::ThrowCuda(err, what, __FILE__, __LINE__);
+}
+
+struct GpuPlanRequest {
+  eplb::kernels::GpuPlanShape shape;
+  bool hierarchical;
+};
+
+constexpr size_t kConfigMinSize = offsetof(eplbPlanConfig_t, migration) + sizeof(eplbMigration_t);
+
+GpuPlanRequest ResolveGpuPlan(const eplbPlanConfig_t* config) {
+  EPLB_CHECK_ARG(config != nullptr, "config is NULL");
+  EPLB_CHECK_ARG(config->struct_size >= kConfigMinSize,
+                 "config->struct_size (%zu) is smaller than the fields read (%zu); initialize "
+                 "with EPLB_PLAN_CONFIG_INIT",
+                 config->struct_size, kConfigMinSize);
+  eplb::PlanShape s;
+  s.num_layers = config->num_layers;
+  s.num_logical_experts = config->num_logical_experts;
+  s.num_physical_experts = config->num_physical_experts;
+  s.num_groups = config->num_groups;
+  s.num_nodes = config->num_nodes;
+  s.num_ranks = config->num_ranks;
+  eplb::ValidateShape(s);
+  if (config->policy == EPLB_POLICY_CHURN_AWARE) {
+    eplb::Throw(Status::kNotSupported,
+                "policy EPLB_POLICY_CHURN_AWARE is host only (use eplbPlanCompute)");
+  }
+  const eplb::Policy p = eplb::ResolvePolicy(s, static_cast<eplb::Policy>(config->policy));
+  GpuPlanRequest r;
+  r.shape = {s.num_layers, s.num_logical_experts, s.num_physical_experts,
+             s.num_groups, s.num_nodes,           s.num_ranks};
+  r.hierarchical = p == eplb::Policy::kHierarchical;
+  return r;
+}
+
+}  // namespace
+
+extern "C" {
+
+EPLB_API eplbStatus_t eplbRouteCount(const void* d_topk_logical, eplbIdType_t id_type,
+                                     int64_t num_tokens, const int32_t* d_num_tokens, int32_t top_k,
+                                     const int32_t* d_log2phy, const int32_t* d_logcnt,
+                                     int32_t num_logical_experts, int32_t num_physical_experts,
+                                     const int32_t* d_record, int32_t* d_topk_physical,
+                                     int32_t* d_load_pass, unsigned long long* d_invalid_count,
+                                     cudaStream_t stream) {
+  return eplb::capi::Guard("eplbRouteCount", [&] {
+    EPLB_CHECK_NOT_NULL(d_topk_logical);
+    EPLB_CHECK_NOT_NULL(d_log2phy);
+    EPLB_CHECK_NOT_NULL(d_logcnt);
+    EPLB_CHECK_NOT_NULL(d_topk_physical);
+    EPLB_CHECK_NOT_NULL(d_load_pass);
+    CheckIds(id_type, num_tokens, top_k);
+    CheckExperts(num_logical_experts, num_physical_experts);
+    CheckStream(stream);
+    CheckLaunch(eplb::kernels::LaunchRouteCount(
+                    d_topk_logical, id_type == EPLB_ID_INT64, num_tokens, d_num_tokens, top_k,
+                    d_log2phy, d_logcnt, num_logical_experts, num_physical_experts, d_record,
+                    d_topk_physical, d_load_pass, d_invalid_count, stream),
+                "route+count launch");
+  });
+}
+
+EPLB_API eplbStatus_t eplbCount(const void* d_topk_physical, eplbIdType_t id_type,
+                                int64_t num_tokens, const int32_t* d_num_tokens, int32_t top_k,
+                                int32_t num_physical_experts, const int32_t* d_record,
+                                int32_t* d_load_pass, unsigned long long* d_invalid_count,
+                                cudaStream_t stream) {
+  return eplb::capi::Guard("eplbCount", [&] {
+    EPLB_CHECK_NOT_NULL(d_topk_physical);
+    EPLB_CHECK_NOT_NULL(d_load_pass);
+    CheckIds(id_type, num_tokens, top_k);
+    EPLB_CHECK_ARG(num_physical_experts >= 1 && num_physical_experts <= EPLB_MAX_PHYSICAL_EXPERTS,
+                   "num_physical_experts (%d) must be in [1, %d]", num_physical_experts,
+                   EPLB_MAX_PHYSICAL_EXPERTS);
+    CheckStream(stream);
+    CheckLaunch(eplb::kernels::LaunchCount(d_topk_physical, id_type == EPLB_ID_INT64, num_tokens,
+                                           d_num_tokens, top_k, num_physical_experts, d_record,
+                                           d_load_pass, d_invalid_count, stream),
+                "count launch");
+  });
+}
+
+EPLB_API eplbStatus_t eplbWindowUpdate(const int32_t* d_phy2log, int32_t* d_load_pass,
+                                       int32_t num_layers, int32_t num_logical_experts,
+                                       int32_t num_physical_experts, int32_t window_size,
+                                       int32_t* d_window, int64_t* d_window_sum,
+                                       int32_t* d_ring_state, cudaStream_t stream) {
+  return eplb::capi::Guard("eplbWindowUpdate", [&] {
+    EPLB_CHECK_NOT_NULL(d_phy2log);
+    EPLB_CHECK_NOT_NULL(d_load_pass);
+    EPLB_CHECK_NOT_NULL(d_window);
+    EPLB_CHECK_NOT_NULL(d_window_sum);
+    EPLB_CHECK_NOT_NULL(d_ring_state);
+    CheckLayers(num_layers);
+    CheckExperts(num_logical_experts, num_physical_experts);
+    EPLB_CHECK_ARG(window_size >= 1, "window_size (%d) must be >= 1", window_size);
+    CheckStream(stream);
+    CheckLaunch(eplb::kernels::LaunchWindowUpdate(
+                    d_phy2log, d_load_pass, num_layers, num_logical_experts, num_physical_experts,
+                    window_size, d_window, d_window_sum, d_ring_state, stream),
+                "window update launch");
+  });
+}
+
+EPLB_API eplbStatus_t eplbWindowReadout(const int64_t* d_window_sum, int32_t num_layers,
+                                        int32_t num_logical_experts, int64_t* d_load,
+                                        cudaStream_t stream) {
+  return eplb::capi::Guard("eplbWindowReadout", [&] {
+    EPLB_CHECK_NOT_NULL(d_window_sum);
+    EPLB_CHECK_NOT_NULL(d_load);
+    CheckLayers(num_layers);
+    CheckExperts(num_logical_experts, num_logical_experts);
+    CheckStream(stream);
+    CheckLaunch(eplb::kernels::LaunchWindowReadout(
+                    d_window_sum, int64_t{num_layers} * num_logical_experts, d_load, stream),
+                "window read-out launch");
+  });
+}
+
+EPLB_API eplbStatus_t eplbWindowReduce(const int32_t* d_window, int32_t window_size,
+                                       int32_t num_layers, int32_t num_logical_experts,
+                                       int64_t* d_load, cudaStream_t stream) {
+  return eplb::capi::Guard("eplbWindowReduce", [&] {
+    EPLB_CHECK_NOT_NULL(d_window);
+    EPLB_CHECK_NOT_NULL(d_load);
+    EPLB_CHECK_ARG(window_size >= 1, "window_size (%d) must be >= 1", window_size);
+    CheckLayers(num_layers);
+    CheckExperts(num_logical_experts, num_logical_experts);
+    CheckStream(stream);
+    CheckLaunch(
+        eplb::kernels::LaunchWindowReduce(
+            d_window, window_size, int64_t{num_layers} * num_logical_experts, d_load, stream),
+        "window reduce launch");
+  });
+}
+
+EPLB_API eplbStatus_t eplbPlanComputeGpuWorkspaceSize(const eplbPlanConfig_t* config,
+                                                      size_t* workspace_bytes) {
+  return eplb::capi::Guard("eplbPlanComputeGpuWorkspaceSize", [&] {
+    EPLB_CHECK_NOT_NULL(workspace_bytes);
+    const GpuPlanRequest r = ResolveGpuPlan(config);
+    *workspace_bytes = eplb::kernels::PlanGpuWorkspaceBytes(r.shape);
+  });
+}
+
+EPLB_API eplbStatus_t eplbPlanComputeGpu(const eplbPlanConfig_t* config, const int64_t* d_load,
+                                         const int32_t* d_old_phy2log, int32_t* d_phy2log,
+                                         int32_t* d_logcnt, int32_t* d_log2phy, void* d_workspace,
+                                         size_t workspace_bytes, cudaStream_t stream) {
+  return eplb::capi::Guard("eplbPlanComputeGpu", [&] {
+    const GpuPlanRequest r = ResolveGpuPlan(config);
+    EPLB_CHECK_NOT_NULL(d_load);
+    EPLB_CHECK_NOT_NULL(d_phy2log);
+    EPLB_CHECK_NOT_NULL(d_logcnt);
+    EPLB_CHECK_NOT_NULL(d_workspace);
+    const int m = static_cast<int>(config->migration);
+    EPLB_CHECK_ARG(
+        m == EPLB_MIGRATION_NONE || m == EPLB_MIGRATION_PRESERVE || m == EPLB_MIGRATION_FULL,
+        "config->migration (%d) is not a valid eplbMigration_t", m);
+    if (d_old_phy2log != nullptr && m == EPLB_MIGRATION_FULL) {
+      eplb::Throw(Status::kNotSupported,
+                  "config->migration EPLB_MIGRATION_FULL is host only (use "
+                  "EPLB_MIGRATION_PRESERVE or eplbPlanCompute)");
+    }
+    const size_t need = eplb::kernels::PlanGpuWorkspaceBytes(r.shape);
+    EPLB_CHECK_ARG(workspace_bytes >= need, "workspace_bytes (%zu) is below the %zu needed",
+                   workspace_bytes, need);
+    EPLB_CHECK_ARG(reinterpret_cast<uintptr_t>(d_workspace) % 256 == 0,
+                   "d_workspace is not 256-byte aligned");
+    CheckStream(stream);
+    CheckLaunch(eplb::kernels::LaunchPlanGpu(r.shape, r.hierarchical, d_load, d_old_phy2log,
+                                             m == EPLB_MIGRATION_PRESERVE, d_phy2log, d_logcnt,
+                                             d_log2phy, d_workspace, stream),
+                "GPU planner launch");
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,111 @@
+// Public device functions of eplb's route + count, so that an engine can
+// fuse replica choice and load counting into its own gating / top-k kernel.
+// eplbRouteCount's kernel is built from these same functions, so a fused
+// kernel that follows the recipe below makes the same choices.
+//
+// Recipe (one warp walks a run of items in slices of 32 consecutive items,
+// lane l holding item base + l; all 32 lanes take part in every call):
+//   1. key = logical id when valid (EplbItemKey), else -1;
+//   2. rank = EplbWarpRank(key, hist, EplbKeyBits(E)) where `hist` is a per-warp [E] int32
+//      counter array in shared memory, zeroed before the run: rank of the
+//      item among same-key items of the run, in ascending item order;
+//   3. slot = EplbReplicaSlot(key, rank + offset, ...): the replica of
+//      rank (rank + offset) mod logcnt[e];
+//   4. count: EplbCountAdd(load_pass, slot, 1, P) or, cheaper, add per-expert
+//      totals once per run with EplbReplicaShare.
+// Everything is deterministic: no result depends on thread timing.
+#pragma once
+
+#include <cstdint>
+
+#ifdef __CUDACC__
+
+// Valid expert id -> itself; an id outside [0, E), or an expert whose replica
+// count is outside [1, R+1] (a broken table), -> -1. Never dereferences
+// anything for an invalid id.
+__device__ __forceinline__ int32_t EplbItemKey(int64_t id, int32_t num_logical_experts,
+                                               const int32_t* logcnt, int32_t max_replicas) {
+  if (id < 0 || id >= num_logical_experts) return -1;
+  int32_t c = __ldg(logcnt + id);
+  return (c >= 1 && c <= max_replicas) ? static_cast<int32_t>(id) : -1;
+}
+
+// Warp-cooperative rank (all 32 lanes call it, full mask). Returns, for a
+// lane with key >= 0, hist[key] (items of that key earlier in the run) plus
+// the number of lower lanes with the same key, then advances hist[key] by
+// the number of lanes holding key. Lanes with key < 0 get 0 and touch
+// nothing. hist is this warp's private counter row (shared memory).
+// key_bits: bits that tell valid keys apart, ceil(log2(E)) (EplbKeyBits).
+// The peer set comes from one ballot per key bit, so its cost does not depend
+// on how many distinct keys the warp holds (unlike __match_any_sync, which
+// was slower on uniform ids over 256 experts in our H100 runs).
+__host__ __device__ __forceinline__ int32_t EplbKeyBits(int32_t num_logical_experts) {
+  int32_t b = 0;
+  while ((int64_t{1} << b) < num_logical_experts) ++b;
+  return b;
+}
+
+__device__ __forceinline__ int32_t EplbWarpRank(int32_t key, int32_t* hist, int32_t key_bits) {
+  const bool valid = key >= 0;
+  unsigned peers = __ballot_sync(0xffffffffu, valid);
+  for (int32_t b = 0; b < key_bits; ++b) {
+    const bool bit = (key >> b) & 1;
+    const unsigned ones = __ballot_sync(0xffffffffu, bit);
+    peers &= bit ? ones : ~ones;
+  }
+  const unsigned lane = threadIdx.x & 31u;
+  const unsigned lower = peers & ((1u << lane) - 1u);
+  int32_t rank = 0;
+  if (valid) rank = hist[key] + __popc(lower);
+  __syncwarp();
+  if (valid && lower == 0u) hist[key] += __popc(peers);
+  __syncwarp();
+  return rank;
+}
+
+// Replica key of item i (= token * K + k) on the large-input path of
+// eplbRouteCount (T*K >= EPLB_ROUTE_HASH_MIN_ITEMS): a 32-bit integer mix of
+// i; the item takes replica EplbItemHash(i) mod logcnt[e]
+// (EplbReplicaSlot(key, EplbItemHash(i), ...)). Needs no ranking, so a fused
+// kernel can use it per item with no warp cooperation.
+__host__ __device__ __forceinline__ uint32_t EplbItemHash(uint32_t i) {
+  i ^= i >> 16;
+  i *= 0x7feb352du;
+  i ^= i >> 15;
+  i *= 0x846ca68bu;
+  i ^= i >> 16;
+  return i;
+}
+
+// Physical slot of the item of expert `key` (>= 0, from EplbItemKey) with
+// rank `rank`: log2phy[key][rank mod logcnt[key]]; -1 when that table entry
+// is outside [0, P) (a broken table).
+__device__ __forceinline__ int32_t EplbReplicaSlot(int32_t key, uint32_t rank,
+                                                   const int32_t* log2phy, const int32_t* logcnt,
+                                                   int32_t max_replicas,
+                                                   int32_t num_physical_experts) {
+  const uint32_t c = static_cast<uint32_t>(__ldg(logcnt + key));
+  const uint32_t j = (c == 1u) ? 0u : rank % c;
+  const int32_t slot = __ldg(log2phy + static_cast<int64_t>(key) * max_replicas + j);
+  return (slot >= 0 && slot < num_physical_experts) ? slot : -1;
+}
+
+// How many of the ranks offset, offset+1, ..., offset+n-1 fall on replica j
+// of an expert with c replicas (ranks taken mod c): the per-replica count of
+// a run of n items, so a block can add its totals instead of one atomic per
+// item.
+__host__ __device__ __forceinline__ int32_t EplbReplicaShare(int32_t n, uint32_t offset, int32_t c,
+                                                             int32_t j) {
+  const int32_t first = static_cast<int32_t>(offset % static_cast<uint32_t>(c));
+  const int32_t d = (j - first + c) % c;  // distance from the first replica hit
+  return n / c + ((d < n % c) ? 1 : 0);
+}
+
+// Adds n to counters[slot] when slot is in [0, P) (integer atomics: exact in
+// any order).
+__device__ __forceinline__ void EplbCountAdd(int32_t* counters, int32_t slot, int32_t n,
+                                             int32_t num_physical_experts) {
+  if (slot >= 0 && slot < num_physical_experts && n != 0) atomicAdd(counters + slot, n);
+}
+
+#endif  // __CUDACC__

@@ -1,0 +1,316 @@
+// Route + count and count-only kernels. The route kernel ranks the items of
+// each expert inside a segment (one block) in ascending item order with
+// EplbWarpRank (public, eplb_device.cuh) and per-warp shared counters, then
+// adds per-replica totals once per segment: no per-item global atomics, and
+// the choice of replica depends on the data only, never on thread timing.
+#include <cuda_runtime.h>
+
+#include "eplb/eplb_device.cuh"
+#include "launch.cuh"
+
+namespace eplb {
+namespace kernels {
+namespace {
+
+constexpr int kWarps = kRouteThreads / 32;
+
+__device__ __forceinline__ int64_t ValidItems(int64_t num_tokens, const int32_t* d_num_tokens,
+                                              int32_t top_k) {
+  int64_t t = num_tokens;
+  if (d_num_tokens != nullptr) {
+    int64_t v = *d_num_tokens;
+    t = v < 0 ? 0 : (v > num_tokens ? num_tokens : v);
+  }
+  return t * top_k;
+}
+
+__device__ __forceinline__ unsigned long long WarpSum(unsigned long long v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// 4 blocks of 256 per SM: the 528 segments are one wave on a 132-SM H100.
+template <typename IdT>
+__global__ void __launch_bounds__(kRouteThreads, 4)
+    RouteCountKernel(const IdT* __restrict__ ids, int64_t cap_items, int64_t num_tokens,
+                     const int32_t* d_num_tokens, int32_t top_k,
+                     const int32_t* __restrict__ log2phy, const int32_t* __restrict__ logcnt,
+                     int32_t num_e, int32_t key_bits, int32_t num_p, int32_t max_rep,
+                     const int32_t* d_record, int32_t* __restrict__ out, int32_t* load_pass,
+                     unsigned long long* d_invalid, int64_t seg_items) {
+  extern __shared__ int32_t smem[];
+  int32_t* hist = smem;                       // [kWarps][E]: per-warp counts, then bases
+  int32_t* seg_base = smem + kWarps * num_e;  // [E]: ranks handed out so far in the segment
+  __shared__ unsigned long long s_invalid;
+
+  const int64_t n_valid = ValidItems(num_tokens, d_num_tokens, top_k);
+  const int32_t seg = blockIdx.x;
+  const int64_t seg_begin = int64_t{seg} * seg_items;
+  int64_t seg_end = seg_begin + seg_items;
+  if (seg_end > cap_items) seg_end = cap_items;
+  if (seg_begin >= seg_end) return;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+
+  for (int e = threadIdx.x; e < num_e; e += blockDim.x) seg_base[e] = 0;
+  if (threadIdx.x == 0) s_invalid = 0;
+  unsigned long long invalid = 0;
+
+  for (int64_t tile = seg_begin; tile < seg_end; tile += kRouteTileItems) {
+    for (int x = threadIdx.x; x < kWarps * num_e; x += blockDim.x) hist[x] = 0;
+    __syncthreads();
+    int32_t* my_hist = hist + warp * num_e;
+    // The tile is split into kWarps contiguous chunks (so a short tile keeps
+    // every warp busy); ranks only depend on item order, not on the split.
+    const int64_t tile_end = tile + kRouteTileItems < seg_end ? tile + kRouteTileItems : seg_end;
+    const int64_t chunk_len = ((tile_end - tile + kWarps - 1) / kWarps + 31) / 32 * 32;
+    const int64_t chunk = tile + int64_t{warp} * chunk_len;
+    const int64_t chunk_end = chunk + chunk_len < tile_end ? chunk + chunk_len : tile_end;
+    int32_t key[kRouteItemsPerLane];
+    int32_t rank[kRouteItemsPerLane];
+    IdT raw[kRouteItemsPerLane];
+#pragma unroll
+    for (int j = 0; j < kRouteItemsPerLane; ++j) {
+      const int64_t i = chunk + j * 32 + lane;
+      raw[j] = (i < chunk_end) ? __ldcs(ids + i) : IdT(-1);
+    }
+    // Keys first (the raw ids die here, which keeps the int64 path in 64
+    // registers), then the warp ranks in item order.
+#pragma unroll
+    for (int j = 0; j < kRouteItemsPerLane; ++j) {
+      const int64_t i = chunk + j * 32 + lane;
+      key[j] = -1;
+      if (i < n_valid && i < chunk_end) {
+        key[j] = EplbItemKey(static_cast<int64_t>(raw[j]), num_e, logcnt, max_rep);
+        if (key[j] < 0) ++invalid;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kRouteItemsPerLane; ++j) {
+      rank[j] = 0;
+      if (j * 32 < chunk_len && __any_sync(0xffffffffu, key[j] >= 0)) {
+        rank[j] = EplbWarpRank(key[j], my_hist, key_bits);
+      }
+    }
+    __syncthreads();
+    // Exclusive scan over warps, per expert, seeded with the segment's count.
+    for (int e = threadIdx.x; e < num_e; e += blockDim.x) {
+      int32_t base = seg_base[e];
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const int32_t c = hist[w * num_e + e];
+        hist[w * num_e + e] = base;
+        base += c;
+      }
+      seg_base[e] = base;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kRouteItemsPerLane; ++j) {
+      const int64_t i = chunk + j * 32 + lane;
+      if (i < chunk_end) {
+        int32_t slot = -1;
+        if (key[j] >= 0) {
+          const uint32_t r =
+              static_cast<uint32_t>(my_hist[key[j]] + rank[j]) + static_cast<uint32_t>(seg);
+          slot = EplbReplicaSlot(key[j], r, log2phy, logcnt, max_rep, num_p);
+          if (slot < 0) ++invalid;
+        }
+        __stcs(out + i, slot);
+      }
+    }
+    __syncthreads();  // hist is zeroed again by the next tile
+  }
+
+  const bool record = (d_record == nullptr) || (*d_record != 0);
+  if (record) {
+    for (int e = threadIdx.x; e < num_e; e += blockDim.x) {
+      const int32_t n = seg_base[e];
+      if (n == 0) continue;
+      const int32_t c = __ldg(logcnt + e);  // n > 0 implies c in [1, max_rep]
+      for (int j = 0; j < c; ++j) {
+        const int32_t slot = __ldg(log2phy + int64_t{e} * max_rep + j);
+        EplbCountAdd(load_pass, slot, EplbReplicaShare(n, static_cast<uint32_t>(seg), c, j), num_p);
+      }
+    }
+  }
+  if (d_invalid != nullptr) {
+    invalid = WarpSum(invalid);
+    if (lane == 0 && invalid != 0) atomicAdd(&s_invalid, invalid);
+    __syncthreads();
+    if (threadIdx.x == 0 && s_invalid != 0) atomicAdd(d_invalid, s_invalid);
+  }
+}
+
+// Large-input path: the replica of item i is EplbItemHash(i) mod count, so
+// items need no ranking; counts go to a per-block shared histogram of the P
+// slots (integer atomics: order does not matter), flushed once per block.
+template <typename IdT>
+__global__ void __launch_bounds__(kRouteThreads, 4)
+    RouteHashKernel(const IdT* __restrict__ ids, int64_t cap_items, int64_t num_tokens,
+                    const int32_t* d_num_tokens, int32_t top_k, const int32_t* __restrict__ log2phy,
+                    const int32_t* __restrict__ logcnt, int32_t num_e, int32_t num_p,
+                    int32_t max_rep, const int32_t* d_record, int32_t* __restrict__ out,
+                    int32_t* load_pass, unsigned long long* d_invalid) {
+  extern __shared__ int32_t s_hist[];  // [P]
+  __shared__ unsigned long long s_invalid;
+  const int64_t n_valid = ValidItems(num_tokens, d_num_tokens, top_k);
+  const bool record = (d_record == nullptr) || (*d_record != 0);
+  for (int p = threadIdx.x; p < num_p; p += blockDim.x) s_hist[p] = 0;
+  if (threadIdx.x == 0) s_invalid = 0;
+  __syncthreads();
+  unsigned long long invalid = 0;
+  for (int64_t base = int64_t{blockIdx.x} * kRouteTileItems; base < cap_items;
+       base += int64_t{gridDim.x} * kRouteTileItems) {
+    IdT raw[kRouteItemsPerLane];
+#pragma unroll
+    for (int j = 0; j < kRouteItemsPerLane; ++j) {
+      const int64_t i = base + j * kRouteThreads + threadIdx.x;
+      raw[j] = (i < cap_items) ? __ldcs(ids + i) : IdT(-1);
+    }
+#pragma unroll
+    for (int j = 0; j < kRouteItemsPerLane; ++j) {
+      const int64_t i = base + j * kRouteThreads + threadIdx.x;
+      if (i >= cap_items) continue;
+      int32_t slot = -1;
+      if (i < n_valid) {
+        const int32_t key = EplbItemKey(static_cast<int64_t>(raw[j]), num_e, logcnt, max_rep);
+        if (key >= 0) {
+          slot = EplbReplicaSlot(key, EplbItemHash(static_cast<uint32_t>(i)), log2phy, logcnt,
+                                 max_rep, num_p);
+        }
+        if (slot < 0) {
+          ++invalid;
+        } else if (record) {
+          atomicAdd(s_hist + slot, 1);
+        }
+      }
+      __stcs(out + i, slot);
+    }
+  }
+  invalid = WarpSum(invalid);
+  if ((threadIdx.x & 31) == 0 && invalid != 0) atomicAdd(&s_invalid, invalid);
+  __syncthreads();
+  if (record) {
+    for (int p = threadIdx.x; p < num_p; p += blockDim.x)
+      if (s_hist[p] != 0) atomicAdd(load_pass + p, s_hist[p]);
+  }
+  if (threadIdx.x == 0 && d_invalid != nullptr && s_invalid != 0) atomicAdd(d_invalid, s_invalid);
+}
+
+constexpr int kCountThreads = 256;
+constexpr int kCountMaxBlocks = 528;
+
+template <typename IdT>
+__global__ void __launch_bounds__(kCountThreads)
+    CountKernel(const IdT* __restrict__ ids, int64_t num_tokens, const int32_t* d_num_tokens,
+                int32_t top_k, int32_t num_p, const int32_t* d_record, int32_t* load_pass,
+                unsigned long long* d_invalid) {
+  extern __shared__ int32_t s_hist[];  // [P]
+  __shared__ unsigned long long s_invalid;
+  const int64_t n = ValidItems(num_tokens, d_num_tokens, top_k);
+  const bool record = (d_record == nullptr) || (*d_record != 0);
+  for (int p = threadIdx.x; p < num_p; p += blockDim.x) s_hist[p] = 0;
+  if (threadIdx.x == 0) s_invalid = 0;
+  __syncthreads();
+  unsigned long long invalid = 0;
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const int64_t v = static_cast<int64_t>(__ldcs(ids + i));
+    if (v >= 0 && v < num_p) {
+      if (record) atomicAdd(s_hist + v, 1);
+    } else {
+      ++invalid;
+    }
+  }
+  invalid = WarpSum(invalid);
+  if ((threadIdx.x & 31) == 0 && invalid != 0) atomicAdd(&s_invalid, invalid);
+  __syncthreads();
+  if (record) {
+    for (int p = threadIdx.x; p < num_p; p += blockDim.x) {
+      if (s_hist[p] != 0) atomicAdd(load_pass + p, s_hist[p]);
+    }
+  }
+  if (threadIdx.x == 0 && d_invalid != nullptr && s_invalid != 0) atomicAdd(d_invalid, s_invalid);
+}
+
+}  // namespace
+
+void RouteSegments(int64_t capacity_items, int32_t* num_segments, int64_t* segment_items) {
+  int64_t tiles = (capacity_items + kRouteTileItems - 1) / kRouteTileItems;
+  int64_t s = tiles < kRouteMaxSegments ? tiles : kRouteMaxSegments;
+  if (s < 1) s = 1;
+  int64_t len = (capacity_items + s - 1) / s;
+  len = (len + 31) / 32 * 32;
+  if (len < 32) len = 32;
+  *num_segments = static_cast<int32_t>(s);
+  *segment_items = len;
+}
+
+cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_tokens,
+                             const int32_t* num_tokens_device, int32_t top_k,
+                             const int32_t* log2phy, const int32_t* logcnt,
+                             int32_t num_logical_experts, int32_t num_physical_experts,
+                             const int32_t* record, int32_t* topk_physical, int32_t* load_pass,
+                             unsigned long long* invalid_count, cudaStream_t stream) {
+  const int64_t cap = num_tokens * top_k;
+  if (cap == 0) return cudaSuccess;
+  int32_t segs = 0;
+  int64_t seg_items = 0;
+  RouteSegments(cap, &segs, &seg_items);
+  const int32_t max_rep = num_physical_experts - num_logical_experts + 1;
+  if (cap >= kRouteHashMinItems) {
+    int64_t blocks = (cap + kRouteTileItems - 1) / kRouteTileItems;
+    if (blocks > kRouteMaxSegments) blocks = kRouteMaxSegments;
+    const size_t hsmem = sizeof(int32_t) * static_cast<size_t>(num_physical_experts);
+    if (ids64) {
+      RouteHashKernel<int64_t><<<static_cast<int>(blocks), kRouteThreads, hsmem, stream>>>(
+          static_cast<const int64_t*>(topk_logical), cap, num_tokens, num_tokens_device, top_k,
+          log2phy, logcnt, num_logical_experts, num_physical_experts, max_rep, record,
+          topk_physical, load_pass, invalid_count);
+    } else {
+      RouteHashKernel<int32_t><<<static_cast<int>(blocks), kRouteThreads, hsmem, stream>>>(
+          static_cast<const int32_t*>(topk_logical), cap, num_tokens, num_tokens_device, top_k,
+          log2phy, logcnt, num_logical_experts, num_physical_experts, max_rep, record,
+          topk_physical, load_pass, invalid_count);
+    }
+    return cudaGetLastError();
+  }
+  const size_t smem = sizeof(int32_t) * static_cast<size_t>(kWarps + 1) * num_logical_experts;
+  if (ids64) {
+    RouteCountKernel<int64_t><<<segs, kRouteThreads, smem, stream>>>(
+        static_cast<const int64_t*>(topk_logical), cap, num_tokens, num_tokens_device, top_k,
+        log2phy, logcnt, num_logical_experts, EplbKeyBits(num_logical_experts),
+        num_physical_experts, max_rep, record, topk_physical, load_pass, invalid_count, seg_items);
+  } else {
+    RouteCountKernel<int32_t><<<segs, kRouteThreads, smem, stream>>>(
+        static_cast<const int32_t*>(topk_logical), cap, num_tokens, num_tokens_device, top_k,
+        log2phy, logcnt, num_logical_experts, EplbKeyBits(num_logical_experts),
+        num_physical_experts, max_rep, record, topk_physical, load_pass, invalid_count, seg_items);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchCount(const void* topk_physical, bool ids64, int64_t num_tokens,
+                        const int32_t* num_tokens_device, int32_t top_k,
+                        int32_t num_physical_experts, const int32_t* record, int32_t* load_pass,
+                        unsigned long long* invalid_count, cudaStream_t stream) {
+  const int64_t cap = num_tokens * top_k;
+  if (cap == 0) return cudaSuccess;
+  int64_t blocks = (cap + 4095) / 4096;
+  if (blocks > kCountMaxBlocks) blocks = kCountMaxBlocks;
+  const size_t smem = sizeof(int32_t) * static_cast<size_t>(num_physical_experts);
+  if (ids64) {
+    CountKernel<int64_t><<<static_cast<int>(blocks), kCountThreads, smem, stream>>>(
+        static_cast<const int64_t*>(topk_physical), num_tokens, num_tokens_device, top_k,
+        num_physical_experts, record, load_pass, invalid_count);
+  } else {
+    CountKernel<int32_t><<<static_cast<int>(blocks), kCountThreads, smem, stream>>>(
+        static_cast<const int32_t*>(topk_physical), num_tokens, num_tokens_device, top_k,
+        num_physical_experts, record, load_pass, invalid_count);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace kernels
+}  // namespace eplb

@@ -1,0 +1,548 @@
+// Device kernels against their host references (host/kernel_ref.h) and the
+// GPU planner against the host planner: random inputs, the real routing
+// trace, adversarial ids, a CUDA graph with changing device-side counts, and
+// every conformance case. Every run happens twice on a stream the test made;
+// both runs must be bit-identical to the reference.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <dirent.h>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "case_format.h"
+#include "eplb/eplb.h"
+#include "gpu_env.h"
+#include "kernel_ref.h"
+#include "planner.h"
+#include "test_env.h"
+#include "topk_format.h"
+
+namespace {
+
+using eplb_test::ScopedStream;
+
+template <typename T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t n = 0) { Resize(n); }
+  ~DeviceBuffer() {
+    if (p_) cudaFree(p_);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  void Resize(size_t n) {
+    if (p_) cudaFree(p_);
+    p_ = nullptr;
+    n_ = n;
+    // At least one element, so that a zero-size case still has a valid pointer.
+    EXPECT_EQ(cudaMalloc(&p_, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+  void Upload(const std::vector<T>& h, cudaStream_t s) {
+    if (h.size() > n_) Resize(h.size());
+    if (!h.empty())
+      EXPECT_EQ(cudaMemcpyAsync(p_, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice, s),
+                cudaSuccess);
+  }
+  std::vector<T> Download(cudaStream_t s, size_t n = SIZE_MAX) const {
+    std::vector<T> h(std::min(n, n_));
+    if (!h.empty())
+      EXPECT_EQ(cudaMemcpyAsync(h.data(), p_, h.size() * sizeof(T), cudaMemcpyDeviceToHost, s),
+                cudaSuccess);
+    EXPECT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    return h;
+  }
+  void Fill(int byte, cudaStream_t s) {
+    if (n_) EXPECT_EQ(cudaMemsetAsync(p_, byte, n_ * sizeof(T), s), cudaSuccess);
+  }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+#define EPLB_OK(expr) ASSERT_EQ((expr), EPLB_SUCCESS) << #expr << ": " << eplbGetLastErrorDetail()
+
+struct Table {
+  int32_t E = 0, P = 0;
+  std::vector<int32_t> phy2log, log2phy, logcnt;
+};
+
+Table RandomTable(std::mt19937_64& rng, int32_t E, int32_t P) {
+  Table t;
+  t.E = E;
+  t.P = P;
+  const int32_t R1 = P - E + 1;
+  t.phy2log.resize(static_cast<size_t>(P));
+  for (int32_t p = 0; p < P; ++p) t.phy2log[p] = p < E ? p : static_cast<int32_t>(rng() % E);
+  std::shuffle(t.phy2log.begin(), t.phy2log.end(), rng);
+  t.log2phy.assign(static_cast<size_t>(E) * R1, -1);
+  t.logcnt.assign(static_cast<size_t>(E), 0);
+  for (int32_t p = 0; p < P; ++p) {
+    const int32_t e = t.phy2log[p];
+    t.log2phy[static_cast<size_t>(e) * R1 + t.logcnt[e]++] = p;
+  }
+  return t;
+}
+
+std::vector<int64_t> ZipfIds(std::mt19937_64& rng, size_t n, int32_t E, double s) {
+  std::vector<double> cdf(static_cast<size_t>(E));
+  double acc = 0;
+  for (int32_t e = 0; e < E; ++e) cdf[e] = acc += 1.0 / std::pow(e + 1.0, s);
+  std::uniform_real_distribution<double> u(0.0, acc);
+  std::vector<int64_t> ids(n);
+  for (auto& v : ids) v = std::lower_bound(cdf.begin(), cdf.end(), u(rng)) - cdf.begin();
+  return ids;
+}
+
+// One route+count case, run twice on the device, both compared with the
+// reference. valid < 0: no device count (all T valid).
+void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Table& t, bool ids64,
+                int64_t valid, bool record) {
+  ScopedStream stream;
+  const int64_t vt = valid < 0 ? T : std::min<int64_t>(T, std::max<int64_t>(0, valid));
+  std::vector<int32_t> ref_out(ids.size(), -7), ref_load(static_cast<size_t>(t.P), 0);
+  uint64_t ref_invalid = 0;
+  eplb::RouteCountRef(ids, T, vt, K, t.log2phy.data(), t.logcnt.data(), t.E, t.P, record,
+                      ref_out.data(), ref_load.data(), &ref_invalid);
+
+  DeviceBuffer<int32_t> d_ids32(ids.size()), d_out(ids.size()), d_load(t.P), d_l2p, d_cnt,
+      d_valid(1), d_rec(1);
+  DeviceBuffer<int64_t> d_ids64(ids.size());
+  DeviceBuffer<unsigned long long> d_inv(1);
+  if (ids64) {
+    d_ids64.Upload(ids, stream);
+  } else {
+    std::vector<int32_t> i32(ids.begin(), ids.end());
+    d_ids32.Upload(i32, stream);
+  }
+  d_l2p.Upload(t.log2phy, stream);
+  d_cnt.Upload(t.logcnt, stream);
+  d_valid.Upload({static_cast<int32_t>(std::min<int64_t>(valid, INT32_MAX))}, stream);
+  d_rec.Upload({record ? 1 : 0}, stream);
+  for (int run = 0; run < 2; ++run) {
+    SCOPED_TRACE(run);
+    d_out.Fill(0x5a, stream);
+    d_load.Fill(0, stream);
+    d_inv.Fill(0, stream);
+    const void* in = ids64 ? static_cast<const void*>(d_ids64.get()) : d_ids32.get();
+    EPLB_OK(eplbRouteCount(in, ids64 ? EPLB_ID_INT64 : EPLB_ID_INT32, T,
+                           valid < 0 ? nullptr : d_valid.get(), K, d_l2p.get(), d_cnt.get(), t.E,
+                           t.P, d_rec.get(), d_out.get(), d_load.get(), d_inv.get(), stream));
+    EXPECT_EQ(d_out.Download(stream, ids.size()), ref_out);
+    EXPECT_EQ(d_load.Download(stream), ref_load);
+    EXPECT_EQ(d_inv.Download(stream)[0], ref_invalid);
+  }
+}
+
+TEST(RouteCount, RandomMatchesReference) {
+  EPLB_REQUIRE_GPUS(1);
+  std::mt19937_64 rng(11);
+  struct C {
+    int64_t T;
+    int32_t K, E, P;
+    double zipf;
+  } cases[] = {{1, 8, 256, 288, 1.2},
+               {64, 8, 256, 288, 0.0},
+               {513, 8, 256, 288, 1.2},
+               {4097, 6, 64, 80, 1.0},
+               {8192, 8, 256, 320, 1.2},
+               {100003, 8, 256, 288, 1.2},
+               {3000, 2, 1024, 4096, 0.5},
+               {777, 1, 8, 8, 0.0},
+               // Hash path (T*K >= EPLB_ROUTE_HASH_MIN_ITEMS), at and above the threshold.
+               {(1 << 22) / 8, 8, 256, 288, 1.2},
+               {(1 << 22) / 6 + 7, 6, 64, 80, 0.0}};
+  for (const C& c : cases) {
+    SCOPED_TRACE(c.T);
+    const Table t = RandomTable(rng, c.E, c.P);
+    auto ids = ZipfIds(rng, static_cast<size_t>(c.T * c.K), c.E, c.zipf);
+    for (int k = 0; k < 20 && !ids.empty(); ++k) ids[rng() % ids.size()] = -1;  // padding
+    for (int k = 0; k < 5 && !ids.empty(); ++k) ids[rng() % ids.size()] = c.E + int64_t(rng() % 9);
+    CheckRoute(ids, c.T, c.K, t, false, -1, true);
+    CheckRoute(ids, c.T, c.K, t, true, -1, true);
+    CheckRoute(ids, c.T, c.K, t, true, c.T / 2, true);
+    CheckRoute(ids, c.T, c.K, t, false, c.T + 5, false);
+  }
+}
+
+TEST(RouteCount, Adversarial) {
+  EPLB_REQUIRE_GPUS(1);
+  std::mt19937_64 rng(12);
+  const Table t = RandomTable(rng, 256, 288);
+  // Everything to one expert (the hottest, with the most replicas).
+  int32_t hot = 0;
+  for (int32_t e = 0; e < t.E; ++e)
+    if (t.logcnt[e] > t.logcnt[hot]) hot = e;
+  CheckRoute(std::vector<int64_t>(70001 * 8, hot), 70001, 8, t, false, -1, true);
+  CheckRoute(std::vector<int64_t>(33 * 8, hot), 33, 8, t, true, -1, true);
+  CheckRoute(std::vector<int64_t>(size_t{1} << 22, hot), (1 << 22) / 8, 8, t, false, -1, true);
+  // Only invalid ids, including int64 values that truncate to valid int32.
+  std::vector<int64_t> bad;
+  for (int i = 0; i < 4100; ++i)
+    bad.push_back(i % 3 == 0 ? -1 : (i % 3 == 1 ? 256 + i : (int64_t{1} << 32) + 5));
+  CheckRoute(bad, 4100, 1, t, true, -1, true);
+  // Zero tokens, one token, and negative / zero device counts.
+  CheckRoute({}, 0, 8, t, false, -1, true);
+  CheckRoute(std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}, 1, 8, t, false, -1, true);
+  CheckRoute(std::vector<int64_t>(8 * 9, 3), 9, 8, t, false, -3, true);
+  CheckRoute(std::vector<int64_t>(8 * 9, 3), 9, 8, t, false, 0, true);
+}
+
+TEST(RouteCount, RealTrace) {
+  EPLB_REQUIRE_GPUS(1);
+  EPLB_REQUIRE_DATA_PATH(dir, "traces/deepseek-v2-lite/topk");
+  std::mt19937_64 rng(13);
+  DIR* d = opendir(dir.c_str());
+  ASSERT_NE(d, nullptr);
+  std::vector<std::string> files;
+  while (dirent* ent = readdir(d)) {
+    const std::string n = ent->d_name;
+    if (n.size() > 4 && n.substr(n.size() - 4) == ".txt") files.push_back(n);
+  }
+  closedir(d);
+  std::sort(files.begin(), files.end());
+  ASSERT_EQ(files.size(), 20u);
+  for (const std::string& f : files) {
+    SCOPED_TRACE(f);
+    const eplb::TopkTrace tr = eplb::ReadTopkTrace(dir + "/" + f);
+    const Table t = RandomTable(rng, tr.num_experts, tr.num_experts + 16);
+    for (int32_t l = 0; l < tr.num_layers; l += 5) {
+      const int32_t* p = tr.layer(l);
+      std::vector<int64_t> ids(p, p + tr.num_tokens * tr.top_k);
+      CheckRoute(ids, tr.num_tokens, tr.top_k, t, (l % 2) == 0, -1, true);
+    }
+  }
+}
+
+TEST(Count, MatchesReference) {
+  EPLB_REQUIRE_GPUS(1);
+  std::mt19937_64 rng(14);
+  ScopedStream stream;
+  for (int64_t T : {int64_t{0}, int64_t{1}, int64_t{4097}, int64_t{200001}}) {
+    for (int v = 0; v < 2; ++v) {
+      const int32_t K = 8, P = 288;
+      std::vector<int64_t> ids = ZipfIds(rng, static_cast<size_t>(T * K), P, 1.2);
+      for (size_t k = 0; k < ids.size(); k += 97) ids[k] = (k % 2) ? -1 : P + int64_t(k);
+      const int64_t valid = v ? T / 3 : T;
+      std::vector<int32_t> ref(P, 0);
+      uint64_t ref_inv = 0;
+      eplb::CountRef(ids, valid, K, P, true, ref.data(), &ref_inv);
+      DeviceBuffer<int64_t> d_ids(ids.size());
+      DeviceBuffer<int32_t> d_load(P), d_valid(1);
+      DeviceBuffer<unsigned long long> d_inv(1);
+      d_ids.Upload(ids, stream);
+      d_valid.Upload({static_cast<int32_t>(valid)}, stream);
+      for (int run = 0; run < 2; ++run) {
+        d_load.Fill(0, stream);
+        d_inv.Fill(0, stream);
+        EPLB_OK(eplbCount(d_ids.get(), EPLB_ID_INT64, T, v ? d_valid.get() : nullptr, K, P, nullptr,
+                          d_load.get(), d_inv.get(), stream));
+        EXPECT_EQ(d_load.Download(stream), ref);
+        EXPECT_EQ(d_inv.Download(stream)[0], ref_inv);
+      }
+    }
+  }
+}
+
+TEST(Window, UpdateReadoutReduceMatchReference) {
+  EPLB_REQUIRE_GPUS(1);
+  std::mt19937_64 rng(15);
+  ScopedStream stream;
+  const int32_t L = 5, E = 64, P = 80, W = 4;
+  std::vector<int32_t> phy2log(static_cast<size_t>(L) * P);
+  for (int32_t l = 0; l < L; ++l) {
+    const Table t = RandomTable(rng, E, P);
+    std::copy(t.phy2log.begin(), t.phy2log.end(), phy2log.begin() + l * P);
+  }
+  phy2log[3] = -1;  // a broken entry is dropped, never an address
+  phy2log[7] = E + 3;
+  DeviceBuffer<int32_t> d_p2l(phy2log.size()), d_pass(phy2log.size()),
+      d_win(static_cast<size_t>(W) * L * E), d_state(2);
+  DeviceBuffer<int64_t> d_sum(static_cast<size_t>(L) * E), d_out(static_cast<size_t>(L) * E),
+      d_red(static_cast<size_t>(L) * E);
+  d_p2l.Upload(phy2log, stream);
+  d_win.Fill(0, stream);
+  d_sum.Fill(0, stream);
+  d_state.Fill(0, stream);
+  std::vector<int32_t> win(d_win.size(), 0), state{0, 0};
+  std::vector<int64_t> sum(d_sum.size(), 0), red(d_sum.size());
+  for (int step = 0; step < 11; ++step) {
+    SCOPED_TRACE(step);
+    std::vector<int32_t> pass(phy2log.size());
+    for (auto& v : pass) v = static_cast<int32_t>(rng() % 1000);
+    d_pass.Upload(pass, stream);
+    eplb::WindowUpdateRef(phy2log.data(), pass.data(), L, E, P, W, win.data(), sum.data(),
+                          state.data());
+    EPLB_OK(eplbWindowUpdate(d_p2l.get(), d_pass.get(), L, E, P, W, d_win.get(), d_sum.get(),
+                             d_state.get(), stream));
+    EXPECT_EQ(d_pass.Download(stream), pass);
+    EXPECT_EQ(d_win.Download(stream), win);
+    EXPECT_EQ(d_sum.Download(stream), sum);
+    EXPECT_EQ(d_state.Download(stream), state);
+    EPLB_OK(eplbWindowReadout(d_sum.get(), L, E, d_out.get(), stream));
+    EPLB_OK(eplbWindowReduce(d_win.get(), W, L, E, d_red.get(), stream));
+    eplb::WindowReduceRef(win.data(), W, int64_t{L} * E, red.data());
+    EXPECT_EQ(red, sum);
+    EXPECT_EQ(d_out.Download(stream), sum);
+    EXPECT_EQ(d_red.Download(stream), sum);
+  }
+}
+
+// Route+count of every layer and the window update captured once, replayed
+// with a changing device token count and the record flag toggled.
+TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
+  EPLB_REQUIRE_GPUS(1);
+  std::mt19937_64 rng(16);
+  ScopedStream stream;
+  const int32_t L = 3, E = 64, P = 80, K = 6, W = 3;
+  const int64_t T = 5000;
+  std::vector<Table> tables;
+  std::vector<int32_t> phy2log, log2phy, logcnt;
+  for (int32_t l = 0; l < L; ++l) {
+    tables.push_back(RandomTable(rng, E, P));
+    phy2log.insert(phy2log.end(), tables[l].phy2log.begin(), tables[l].phy2log.end());
+    log2phy.insert(log2phy.end(), tables[l].log2phy.begin(), tables[l].log2phy.end());
+    logcnt.insert(logcnt.end(), tables[l].logcnt.begin(), tables[l].logcnt.end());
+  }
+  const size_t TK = static_cast<size_t>(T * K);
+  DeviceBuffer<int32_t> d_ids(TK * L), d_out(TK * L), d_p2l(phy2log.size()), d_l2p(log2phy.size()),
+      d_cnt(logcnt.size()), d_pass(static_cast<size_t>(L) * P),
+      d_win(static_cast<size_t>(W) * L * E), d_state(2), d_valid(1), d_rec(1);
+  DeviceBuffer<int64_t> d_sum(static_cast<size_t>(L) * E);
+  DeviceBuffer<unsigned long long> d_inv(1);
+  d_p2l.Upload(phy2log, stream);
+  d_l2p.Upload(log2phy, stream);
+  d_cnt.Upload(logcnt, stream);
+  for (auto* b : {&d_pass, &d_win, &d_state}) b->Fill(0, stream);
+  d_sum.Fill(0, stream);
+  d_inv.Fill(0, stream);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+
+  cudaGraph_t graph;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  const int32_t R1 = P - E + 1;
+  for (int32_t l = 0; l < L; ++l) {
+    EPLB_OK(eplbRouteCount(d_ids.get() + TK * l, EPLB_ID_INT32, T, d_valid.get(), K,
+                           d_l2p.get() + static_cast<size_t>(l) * E * R1,
+                           d_cnt.get() + static_cast<size_t>(l) * E, E, P, d_rec.get(),
+                           d_out.get() + TK * l, d_pass.get() + static_cast<size_t>(l) * P,
+                           d_inv.get(), stream));
+  }
+  EPLB_OK(eplbWindowUpdate(d_p2l.get(), d_pass.get(), L, E, P, W, d_win.get(), d_sum.get(),
+                           d_state.get(), stream));
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t exec;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+
+  std::vector<int32_t> win(d_win.size(), 0), state{0, 0}, pass(d_pass.size(), 0);
+  std::vector<int64_t> sum(d_sum.size(), 0);
+  uint64_t invalid = 0;
+  for (int rep = 0; rep < 8; ++rep) {
+    SCOPED_TRACE(rep);
+    const int32_t valid = static_cast<int32_t>(rng() % (T + 1));
+    const int32_t record = rep % 3 != 1;
+    std::vector<int64_t> ids64 = ZipfIds(rng, TK * L, E, 1.2);
+    for (size_t k = 0; k < ids64.size(); k += 1001) ids64[k] = -1;
+    d_ids.Upload(std::vector<int32_t>(ids64.begin(), ids64.end()), stream);
+    d_valid.Upload({valid}, stream);
+    d_rec.Upload({record}, stream);
+    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+    std::vector<int32_t> out_ref(TK * L);
+    for (int32_t l = 0; l < L; ++l) {
+      std::vector<int64_t> layer_ids(ids64.begin() + TK * l, ids64.begin() + TK * (l + 1));
+      eplb::RouteCountRef(layer_ids, T, valid, K, tables[l].log2phy.data(), tables[l].logcnt.data(),
+                          E, P, record != 0, out_ref.data() + TK * l,
+                          pass.data() + static_cast<size_t>(l) * P, &invalid);
+    }
+    eplb::WindowUpdateRef(phy2log.data(), pass.data(), L, E, P, W, win.data(), sum.data(),
+                          state.data());
+    EXPECT_EQ(d_out.Download(stream), out_ref);
+    EXPECT_EQ(d_sum.Download(stream), sum);
+    EXPECT_EQ(d_win.Download(stream), win);
+    EXPECT_EQ(d_state.Download(stream), state);
+    EXPECT_EQ(d_pass.Download(stream), pass);
+    EXPECT_EQ(d_inv.Download(stream)[0], invalid);
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+}
+
+// GPU plan vs host plan (eplbPlanCompute) for one input; both runs on the
+// device must equal the host bit for bit.
+void CheckPlan(const eplbPlanConfig_t& cfg, const std::vector<int64_t>& load,
+               const std::vector<int32_t>* old) {
+  ScopedStream stream;
+  const size_t L = cfg.num_layers, E = cfg.num_logical_experts, P = cfg.num_physical_experts;
+  const size_t R1 = P - E + 1;
+  std::vector<int32_t> h_p2l(L * P), h_cnt(L * E), h_l2p(L * E * R1);
+  EPLB_OK(eplbPlanCompute(&cfg, load.data(), old ? old->data() : nullptr, h_p2l.data(),
+                          h_cnt.data(), h_l2p.data(), nullptr));
+  size_t ws = 0;
+  EPLB_OK(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws));
+  DeviceBuffer<char> d_ws(ws);
+  DeviceBuffer<int64_t> d_load(load.size());
+  DeviceBuffer<int32_t> d_old(L * P), d_p2l(L * P), d_cnt(L * E), d_l2p(L * E * R1);
+  d_load.Upload(load, stream);
+  if (old) d_old.Upload(*old, stream);
+  for (int run = 0; run < 2; ++run) {
+    SCOPED_TRACE(run);
+    d_p2l.Fill(0xff, stream);
+    d_cnt.Fill(0xff, stream);
+    d_l2p.Fill(0x7f, stream);
+    EPLB_OK(eplbPlanComputeGpu(&cfg, d_load.get(), old ? d_old.get() : nullptr, d_p2l.get(),
+                               d_cnt.get(), d_l2p.get(), d_ws.get(), ws, stream));
+    EXPECT_EQ(d_p2l.Download(stream), h_p2l);
+    EXPECT_EQ(d_cnt.Download(stream), h_cnt);
+    EXPECT_EQ(d_l2p.Download(stream), h_l2p);
+  }
+}
+
+eplbPlanConfig_t ConfigOf(int32_t L, int32_t E, int32_t P, int32_t G, int32_t M, int32_t N,
+                          eplbMigration_t mig) {
+  eplbPlanConfig_t c = EPLB_PLAN_CONFIG_INIT;
+  c.num_layers = L;
+  c.num_logical_experts = E;
+  c.num_physical_experts = P;
+  c.num_groups = G;
+  c.num_nodes = M;
+  c.num_ranks = N;
+  c.migration = mig;
+  return c;
+}
+
+TEST(PlanGpu, ConformanceCases) {
+  EPLB_REQUIRE_GPUS(1);
+  EPLB_REQUIRE_DATA_PATH(dir, "conformance");
+  DIR* d = opendir(dir.c_str());
+  ASSERT_NE(d, nullptr);
+  std::vector<std::string> files;
+  while (dirent* ent = readdir(d)) {
+    const std::string n = ent->d_name;
+    if (n.size() > 5 && n.substr(n.size() - 5) == ".eplb") files.push_back(n);
+  }
+  closedir(d);
+  std::sort(files.begin(), files.end());
+  ASSERT_GE(files.size(), 28u);
+  ScopedStream stream;
+  for (const std::string& f : files) {
+    SCOPED_TRACE(f);
+    const eplb::PlanCase c = eplb::ReadPlanCase(dir + "/" + f);
+    const eplbPlanConfig_t cfg =
+        ConfigOf(c.num_layers, c.num_logical_experts, c.num_physical_experts, c.num_groups,
+                 c.num_nodes, c.num_ranks, EPLB_MIGRATION_PRESERVE);
+    CheckPlan(cfg, c.weights, nullptr);
+    // The GPU plan equals the file's expected plan too.
+    size_t ws = 0;
+    EPLB_OK(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws));
+    DeviceBuffer<char> d_ws(ws);
+    DeviceBuffer<int64_t> d_load(c.weights.size());
+    DeviceBuffer<int32_t> d_p2l(c.phy2log.size()), d_cnt(c.logcnt.size()), d_l2p(c.log2phy.size()),
+        d_old(c.old_phy2log.size());
+    d_load.Upload(c.weights, stream);
+    EPLB_OK(eplbPlanComputeGpu(&cfg, d_load.get(), nullptr, d_p2l.get(), d_cnt.get(), d_l2p.get(),
+                               d_ws.get(), ws, stream));
+    EXPECT_EQ(d_p2l.Download(stream), c.phy2log);
+    EXPECT_EQ(d_cnt.Download(stream), c.logcnt);
+    EXPECT_EQ(d_l2p.Download(stream), c.log2phy);
+    if (!c.old_phy2log.empty()) {
+      CheckPlan(cfg, c.weights, &c.old_phy2log);
+      d_old.Upload(c.old_phy2log, stream);
+      EPLB_OK(eplbPlanComputeGpu(&cfg, d_load.get(), d_old.get(), d_p2l.get(), d_cnt.get(), nullptr,
+                                 d_ws.get(), ws, stream));
+      EXPECT_EQ(d_p2l.Download(stream), c.preserved_phy2log);
+    }
+  }
+}
+
+TEST(PlanGpu, RandomMatchesHost) {
+  EPLB_REQUIRE_GPUS(1);
+  std::mt19937_64 rng(17);
+  struct S {
+    int32_t L, E, P, G, M, N;
+  } shapes[] = {{58, 256, 288, 8, 4, 32},
+                {20, 256, 288, 8, 1, 8},
+                {10, 128, 160, 1, 1, 16},
+                {6, 64, 96, 8, 3, 24},
+                {4, 1024, 4096, 16, 4, 64},
+                {8, 16, 64, 4, 2, 64},
+                {5, 96, 112, 6, 4, 8},
+                {7, 8, 8, 1, 1, 8},
+                // More than 32 packs: GPUs per node (64), nodes (64).
+                {3, 128, 256, 1, 1, 64},
+                {2, 256, 384, 128, 64, 64}};
+  for (const S& s : shapes) {
+    SCOPED_TRACE(s.P);
+    for (int kind = 0; kind < 3; ++kind) {
+      std::vector<int64_t> load(static_cast<size_t>(s.L) * s.E);
+      for (auto& v : load) {
+        if (kind == 0) v = static_cast<int64_t>(rng() % 1000000);
+        if (kind == 1) v = static_cast<int64_t>(rng() % 4);  // ties everywhere
+        if (kind == 2) v = static_cast<int64_t>(rng() % (int64_t{1} << 40));
+      }
+      eplbPlanConfig_t cfg = ConfigOf(s.L, s.E, s.P, s.G, s.M, s.N, EPLB_MIGRATION_NONE);
+      CheckPlan(cfg, load, nullptr);
+      // An old placement: the host plan of other loads.
+      std::vector<int64_t> load2(load.size());
+      for (auto& v : load2) v = static_cast<int64_t>(rng() % 1000);
+      std::vector<int32_t> old(static_cast<size_t>(s.L) * s.P), cnt(load.size());
+      EPLB_OK(
+          eplbPlanCompute(&cfg, load2.data(), nullptr, old.data(), cnt.data(), nullptr, nullptr));
+      cfg.migration = EPLB_MIGRATION_PRESERVE;
+      CheckPlan(cfg, load, &old);
+      cfg.migration = EPLB_MIGRATION_NONE;
+      CheckPlan(cfg, load, &old);
+    }
+  }
+}
+
+// Host-checkable argument errors; they need no device.
+TEST(KernelsApi, ArgumentErrors) {
+  int32_t dummy[4] = {0, 0, 0, 0};
+  cudaStream_t s = cudaStreamPerThread;
+  EXPECT_EQ(eplbRouteCount(nullptr, EPLB_ID_INT32, 1, nullptr, 1, dummy, dummy, 1, 1, nullptr,
+                           dummy, dummy, nullptr, s),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(eplbGetLastErrorDetail()).find("d_topk_logical"), std::string::npos);
+  EXPECT_EQ(eplbRouteCount(dummy, EPLB_ID_INT32, 1, nullptr, 1, dummy, dummy, 1, 1, nullptr, dummy,
+                           dummy, nullptr, nullptr),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(eplbGetLastErrorDetail()).find("stream"), std::string::npos);
+  EXPECT_EQ(eplbRouteCount(dummy, static_cast<eplbIdType_t>(7), 1, nullptr, 1, dummy, dummy, 1, 1,
+                           nullptr, dummy, dummy, nullptr, s),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(eplbRouteCount(dummy, EPLB_ID_INT32, 1, nullptr, 1, dummy, dummy, 4, 3, nullptr, dummy,
+                           dummy, nullptr, s),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(eplbGetLastErrorDetail()).find("num_physical_experts"), std::string::npos);
+  EXPECT_EQ(eplbRouteCount(dummy, EPLB_ID_INT32, int64_t{1} << 29, nullptr, 8, dummy, dummy, 4, 4,
+                           nullptr, dummy, dummy, nullptr, s),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(eplbCount(dummy, EPLB_ID_INT32, -1, nullptr, 1, 4, nullptr, dummy, nullptr, s),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(eplbWindowUpdate(dummy, dummy, 1, 2, 3, 0, dummy, nullptr, dummy, s),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  eplbPlanConfig_t cfg = ConfigOf(2, 12, 16, 4, 2, 8, EPLB_MIGRATION_FULL);
+  size_t ws = 0;
+  EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws), EPLB_SUCCESS);
+  EXPECT_GT(ws, 0u);
+  EXPECT_EQ(eplbPlanComputeGpu(&cfg, reinterpret_cast<int64_t*>(dummy), dummy, dummy, dummy,
+                               nullptr, reinterpret_cast<void*>(256), ws, s),
+            EPLB_ERROR_NOT_SUPPORTED);
+  cfg.policy = EPLB_POLICY_CHURN_AWARE;
+  EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws), EPLB_ERROR_NOT_SUPPORTED);
+  cfg.policy = EPLB_POLICY_AUTO;
+  cfg.migration = EPLB_MIGRATION_NONE;
+  EXPECT_EQ(eplbPlanComputeGpu(&cfg, reinterpret_cast<int64_t*>(dummy), nullptr, dummy, dummy,
+                               nullptr, reinterpret_cast<void*>(256), ws - 1, s),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  cfg.num_ranks = 7;
+  EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws), EPLB_ERROR_INVALID_ARGUMENT);
+}
+
+}  // namespace
