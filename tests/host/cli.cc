@@ -379,7 +379,7 @@ std::vector<DemoRow> DemoRows(const std::string& out) {
 }
 
 TEST_F(CliTest, DemoPrintsItsTable) {
-  Result r = Run("demo --windows 3 --seed 7");
+  Result r = Run("demo --windows 3 --seed 7 --no-gpu");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("window"), std::string::npos) << r.out;
   std::vector<DemoRow> rows = DemoRows(r.out);
@@ -392,14 +392,14 @@ TEST_F(CliTest, DemoPrintsItsTable) {
     EXPECT_LE(rows[i].full, rows[i].preserve);
   }
   // The same seed gives the same history and plans (timings aside).
-  std::vector<DemoRow> again = DemoRows(Run("demo --windows 3 --seed 7").out);
+  std::vector<DemoRow> again = DemoRows(Run("demo --windows 3 --seed 7 --no-gpu").out);
   ASSERT_EQ(again.size(), 3u);
   for (size_t i = 0; i < 3; ++i) {
     EXPECT_EQ(again[i].initial, rows[i].initial);
     EXPECT_EQ(again[i].planned, rows[i].planned);
     EXPECT_EQ(again[i].full, rows[i].full);
   }
-  std::vector<DemoRow> other = DemoRows(Run("demo --windows 3 --seed 8").out);
+  std::vector<DemoRow> other = DemoRows(Run("demo --windows 3 --seed 8 --no-gpu").out);
   ASSERT_EQ(other.size(), 3u);
   EXPECT_NE(other[0].initial, rows[0].initial);
   // No arguments at all: the default run works too.
