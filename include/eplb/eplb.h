@@ -225,11 +225,12 @@ struct eplbChurnOptions {
   /* Sticky candidate: the fresh plan's replica counts packed so that a
    * replica stays on a rank already holding its expert while the rank stays
    * under (1 + sticky_slack) * the fresh plan's max load; < 0 disables it;
-   * in [-1, 10]. Default 0.02. Absent (older struct_size): 0.02. */
+   * in [-1, 10]. Default 0.1 (the forecast's error is larger than that, and
+   * the looser cap keeps more holdings). Absent (older struct_size): 0.1. */
   double sticky_slack;
 };
 
-#define EPLB_CHURN_OPTIONS_INIT {sizeof(eplbChurnOptions_t), NULL, 0.29, 0.001, 0.075, 0, 0.02}
+#define EPLB_CHURN_OPTIONS_INIT {sizeof(eplbChurnOptions_t), NULL, 0.29, 0.001, 0.075, 0, 0.1}
 
 /* Recommended half-life, in steps, of the decayed load estimate: decay =
  * 0.5^(1 / EPLB_CHURN_DEFAULT_HALF_LIFE_STEPS). */
@@ -444,8 +445,11 @@ EPLB_API eplbStatus_t eplbPlanComputeGpu(const eplbPlanConfig_t* config, const i
  * holds bytes_per_slot bytes. eplb reads and writes those rows and nothing
  * else. Rows going to one peer are packed into one contiguous staging region
  * and sent with one ncclSend per peer (one ncclRecv per peer) inside
- * ncclGroupStart/End; layers are processed in chunks that fit the staging
- * budget; packing, sending and unpacking of successive chunks overlap.
+ * ncclGroupStart/End; layers are processed in rounds that fit the staging
+ * budget (small layers share a round; a layer larger than half the budget,
+ * or than an internal round target, moves in column slices: slice k of every
+ * row, a complete exchange of those bytes); packing, sending and unpacking
+ * of successive rounds overlap on internal streams.
  *
  * Collective contract: every rank of the communicator calls Create, Run and
  * Destroy in the same order with the same shapes, the same staging budget,
@@ -499,7 +503,7 @@ typedef struct {
   int64_t slots_received;      /* local slots filled from received bundles */
   int64_t slots_copied_local;  /* local slots filled from another local slot */
   int64_t slots_kept;          /* local slots whose expert did not change */
-  int32_t num_chunks;          /* staging rounds (NCCL groups) enqueued */
+  int32_t num_chunks;          /* NCCL groups (staging rounds with peer traffic) enqueued */
   /* Layers first_layer .. first_layer + num_layers_done - 1 are fully
    * enqueued; on success, num_layers_done == num_layers. Written also when
    * Run fails after the agreement check (see eplbExchangeRun). */
@@ -543,8 +547,9 @@ EPLB_API eplbStatus_t eplbExchangeStagingQuery(const eplbExchangeConfig_t* confi
  *
  * Host; blocks (device allocation, stream and event creation); not
  * collective (no NCCL call). Errors: EPLB_ERROR_INVALID_ARGUMENT (NULL,
- * struct_size, shapes, rank/num_ranks different from the communicator's,
- * h_rank_node, staging_bytes == 0), EPLB_ERROR_CUDA, EPLB_ERROR_NCCL,
+ * struct_size, shapes, rank/num_ranks/device different from the
+ * communicator's, h_rank_node, staging_bytes == 0), EPLB_ERROR_CUDA,
+ * EPLB_ERROR_NCCL,
  * EPLB_ERROR_OUT_OF_MEMORY; *out untouched on error. */
 EPLB_API eplbStatus_t eplbExchangeCreate(const eplbExchangeConfig_t* config, ncclComm_t comm,
                                          eplbExchange_t* out);
@@ -555,8 +560,9 @@ EPLB_API eplbStatus_t eplbExchangeCreate(const eplbExchangeConfig_t* config, ncc
  * different row sizes and pitches. num_local_slots must be P/N. Every layer
  * a Run covers must be registered, with the same tensor sizes on every rank.
  *
- * Host; blocks briefly (a small host-to-device table copy, synchronous);
- * never touches the weights. Errors: EPLB_ERROR_INVALID_ARGUMENT (NULL
+ * Host; blocks: waits for this exchange's work in flight, then copies a
+ * small table to the device on an internal stream; never touches the
+ * weights. Errors: EPLB_ERROR_INVALID_ARGUMENT (NULL
  * handle or array, layer out of range, num_tensors outside
  * 1..EPLB_EXCHANGE_MAX_TENSORS, a NULL d_slots, bytes_per_slot == 0,
  * pitch_bytes < bytes_per_slot, num_local_slots != P/N), EPLB_ERROR_CUDA;
@@ -570,7 +576,8 @@ EPLB_API eplbStatus_t eplbExchangeRegisterLayer(eplbExchange_t ex, int32_t layer
  * the placement h_old_phy2log to h_new_phy2log (each [num_layers][P] host,
  * the rows of those layers only; the same on every rank). Collective.
  *
- * Phases: (1) validate; (2) agreement check: one ncclAllReduce of a hash of
+ * Phases: (1) validate and plan on the host (this overlaps the GPU work
+ * still in flight); (2) agreement check: one ncclAllReduce of a hash of
  * every input (shapes, budget, tensor sizes, plans, validation outcome) on
  * `stream`, then THE HOST BLOCKS until it completes — i.e. until `stream`
  * has reached this point, including the work enqueued on it before the
@@ -593,7 +600,8 @@ EPLB_API eplbStatus_t eplbExchangeRegisterLayer(eplbExchange_t ex, int32_t layer
  *     other ranks return EPLB_ERROR_MISMATCH instead of hanging;
  *   EPLB_ERROR_MISMATCH — the ranks' inputs differ (every rank returns it);
  *   EPLB_ERROR_INVALID_USAGE — staging_bytes below what a layer of this plan
- *     needs (the same decision on every rank, since plans agree).
+ *     needs (the same decision on every rank when the inputs agree; a rank
+ *     whose own check fails reports its own error, the others MISMATCH).
  *   A NULL handle returns EPLB_ERROR_INVALID_ARGUMENT without the check
  *   (the other ranks then wait in it: a caller bug).
  * Errors after the check (EPLB_ERROR_NCCL with ncclGetErrorString in the

@@ -1,0 +1,115 @@
+// Orchestration of the packed expert-weight exchange (stage 6 of DESIGN.md):
+// executes the transfer plans of host/transfer_plan.h with pack/unpack
+// kernels (kernels/pack.cuh), CUDA streams and events, and one
+// ncclSend/ncclRecv per peer per chunk of layers. The C API
+// (host/capi/exchange_api.cc) is a thin shim over this class.
+//
+// Streams: work forks from the caller's stream into three internal streams
+// (pack, comm, unpack) and joins back, so that chunk c+1 is packed while
+// chunk c is on the wire and chunk c-1 is unpacked; staging is a ring, and a
+// chunk waits only for the earlier chunks whose staging bytes it reuses.
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "eplb/eplb.h"
+#include "kernels/pack.cuh"
+#include "transfer_plan.h"
+
+namespace eplb {
+namespace cuda {
+
+// Checks an eplbExchangeConfig_t (host only, no GPU): struct_size, L, P, N,
+// rank, h_rank_node; staging_bytes and device only when `for_create`.
+// Returns the transfer shape. Throws kInvalidArgument naming the field.
+TransferShape ValidateExchangeConfig(const eplbExchangeConfig_t& config, bool for_create);
+
+// Device bytes Create allocates for a config (host only): staging plus the
+// row-descriptor buffer, the tensor table and the agreement-check word.
+size_t ExchangeDeviceBytes(int32_t num_layers, int32_t num_physical_experts, int32_t num_ranks,
+                           size_t staging_bytes);
+
+// Internal knobs (not in the C API; the benchmark compares settings).
+struct ExchangeTuning {
+  // Blocks per pack/unpack launch (0 = as many as the rows need). A cap
+  // leaves SMs and memory bandwidth to the NCCL kernels running beside the
+  // copies of the neighbouring chunks.
+  int32_t max_copy_blocks = 64;
+  // Staging a round aims for when the budget holds two rounds: large enough
+  // that an NCCL group costs little per byte, small enough that packing the
+  // first round and unpacking the last are short. Layers above it are sliced.
+  size_t chunk_target_bytes = size_t{128} << 20;
+};
+
+class Exchange {
+ public:
+  // Validates, checks the communicator's size and rank, allocates every
+  // device and pinned buffer, streams and events. Blocks. Throws.
+  Exchange(const eplbExchangeConfig_t& config, ncclComm_t comm,
+           const ExchangeTuning& tuning = ExchangeTuning());
+  ~Exchange();
+  Exchange(const Exchange&) = delete;
+  Exchange& operator=(const Exchange&) = delete;
+
+  // See eplbExchangeRegisterLayer. Waits for the exchange's work in flight
+  // (the tensor table it rewrites may be in use). Throws.
+  void RegisterLayer(int32_t layer, const eplbTensorDesc_t* tensors, int32_t num_tensors,
+                     int32_t num_local_slots);
+
+  // See eplbExchangeRun. Throws eplb::Error; `stats` (may be null) is
+  // written on success and on failures after the agreement check.
+  void Run(const int32_t* old_phy2log, const int32_t* new_phy2log, int32_t first_layer,
+           int32_t num_layers, eplbExchangeStats_t* stats, cudaStream_t stream);
+
+ private:
+  struct LayerBundle {
+    bool registered = false;
+    int32_t num_tensors = 0;
+    std::vector<kernels::PackTensor> tensors;  // [kPackMaxTensors]
+    size_t payload_bytes = 0;                  // sum of row bytes
+    size_t padded_bytes = 0;                   // PaddedBundleBytes
+    uint64_t max_tensor_bytes = 0;
+  };
+
+  void Release() noexcept;
+  // Folds `hash` across ranks (ncclAllReduce max of hash and ~hash on
+  // `stream`) and blocks until the result is on the host: true when every
+  // rank passed the same hash.
+  bool AgreementCheck(uint64_t hash, cudaStream_t stream);
+  uint64_t InputHash(const int32_t* old_p, const int32_t* new_p, int32_t first, int32_t n) const;
+  void WaitIdle();
+
+  ExchangeTuning tuning_;
+  TransferShape shape_;
+  int32_t num_layers_ = 0;
+  int32_t rank_ = 0;
+  int32_t device_ = 0;
+  int32_t slots_per_rank_ = 0;
+  size_t staging_bytes_ = 0;
+  ncclComm_t comm_ = nullptr;
+  std::vector<LayerBundle> layers_;
+
+  // Device memory (all allocated by the constructor).
+  char* d_staging_ = nullptr;
+  kernels::PackTensor* d_tensors_ = nullptr;  // [L][kPackMaxTensors]
+  kernels::PackRow* d_rows_ = nullptr;        // [row_capacity_]
+  uint64_t* d_check_ = nullptr;               // [2]
+  // Pinned host mirrors.
+  kernels::PackRow* h_rows_ = nullptr;  // [row_capacity_]
+  uint64_t* h_check_ = nullptr;         // [2]
+  size_t row_capacity_ = 0;
+
+  cudaStream_t pack_stream_ = nullptr, comm_stream_ = nullptr, unpack_stream_ = nullptr;
+  cudaEvent_t ev_fork_ = nullptr, ev_upload_ = nullptr, ev_join_ = nullptr;
+  cudaEvent_t ev_packed_ = nullptr, ev_comm_ = nullptr;
+  std::vector<cudaEvent_t> ev_chunk_done_;  // pool, reused round robin
+  bool joined_once_ = false;
+};
+
+}  // namespace cuda
+}  // namespace eplb

@@ -1,0 +1,242 @@
+#include "transfer_plan.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace eplb {
+namespace {
+
+constexpr int32_t kMaxP = 4096;
+constexpr int32_t kMaxN = 1024;
+
+size_t CheckedMul(size_t a, size_t b, const char* what) {
+  if (a != 0 && b > std::numeric_limits<size_t>::max() / a)
+    Throw(Status::kInvalidArgument, "%s overflows size_t", what);
+  return a * b;
+}
+
+size_t CheckedAdd(size_t a, size_t b, const char* what) {
+  if (b > std::numeric_limits<size_t>::max() - a)
+    Throw(Status::kInvalidArgument, "%s overflows size_t", what);
+  return a + b;
+}
+
+}  // namespace
+
+void ValidateTransferShape(const TransferShape& s) {
+  EPLB_CHECK_ARG(s.num_ranks >= 1 && s.num_ranks <= kMaxN, "num_ranks (%d) must be in [1, %d]",
+                 s.num_ranks, kMaxN);
+  EPLB_CHECK_ARG(s.num_physical_experts >= 1 && s.num_physical_experts <= kMaxP,
+                 "num_physical_experts (%d) must be in [1, %d]", s.num_physical_experts, kMaxP);
+  EPLB_CHECK_ARG(s.num_physical_experts % s.num_ranks == 0,
+                 "num_physical_experts (%d) must be a multiple of num_ranks (%d)",
+                 s.num_physical_experts, s.num_ranks);
+  EPLB_CHECK_ARG(s.rank_node.empty() || s.rank_node.size() == static_cast<size_t>(s.num_ranks),
+                 "rank_node has %zu entries, expected num_ranks (%d)", s.rank_node.size(),
+                 s.num_ranks);
+  for (size_t r = 0; r < s.rank_node.size(); ++r)
+    EPLB_CHECK_ARG(s.rank_node[r] >= 0, "h_rank_node[%zu] (%d) must be >= 0", r, s.rank_node[r]);
+}
+
+void ValidateTransferLayer(const TransferShape& s, const int32_t* old_p, const int32_t* new_p,
+                           int32_t layer) {
+  const int32_t P = s.num_physical_experts;
+  std::vector<char> held(static_cast<size_t>(P), 0);
+  for (int32_t p = 0; p < P; ++p) {
+    EPLB_CHECK_ARG(old_p[p] >= 0 && old_p[p] < P,
+                   "h_old_phy2log[%d][%d] (%d) must be an expert id in [0, %d)", layer, p, old_p[p],
+                   P);
+    held[static_cast<size_t>(old_p[p])] = 1;
+  }
+  for (int32_t p = 0; p < P; ++p) {
+    EPLB_CHECK_ARG(new_p[p] >= 0 && new_p[p] < P,
+                   "h_new_phy2log[%d][%d] (%d) must be an expert id in [0, %d)", layer, p, new_p[p],
+                   P);
+    EPLB_CHECK_ARG(held[static_cast<size_t>(new_p[p])] != 0,
+                   "h_new_phy2log[%d][%d]: expert %d is held by no slot of the old placement "
+                   "of layer %d",
+                   layer, p, new_p[p], layer);
+  }
+}
+
+int64_t RankTransfer::NumSendRows() const {
+  int64_t n = 0;
+  for (const auto& v : send_rows) n += static_cast<int64_t>(v.size());
+  return n;
+}
+int64_t RankTransfer::NumRecvRows() const {
+  int64_t n = 0;
+  for (const auto& v : recv_rows) n += static_cast<int64_t>(v.size());
+  return n;
+}
+int64_t RankTransfer::NumRecvSlots() const {
+  int64_t n = 0;
+  for (const auto& v : recv_rows)
+    for (const auto& r : v) n += static_cast<int64_t>(r.dst_slots.size());
+  return n;
+}
+int64_t RankTransfer::NumLocalSlots() const {
+  int64_t n = 0;
+  for (const auto& l : local_rows) n += static_cast<int64_t>(l.dst_slots.size());
+  return n;
+}
+int64_t RankTransfer::NumStagingRows() const {
+  return NumSendRows() + NumRecvRows() + static_cast<int64_t>(local_rows.size());
+}
+
+LayerTransfer PlanLayerTransfer(const TransferShape& s, const int32_t* old_p,
+                                const int32_t* new_p) {
+  const int32_t P = s.num_physical_experts;
+  const int32_t N = s.num_ranks;
+  const int32_t S = P / N;
+  auto node = [&](int32_t r) { return s.rank_node.empty() ? 0 : s.rank_node[r]; };
+
+  // holders[e]: ranks holding e in the old placement, ascending, each once.
+  std::vector<std::vector<int32_t>> holders(static_cast<size_t>(P));
+  for (int32_t p = 0; p < P; ++p) {
+    auto& h = holders[static_cast<size_t>(old_p[p])];
+    int32_t r = p / S;
+    if (h.empty() || h.back() != r) h.push_back(r);
+  }
+  // The lowest old local slot of expert e on rank q (scan of q's slots).
+  auto slot_on = [&](int32_t q, int32_t e) {
+    for (int32_t i = 0; i < S; ++i)
+      if (old_p[q * S + i] == e) return i;
+    return -1;
+  };
+
+  LayerTransfer out(static_cast<size_t>(N));
+  for (auto& t : out) {
+    t.send_rows.assign(static_cast<size_t>(N), {});
+    t.recv_rows.assign(static_cast<size_t>(N), {});
+  }
+  std::vector<int64_t> sent(static_cast<size_t>(N), 0);
+
+  // Per-rank scratch indexed by expert, reset after each rank.
+  std::vector<int32_t> local_src(static_cast<size_t>(P), -1);  // old local slot of e
+  std::vector<int32_t> local_idx(static_cast<size_t>(P), -1);  // index in local_rows
+  std::vector<int32_t> recv_peer(static_cast<size_t>(P), -1);  // peer e comes from
+  std::vector<int32_t> recv_idx(static_cast<size_t>(P), -1);   // index in recv_rows[peer]
+
+  for (int32_t r = 0; r < N; ++r) {
+    RankTransfer& t = out[static_cast<size_t>(r)];
+    for (int32_t i = S - 1; i >= 0; --i) local_src[static_cast<size_t>(old_p[r * S + i])] = i;
+    for (int32_t i = 0; i < S; ++i) {
+      const int32_t e = new_p[r * S + i];
+      const size_t ue = static_cast<size_t>(e);
+      if (old_p[r * S + i] == e) {
+        t.kept_slots.push_back(i);
+      } else if (local_src[ue] >= 0) {
+        if (local_idx[ue] < 0) {
+          local_idx[ue] = static_cast<int32_t>(t.local_rows.size());
+          RankTransfer::Local l;
+          l.expert = e;
+          l.src_slot = local_src[ue];
+          t.local_rows.push_back(l);
+        }
+        t.local_rows[static_cast<size_t>(local_idx[ue])].dst_slots.push_back(i);
+      } else if (recv_peer[ue] >= 0) {
+        t.recv_rows[static_cast<size_t>(recv_peer[ue])][static_cast<size_t>(recv_idx[ue])]
+            .dst_slots.push_back(i);
+      } else {
+        const auto& h = holders[ue];
+        EPLB_ASSERT(!h.empty());
+        bool any_same_node = false;
+        for (int32_t q : h) any_same_node = any_same_node || node(q) == node(r);
+        int32_t best = -1;
+        for (int32_t q : h) {
+          if (any_same_node && node(q) != node(r)) continue;
+          if (best < 0) {
+            best = q;
+            continue;
+          }
+          const int64_t a = sent[static_cast<size_t>(q)], b = sent[static_cast<size_t>(best)];
+          const int32_t da = (q - r + N) % N, db = (best - r + N) % N;
+          if (a < b || (a == b && da < db)) best = q;
+        }
+        EPLB_ASSERT(best >= 0 && best != r);
+        const int32_t src = slot_on(best, e);
+        EPLB_ASSERT(src >= 0);
+        sent[static_cast<size_t>(best)] += 1;
+        out[static_cast<size_t>(best)].send_rows[static_cast<size_t>(r)].push_back(src);
+        auto& rows = t.recv_rows[static_cast<size_t>(best)];
+        recv_peer[ue] = best;
+        recv_idx[ue] = static_cast<int32_t>(rows.size());
+        RankTransfer::Recv rv;
+        rv.expert = e;
+        rv.dst_slots.push_back(i);
+        rows.push_back(rv);
+      }
+    }
+    for (int32_t i = 0; i < S; ++i) {
+      const size_t uo = static_cast<size_t>(old_p[r * S + i]);
+      const size_t un = static_cast<size_t>(new_p[r * S + i]);
+      local_src[uo] = local_idx[uo] = recv_peer[uo] = recv_idx[uo] = -1;
+      local_src[un] = local_idx[un] = recv_peer[un] = recv_idx[un] = -1;
+    }
+  }
+  return out;
+}
+
+size_t PaddedBundleBytes(const size_t* tensor_bytes, int32_t num_tensors) {
+  size_t total = 0;
+  for (int32_t t = 0; t < num_tensors; ++t) {
+    size_t b = tensor_bytes[t];
+    if (b == 0) continue;
+    size_t padded = CheckedAdd(b, kExchangeRowAlign - 1, "tensor bytes") / kExchangeRowAlign *
+                    kExchangeRowAlign;
+    total = CheckedAdd(total, padded, "bundle bytes");
+  }
+  return total;
+}
+
+size_t LayerStagingBytes(const RankTransfer& t, size_t padded_bundle_bytes) {
+  return CheckedMul(static_cast<size_t>(t.NumStagingRows()), padded_bundle_bytes,
+                    "staging bytes of a layer");
+}
+
+size_t MinStagingBytes(const TransferShape& s, int32_t num_layers, const int32_t* old_p,
+                       const int32_t* new_p, const size_t* padded) {
+  ValidateTransferShape(s);
+  const size_t P = static_cast<size_t>(s.num_physical_experts);
+  size_t best = 0;
+  for (int32_t l = 0; l < num_layers; ++l) {
+    ValidateTransferLayer(s, old_p + l * P, new_p + l * P, l);
+    LayerTransfer lt = PlanLayerTransfer(s, old_p + l * P, new_p + l * P);
+    for (const auto& t : lt) best = std::max(best, LayerStagingBytes(t, padded[l]));
+  }
+  return best;
+}
+
+size_t WorstCaseStagingBytes(const TransferShape& s, int32_t num_layers, const size_t* padded) {
+  ValidateTransferShape(s);
+  size_t largest = 0;
+  for (int32_t l = 0; l < num_layers; ++l) largest = std::max(largest, padded[l]);
+  return CheckedMul(static_cast<size_t>(s.num_physical_experts), largest, "worst-case staging");
+}
+
+std::vector<int32_t> ChunkLayers(const std::vector<size_t>& need, size_t target) {
+  std::vector<int32_t> ends;
+  size_t acc = 0;
+  for (size_t l = 0; l < need.size(); ++l) {
+    // A chunk closes when the next layer would push it past the target; a
+    // layer larger than the target forms a chunk of its own.
+    if (acc > 0 && need[l] > target - std::min(acc, target)) {
+      ends.push_back(static_cast<int32_t>(l));
+      acc = 0;
+    }
+    acc += need[l];
+  }
+  if (!need.empty()) ends.push_back(static_cast<int32_t>(need.size()));
+  return ends;
+}
+
+void Hasher::Bytes(const void* data, size_t n) {
+  const unsigned char* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) {
+    h_ ^= p[i];
+    h_ *= 1099511628211ull;
+  }
+}
+
+}  // namespace eplb
