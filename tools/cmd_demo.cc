@@ -12,6 +12,7 @@
 
 #include "cli.h"
 #include "cli_util.h"
+#include "demo_gpu.h"
 #include "replay.h"
 
 namespace {
@@ -26,10 +27,15 @@ const char kDemoHelp[] =
     "redundant slot E+i holding expert i % E) and of the plan (both scored on\n"
     "that window's load), the slots moved under migration NONE / PRESERVE /\n"
     "FULL against the plan in force (the previous window's FULL plan; the\n"
-    "initial placement before window 0), and the planning time.\n"
+    "initial placement before window 0), and the planning time. Then replays a\n"
+    "drifting history through the reference and the churn-aware policies\n"
+    "(forward balancedness and churn), and, when GPUs are visible, runs the real\n"
+    "pipeline (route + count, window, all-reduce, plan, NCCL weight exchange) on\n"
+    "them and prints what it measured.\n"
     "\n"
     "  --seed S      seed of the synthetic history (default 1)\n"
     "  --windows W   number of windows, 1..1000 (default 8)\n"
+    "  --no-gpu      skip the live pipeline on the visible GPUs\n"
     "  --help        this text\n";
 
 // SplitMix64: a fixed, portable generator, so a seed gives the same history
@@ -103,7 +109,8 @@ int RunDemo(int argc, char** argv) {
   const char* cmd = "demo";
   eplb_cli::Options opts;
   bool help = false;
-  if (!opts.Parse(cmd, argc, argv, {{"seed", true}, {"windows", true}}, &help)) return 2;
+  if (!opts.Parse(cmd, argc, argv, {{"seed", true}, {"windows", true}, {"no-gpu", false}}, &help))
+    return 2;
   if (help) {
     std::fputs(kDemoHelp, stdout);
     return 0;
@@ -239,7 +246,7 @@ int RunDemo(int argc, char** argv) {
     std::fprintf(stderr, "eplb demo: replay failed: %s\n", e.what());
     return 1;
   }
-  return 0;
+  return opts.Has("no-gpu") ? 0 : eplb_cli::RunGpuDemo();
 }
 
 }  // namespace
