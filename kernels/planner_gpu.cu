@@ -126,6 +126,26 @@ __device__ void WarpGreedy(const double* items, const int32_t* ord, int32_t n, i
     }
     return;
   }
+  if (m <= 32) {
+    // Common case (up to 32 GPUs per node): pack `lane` lives in registers,
+    // so a step's only dependency on the previous one is the pack state;
+    // the next item's loads overlap the reduction. Same float64 sums in the
+    // same order as below.
+    double my_load = 0.0;
+    int32_t my_cnt = 0;
+    for (int32_t t = 0; t < n; ++t) {
+      const int32_t i = ord[t];
+      const double v = items[i];
+      Best b = (lane < m && my_cnt < cap) ? Best{my_load, lane} : Best{0.0, -1};
+      b = WarpReduce<true>(b);
+      if (b.k == lane) {
+        pack_of[i] = lane;
+        pos_of[i] = my_cnt++;
+        my_load += v;
+      }
+    }
+    return;
+  }
   for (int32_t k = lane; k < m; k += 32) {
     pl[k] = 0.0;
     pc[k] = 0;

@@ -41,6 +41,7 @@ __global__ void __launch_bounds__(kRouteThreads, 4)
   extern __shared__ int32_t smem[];
   int32_t* hist = smem;                       // [kWarps][E]: per-warp counts, then bases
   int32_t* seg_base = smem + kWarps * num_e;  // [E]: ranks handed out so far in the segment
+  int32_t* s_cnt = seg_base + num_e;          // [E]: logcnt, staged once per block
   __shared__ unsigned long long s_invalid;
 
   const int64_t n_valid = ValidItems(num_tokens, d_num_tokens, top_k);
@@ -52,7 +53,11 @@ __global__ void __launch_bounds__(kRouteThreads, 4)
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
 
-  for (int e = threadIdx.x; e < num_e; e += blockDim.x) seg_base[e] = 0;
+  const bool record = (d_record == nullptr) || (*d_record != 0);
+  for (int e = threadIdx.x; e < num_e; e += blockDim.x) {
+    seg_base[e] = 0;
+    s_cnt[e] = logcnt[e];
+  }
   if (threadIdx.x == 0) s_invalid = 0;
   unsigned long long invalid = 0;
 
@@ -81,7 +86,7 @@ __global__ void __launch_bounds__(kRouteThreads, 4)
       const int64_t i = chunk + j * 32 + lane;
       key[j] = -1;
       if (i < n_valid && i < chunk_end) {
-        key[j] = EplbItemKey(static_cast<int64_t>(raw[j]), num_e, logcnt, max_rep);
+        key[j] = EplbItemKey(static_cast<int64_t>(raw[j]), num_e, s_cnt, max_rep);
         if (key[j] < 0) ++invalid;
       }
     }
@@ -109,25 +114,21 @@ __global__ void __launch_bounds__(kRouteThreads, 4)
     for (int j = 0; j < kRouteItemsPerLane; ++j) {
       const int64_t i = chunk + j * 32 + lane;
       if (i < chunk_end) {
-        int32_t slot = -1;
-        if (key[j] >= 0) {
-          const uint32_t r =
-              static_cast<uint32_t>(my_hist[key[j]] + rank[j]) + static_cast<uint32_t>(seg);
-          slot = EplbReplicaSlot(key[j], r, log2phy, logcnt, max_rep, num_p);
-          if (slot < 0) ++invalid;
-        }
+        const int32_t base = key[j] >= 0 ? my_hist[key[j]] : 0;
+        const uint32_t r = static_cast<uint32_t>(base + rank[j]) + static_cast<uint32_t>(seg);
+        const int32_t slot = EplbReplicaSlot(key[j], r, log2phy, s_cnt, max_rep, num_p);
+        if (key[j] >= 0 && slot < 0) ++invalid;
         __stcs(out + i, slot);
       }
     }
     __syncthreads();  // hist is zeroed again by the next tile
   }
 
-  const bool record = (d_record == nullptr) || (*d_record != 0);
   if (record) {
     for (int e = threadIdx.x; e < num_e; e += blockDim.x) {
       const int32_t n = seg_base[e];
       if (n == 0) continue;
-      const int32_t c = __ldg(logcnt + e);  // n > 0 implies c in [1, max_rep]
+      const int32_t c = s_cnt[e];  // n > 0 implies c in [1, max_rep]
       for (int j = 0; j < c; ++j) {
         const int32_t slot = __ldg(log2phy + int64_t{e} * max_rep + j);
         EplbCountAdd(load_pass, slot, EplbReplicaShare(n, static_cast<uint32_t>(seg), c, j), num_p);
@@ -152,11 +153,13 @@ __global__ void __launch_bounds__(kRouteThreads, 4)
                     const int32_t* __restrict__ logcnt, int32_t num_e, int32_t num_p,
                     int32_t max_rep, const int32_t* d_record, int32_t* __restrict__ out,
                     int32_t* load_pass, unsigned long long* d_invalid) {
-  extern __shared__ int32_t s_hist[];  // [P]
+  extern __shared__ int32_t s_hist[];  // [P], then logcnt [E]
+  int32_t* s_cnt = s_hist + num_p;
   __shared__ unsigned long long s_invalid;
   const int64_t n_valid = ValidItems(num_tokens, d_num_tokens, top_k);
   const bool record = (d_record == nullptr) || (*d_record != 0);
   for (int p = threadIdx.x; p < num_p; p += blockDim.x) s_hist[p] = 0;
+  for (int e = threadIdx.x; e < num_e; e += blockDim.x) s_cnt[e] = logcnt[e];
   if (threadIdx.x == 0) s_invalid = 0;
   __syncthreads();
   unsigned long long invalid = 0;
@@ -168,24 +171,29 @@ __global__ void __launch_bounds__(kRouteThreads, 4)
       const int64_t i = base + j * kRouteThreads + threadIdx.x;
       raw[j] = (i < cap_items) ? __ldcs(ids + i) : IdT(-1);
     }
+    // Slots of all items first (their table loads overlap), then counts and
+    // stores.
+    int32_t slot[kRouteItemsPerLane];
+#pragma unroll
+    for (int j = 0; j < kRouteItemsPerLane; ++j) {
+      const int64_t i = base + j * kRouteThreads + threadIdx.x;
+      const int32_t key =
+          i < n_valid ? EplbItemKey(static_cast<int64_t>(raw[j]), num_e, s_cnt, max_rep) : -1;
+      slot[j] = EplbReplicaSlot(key, EplbItemHash(static_cast<uint32_t>(i)), log2phy, s_cnt,
+                                max_rep, num_p);
+    }
 #pragma unroll
     for (int j = 0; j < kRouteItemsPerLane; ++j) {
       const int64_t i = base + j * kRouteThreads + threadIdx.x;
       if (i >= cap_items) continue;
-      int32_t slot = -1;
       if (i < n_valid) {
-        const int32_t key = EplbItemKey(static_cast<int64_t>(raw[j]), num_e, logcnt, max_rep);
-        if (key >= 0) {
-          slot = EplbReplicaSlot(key, EplbItemHash(static_cast<uint32_t>(i)), log2phy, logcnt,
-                                 max_rep, num_p);
-        }
-        if (slot < 0) {
+        if (slot[j] < 0) {
           ++invalid;
         } else if (record) {
-          atomicAdd(s_hist + slot, 1);
+          atomicAdd(s_hist + slot[j], 1);
         }
       }
-      __stcs(out + i, slot);
+      __stcs(out + i, slot[j]);
     }
   }
   invalid = WarpSum(invalid);
@@ -262,7 +270,8 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
   if (cap >= kRouteHashMinItems) {
     int64_t blocks = (cap + kRouteTileItems - 1) / kRouteTileItems;
     if (blocks > kRouteMaxSegments) blocks = kRouteMaxSegments;
-    const size_t hsmem = sizeof(int32_t) * static_cast<size_t>(num_physical_experts);
+    const size_t hsmem =
+        sizeof(int32_t) * static_cast<size_t>(num_physical_experts + num_logical_experts);
     if (ids64) {
       RouteHashKernel<int64_t><<<static_cast<int>(blocks), kRouteThreads, hsmem, stream>>>(
           static_cast<const int64_t*>(topk_logical), cap, num_tokens, num_tokens_device, top_k,
@@ -276,7 +285,7 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     }
     return cudaGetLastError();
   }
-  const size_t smem = sizeof(int32_t) * static_cast<size_t>(kWarps + 1) * num_logical_experts;
+  const size_t smem = sizeof(int32_t) * static_cast<size_t>(kWarps + 2) * num_logical_experts;
   if (ids64) {
     RouteCountKernel<int64_t><<<segs, kRouteThreads, smem, stream>>>(
         static_cast<const int64_t*>(topk_logical), cap, num_tokens, num_tokens_device, top_k,

@@ -21,13 +21,15 @@
 #ifdef __CUDACC__
 
 // Valid expert id -> itself; an id outside [0, E), or an expert whose replica
-// count is outside [1, R+1] (a broken table), -> -1. Never dereferences
-// anything for an invalid id.
+// count is outside [1, R+1] (a broken table), -> -1. An invalid id is never
+// used as an address (the count is read at a clamped index, so the load does
+// not depend on a branch and several items' loads can be in flight).
+// logcnt may point to global or shared memory.
 __device__ __forceinline__ int32_t EplbItemKey(int64_t id, int32_t num_logical_experts,
                                                const int32_t* logcnt, int32_t max_replicas) {
-  if (id < 0 || id >= num_logical_experts) return -1;
-  int32_t c = __ldg(logcnt + id);
-  return (c >= 1 && c <= max_replicas) ? static_cast<int32_t>(id) : -1;
+  const bool in = id >= 0 && id < num_logical_experts;
+  const int32_t c = logcnt[in ? id : 0];
+  return (in && c >= 1 && c <= max_replicas) ? static_cast<int32_t>(id) : -1;
 }
 
 // Warp-cooperative rank (all 32 lanes call it, full mask). Returns, for a
@@ -77,17 +79,19 @@ __host__ __device__ __forceinline__ uint32_t EplbItemHash(uint32_t i) {
   return i;
 }
 
-// Physical slot of the item of expert `key` (>= 0, from EplbItemKey) with
-// rank `rank`: log2phy[key][rank mod logcnt[key]]; -1 when that table entry
-// is outside [0, P) (a broken table).
+// Physical slot of the item of expert `key` (from EplbItemKey; -1 gives -1)
+// with rank `rank`: log2phy[key][rank mod logcnt[key]]; -1 when that table
+// entry is outside [0, P) (a broken table). log2phy and logcnt may point to
+// global or shared memory; the loads do not depend on a branch.
 __device__ __forceinline__ int32_t EplbReplicaSlot(int32_t key, uint32_t rank,
                                                    const int32_t* log2phy, const int32_t* logcnt,
                                                    int32_t max_replicas,
                                                    int32_t num_physical_experts) {
-  const uint32_t c = static_cast<uint32_t>(__ldg(logcnt + key));
-  const uint32_t j = (c == 1u) ? 0u : rank % c;
-  const int32_t slot = __ldg(log2phy + static_cast<int64_t>(key) * max_replicas + j);
-  return (slot >= 0 && slot < num_physical_experts) ? slot : -1;
+  const int32_t k = key >= 0 ? key : 0;
+  const uint32_t c = key >= 0 ? static_cast<uint32_t>(logcnt[k]) : 1u;
+  const uint32_t j = c <= 1u ? 0u : rank % c;
+  const int32_t slot = log2phy[static_cast<int64_t>(k) * max_replicas + j];
+  return (key >= 0 && slot >= 0 && slot < num_physical_experts) ? slot : -1;
 }
 
 // How many of the ranks offset, offset+1, ..., offset+n-1 fall on replica j
