@@ -1,8 +1,20 @@
 // Plan time of the churn-aware policy on the DeepSeek-V3 shape (58 layers,
 // 256 experts, 288 slots, 8 groups, 4 nodes, 32 GPUs) against the reference
-// planner (AUTO, migration NONE) measured in the same run. The churn plan is
-// a steady-state call: from the placement the policy planned one window
-// earlier, on a drift history's decayed estimate.
+// planner (AUTO, migration NONE) measured in the same run.
+//
+// Honest use: a sequence of calls on successive windows of a drifting load
+// (synthetic drift, seed 1, interval 10), each from the placement the policy
+// returned one window earlier, with the adaptive forecast the replay uses,
+// so the candidate cache and the refresh test are exercised as in real use.
+//   BM_ReferenceSequence   the reference planner on the same 28 windows
+//   BM_ChurnSequence/c     a fresh ChurnPlanner through all 28 calls
+//                          (first call cold); c = 1: refresh_tolerance -1
+//                          (no candidate reuse)
+//   BM_ChurnColdCall       the first call of a fresh planner alone
+//   BM_ChurnWarmCalls      calls 2..28 (the cold call untimed)
+// items_per_second counts policy calls: the time per call is its inverse;
+// compare it with the reference's of the same run (the machine may be
+// loaded).
 #include <benchmark/benchmark.h>
 
 #include <vector>
@@ -13,37 +25,45 @@
 
 namespace {
 
+constexpr int kInterval = 10;
+
 struct Fixture {
   eplb::PlanShape shape{58, 256, 288, 8, 4, 32};
-  eplb::LoadTrace trace;
-  std::vector<double> estimate;
-  std::vector<int64_t> window;
-  std::vector<int32_t> old_phy2log;
+  std::vector<std::vector<double>> forecast;  // [point] [L][E]
+  std::vector<std::vector<int64_t>> window;   // [point] last interval's load
+  std::vector<int32_t> start;                 // placement after the warm-up call
   Fixture() {
     eplb::SyntheticConfig sc;
     sc.mode = eplb::SyntheticMode::kDrift;
-    sc.num_steps = 120;
-    trace = eplb::GenerateSynthetic(sc);
-    const size_t LE = 58 * 256;
-    estimate.assign(LE, 0.0);
-    window.assign(LE, 0);
-    eplb::ChurnPlanner cp;
-    old_phy2log = eplb::InitialPlacement(shape);
-    std::vector<int32_t> next(old_phy2log.size()), cnt(LE);
-    const double decay = 0.9965;
-    for (int s = 0; s < 110; ++s) {
-      eplb::UpdateLoadEstimate(LE, decay, trace.step(s), estimate.data());
-      if (s >= 100)
-        for (size_t i = 0; i < LE; ++i) window[i] += trace.step(s)[i];
-      if (s % 10 == 9 && s < 100) {
-        eplb::ChurnOptions o;
-        o.load_estimate = estimate.data();
-        if (s == 9) o.max_moved_fraction = 1.0;
-        cp.Plan(shape, o, trace.step(s), old_phy2log.data(), next.data(), cnt.data(), nullptr);
-        old_phy2log = next;
-      }
+    sc.seed = 1;
+    sc.num_steps = 300;
+    const eplb::LoadTrace trace = eplb::GenerateSynthetic(sc);
+    const int32_t L = shape.num_layers, E = shape.num_logical_experts;
+    const size_t LE = static_cast<size_t>(L) * E;
+    eplb::ForecastConfig fc;
+    std::vector<double> state(eplb::ForecastStateSize(L, E, fc), 0.0);
+    int32_t fed = 0;
+    for (int32_t t = kInterval; t + kInterval <= sc.num_steps; t += kInterval) {
+      for (; fed < t; ++fed) eplb::UpdateForecastState(L, E, fc, trace.step(fed), state.data());
+      std::vector<double> f(LE);
+      eplb::ForecastFromState(L, E, fc, state.data(), f.data(), nullptr);
+      std::vector<int64_t> w(LE, 0);
+      for (int32_t s = t - kInterval; s < t; ++s)
+        for (size_t i = 0; i < LE; ++i) w[i] += trace.step(s)[i];
+      forecast.push_back(std::move(f));
+      window.push_back(std::move(w));
     }
+    // Warm-up (unlimited budget) from the initial placement, as the replay.
+    eplb::ChurnPlanner cp;
+    const std::vector<int32_t> init = eplb::InitialPlacement(shape);
+    start.resize(init.size());
+    std::vector<int32_t> cnt(LE);
+    eplb::ChurnOptions o;
+    o.load_estimate = forecast[0].data();
+    o.max_moved_fraction = 1.0;
+    cp.Plan(shape, o, window[0].data(), init.data(), start.data(), cnt.data(), nullptr);
   }
+  size_t calls() const { return forecast.size() - 1; }  // points 1..
 };
 
 Fixture& F() {
@@ -51,35 +71,85 @@ Fixture& F() {
   return f;
 }
 
-void BM_ReferencePlan(benchmark::State& st) {
+// Runs calls [first, last) of the sequence from placement `cur` (updated).
+void RunCalls(Fixture& f, eplb::ChurnPlanner& planner, const eplb::ChurnOptions& base, size_t first,
+              size_t last, std::vector<int32_t>& cur, std::vector<int32_t>& next,
+              std::vector<int32_t>& cnt, int64_t* holdings) {
+  for (size_t k = first; k < last; ++k) {
+    eplb::ChurnOptions o = base;
+    o.load_estimate = f.forecast[k + 1].data();
+    const eplb::ChurnResult r = planner.Plan(f.shape, o, f.window[k + 1].data(), cur.data(),
+                                             next.data(), cnt.data(), nullptr);
+    *holdings += r.new_holdings;
+    cur.swap(next);
+  }
+}
+
+void BM_ReferenceSequence(benchmark::State& st) {
   Fixture& f = F();
   eplb::Planner planner;
-  std::vector<int32_t> out(f.old_phy2log.size()), cnt(58 * 256);
+  std::vector<int32_t> out(f.start.size()), cnt(f.window[0].size());
   for (auto _ : st) {
-    planner.Plan(f.shape, eplb::Policy::kAuto, eplb::Migration::kNone, f.window.data(), nullptr,
-                 out.data(), cnt.data(), nullptr);
-    benchmark::DoNotOptimize(out.data());
+    for (size_t k = 0; k < f.calls(); ++k) {
+      planner.Plan(f.shape, eplb::Policy::kAuto, eplb::Migration::kNone, f.window[k + 1].data(),
+                   nullptr, out.data(), cnt.data(), nullptr);
+      benchmark::DoNotOptimize(out.data());
+    }
   }
+  st.SetItemsProcessed(static_cast<int64_t>(st.iterations() * (f.calls())));
 }
-BENCHMARK(BM_ReferencePlan)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_ReferenceSequence)->Unit(benchmark::kMillisecond);
 
-void BM_ChurnAwarePlan(benchmark::State& st) {
+void BM_ChurnSequence(benchmark::State& st) {
   Fixture& f = F();
-  eplb::ChurnPlanner planner;
-  std::vector<int32_t> out(f.old_phy2log.size()), cnt(58 * 256);
   eplb::ChurnOptions o;
-  o.load_estimate = f.estimate.data();
-  o.single_moves = st.range(0) != 0;
-  int64_t moved = 0;
+  if (st.range(0) != 0) o.refresh_tolerance = -1.0;
+  std::vector<int32_t> cur, next(f.start.size()), cnt(f.window[0].size());
+  int64_t holdings = 0;
   for (auto _ : st) {
-    const eplb::ChurnResult r = planner.Plan(f.shape, o, f.window.data(), f.old_phy2log.data(),
-                                             out.data(), cnt.data(), nullptr);
-    moved = r.new_holdings;
-    benchmark::DoNotOptimize(out.data());
+    eplb::ChurnPlanner planner;
+    cur = f.start;
+    holdings = 0;
+    RunCalls(f, planner, o, 0, f.calls(), cur, next, cnt, &holdings);
+    benchmark::DoNotOptimize(cur.data());
   }
-  st.counters["new_holdings"] = static_cast<double>(moved);
+  st.SetItemsProcessed(static_cast<int64_t>(st.iterations() * (f.calls())));
+  st.counters["new_holdings_per_call"] = static_cast<double>(holdings) / f.calls();
 }
-BENCHMARK(BM_ChurnAwarePlan)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_ChurnSequence)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+
+void BM_ChurnColdCall(benchmark::State& st) {
+  Fixture& f = F();
+  eplb::ChurnOptions o;
+  std::vector<int32_t> cur, next(f.start.size()), cnt(f.window[0].size());
+  int64_t holdings = 0;
+  for (auto _ : st) {
+    eplb::ChurnPlanner planner;
+    cur = f.start;
+    RunCalls(f, planner, o, 0, 1, cur, next, cnt, &holdings);
+    benchmark::DoNotOptimize(cur.data());
+  }
+  st.SetItemsProcessed(static_cast<int64_t>(st.iterations() * (1)));
+}
+BENCHMARK(BM_ChurnColdCall)->Unit(benchmark::kMillisecond);
+
+void BM_ChurnWarmCalls(benchmark::State& st) {
+  Fixture& f = F();
+  eplb::ChurnOptions o;
+  std::vector<int32_t> cur, next(f.start.size()), cnt(f.window[0].size());
+  int64_t holdings = 0;
+  for (auto _ : st) {
+    st.PauseTiming();
+    eplb::ChurnPlanner planner;
+    cur = f.start;
+    RunCalls(f, planner, o, 0, 1, cur, next, cnt, &holdings);
+    st.ResumeTiming();
+    RunCalls(f, planner, o, 1, f.calls(), cur, next, cnt, &holdings);
+    benchmark::DoNotOptimize(cur.data());
+  }
+  st.SetItemsProcessed(static_cast<int64_t>(st.iterations() * (f.calls() - 1)));
+}
+BENCHMARK(BM_ChurnWarmCalls)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

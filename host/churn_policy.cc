@@ -47,6 +47,15 @@ struct ChurnPlanner::Layer {
   int64_t cost = 0;
   double ratio = 0.0;
   int32_t moves = 0;
+  // Candidate cache, kept across calls (a function of the call history,
+  // which is the same on every rank): the candidates above, built from the
+  // placement cand_base; reused while the fresh plan's balancedness on the
+  // current forecast stays within refresh_tolerance of its value when built.
+  bool cache_valid = false;
+  bool cand_has_target = false;
+  bool cand_has_sticky[2] = {false, false};
+  double cand_bal = 0.0;
+  std::vector<int32_t> cand_base, target, sticky[2];
 };
 
 ChurnPlanner::ChurnPlanner() = default;
@@ -62,6 +71,8 @@ void ValidateChurnOptions(const PlanShape& shape, const ChurnOptions& o) {
                  "churn->sticky_slack (%g) must be in [-1, 10]", o.sticky_slack);
   EPLB_CHECK_ARG(std::isfinite(o.min_gain_per_churn) && o.min_gain_per_churn >= 0.0,
                  "churn->min_gain_per_churn (%g) must be finite and >= 0", o.min_gain_per_churn);
+  EPLB_CHECK_ARG(!std::isnan(o.refresh_tolerance), "churn refresh_tolerance (%g) must not be NaN",
+                 o.refresh_tolerance);
   if (o.load_estimate != nullptr) {
     const int64_t n = static_cast<int64_t>(shape.num_layers) * shape.num_logical_experts;
     for (int64_t i = 0; i < n; ++i) {
@@ -199,7 +210,11 @@ void ChurnPlanner::StickyPlan(const PlanShape& s, const double* w, const int32_t
                               const int32_t* gnode, const int32_t* tcnt, double cap, int32_t* out) {
   const int32_t E = s.num_logical_experts, P = s.num_physical_experts, N = s.num_ranks;
   const int32_t S = slots_per_rank_, R = ranks_per_node_;
-  avail_.assign(static_cast<size_t>(N) * E, 0);
+  // avail_ and mark_ stay all zero between calls (every entry set here is
+  // reset below), so no per-call clearing of the [N][E] tables.
+  const size_t NE = static_cast<size_t>(N) * E;
+  if (avail_.size() != NE) avail_.assign(NE, 0);
+  if (mark_.size() != NE) mark_.assign(NE, 0);
   for (int32_t p = 0; p < P; ++p) ++avail_[static_cast<size_t>(p / S) * E + old[p]];
   items_.clear();
   for (int32_t e = 0; e < E; ++e)
@@ -250,7 +265,7 @@ void ChurnPlanner::StickyPlan(const PlanShape& s, const double* w, const int32_t
   }
   // Per rank: experts that were there keep their slot, the others fill the
   // freed slots in slot order. mark_[r*E+e] = replicas of e assigned to r.
-  mark_.assign(static_cast<size_t>(N) * E, 0);
+  for (int32_t p = 0; p < P; ++p) avail_[static_cast<size_t>(p / S) * E + old[p]] = 0;
   for (size_t k = 0; k < items_.size(); ++k)
     ++mark_[static_cast<size_t>(assign_rank_[k]) * E + items_[k].second];
   for (int32_t p = 0; p < P; ++p) {
@@ -262,13 +277,23 @@ void ChurnPlanner::StickyPlan(const PlanShape& s, const double* w, const int32_t
       out[p] = -1;
     }
   }
+  // Each rank's assigned experts ascending (at most S of them), so the free
+  // slots take the remaining ones in expert order without scanning [E].
+  free_.assign(N, 0);
+  rank_items_.resize(P);
+  for (size_t k = 0; k < items_.size(); ++k) {
+    const int32_t r = assign_rank_[k];
+    rank_items_[static_cast<size_t>(r) * S + free_[r]++] = items_[k].second;
+  }
   for (int32_t r = 0; r < N; ++r) {
-    int32_t e = 0;
+    int32_t* list = rank_items_.data() + static_cast<size_t>(r) * S;
+    std::sort(list, list + free_[r]);
+    int32_t next = 0;
     for (int32_t p = r * S; p < (r + 1) * S; ++p) {
       if (out[p] >= 0) continue;
-      while (mark_[static_cast<size_t>(r) * E + e] == 0) ++e;
-      out[p] = e;
-      --mark_[static_cast<size_t>(r) * E + e];
+      while (mark_[static_cast<size_t>(r) * E + list[next]] == 0) ++next;
+      out[p] = list[next];
+      --mark_[static_cast<size_t>(r) * E + list[next]];
     }
   }
 }
@@ -282,15 +307,25 @@ void ChurnPlanner::ReplicatePerNode(const PlanShape& s, const double* w, const i
   const int32_t nodes = hier_ ? s.num_nodes : 1;
   const int32_t node_slots = ranks_per_node_ * slots_per_rank_;
   for (int32_t e = 0; e < E; ++e) cnt[e] = 1;
+  const int32_t G = hier_ ? s.num_groups : 1, per_group = hier_ ? experts_per_group_ : E;
   for (int32_t n = 0; n < nodes; ++n) {
     int32_t used = 0;
-    for (int32_t e = 0; e < E; ++e)
-      if (!hier_ || gnode[e / experts_per_group_] == n) ++used;
+    for (int32_t g = 0; g < G; ++g)
+      if (!hier_ || gnode[g] == n) used += per_group;
+    // Scans only the node's groups, in expert order (the same choice as a
+    // scan over all experts skipping other nodes').
     for (; used < node_slots; ++used) {
       int32_t best = -1;
-      for (int32_t e = 0; e < E; ++e) {
-        if (hier_ && gnode[e / experts_per_group_] != n) continue;
-        if (best < 0 || w[e] / cnt[e] > w[best] / cnt[best]) best = e;
+      double best_v = 0.0;
+      for (int32_t g = 0; g < G; ++g) {
+        if (hier_ && gnode[g] != n) continue;
+        for (int32_t e = g * per_group; e < (g + 1) * per_group; ++e) {
+          const double v = w[e] / cnt[e];
+          if (best < 0 || v > best_v) {
+            best = e;
+            best_v = v;
+          }
+        }
       }
       if (best < 0) break;
       ++cnt[best];
@@ -313,28 +348,35 @@ double ChurnPlanner::BestMove(const PlanShape& s, Layer& ly, const double* w, do
   const double mean = ly.mean;
   const double base_bal = mean / ly.max_load;
 
-  // Ranks by load, descending (index on ties).
-  for (int32_t r = 0; r < N; ++r) order_[r] = r;
-  std::sort(order_.begin(), order_.begin() + N, [&](int32_t a, int32_t b) {
-    if (ly.rank_load[a] != ly.rank_load[b]) return ly.rank_load[a] > ly.rank_load[b];
-    return a < b;
-  });
-  const int32_t top = order_[0];
+  // Ranks by load, descending (index on ties); only the single moves read
+  // the order.
+  int32_t top = 0;
+  if (single_moves_) {
+    for (int32_t r = 0; r < N; ++r) order_[r] = r;
+    std::sort(order_.begin(), order_.begin() + N, [&](int32_t a, int32_t b) {
+      if (ly.rank_load[a] != ly.rank_load[b]) return ly.rank_load[a] > ly.rank_load[b];
+      return a < b;
+    });
+    top = order_[0];
+  }
   const double M = ly.rank_load[top];
   const int32_t top_node = hier_ ? top / ranks_per_node_ : 0;
 
-  // Distinct holder ranks of each expert (CSR), ascending rank.
-  std::fill(holders_start_.begin(), holders_start_.begin() + E + 1, 0);
-  for (int32_t r = 0; r < N; ++r)
-    for (int32_t e = 0; e < E; ++e)
-      if (ly.held[static_cast<size_t>(r) * E + e] > 0) ++holders_start_[e + 1];
-  for (int32_t e = 0; e < E; ++e) holders_start_[e + 1] += holders_start_[e];
-  {
-    std::vector<int32_t>& fill = target_cnt_;  // reused as a cursor
-    for (int32_t e = 0; e < E; ++e) fill[e] = holders_start_[e];
+  // Distinct holder ranks of each expert (CSR), ascending rank; only the
+  // single moves read it.
+  if (single_moves_) {
+    std::fill(holders_start_.begin(), holders_start_.begin() + E + 1, 0);
     for (int32_t r = 0; r < N; ++r)
       for (int32_t e = 0; e < E; ++e)
-        if (ly.held[static_cast<size_t>(r) * E + e] > 0) holders_[fill[e]++] = r;
+        if (ly.held[static_cast<size_t>(r) * E + e] > 0) ++holders_start_[e + 1];
+    for (int32_t e = 0; e < E; ++e) holders_start_[e + 1] += holders_start_[e];
+    {
+      std::vector<int32_t>& fill = target_cnt_;  // reused as a cursor
+      for (int32_t e = 0; e < E; ++e) fill[e] = holders_start_[e];
+      for (int32_t r = 0; r < N; ++r)
+        for (int32_t e = 0; e < E; ++e)
+          if (ly.held[static_cast<size_t>(r) * E + e] > 0) holders_[fill[e]++] = r;
+    }
   }
 
   double best_ratio = 0.0, best_gain = 0.0;
@@ -484,6 +526,82 @@ double ChurnPlanner::BestMove(const PlanShape& s, Layer& ly, const double* w, do
   return ly.ratio;
 }
 
+// Max rank load of placement pl [P] on w (counts from pl itself).
+double ChurnPlanner::MaxLoad(const PlanShape& s, const double* w, const int32_t* pl) {
+  const int32_t E = s.num_logical_experts, P = s.num_physical_experts, N = s.num_ranks;
+  std::fill(score_cnt_.begin(), score_cnt_.begin() + E, 0);
+  for (int32_t p = 0; p < P; ++p) ++score_cnt_[pl[p]];
+  double mx = 0.0;
+  for (int32_t r = 0; r < N; ++r) {
+    double acc = 0.0;
+    for (int32_t p = r * slots_per_rank_; p < (r + 1) * slots_per_rank_; ++p)
+      acc += w[pl[p]] / score_cnt_[pl[p]];
+    if (acc > mx) mx = acc;
+  }
+  return mx;
+}
+
+// Builds layer l's candidates (fresh plan relabelled onto ol, sticky plans)
+// on w and stores them in the layer's cache.
+void ChurnPlanner::BuildCandidates(const PlanShape& s, Policy base, double sticky_slack, int32_t l,
+                                   const double* w, double total, const int32_t* ol) {
+  Layer& ly = layers_[l];
+  const int32_t E = s.num_logical_experts, P = s.num_physical_experts;
+  const int32_t G = hier_ ? s.num_groups : 1;
+  PlanShape one = s;
+  one.num_layers = 1;
+  ly.cache_valid = true;
+  ly.cand_base.assign(ol, ol + P);
+  ly.target.resize(P);
+  ly.cand_has_target = false;
+  ly.cand_has_sticky[0] = ly.cand_has_sticky[1] = false;
+  ly.cand_bal = 0.0;
+  int32_t* tgt = ly.target.data();
+  if (total > 0.0) {
+    const double scale = 1125899906842624.0 / total;  // 2^50 / total: sums stay < 2^53
+    for (int32_t e = 0; e < E; ++e) scaled_[e] = static_cast<int64_t>(std::floor(w[e] * scale));
+    planner_.PlanLayer(s, base, Migration::kFull, scaled_.data(), ol, tgt, target_cnt_.data());
+    for (int32_t e = 0; e < E; ++e) target_cnt_[e] = 0;
+    for (int32_t p = 0; p < P; ++p) ++target_cnt_[tgt[p]];
+    const double tmax = MaxLoad(s, w, tgt);
+    ly.cand_has_target = true;
+    ly.target_max = tmax;
+    ly.cand_bal = tmax > 0.0 ? ly.mean / tmax : 1.0;
+    ly.target_new_holdings = CountNewHoldings(one, tgt, ol);
+    if (sticky_slack >= 0.0 && !ly.split) {
+      const double cap = tmax * (1.0 + sticky_slack);
+      for (int32_t c = 0; c < (hier_ ? 2 : 1); ++c) {
+        ly.sticky[c].resize(P);
+        int32_t* st = ly.sticky[c].data();
+        const int32_t* cnt = target_cnt_.data();
+        gnode_.assign(G, 0);
+        if (c == 0) {
+          if (hier_)
+            for (int32_t p = 0; p < P; ++p)
+              gnode_[tgt[p] / experts_per_group_] = (p / slots_per_rank_) / ranks_per_node_;
+        } else {
+          for (int32_t g = 0; g < G; ++g) gnode_[g] = ly.group_node[g];
+          ReplicatePerNode(s, w, gnode_.data(), sticky_cnt_.data());
+          cnt = sticky_cnt_.data();
+        }
+        StickyPlan(s, w, ol, gnode_.data(), cnt, cap, st);
+        ly.cand_has_sticky[c] = true;
+        ly.sticky_max[c] = MaxLoad(s, w, st);
+        ly.sticky_new_holdings[c] = CountNewHoldings(one, st, ol);
+      }
+    }
+  } else if (ly.split) {
+    // No load at all: any valid plan balances; take the base plan on zeros.
+    std::fill(scaled_.begin(), scaled_.end(), 0);
+    planner_.PlanLayer(s, base, Migration::kFull, scaled_.data(), ol, tgt, target_cnt_.data());
+    ly.cand_has_target = true;
+    ly.target_max = 0.0;
+    ly.cand_bal = 1.0;
+    ly.target_new_holdings = CountNewHoldings(one, tgt, ol);
+  }
+  ++candidates_built_;
+}
+
 ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const int64_t* load,
                                const int32_t* old, int32_t* phy2log, int32_t* logcnt,
                                int32_t* log2phy) {
@@ -503,141 +621,116 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
   experts_per_group_ = hier_ ? E / s.num_groups : E;
   const int32_t G = hier_ ? s.num_groups : 1;
 
+  // The cache holds for one shape and one candidate construction.
+  const bool same_key = cache_shape_.num_layers == L && cache_shape_.num_logical_experts == E &&
+                        cache_shape_.num_physical_experts == P && cache_shape_.num_ranks == N &&
+                        cache_shape_.num_groups == s.num_groups &&
+                        cache_shape_.num_nodes == s.num_nodes && cache_slack_ == o.sticky_slack;
+  if (!same_key) {
+    for (Layer& ly : layers_) ly.cache_valid = false;
+    cache_shape_ = s;
+    cache_slack_ = o.sticky_slack;
+  }
+  candidates_built_ = 0;
+
   const size_t LE = static_cast<size_t>(L) * E;
-  estimate_.resize(LE);
-  if (o.load_estimate != nullptr) {
-    std::copy(o.load_estimate, o.load_estimate + LE, estimate_.begin());
-  } else {
+  const double* estimate = o.load_estimate;
+  if (estimate == nullptr) {
+    estimate_.resize(LE);
     for (size_t i = 0; i < LE; ++i) estimate_[i] = static_cast<double>(load[i]);
+    estimate = estimate_.data();
   }
   if (layers_.size() < static_cast<size_t>(L)) layers_.resize(L);
   order_.resize(N);
   holders_start_.resize(E + 1);
   holders_.resize(static_cast<size_t>(P) + N);
-  stamp_.assign(N, 0);
-  stamp_value_ = 0;
+  if (stamp_.size() != static_cast<size_t>(N)) {
+    stamp_.assign(N, 0);
+    stamp_value_ = 0;
+  }
   scaled_.resize(E);
-  target_.resize(static_cast<size_t>(L) * P);
-  sticky_.resize(static_cast<size_t>(2) * L * P);
   sticky_cnt_.resize(E);
   target_cnt_.resize(std::max(E, 1));
+  score_cnt_.resize(std::max(E, 1));
+  totals_.resize(L);
 
   ChurnResult res;
   res.budget = static_cast<int64_t>(std::floor(o.max_moved_fraction * L * P));
   double before = 0.0;
-  std::vector<double> totals(L, 0.0);
   for (int32_t l = 0; l < L; ++l) {
     Layer& ly = layers_[l];
-    const double* w = estimate_.data() + static_cast<size_t>(l) * E;
+    const double* w = estimate + static_cast<size_t>(l) * E;
     const int32_t* ol = old + static_cast<size_t>(l) * P;
     ly.slots.assign(ol, ol + P);
     ly.cnt.resize(E);
     ly.rank_load.resize(N);
-    ly.held.assign(static_cast<size_t>(N) * E, 0);
-    ly.old_held.assign(static_cast<size_t>(N) * E, 0);
     ly.group_node.resize(G);
-    for (int32_t p = 0; p < P; ++p) {
-      const size_t idx = static_cast<size_t>(p / slots_per_rank_) * E + ol[p];
-      ++ly.held[idx];
-      ly.old_held[idx] = 1;
+    if (single_moves_) {
+      ly.held.assign(static_cast<size_t>(N) * E, 0);
+      ly.old_held.assign(static_cast<size_t>(N) * E, 0);
+      for (int32_t p = 0; p < P; ++p) {
+        const size_t idx = static_cast<size_t>(p / slots_per_rank_) * E + ol[p];
+        ++ly.held[idx];
+        ly.old_held[idx] = 1;
+      }
     }
     ly.new_holdings = 0;
     ly.moves = 0;
     double total = 0.0;
     for (int32_t e = 0; e < E; ++e) total += w[e];
-    totals[l] = total;
+    totals_[l] = total;
     ly.mean = total / N;
     Rebuild(s, ly, w);
     before += ly.max_load > 0.0 ? ly.mean / ly.max_load : 1.0;
 
-    // The fresh plan on the forecast scaled to integers (the planner's
-    // input), relabelled onto the old placement.
-    ly.target_valid = false;
-    ly.sticky_valid[0] = ly.sticky_valid[1] = false;
-    int32_t* tgt = target_.data() + static_cast<size_t>(l) * P;
-    if (total > 0.0) {
-      const double scale = 1125899906842624.0 / total;  // 2^50 / total: sums stay < 2^53
-      for (int32_t e = 0; e < E; ++e) scaled_[e] = static_cast<int64_t>(std::floor(w[e] * scale));
-      planner_.PlanLayer(s, base, Migration::kFull, scaled_.data(), ol, tgt, target_cnt_.data());
-      for (int32_t e = 0; e < E; ++e) target_cnt_[e] = 0;
-      for (int32_t p = 0; p < P; ++p) ++target_cnt_[tgt[p]];
-      double tmax = 0.0;
-      for (int32_t r = 0; r < N; ++r) {
-        double acc = 0.0;
-        for (int32_t p = r * slots_per_rank_; p < (r + 1) * slots_per_rank_; ++p)
-          acc += w[tgt[p]] / target_cnt_[tgt[p]];
-        if (acc > tmax) tmax = acc;
-      }
-      ly.target_valid = true;
-      ly.target_max = tmax;
-      PlanShape one = s;
-      one.num_layers = 1;
-      ly.target_new_holdings = CountNewHoldings(one, tgt, ol);
-      if (o.sticky_slack >= 0.0 && !ly.split) {
-        const double cap = tmax * (1.0 + o.sticky_slack);
-        for (int32_t c = 0; c < (hier_ ? 2 : 1); ++c) {
-          int32_t* st = sticky_.data() + (static_cast<size_t>(c) * L + l) * P;
-          const int32_t* cnt = target_cnt_.data();
-          gnode_.assign(G, 0);
-          if (c == 0) {
-            if (hier_)
-              for (int32_t p = 0; p < P; ++p)
-                gnode_[tgt[p] / experts_per_group_] = (p / slots_per_rank_) / ranks_per_node_;
-          } else {
-            for (int32_t g = 0; g < G; ++g) gnode_[g] = ly.group_node[g];
-            ReplicatePerNode(s, w, gnode_.data(), sticky_cnt_.data());
-            cnt = sticky_cnt_.data();
-          }
-          StickyPlan(s, w, ol, gnode_.data(), cnt, cap, st);
-          double smax = 0.0;
-          for (int32_t r = 0; r < N; ++r) {
-            double acc = 0.0;
-            for (int32_t p = r * slots_per_rank_; p < (r + 1) * slots_per_rank_; ++p)
-              acc += w[st[p]] / cnt[st[p]];
-            if (acc > smax) smax = acc;
-          }
-          ly.sticky_valid[c] = true;
-          ly.sticky_max[c] = smax;
-          ly.sticky_new_holdings[c] = CountNewHoldings(one, st, ol);
-        }
-      }
-    } else if (ly.split) {
-      // No load at all: any valid plan balances; take the base plan on zeros.
-      std::fill(scaled_.begin(), scaled_.end(), 0);
-      planner_.PlanLayer(s, base, Migration::kFull, scaled_.data(), ol, tgt, target_cnt_.data());
-      ly.target_valid = true;
-      ly.target_max = 0.0;
-      PlanShape one = s;
-      one.num_layers = 1;
-      ly.target_new_holdings = CountNewHoldings(one, tgt, ol);
+    // Reuse the cached candidates while they were built from this placement
+    // and the fresh plan still balances the forecast within the tolerance;
+    // re-score them on the forecast. Otherwise rebuild them.
+    bool reuse = o.refresh_tolerance >= 0.0 && ly.cache_valid && !ly.split &&
+                 std::equal(ol, ol + P, ly.cand_base.begin());
+    if (reuse && ly.cand_has_target) {
+      ly.target_max = MaxLoad(s, w, ly.target.data());
+      const double bal = ly.target_max > 0.0 ? ly.mean / ly.target_max : 1.0;
+      reuse = !(bal < ly.cand_bal - o.refresh_tolerance);
     }
+    if (reuse) {
+      for (int32_t c = 0; c < 2; ++c)
+        if (ly.cand_has_sticky[c]) ly.sticky_max[c] = MaxLoad(s, w, ly.sticky[c].data());
+    } else {
+      BuildCandidates(s, base, o.sticky_slack, l, w, total, ol);
+    }
+    ly.target_valid = ly.cand_has_target;
+    ly.sticky_valid[0] = ly.cand_has_sticky[0];
+    ly.sticky_valid[1] = ly.cand_has_sticky[1];
   }
   res.predicted_before = before / L;
 
-  // Adopts plan `tgt` (target_ or sticky_ of layer l), holding `holdings`.
+  // Adopts plan `tgt` (a candidate of layer l), holding `holdings`.
   auto do_switch = [&](int32_t l, const int32_t* tgt, int64_t holdings) {
     Layer& ly = layers_[l];
-    for (int32_t p = 0; p < P; ++p) {
-      const int32_t r = p / slots_per_rank_;
-      --ly.held[static_cast<size_t>(r) * E + ly.slots[p]];
+    if (single_moves_) {
+      for (int32_t p = 0; p < P; ++p) {
+        const int32_t r = p / slots_per_rank_;
+        --ly.held[static_cast<size_t>(r) * E + ly.slots[p]];
+      }
+      for (int32_t p = 0; p < P; ++p) {
+        const int32_t r = p / slots_per_rank_;
+        ++ly.held[static_cast<size_t>(r) * E + tgt[p]];
+      }
     }
     ly.slots.assign(tgt, tgt + P);
-    for (int32_t p = 0; p < P; ++p) {
-      const int32_t r = p / slots_per_rank_;
-      ++ly.held[static_cast<size_t>(r) * E + ly.slots[p]];
-    }
     ly.new_holdings = holdings;
-    Rebuild(s, ly, estimate_.data() + static_cast<size_t>(l) * E);
+    Rebuild(s, ly, estimate + static_cast<size_t>(l) * E);
   };
   auto take_target = [&](int32_t l) {
     Layer& ly = layers_[l];
-    do_switch(l, target_.data() + static_cast<size_t>(l) * P, ly.target_new_holdings);
+    do_switch(l, ly.target.data(), ly.target_new_holdings);
     ly.target_valid = false;  // taken
     ly.sticky_valid[0] = ly.sticky_valid[1] = false;
   };
   auto take_sticky = [&](int32_t l, int32_t c) {
     Layer& ly = layers_[l];
-    do_switch(l, sticky_.data() + (static_cast<size_t>(c) * L + l) * P, ly.sticky_new_holdings[c]);
+    do_switch(l, ly.sticky[c].data(), ly.sticky_new_holdings[c]);
     ly.sticky_valid[0] = ly.sticky_valid[1] = false;  // taken; the fresh plan stays a candidate
   };
 
@@ -665,16 +758,22 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
 
   // Greedy over layers by gain per new holding, under the budget.
   using Entry = std::pair<double, int32_t>;  // (ratio, -layer): max-heap
-  std::priority_queue<Entry> heap;
+  heap_.clear();
   for (int32_t l = 0; l < L; ++l) {
-    const double* w = estimate_.data() + static_cast<size_t>(l) * E;
-    if (BestMove(s, layers_[l], w, totals[l]) > 0.0) heap.push({layers_[l].ratio, -l});
+    const double* w = estimate + static_cast<size_t>(l) * E;
+    if (BestMove(s, layers_[l], w, totals_[l]) > 0.0) {
+      heap_.push_back({layers_[l].ratio, -l});
+      std::push_heap(heap_.begin(), heap_.end());
+    }
   }
   int64_t spent = 0;
+  for (int32_t k = 0; k < L; ++k) spent += layers_[k].new_holdings;
+  spent -= res.forced_holdings;
   const int32_t max_moves_per_layer = 4 * P;
-  while (!heap.empty()) {
-    const Entry top = heap.top();
-    heap.pop();
+  while (!heap_.empty()) {
+    std::pop_heap(heap_.begin(), heap_.end());
+    const Entry top = heap_.back();
+    heap_.pop_back();
     const int32_t l = -top.second;
     Layer& ly = layers_[l];
     if (ly.kind == 0 || ly.ratio != top.first) continue;  // stale
@@ -682,7 +781,8 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
     // means the same for every shape.
     if (ly.ratio * (static_cast<double>(L) * P) < o.min_gain_per_churn) break;
     if (spent + ly.cost > res.budget) continue;  // does not fit: layer done
-    const double* w = estimate_.data() + static_cast<size_t>(l) * E;
+    const double* w = estimate + static_cast<size_t>(l) * E;
+    const int64_t layer_before = ly.new_holdings;
     if (ly.kind >= 2) {
       if (ly.kind == 2) {
         take_target(l);
@@ -703,11 +803,11 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
       ++res.moves;
       ++ly.moves;
     }
-    spent = 0;
-    for (int32_t k = 0; k < L; ++k) spent += layers_[k].new_holdings;
-    spent -= res.forced_holdings;
-    if (ly.moves < max_moves_per_layer && BestMove(s, ly, w, totals[l]) > 0.0)
-      heap.push({ly.ratio, -l});
+    spent += ly.new_holdings - layer_before;
+    if (ly.moves < max_moves_per_layer && BestMove(s, ly, w, totals_[l]) > 0.0) {
+      heap_.push_back({ly.ratio, -l});
+      std::push_heap(heap_.begin(), heap_.end());
+    }
   }
 
   double after = 0.0;
@@ -719,6 +819,7 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
   }
   res.predicted_after = after / L;
   res.new_holdings = holdings;
+  res.candidates_built = candidates_built_;
 
   if (res.forced_layers == 0 && res.predicted_after - res.predicted_before < o.min_gain) {
     res.skipped = true;
@@ -728,9 +829,21 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
     res.predicted_after = res.predicted_before;
     std::copy(old, old + static_cast<size_t>(L) * P, phy2log);
   } else {
-    for (int32_t l = 0; l < L; ++l)
-      std::copy(layers_[l].slots.begin(), layers_[l].slots.end(),
-                phy2log + static_cast<size_t>(l) * P);
+    for (int32_t l = 0; l < L; ++l) {
+      Layer& ly = layers_[l];
+      std::copy(ly.slots.begin(), ly.slots.end(), phy2log + static_cast<size_t>(l) * P);
+      // A layer that moved is at its candidate: cache itself as the only
+      // candidate (nothing to gain) until the forecast leaves it behind.
+      if (!std::equal(ly.slots.begin(), ly.slots.end(), old + static_cast<size_t>(l) * P)) {
+        ly.cache_valid = !ly.split;
+        ly.cand_base = ly.slots;
+        ly.target = ly.slots;
+        ly.cand_has_target = true;
+        ly.cand_has_sticky[0] = ly.cand_has_sticky[1] = false;
+        ly.target_new_holdings = 0;
+        ly.cand_bal = ly.max_load > 0.0 ? ly.mean / ly.max_load : 1.0;
+      }
+    }
   }
   BuildLogCnt(s, phy2log, logcnt);
   if (log2phy != nullptr) BuildLog2Phy(s, phy2log, log2phy);

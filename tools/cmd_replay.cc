@@ -21,13 +21,15 @@ void Usage(FILE* out) {
                "         [--policy churn-aware|reference|history|hindsight|static]\n"
                "         [--half-lives H1,H2,.. | --half-life STEPS] [--error-half-life STEPS]\n"
                "         [--budget FRACTION] [--min-gain X] [--min-gain-per-churn X]\n"
-               "         [--sticky-slack X] [--single-moves]\n"
+               "         [--sticky-slack X] [--refresh-tolerance X] [--single-moves]\n"
                "         [--bytes-per-expert B] [--json OUT] [--report OUT.html]\n"
                "Defaults: trace: gpus 8 slots 80 groups 1 nodes 1; synthetic (DeepSeek-V3 shape):\n"
                "gpus 32 slots 288 groups 8 nodes 4; interval 10; policy churn-aware (adaptive\n"
                "forecast, half-lives 4,16,64,256 chosen per layer by the error of the last ~30\n"
                "steps; --half-life fixes one; budget 0.29, min-gain 0.001, min-gain-per-churn\n"
-               "0.075, sticky-slack 0.02). The reference policy is also replayed for the\n"
+               "0.075, sticky-slack 0.1, refresh-tolerance 0.01: a layer's candidates are\n"
+               "rebuilt when the cached fresh plan lost more than that on the forecast, -1:\n"
+               "every call). The reference policy is also replayed for the\n"
                "comparison table and the report.\n");
 }
 
@@ -75,6 +77,7 @@ int RunReplayCommand(int argc, char** argv) {
                 {"min-gain-per-churn", true},
                 {"single-moves", false},
                 {"sticky-slack", true},
+                {"refresh-tolerance", true},
                 {"half-lives", true},
                 {"error-half-life", true},
                 {"bytes-per-expert", true},
@@ -130,7 +133,8 @@ int RunReplayCommand(int argc, char** argv) {
         !Num(o, "budget", 0.0, 1.0, &c.churn.max_moved_fraction) ||
         !Num(o, "min-gain", 0.0, 1.0, &c.churn.min_gain) ||
         !Num(o, "min-gain-per-churn", 0.0, 1e6, &c.churn.min_gain_per_churn) ||
-        !Num(o, "sticky-slack", -1.0, 10.0, &c.churn.sticky_slack))
+        !Num(o, "sticky-slack", -1.0, 10.0, &c.churn.sticky_slack) ||
+        !Num(o, "refresh-tolerance", -1.0, 1.0, &c.churn.refresh_tolerance))
       return 2;
     c.churn.single_moves = o.Has("single-moves");
     if (o.Has("half-life")) c.adaptive_forecast = false;

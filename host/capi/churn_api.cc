@@ -20,6 +20,7 @@ void PlanChurnAwareC(const PlanShape& shape, const eplbPlanConfig_t* config, con
   EPLB_CHECK_ARG(h_old_phy2log != nullptr,
                  "h_old_phy2log is NULL (EPLB_POLICY_CHURN_AWARE starts from the old placement)");
   ChurnOptions o;
+  o.sticky_slack = 0.1;  // the header's default, also for an older struct without the field
   if (config->churn != nullptr) {
     const eplbChurnOptions_t* c = config->churn;
     EPLB_CHECK_ARG(c->struct_size >= offsetof(eplbChurnOptions_t, single_moves) + sizeof(int32_t),
@@ -39,6 +40,8 @@ void PlanChurnAwareC(const PlanShape& shape, const eplbPlanConfig_t* config, con
       o.sticky_slack = c->sticky_slack;
     }
   }
+  // A fresh planner per call: no candidate reuse, so the plan is a function
+  // of this call's arguments alone (the C API keeps no history).
   ChurnPlanner planner;
   const ChurnResult r = planner.Plan(shape, o, h_load, h_old_phy2log, phy2log, logcnt, nullptr);
   *skipped = r.skipped ? 1 : 0;

@@ -109,6 +109,67 @@ TEST(ChurnPolicy, InvariantsBudgetAndSkipOnEveryCall) {
   }
 }
 
+// Candidate reuse: a planner kept across calls (reuse on) keeps the budget
+// and the skip threshold on every call and rebuilds fewer candidates than a
+// cold one; with refresh_tolerance < 0 a kept planner plans exactly as a
+// fresh planner per call (the result depends on the call alone).
+TEST(ChurnPolicy, CandidateReuse) {
+  eplb::SyntheticConfig sc;
+  sc.mode = eplb::SyntheticMode::kDrift;
+  sc.num_steps = 150;
+  sc.num_layers = 8;
+  sc.num_logical_experts = 64;
+  sc.num_groups = 8;
+  sc.tokens_per_step = 500;
+  sc.drift_steps = 60;
+  const eplb::LoadTrace t = eplb::GenerateSynthetic(sc);
+  const eplb::PlanShape s{8, 64, 80, 8, 2, 8};
+  const size_t LE = 8 * 64, LP = 8 * 80;
+  for (double tol : {0.01, 0.05, -1.0}) {
+    SCOPED_TRACE(testing::Message() << "refresh_tolerance=" << tol);
+    std::vector<int32_t> cur = eplb::InitialPlacement(s), next(LP), cold(LP), cnt(LE);
+    std::vector<double> est(LE, 0.0);
+    eplb::ChurnPlanner kept;
+    int64_t built = 0, cold_built = 0;
+    bool first = true;
+    for (int step = 0; step < t.num_steps(); ++step) {
+      eplb::UpdateLoadEstimate(LE, 0.9, t.step(step), est.data());
+      if (step % 10 != 9) continue;
+      eplb::ChurnOptions o;
+      o.load_estimate = est.data();
+      o.refresh_tolerance = tol;
+      if (first) o.max_moved_fraction = 1.0;
+      first = false;
+      const eplb::ChurnResult r =
+          kept.Plan(s, o, t.step(step), cur.data(), next.data(), cnt.data(), nullptr);
+      CheckInvariants(s, next, cnt, true);
+      EXPECT_EQ(r.new_holdings, eplb::CountNewHoldings(s, next.data(), cur.data()));
+      EXPECT_LE(r.new_holdings - r.forced_holdings, r.budget) << "step " << step;
+      if (r.skipped) {
+        EXPECT_EQ(next, cur);
+        EXPECT_LT(r.predicted_after - r.predicted_before, o.min_gain);
+      } else {
+        EXPECT_GE(r.predicted_after - r.predicted_before, o.min_gain);
+      }
+      eplb::ChurnPlanner fresh;
+      const eplb::ChurnResult rc =
+          fresh.Plan(s, o, t.step(step), cur.data(), cold.data(), cnt.data(), nullptr);
+      EXPECT_EQ(rc.candidates_built, 8);
+      if (tol < 0) {
+        EXPECT_EQ(cold, next) << "step " << step;
+      }
+      built += r.candidates_built;
+      cold_built += rc.candidates_built;
+      cur = next;
+    }
+    if (tol >= 0) {
+      EXPECT_LT(built, cold_built);
+    } else {
+      EXPECT_EQ(built, cold_built);
+    }
+  }
+}
+
 // The adaptive forecast: deterministic, a function of the history only, and
 // it picks a short memory on a drifting load and a long one on a stationary
 // load (where averaging more steps predicts the next better).

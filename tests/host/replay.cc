@@ -177,9 +177,8 @@ TEST(Replay, SharedTraceFigures) {
   EXPECT_NEAR(ref16.forward_balancedness, 0.821, 0.003);
   c.policy = eplb::ReplayPolicy::kChurnAware;
   const eplb::ReplayResult ca16 = eplb::RunReplay(t, c);
-  // Goal 0.85: the policy reaches 0.8498 (adaptive forecast, sticky
-  // candidate); assert that, so a regression shows.
-  EXPECT_GE(ca16.forward_balancedness, 0.849);
+  // The goal: >= 0.85 at churn <= 0.10 (reached: 0.8515 at 0.085).
+  EXPECT_GE(ca16.forward_balancedness, 0.85);
   EXPECT_LE(ca16.churn, 0.10);
 }
 
