@@ -39,10 +39,16 @@ void LoopTest(int n) {
   EXPECT_EQ(a[0].rearrangements, 1 + (c.steps - first) / c.interval);
   for (int r = 1; r < n; ++r) EXPECT_EQ(a[r].placements, a[0].placements) << "rank " << r;
   EXPECT_EQ(a[0].placements.size(), static_cast<size_t>(a[0].rearrangements));
-  // The skewed load is balanced better once eplb has rearranged.
+  // The first rearrangement balances the window's skewed load better than
+  // the initial placement did (the same load scores both). Per-pass figures
+  // of the drifting synthetic routing are printed, not asserted: a few small
+  // passes after a plan can land on either side of the few before it.
+  std::printf("window balancedness at the first rearrangement: %.4f before, %.4f after\n",
+              a[0].planned_before, a[0].planned_after);
   std::printf("pass balancedness: %.4f before the first rearrangement, %.4f after\n",
               a[0].stats_before, a[0].stats_after);
-  EXPECT_GT(a[0].stats_after, a[0].stats_before);
+  EXPECT_GT(a[0].planned_after, a[0].planned_before);
+  for (int r = 1; r < n; ++r) EXPECT_EQ(a[r].planned_after, a[0].planned_after) << "rank " << r;
   // Deterministic: the same run again gives the same placements.
   std::vector<RankResult> b = RunThreads(n, c);
   EXPECT_EQ(b[0].placements, a[0].placements);

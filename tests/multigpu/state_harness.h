@@ -71,6 +71,9 @@ struct LoopConfig {
 struct RankResult {
   std::vector<std::vector<int32_t>> placements;  // after each rearrangement
   int64_t rearrangements = 0;
+  // Balancedness of the first rearrangement on the all-reduced window load:
+  // the placement in force before it and the one it committed.
+  double planned_before = -1, planned_after = -1;
   double stats_before = 0, stats_after = 0;  // mean pass balancedness before/after the first
 };
 
@@ -361,6 +364,10 @@ inline void RankLoop(int rank, int N, ncclComm_t comm, const LoopConfig& c, Rank
     EXPECT_EQ(ss.last_slots_moved, CountMovedSlots(ps, plan.data(), old.data()));
     EXPECT_EQ(ss.last_layers_committed, ss.last_slots_moved > 0 ? L : 0);
     for (int p = 0; p < EPLB_STATE_NUM_PHASES; ++p) EXPECT_GE(ss.last_device_ms[p], 0.0) << p;
+    if (res->placements.empty()) {
+      res->planned_before = ss.last_balancedness_before;
+      res->planned_after = ss.last_balancedness_after;
+    }
     res->placements.push_back(plan);
   }
   res->rearrangements = expected_rearrangements;
