@@ -362,6 +362,11 @@ inline void RankLoop(int rank, int N, ncclComm_t comm, const LoopConfig& c, Rank
     EXPECT_EQ(dl, log2phy);
     EXPECT_EQ(weights_ok(plan), 0) << "rank " << rank << " step " << step;
     EXPECT_EQ(ss.last_slots_moved, CountMovedSlots(ps, plan.data(), old.data()));
+    // The reported balance is that of the old and new placements on the load.
+    EXPECT_DOUBLE_EQ(ss.last_balancedness_before,
+                     Evaluate(ps, load.data(), old.data(), nullptr, nullptr).balancedness);
+    EXPECT_DOUBLE_EQ(ss.last_balancedness_after,
+                     Evaluate(ps, load.data(), plan.data(), nullptr, nullptr).balancedness);
     EXPECT_EQ(ss.last_layers_committed, ss.last_slots_moved > 0 ? L : 0);
     for (int p = 0; p < EPLB_STATE_NUM_PHASES; ++p) EXPECT_GE(ss.last_device_ms[p], 0.0) << p;
     if (res->placements.empty()) {
