@@ -16,3 +16,13 @@ add_test(NAME packaging_find_package
     -P ${CMAKE_CURRENT_SOURCE_DIR}/consumer/packaging_test.cmake)
 set_tests_properties(packaging_find_package PROPERTIES LABELS host TIMEOUT 600
                      RESOURCE_LOCK eplb_install)
+
+# The shared library exports the C API and nothing else (no C++ symbols that
+# could clash with an engine's own copies of the standard library).
+find_program(EPLB_NM nm)
+if(EPLB_NM)
+  add_test(NAME packaging_exports_only_c_api
+    COMMAND ${CMAKE_COMMAND} -DNM=${EPLB_NM} -DLIB=$<TARGET_FILE:eplb>
+      -P ${CMAKE_CURRENT_SOURCE_DIR}/consumer/exports_test.cmake)
+  set_tests_properties(packaging_exports_only_c_api PROPERTIES LABELS host)
+endif()
