@@ -32,13 +32,16 @@ struct ChurnPlanner::Layer {
   bool target_valid = false;
   double target_max = 0.0;
   int64_t target_new_holdings = 0;
-  // The sticky plan (same counts, packed to keep old holdings).
-  // [0]: the fresh plan's counts and group -> node map; [1] (hierarchical):
-  // the old group -> node map with counts replicated per node on the forecast.
-  bool sticky_valid[2] = {false, false};
-  double sticky_max[2] = {0.0, 0.0};
-  int64_t sticky_new_holdings[2] = {0, 0};
-  // Best pending move: kind 0 none, 1 single slot edits, 2 switch.
+  // The sticky plan: the fresh plan's counts and group -> node map, packed
+  // to keep old holdings. (A second variant on the old group -> node map with
+  // counts replicated per node won a third of the switches on drift but
+  // lowered the forward balancedness on shift by 0.001-0.004 and was neutral
+  // on drift: dropped, which also saves a packing per layer.)
+  bool sticky_valid = false;
+  double sticky_max = 0.0;
+  int64_t sticky_new_holdings = 0;
+  // Best pending move: kind 0 none, 1 single slot edits, 2 switch to the
+  // fresh plan, 3 switch to the sticky plan.
   int32_t kind = 0;
   int32_t edit_slot[2] = {-1, -1};
   int32_t edit_expert[2] = {-1, -1};
@@ -53,9 +56,9 @@ struct ChurnPlanner::Layer {
   // current forecast stays within refresh_tolerance of its value when built.
   bool cache_valid = false;
   bool cand_has_target = false;
-  bool cand_has_sticky[2] = {false, false};
+  bool cand_has_sticky = false;
   double cand_bal = 0.0;
-  std::vector<int32_t> cand_base, target, sticky[2];
+  std::vector<int32_t> cand_base, target, sticky;
 };
 
 ChurnPlanner::ChurnPlanner() = default;
@@ -298,41 +301,6 @@ void ChurnPlanner::StickyPlan(const PlanShape& s, const double* w, const int32_t
   }
 }
 
-// DeepSeek's replication inside each node: every expert one replica, then
-// each spare slot of the node to the expert of max w / count (lowest index on
-// ties). gnode[g] is group g's node (hierarchical) or ignored. Writes cnt[E].
-void ChurnPlanner::ReplicatePerNode(const PlanShape& s, const double* w, const int32_t* gnode,
-                                    int32_t* cnt) {
-  const int32_t E = s.num_logical_experts;
-  const int32_t nodes = hier_ ? s.num_nodes : 1;
-  const int32_t node_slots = ranks_per_node_ * slots_per_rank_;
-  for (int32_t e = 0; e < E; ++e) cnt[e] = 1;
-  const int32_t G = hier_ ? s.num_groups : 1, per_group = hier_ ? experts_per_group_ : E;
-  for (int32_t n = 0; n < nodes; ++n) {
-    int32_t used = 0;
-    for (int32_t g = 0; g < G; ++g)
-      if (!hier_ || gnode[g] == n) used += per_group;
-    // Scans only the node's groups, in expert order (the same choice as a
-    // scan over all experts skipping other nodes').
-    for (; used < node_slots; ++used) {
-      int32_t best = -1;
-      double best_v = 0.0;
-      for (int32_t g = 0; g < G; ++g) {
-        if (hier_ && gnode[g] != n) continue;
-        for (int32_t e = g * per_group; e < (g + 1) * per_group; ++e) {
-          const double v = w[e] / cnt[e];
-          if (best < 0 || v > best_v) {
-            best = e;
-            best_v = v;
-          }
-        }
-      }
-      if (best < 0) break;
-      ++cnt[best];
-    }
-  }
-}
-
 // Finds the layer's best single move (or the switch) by gain per new
 // holding; stores it in ly and returns its ratio (0 when none gains).
 double ChurnPlanner::BestMove(const PlanShape& s, Layer& ly, const double* w, double total) {
@@ -510,14 +478,12 @@ double ChurnPlanner::BestMove(const PlanShape& s, Layer& ly, const double* w, do
       ly.cost = cost;
     }
   }
-  for (int32_t c = 0; c < 2; ++c) {
-    if (!ly.sticky_valid[c] || !(ly.sticky_max[c] > 0.0) || !(ly.sticky_max[c] < ly.max_load))
-      continue;
-    const double gain = (mean / ly.sticky_max[c] - base_bal) / L;
-    const int64_t cost = ly.sticky_new_holdings[c] - ly.new_holdings;
+  if (ly.sticky_valid && ly.sticky_max > 0.0 && ly.sticky_max < ly.max_load) {
+    const double gain = (mean / ly.sticky_max - base_bal) / L;
+    const int64_t cost = ly.sticky_new_holdings - ly.new_holdings;
     const double ratio = cost <= 0 ? kFreeRatio + gain : gain / static_cast<double>(cost);
     if (gain > 0.0 && ratio > ly.ratio) {
-      ly.kind = 3 + c;
+      ly.kind = 3;
       ly.ratio = ratio;
       ly.gain = gain;
       ly.cost = cost;
@@ -541,6 +507,35 @@ double ChurnPlanner::MaxLoad(const PlanShape& s, const double* w, const int32_t*
   return mx;
 }
 
+// CountNewHoldings of one layer (pl, ol [P]) in O(P) with stamps: the
+// candidates are counted on every rebuild, and the quadratic per-rank scan
+// was 6% of a call.
+int64_t ChurnPlanner::LayerNewHoldings(const PlanShape& s, const int32_t* pl, const int32_t* ol) {
+  const int32_t E = s.num_logical_experts, N = s.num_ranks, S = slots_per_rank_;
+  if (holding_stamp_.size() != static_cast<size_t>(E)) {
+    holding_stamp_.assign(E, 0);
+    holding_epoch_ = 0;
+  }
+  int64_t n = 0;
+  for (int32_t r = 0; r < N; ++r) {
+    if (holding_epoch_ >= 0x7ffffff0) {
+      std::fill(holding_stamp_.begin(), holding_stamp_.end(), 0);
+      holding_epoch_ = 0;
+    }
+    // old experts of r get `held`; a counted new expert gets `counted`.
+    const int32_t held = ++holding_epoch_, counted = ++holding_epoch_;
+    for (int32_t p = r * S; p < (r + 1) * S; ++p) holding_stamp_[ol[p]] = held;
+    for (int32_t p = r * S; p < (r + 1) * S; ++p) {
+      int32_t& st = holding_stamp_[pl[p]];
+      if (st != held && st != counted) {
+        st = counted;
+        ++n;
+      }
+    }
+  }
+  return n;
+}
+
 // Builds layer l's candidates (fresh plan relabelled onto ol, sticky plans)
 // on w and stores them in the layer's cache.
 void ChurnPlanner::BuildCandidates(const PlanShape& s, Policy base, double sticky_slack, int32_t l,
@@ -548,13 +543,11 @@ void ChurnPlanner::BuildCandidates(const PlanShape& s, Policy base, double stick
   Layer& ly = layers_[l];
   const int32_t E = s.num_logical_experts, P = s.num_physical_experts;
   const int32_t G = hier_ ? s.num_groups : 1;
-  PlanShape one = s;
-  one.num_layers = 1;
   ly.cache_valid = true;
   ly.cand_base.assign(ol, ol + P);
   ly.target.resize(P);
   ly.cand_has_target = false;
-  ly.cand_has_sticky[0] = ly.cand_has_sticky[1] = false;
+  ly.cand_has_sticky = false;
   ly.cand_bal = 0.0;
   int32_t* tgt = ly.target.data();
   if (total > 0.0) {
@@ -567,28 +560,19 @@ void ChurnPlanner::BuildCandidates(const PlanShape& s, Policy base, double stick
     ly.cand_has_target = true;
     ly.target_max = tmax;
     ly.cand_bal = tmax > 0.0 ? ly.mean / tmax : 1.0;
-    ly.target_new_holdings = CountNewHoldings(one, tgt, ol);
+    ly.target_new_holdings = LayerNewHoldings(s, tgt, ol);
     if (sticky_slack >= 0.0 && !ly.split) {
       const double cap = tmax * (1.0 + sticky_slack);
-      for (int32_t c = 0; c < (hier_ ? 2 : 1); ++c) {
-        ly.sticky[c].resize(P);
-        int32_t* st = ly.sticky[c].data();
-        const int32_t* cnt = target_cnt_.data();
-        gnode_.assign(G, 0);
-        if (c == 0) {
-          if (hier_)
-            for (int32_t p = 0; p < P; ++p)
-              gnode_[tgt[p] / experts_per_group_] = (p / slots_per_rank_) / ranks_per_node_;
-        } else {
-          for (int32_t g = 0; g < G; ++g) gnode_[g] = ly.group_node[g];
-          ReplicatePerNode(s, w, gnode_.data(), sticky_cnt_.data());
-          cnt = sticky_cnt_.data();
-        }
-        StickyPlan(s, w, ol, gnode_.data(), cnt, cap, st);
-        ly.cand_has_sticky[c] = true;
-        ly.sticky_max[c] = MaxLoad(s, w, st);
-        ly.sticky_new_holdings[c] = CountNewHoldings(one, st, ol);
-      }
+      ly.sticky.resize(P);
+      int32_t* st = ly.sticky.data();
+      gnode_.assign(G, 0);
+      if (hier_)
+        for (int32_t p = 0; p < P; ++p)
+          gnode_[tgt[p] / experts_per_group_] = (p / slots_per_rank_) / ranks_per_node_;
+      StickyPlan(s, w, ol, gnode_.data(), target_cnt_.data(), cap, st);
+      ly.cand_has_sticky = true;
+      ly.sticky_max = MaxLoad(s, w, st);
+      ly.sticky_new_holdings = LayerNewHoldings(s, st, ol);
     }
   } else if (ly.split) {
     // No load at all: any valid plan balances; take the base plan on zeros.
@@ -597,7 +581,7 @@ void ChurnPlanner::BuildCandidates(const PlanShape& s, Policy base, double stick
     ly.cand_has_target = true;
     ly.target_max = 0.0;
     ly.cand_bal = 1.0;
-    ly.target_new_holdings = CountNewHoldings(one, tgt, ol);
+    ly.target_new_holdings = LayerNewHoldings(s, tgt, ol);
   }
   ++candidates_built_;
 }
@@ -649,7 +633,6 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
     stamp_value_ = 0;
   }
   scaled_.resize(E);
-  sticky_cnt_.resize(E);
   target_cnt_.resize(std::max(E, 1));
   score_cnt_.resize(std::max(E, 1));
   totals_.resize(L);
@@ -694,14 +677,12 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
       reuse = !(bal < ly.cand_bal - o.refresh_tolerance);
     }
     if (reuse) {
-      for (int32_t c = 0; c < 2; ++c)
-        if (ly.cand_has_sticky[c]) ly.sticky_max[c] = MaxLoad(s, w, ly.sticky[c].data());
+      if (ly.cand_has_sticky) ly.sticky_max = MaxLoad(s, w, ly.sticky.data());
     } else {
       BuildCandidates(s, base, o.sticky_slack, l, w, total, ol);
     }
     ly.target_valid = ly.cand_has_target;
-    ly.sticky_valid[0] = ly.cand_has_sticky[0];
-    ly.sticky_valid[1] = ly.cand_has_sticky[1];
+    ly.sticky_valid = ly.cand_has_sticky;
   }
   res.predicted_before = before / L;
 
@@ -726,12 +707,12 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
     Layer& ly = layers_[l];
     do_switch(l, ly.target.data(), ly.target_new_holdings);
     ly.target_valid = false;  // taken
-    ly.sticky_valid[0] = ly.sticky_valid[1] = false;
+    ly.sticky_valid = false;
   };
-  auto take_sticky = [&](int32_t l, int32_t c) {
+  auto take_sticky = [&](int32_t l) {
     Layer& ly = layers_[l];
-    do_switch(l, ly.sticky[c].data(), ly.sticky_new_holdings[c]);
-    ly.sticky_valid[0] = ly.sticky_valid[1] = false;  // taken; the fresh plan stays a candidate
+    do_switch(l, ly.sticky.data(), ly.sticky_new_holdings);
+    ly.sticky_valid = false;  // taken; the fresh plan stays a candidate
   };
 
   // Forced: a layer that splits a group over nodes cannot be improved by
@@ -787,7 +768,7 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
       if (ly.kind == 2) {
         take_target(l);
       } else {
-        take_sticky(l, ly.kind - 3);
+        take_sticky(l);
       }
       ++res.switched_layers;
     } else {
@@ -839,7 +820,7 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
         ly.cand_base = ly.slots;
         ly.target = ly.slots;
         ly.cand_has_target = true;
-        ly.cand_has_sticky[0] = ly.cand_has_sticky[1] = false;
+        ly.cand_has_sticky = false;
         ly.target_new_holdings = 0;
         ly.cand_bal = ly.max_load > 0.0 ? ly.mean / ly.max_load : 1.0;
       }

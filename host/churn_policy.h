@@ -78,7 +78,7 @@ struct ChurnOptions {
   // when its placement changed other than by this planner's own output, or
   // when the cached fresh plan's balancedness on the current forecast fell
   // more than this below its value when built. Why: building candidates
-  // (the base planner with relabelling, sticky packings) is the whole cost
+  // (the base planner with relabelling, a sticky packing) is the whole cost
   // of a call, and on a slowly moving forecast the cached plan is as good as
   // a fresh one within this tolerance. The reuse depends on the call
   // history, which is the same on every rank that makes the same calls.
@@ -167,9 +167,8 @@ class ChurnPlanner {
   void Rebuild(const PlanShape& shape, Layer& ly, const double* w);
   void StickyPlan(const PlanShape& shape, const double* w, const int32_t* old, const int32_t* gnode,
                   const int32_t* tcnt, double cap, int32_t* out);
-  void ReplicatePerNode(const PlanShape& shape, const double* w, const int32_t* gnode,
-                        int32_t* cnt);
 
+  int64_t LayerNewHoldings(const PlanShape& shape, const int32_t* pl, const int32_t* old_layer);
   double MaxLoad(const PlanShape& shape, const double* w, const int32_t* placement);
   void BuildCandidates(const PlanShape& shape, Policy base, double sticky_slack, int32_t layer,
                        const double* w, double total, const int32_t* old_layer);
@@ -182,13 +181,15 @@ class ChurnPlanner {
   std::vector<double> estimate_, totals_;
   std::vector<int64_t> scaled_;
   std::vector<std::pair<double, int32_t>> heap_;
-  std::vector<int32_t> target_cnt_, sticky_cnt_, score_cnt_;
+  std::vector<int32_t> target_cnt_, score_cnt_;
   std::vector<std::pair<double, int32_t>> items_;
   std::vector<int32_t> leftover_, free_, assign_rank_, gnode_, mark_, rank_items_;
   std::vector<int16_t> avail_;
   std::vector<double> pack_load_;
   std::vector<int32_t> order_, holders_start_, holders_, stamp_;
   int32_t stamp_value_ = 0;
+  std::vector<int32_t> holding_stamp_;
+  int32_t holding_epoch_ = 0;
   bool hier_ = false, single_moves_ = false;
   int32_t slots_per_rank_ = 0, ranks_per_node_ = 0, experts_per_group_ = 0;
 };
