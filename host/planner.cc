@@ -1,11 +1,16 @@
 #include "planner.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define EPLB_PLANNER_X86_DISPATCH 1
+#include <immintrin.h>
 #endif
 
 #include "assignment.h"
@@ -76,6 +81,181 @@ inline int32_t FirstMin(const double* key, int32_t m4) {
   return CountTrailingZeros(eq);
 #endif
 }
+
+#if defined(EPLB_PLANNER_X86_DISPATCH)
+// AVX2 is chosen at run time (the build targets baseline x86-64). Both paths
+// below compute exactly what the portable code computes: the sort is on
+// distinct integer keys (any correct sort gives one result) and the packing
+// performs the same float64 additions, choosing the same pack.
+// EPLB_PLANNER_NO_AVX2=1 forces the portable path (the tests run both; the
+// result is the same either way).
+bool CpuHasAvx2() {
+  static const bool has = [] {
+    const char* off = std::getenv("EPLB_PLANNER_NO_AVX2");
+    if (off != nullptr && off[0] != '\0' && off[0] != '0') return false;
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  return has;
+}
+
+// The fast path packs up to this many nodes at once (one per 64-bit lane),
+// at most kFastPacks GPUs per node and kFastItems replicas per node.
+constexpr int32_t kFastLanes = 4;
+constexpr int32_t kFastPacks = 8;
+constexpr int32_t kFastItems = 128;  // the item index fits the low 7 key bits
+
+// rank[i] = #{j < n : key[j] < key[i]} for the i in vectors [v0, v0 + K)
+// (8 keys each). Keys are distinct, so the ranks of all n keys form the
+// permutation that sorts them. Branch-free: n * K compares of 8 lanes.
+template <int K>
+__attribute__((target("avx2"))) inline void RankChunk(const int32_t* key, int32_t n, int32_t v0,
+                                                      int32_t* rank) {
+  __m256i k[K], acc[K];
+  for (int q = 0; q < K; ++q) {
+    k[q] = _mm256_load_si256(reinterpret_cast<const __m256i*>(key + (v0 + q) * 8));
+    acc[q] = _mm256_setzero_si256();
+  }
+  for (int32_t j = 0; j < n; ++j) {
+    const __m256i b = _mm256_set1_epi32(key[j]);
+    for (int q = 0; q < K; ++q) acc[q] = _mm256_sub_epi32(acc[q], _mm256_cmpgt_epi32(k[q], b));
+  }
+  for (int q = 0; q < K; ++q)
+    _mm256_store_si256(reinterpret_cast<__m256i*>(rank + (v0 + q) * 8), acc[q]);
+}
+
+// ord[0, n) = 0..n-1 sorted by (it desc, index asc) (the README's stable
+// descending order), n <= kFastItems. The rank sort runs on 32-bit keys: the
+// top 25 bits of the descending load key (DescKey) above the 7-bit index, so
+// the keys are distinct and order by (truncated load key, index); runs of
+// equal truncated keys are then re-sorted by the exact comparison, as in
+// Scratch::SortDesc.
+__attribute__((target("avx2"))) void SortDescAvx2(const double* it, int32_t n, int32_t* ord) {
+  alignas(32) int32_t key[kFastItems];
+  alignas(32) int32_t rank[kFastItems];
+  uint32_t sorted[kFastItems];
+  const int32_t nv = (n + 7) / 8;
+  for (int32_t i = 0; i < n; ++i) {
+    const uint32_t u =
+        static_cast<uint32_t>((DescKey(it[i]) >> 38) << 7) | static_cast<uint32_t>(i);
+    key[i] = static_cast<int32_t>(u ^ 0x80000000u);  // signed order == unsigned order of u
+  }
+  for (int32_t i = n; i < nv * 8; ++i) key[i] = 0;  // lanes past n: ranks ignored
+  for (int32_t v0 = 0; v0 < nv;) {
+    switch (std::min(nv - v0, 6)) {
+      case 6:
+        RankChunk<6>(key, n, v0, rank);
+        v0 += 6;
+        break;
+      case 5:
+        RankChunk<5>(key, n, v0, rank);
+        v0 += 5;
+        break;
+      case 4:
+        RankChunk<4>(key, n, v0, rank);
+        v0 += 4;
+        break;
+      case 3:
+        RankChunk<3>(key, n, v0, rank);
+        v0 += 3;
+        break;
+      case 2:
+        RankChunk<2>(key, n, v0, rank);
+        v0 += 2;
+        break;
+      default:
+        RankChunk<1>(key, n, v0, rank);
+        v0 += 1;
+        break;
+    }
+  }
+  for (int32_t i = 0; i < n; ++i) sorted[rank[i]] = static_cast<uint32_t>(key[i]) ^ 0x80000000u;
+  for (int32_t t = 0; t < n; ++t) ord[t] = static_cast<int32_t>(sorted[t] & 127u);
+  // Runs of equal truncated keys: most neighbours differ, so first find the
+  // ties branch-free, then walk only the runs.
+  uint32_t nties = 0;
+  for (int32_t t = 1; t < n; ++t) nties += ((sorted[t] ^ sorted[t - 1]) >> 7) == 0;
+  if (nties == 0) return;
+  for (int32_t t0 = 0; t0 < n;) {
+    int32_t t1 = t0 + 1;
+    while (t1 < n && ((sorted[t1] ^ sorted[t0]) >> 7) == 0) ++t1;
+    for (int32_t a = t0 + 1; a < t1; ++a) {
+      const int32_t x = ord[a];
+      int32_t b = a;
+      while (b > t0 && (it[ord[b - 1]] < it[x] || (it[ord[b - 1]] == it[x] && ord[b - 1] > x))) {
+        ord[b] = ord[b - 1];
+        --b;
+      }
+      ord[b] = x;
+    }
+    t0 = t1;
+  }
+}
+
+// Balanced packing of M <= 4 nodes at once, node n in 64-bit lane n: items
+// [M][rpn] (node n's replica loads in list order), rep_expert [M][rpn]; m <=
+// 8 GPUs per node, cap = rpn / m > 1 slots each. Writes phy2log [M][rpn] (slot
+// k * cap + position of GPU k). Per node this is exactly Scratch::Pack: the
+// items in stable descending order, each to the non-full pack of smallest
+// float64 load, the lowest index on equality, loads summed in insertion
+// order. Vector form: pack k's load of every node in one register; the
+// chosen pack is the first k whose key equals the minimum (one-hot lane
+// masks); the other packs add +0.0, which leaves a load >= +0.0 unchanged.
+__attribute__((target("avx2"))) void PackNodesAvx2(const double* items, const int32_t* rep_expert,
+                                                   int32_t M, int32_t rpn, int32_t m, int32_t cap,
+                                                   int32_t* phy2log) {
+  alignas(32) double sit[kFastItems * kFastLanes];
+  alignas(32) int64_t slot[kFastItems * kFastLanes];
+  int32_t sexp[kFastItems * kFastLanes];
+  int32_t ord[kFastItems];
+  for (int32_t n = 0; n < kFastLanes; ++n) {
+    if (n < M) {
+      const double* it = items + n * rpn;
+      const int32_t* re = rep_expert + n * rpn;
+      SortDescAvx2(it, rpn, ord);
+      for (int32_t t = 0; t < rpn; ++t) {
+        sit[t * kFastLanes + n] = it[ord[t]];
+        sexp[t * kFastLanes + n] = re[ord[t]];
+      }
+    } else {
+      for (int32_t t = 0; t < rpn; ++t) sit[t * kFastLanes + n] = 0.0;
+    }
+  }
+  const __m256d inf = _mm256_set1_pd(std::numeric_limits<double>::infinity());
+  __m256d pl[kFastPacks], key[kFastPacks];
+  __m256i so[kFastPacks], end[kFastPacks];
+  for (int32_t k = 0; k < kFastPacks; ++k) {
+    // so: next slot of pack k (k * cap + items in it); end: its first slot
+    // past the pack. Packs k >= m start full, so their key stays +inf.
+    pl[k] = _mm256_setzero_pd();
+    so[k] = _mm256_set1_epi64x(static_cast<int64_t>(k) * cap);
+    end[k] = _mm256_set1_epi64x(static_cast<int64_t>(k < m ? k + 1 : k) * cap);
+    key[k] = k < m ? _mm256_setzero_pd() : inf;
+  }
+  for (int32_t t = 0; t < rpn; ++t) {
+    const __m256d item = _mm256_load_pd(sit + t * kFastLanes);
+    const __m256d mn =
+        _mm256_min_pd(_mm256_min_pd(_mm256_min_pd(key[0], key[1]), _mm256_min_pd(key[2], key[3])),
+                      _mm256_min_pd(_mm256_min_pd(key[4], key[5]), _mm256_min_pd(key[6], key[7])));
+    __m256d found = _mm256_setzero_pd();
+    __m256i s = _mm256_setzero_si256();
+    for (int32_t k = 0; k < kFastPacks; ++k) {
+      const __m256d eq = _mm256_cmp_pd(key[k], mn, _CMP_EQ_OQ);
+      const __m256d oh = _mm256_andnot_pd(found, eq);
+      found = _mm256_or_pd(found, eq);
+      const __m256i ohi = _mm256_castpd_si256(oh);
+      s = _mm256_or_si256(s, _mm256_and_si256(ohi, so[k]));
+      so[k] = _mm256_sub_epi64(so[k], ohi);
+      pl[k] = _mm256_add_pd(pl[k], _mm256_and_pd(oh, item));
+      key[k] = _mm256_blendv_pd(pl[k], inf, _mm256_castsi256_pd(_mm256_cmpeq_epi64(so[k], end[k])));
+    }
+    _mm256_store_si256(reinterpret_cast<__m256i*>(slot + t * kFastLanes), s);
+  }
+  for (int32_t n = 0; n < M; ++n) {
+    int32_t* out = phy2log + n * rpn;
+    for (int32_t t = 0; t < rpn; ++t) out[slot[t * kFastLanes + n]] = sexp[t * kFastLanes + n];
+  }
+}
+#endif  // EPLB_PLANNER_X86_DISPATCH
 
 }  // namespace
 
@@ -494,37 +674,50 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
   s.bs = s.N / s.M;
   s.spg = s.P / s.N;
   s.load = load;
+  // Locals: the int32 stores below could alias the Scratch members as far as
+  // the compiler knows, which would reload them in every loop.
+  const int32_t E = s.E, G = s.G, M = s.M, epg = s.epg, gpn = s.gpn, epn = s.epn, rpn = s.rpn;
 
   // 1. Groups onto nodes. Group loads are exact int64 sums (< 2^53, so exact
   // as doubles too, and their float64 pack sums are exact).
-  for (int32_t g = 0; g < s.G; ++g) {
+  double* items = s.items.data();
+  for (int32_t g = 0; g < G; ++g) {
+    const int64_t* wg = load + g * epg;
     int64_t sum = 0;
-    for (int32_t i = 0; i < s.epg; ++i) sum += load[g * s.epg + i];
-    s.items[g] = static_cast<double>(sum);
+    for (int32_t i = 0; i < epg; ++i) sum += wg[i];
+    items[g] = static_cast<double>(sum);
   }
-  s.Pack(s.G, s.M);
-  for (int32_t g = 0; g < s.G; ++g) s.node_group[s.pack_of[g] * s.gpn + s.pos_of[g]] = g;
-  for (int32_t j = 0; j < s.G; ++j) {
-    const int32_t g = s.node_group[j];
-    for (int32_t i = 0; i < s.epg; ++i) s.node_expert[j * s.epg + i] = g * s.epg + i;
+  s.Pack(G, M);
+  int32_t* node_group = s.node_group.data();
+  for (int32_t g = 0; g < G; ++g) node_group[s.pack_of[g] * gpn + s.pos_of[g]] = g;
+  int32_t* node_expert = s.node_expert.data();
+  for (int32_t j = 0; j < G; ++j) {
+    const int32_t base = node_group[j] * epg;
+    int32_t* ne = node_expert + j * epg;
+    for (int32_t i = 0; i < epg; ++i) ne[i] = base + i;
   }
 
   // 2. Replication per node: each added replica goes to the expert of largest
   // w / count, the first in node-local order on exact equality.
-  const int32_t red = s.rpn - s.epn;
+  const int32_t red = rpn - epn;
   int32_t* cnt = s.cnt.data();
   double* cur = s.cur_load.data();
-  for (int32_t n = 0; n < s.M; ++n) {
-    const int32_t* ne = s.node_expert.data() + n * s.epn;
-    int32_t* re = s.rep_expert.data() + n * s.rpn;
-    int32_t* rp = s.rep_pos.data() + n * s.rpn;
-    for (int32_t i = 0; i < s.epn; ++i) {
-      cnt[ne[i]] = 1;
-      cur[i] = static_cast<double>(load[ne[i]]);  // w / 1
-      re[i] = ne[i];
-      rp[i] = i;
-    }
-    if (red <= kCandidateLimit && red < s.epn) {
+  for (int32_t e = 0; e < E; ++e) cnt[e] = 1;  // every expert is on one node
+  const bool use_cand = red <= kCandidateLimit && red < epn;
+  // With candidates and few nodes, the picks of all nodes run in lockstep
+  // (pick t of every node, then t + 1): each pick waits on the previous one
+  // of its node (argmax, division), and interleaving overlaps the nodes.
+  const bool lockstep = use_cand && M <= kInterleaveLimit;
+  int32_t cand_all[kInterleaveLimit][kCandidateLimit];
+  double cl_all[kInterleaveLimit][kCandidateLimit];  // w / count of each candidate
+  for (int32_t n = 0; n < M; ++n) {
+    const int32_t* ne = node_expert + n * epn;
+    int32_t* re = s.rep_expert.data() + n * rpn;
+    int32_t* rp = s.rep_pos.data() + n * rpn;
+    for (int32_t i = 0; i < epn; ++i) re[i] = ne[i];  // rp is read only past epn
+    if (!use_cand)
+      for (int32_t i = 0; i < epn; ++i) cur[i] = static_cast<double>(load[ne[i]]);  // w / 1
+    if (use_cand) {
       // Only the first `red` experts in (w desc, node position asc) order can
       // receive a replica: any other expert x has `red` experts y ahead of it
       // in that order, and while fewer than `red` replicas have been added
@@ -534,9 +727,31 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
       // what the scan over all experts picks. The candidates are selected on
       // an exact integer key: (2^53 - 1 - w) in the high bits (w < 2^53), the
       // position (< 2^11, as epn <= 1024) in the low 11 bits.
+      //
+      // Prefilter (exact): split the node's experts into `red` nonempty
+      // blocks and let T be the smallest of the blocks' maximum loads. The
+      // `red` block maxima all have w >= T, so an expert with w < T has `red`
+      // experts strictly ahead of it and is no candidate; only the experts
+      // with w >= T (usually a few more than `red`) go through the
+      // (branchy) insertion below. Both passes here are branch-free.
+      int64_t thr = kMaxLoad;
+      for (int32_t b = 0; b < red; ++b) {
+        const int32_t lo = static_cast<int32_t>(static_cast<int64_t>(b) * epn / red);
+        const int32_t hi = static_cast<int32_t>(static_cast<int64_t>(b + 1) * epn / red);
+        int64_t mx = -1;
+        for (int32_t i = lo; i < hi; ++i) mx = std::max(mx, load[ne[i]]);
+        thr = std::min(thr, mx);
+      }
+      int32_t* sel = s.rheap.data();  // positions with w >= thr, ascending
+      int32_t ns = 0;
+      for (int32_t i = 0; i < epn; ++i) {
+        sel[ns] = i;
+        ns += load[ne[i]] >= thr;
+      }
       uint64_t top[kCandidateLimit];
       int32_t nt = 0;
-      for (int32_t i = 0; i < s.epn; ++i) {
+      for (int32_t si = 0; si < ns; ++si) {
+        const int32_t i = sel[si];
         const uint64_t k =
             (static_cast<uint64_t>(kMaxLoad - 1 - load[ne[i]]) << 11) | static_cast<uint64_t>(i);
         if (nt == red && k >= top[red - 1]) continue;
@@ -547,29 +762,34 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
         }
         top[b] = k;
       }
-      int32_t cand[kCandidateLimit];
+      int32_t cand_one[kCandidateLimit];
+      double cl_one[kCandidateLimit];
+      int32_t* cand = lockstep ? cand_all[n] : cand_one;
+      double* cl = lockstep ? cl_all[n] : cl_one;
       for (int32_t c = 0; c < red; ++c) cand[c] = static_cast<int32_t>(top[c] & 2047);
       std::sort(cand, cand + red);
+      for (int32_t c = 0; c < red; ++c) cl[c] = static_cast<double>(load[ne[cand[c]]]);  // w / 1
+      if (lockstep) continue;
       for (int32_t t = 0; t < red; ++t) {
-        int32_t best = cand[0];
-        for (int32_t c = 1; c < red; ++c)
-          if (cur[cand[c]] > cur[best]) best = cand[c];
+        int32_t bc = 0;
+        for (int32_t c = 1; c < red; ++c) bc = cl[c] > cl[bc] ? c : bc;
+        const int32_t best = cand[bc];
         const int32_t e = ne[best];
-        ++cnt[e];
-        cur[best] = static_cast<double>(load[e]) / cnt[e];
-        re[s.epn + t] = e;
-        rp[s.epn + t] = best;
+        const int32_t ce = ++cnt[e];
+        cl[bc] = static_cast<double>(load[e]) / ce;
+        re[epn + t] = e;
+        rp[epn + t] = best;
       }
-    } else if (static_cast<int64_t>(s.epn) * red <= kLinearReplicateLimit) {
+    } else if (static_cast<int64_t>(epn) * red <= kLinearReplicateLimit) {
       for (int32_t t = 0; t < red; ++t) {
         int32_t best = 0;
-        for (int32_t i = 1; i < s.epn; ++i)
+        for (int32_t i = 1; i < epn; ++i)
           if (cur[i] > cur[best]) best = i;
         const int32_t e = ne[best];
         ++cnt[e];
         cur[best] = static_cast<double>(load[e]) / cnt[e];
-        re[s.epn + t] = e;
-        rp[s.epn + t] = best;
+        re[epn + t] = e;
+        rp[epn + t] = best;
       }
     } else {
       // Max-heap on (load desc, position asc): the same choice as the scan.
@@ -577,21 +797,38 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
       auto less = [cur](int32_t a, int32_t b) {
         return cur[a] < cur[b] || (cur[a] == cur[b] && a > b);
       };
-      for (int32_t i = 0; i < s.epn; ++i) h[i] = i;
-      std::make_heap(h, h + s.epn, less);
+      for (int32_t i = 0; i < epn; ++i) h[i] = i;
+      std::make_heap(h, h + epn, less);
       for (int32_t t = 0; t < red; ++t) {
-        std::pop_heap(h, h + s.epn, less);
-        const int32_t best = h[s.epn - 1];
+        std::pop_heap(h, h + epn, less);
+        const int32_t best = h[epn - 1];
         const int32_t e = ne[best];
         ++cnt[e];
         cur[best] = static_cast<double>(load[e]) / cnt[e];
-        re[s.epn + t] = e;
-        rp[s.epn + t] = best;
-        std::push_heap(h, h + s.epn, less);
+        re[epn + t] = e;
+        rp[epn + t] = best;
+        std::push_heap(h, h + epn, less);
       }
     }
   }
-  std::memcpy(logcnt, cnt, sizeof(int32_t) * static_cast<size_t>(s.E));
+  if (lockstep) {
+    // The same picks as the per-node candidate loop above.
+    for (int32_t t = 0; t < red; ++t) {
+      for (int32_t n = 0; n < M; ++n) {
+        const int32_t* cand = cand_all[n];
+        double* cl = cl_all[n];
+        int32_t bc = 0;
+        for (int32_t c = 1; c < red; ++c) bc = cl[c] > cl[bc] ? c : bc;
+        const int32_t best = cand[bc];
+        const int32_t e = node_expert[n * epn + best];
+        const int32_t ce = ++cnt[e];
+        cl[bc] = static_cast<double>(load[e]) / ce;
+        s.rep_expert[static_cast<size_t>(n * rpn + epn + t)] = e;
+        s.rep_pos[static_cast<size_t>(n * rpn + epn + t)] = best;
+      }
+    }
+  }
+  std::memcpy(logcnt, cnt, sizeof(int32_t) * static_cast<size_t>(E));
 }
 
 void Planner::PackLayer(int32_t* phy2log) {
@@ -614,6 +851,12 @@ void Planner::PackLayer(int32_t* phy2log) {
     for (int32_t j = s.epn; j < s.rpn; ++j) it[j] = it[rp[j]];
   }
   const int32_t cap = s.spg;
+#if defined(EPLB_PLANNER_X86_DISPATCH)
+  if (cap > 1 && s.bs <= kFastPacks && s.M <= kFastLanes && s.rpn <= kFastItems && CpuHasAvx2()) {
+    PackNodesAvx2(items, s.rep_expert.data(), s.M, s.rpn, s.bs, cap, phy2log);
+    return;
+  }
+#endif
   if (cap == 1 || s.bs > kLinearPackLimit || s.M > kInterleaveLimit) {
     for (int32_t n = 0; n < s.M; ++n) {
       if (n > 0) std::memcpy(items, items + n * s.rpn, sizeof(double) * static_cast<size_t>(s.rpn));
