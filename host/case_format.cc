@@ -324,12 +324,29 @@ void WritePlanCase(std::ostream& out, const PlanCase& c) {
   check("old_phy2log", c.old_phy2log.size(), L * P);
   check("preserved_phy2log", c.preserved_phy2log.size(), L * P);
 
+  EPLB_CHECK_ARG(!c.name.empty(), "WritePlanCase: the name is empty");
   for (char ch : c.name) {
     EPLB_CHECK_ARG(!std::isspace(static_cast<unsigned char>(ch)),
                    "WritePlanCase: name '%s' contains white space", c.name.c_str());
   }
+  // The shape line obeys the reader's ranges too (an empty shape would write
+  // a file no reader accepts): validate it through the reader's own checks.
+  {
+    std::ostringstream head;
+    head << "eplb-case 1\nname " << c.name << "\nlayers " << c.num_layers << " logical "
+         << c.num_logical_experts << " physical " << c.num_physical_experts << " groups "
+         << c.num_groups << " nodes " << c.num_nodes << " gpus " << c.num_ranks << "\nweights\n";
+    for (size_t i = 0; i < c.weights.size(); ++i)
+      head << c.weights[i] << ((i + 1) % (E ? E : 1) ? ' ' : '\n');
+    head << "end\n";
+    try {
+      (void)ParsePlanCase(head.str(), "WritePlanCase");
+    } catch (const Error& e) {
+      Throw(Status::kInvalidArgument, "WritePlanCase: the case is not writable: %s", e.what());
+    }
+  }
   out << "eplb-case 1\n";
-  out << "name " << (c.name.empty() ? std::string("unnamed") : c.name) << '\n';
+  out << "name " << c.name << '\n';
   out << "layers " << c.num_layers << " logical " << c.num_logical_experts << " physical "
       << c.num_physical_experts << " groups " << c.num_groups << " nodes " << c.num_nodes
       << " gpus " << c.num_ranks << '\n';

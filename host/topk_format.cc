@@ -85,6 +85,11 @@ TopkTrace ParseTopkTrace(const std::string& text, const std::string& source) {
   tk.Expect("tokens");
   t.num_tokens = tk.Int("tokens", 0, int64_t{1} << 28);
   const int64_t per_layer = t.num_tokens * t.top_k;
+  // Each id takes at least two characters: a header that claims more ids than
+  // the text can hold is a format error, found before any allocation.
+  if (static_cast<uint64_t>(per_layer) * static_cast<uint64_t>(t.num_layers) > text.size() / 2)
+    tk.Fail("header claims %lld ids (layers x tokens x topk), more than the file holds",
+            static_cast<long long>(per_layer * t.num_layers));
   t.ids.resize(static_cast<size_t>(per_layer * t.num_layers));
   for (int32_t l = 0; l < t.num_layers; ++l) {
     tk.Expect("layer");

@@ -3,6 +3,9 @@
 // often hand-edited or produced by a script that can drift from the format.
 #include "trace_format.h"
 
+#include <algorithm>
+
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
@@ -86,7 +89,7 @@ class LineReader {
 
  private:
   const std::string& text_;
-  const std::string& source_;
+  std::string source_;  // owned: callers may pass a temporary
   size_t pos_ = 0;
   int line_ = 0;
 };
@@ -117,8 +120,12 @@ LoadTrace ParseLoadTrace(const std::string& text, const std::string& source) {
   const int64_t steps = r.Int(w[7], 1, kMaxSteps, "steps");
 
   const int32_t L = t.num_layers, E = t.num_logical_experts;
-  t.tokens.reserve(static_cast<size_t>(steps));
-  t.loads.reserve(static_cast<size_t>(steps) * L * E);
+  // Reserve no more than the text can hold (each number takes at least two
+  // characters), so a header that claims a huge history is a format error at
+  // its end, not an allocation failure.
+  const size_t most_numbers = text.size() / 2;
+  t.tokens.reserve(std::min(static_cast<size_t>(steps), most_numbers));
+  t.loads.reserve(std::min(static_cast<size_t>(steps) * L * E, most_numbers));
   for (int64_t s = 0; s < steps; ++s) {
     if (!r.Next(&w)) r.FailEnd(Format("'step %lld tokens T'", static_cast<long long>(s)).c_str());
     if (w.size() != 4 || w[0] != "step" || w[2] != "tokens")
@@ -168,6 +175,11 @@ LoadTrace ReadLoadTrace(const std::string& path) {
 
 void WriteLoadTrace(std::ostream& out, const LoadTrace& t) {
   const int32_t L = t.num_layers, E = t.num_logical_experts;
+  // Refuse what the reader would reject, so a written trace parses back.
+  for (char ch : t.model)
+    EPLB_CHECK_ARG(!std::isspace(static_cast<unsigned char>(ch)),
+                   "WriteLoadTrace: model '%s' contains white space", t.model.c_str());
+  EPLB_CHECK_ARG(t.num_steps() >= 1, "WriteLoadTrace: the history has no step");
   out << "eplb-loads 1\n";
   if (!t.model.empty()) out << "model " << t.model << "\n";
   out << "layers " << L << " experts " << E << " topk " << t.topk << " steps " << t.num_steps()

@@ -21,8 +21,13 @@ void PlanChurnAwareC(const PlanShape& shape, const eplbPlanConfig_t* config, con
                  "h_old_phy2log is NULL (EPLB_POLICY_CHURN_AWARE starts from the old placement)");
   ChurnOptions o;
   o.sticky_slack = 0.1;  // the header's default, also for an older struct without the field
-  if (config->churn != nullptr) {
-    const eplbChurnOptions_t* c = config->churn;
+  // An older config that ends before `churn` selects the defaults: the field
+  // is read only where struct_size covers it.
+  const eplbChurnOptions_t* c =
+      config->struct_size >= offsetof(eplbPlanConfig_t, churn) + sizeof(config->churn)
+          ? config->churn
+          : nullptr;
+  if (c != nullptr) {
     EPLB_CHECK_ARG(c->struct_size >= offsetof(eplbChurnOptions_t, single_moves) + sizeof(int32_t),
                    "churn->struct_size (%zu) is smaller than the version 1 options (%zu)",
                    c->struct_size, offsetof(eplbChurnOptions_t, single_moves) + sizeof(int32_t));

@@ -80,9 +80,16 @@ TransferShape ValidateExchangeConfig(const eplbExchangeConfig_t& c, bool for_cre
 
 size_t ExchangeDeviceBytes(int32_t L, int32_t P, int32_t N, size_t staging_bytes) {
   const size_t rows = static_cast<size_t>(L) * static_cast<size_t>(P + P / N);
-  return staging_bytes + rows * sizeof(kernels::PackRow) +
-         static_cast<size_t>(L) * kernels::kPackMaxTensors * sizeof(kernels::PackTensor) +
-         2 * sizeof(uint64_t);
+  const size_t tables =
+      rows * sizeof(kernels::PackRow) +
+      static_cast<size_t>(L) * kernels::kPackMaxTensors * sizeof(kernels::PackTensor) +
+      2 * sizeof(uint64_t);
+  // The staging size comes from the caller's row sizes: refuse a total that
+  // would wrap rather than report a small one.
+  EPLB_CHECK_ARG(staging_bytes <= SIZE_MAX - tables,
+                 "device memory (%zu staging bytes + %zu bytes of tables) overflows size_t",
+                 staging_bytes, tables);
+  return staging_bytes + tables;
 }
 
 Exchange::Exchange(const eplbExchangeConfig_t& c, ncclComm_t comm, const ExchangeTuning& tuning)

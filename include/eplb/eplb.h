@@ -203,9 +203,11 @@ EPLB_API eplbStatus_t eplbPlanEvaluate(const eplbPlanConfig_t* config, const int
  * budget). Deterministic; the same on every rank given the same inputs. */
 struct eplbChurnOptions {
   size_t struct_size; /* sizeof(eplbChurnOptions_t) */
-  /* [L][E] host forecast of the next window's per-expert load, finite and
-   * >= 0 (scale free); NULL uses h_load. Maintain it with
-   * eplbLoadEstimateUpdate once per step from that step's logical load. */
+  /* [L][E] host forecast of the next window's per-expert load, finite, >= 0
+   * and below 9.0e15 (about 2^53; only ratios matter, so scale it down if an
+   * accumulator grows that large); NULL uses h_load. Maintain it with
+   * eplbLoadEstimateUpdate once per step from that step's logical load (with
+   * decay < 1 it stays below max load / (1 - decay)). */
   const double* h_load_estimate;
   /* At most floor(max_moved_fraction * L * P) new (layer, rank, expert)
    * holdings per call; in [0, 1]. 1 means unlimited and starts every layer
