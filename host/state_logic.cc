@@ -95,14 +95,15 @@ void StateLogic::CheckUsable(const char* what) const {
                    "%s refused: the state is broken by an earlier failure (%s); destroy it and "
                    "abort the communicator",
                    what, broken_reason_.c_str());
-  if (!AllRegistered()) {
-    int32_t first = 0;
-    while (first < config_.shape.num_layers && registered_[first]) ++first;
-    Throw(Status::kInvalidUsage,
-          "%s before every layer's weights are registered (layer %d is not; call "
-          "eplbStateRegisterLayer for all %d layers first)",
-          what, first, config_.shape.num_layers);
-  }
+}
+
+Error StateLogic::UnregisteredError(const char* what) const {
+  int32_t first = 0;
+  while (first < config_.shape.num_layers && registered_[first]) ++first;
+  return Error(Status::kInvalidUsage,
+               Format("%s before every layer's weights are registered (layer %d is not; call "
+                      "eplbStateRegisterLayer for all %d layers first)",
+                      what, first, config_.shape.num_layers));
 }
 
 void StateLogic::MarkBroken(const std::string& why) {
@@ -115,6 +116,11 @@ void StateLogic::Step(uint32_t flags) {
                  "flags (0x%x) has bits other than EPLB_STEP_DUMMY and EPLB_STEP_STATS",
                  static_cast<unsigned>(flags));
   CheckUsable("step");
+  // A rank that has not registered every layer still counts the step and
+  // takes part in its collectives (the stats all-reduce, a rearrangement,
+  // which then fails on every rank), so one rank's misuse cannot leave the
+  // others waiting; it reports the misuse once its share is done.
+  const bool registered = AllRegistered();
   const bool dummy = (flags & kStepDummy) != 0;
   try {
     backend_->RecordPass(dummy, (flags & kStepStats) != 0, num_steps_);
@@ -125,7 +131,8 @@ void StateLogic::Step(uint32_t flags) {
   }
   ++num_steps_;
   if (dummy) ++num_dummy_steps_;
-  if (++counter_ >= config_.step_interval) Rearrange();  // resets counter_
+  if (++counter_ >= config_.step_interval) Rearrange();  // resets counter_; throws if unregistered
+  if (!registered) throw UnregisteredError("step");
 }
 
 namespace {
@@ -154,6 +161,9 @@ void StateLogic::Rearrange() {
       local_message = e.what();
     }
   };
+  // Unregistered weights: this rank plans nothing but joins every collective
+  // with a poisoned check, so all ranks fail together and nothing moves.
+  if (!AllRegistered()) note(UnregisteredError("rearrange"));
   auto t0 = std::chrono::steady_clock::now();
   int phase = 0;
   auto mark = [&](StatePhase next) {

@@ -179,7 +179,10 @@ class StateLogic {
   }
 
  private:
+  // Throws kInvalidUsage once the state is broken.
   void CheckUsable(const char* what) const;
+  // The kInvalidUsage error of a call made before every layer is registered.
+  Error UnregisteredError(const char* what) const;
   void MarkBroken(const std::string& why);
 
   StateConfig config_;

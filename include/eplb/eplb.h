@@ -796,9 +796,12 @@ EPLB_API eplbStatus_t eplbStateGetDeviceMaps(eplbState_t state, eplbStateDeviceM
  * Not for stream capture: the host counts steps, so call it after replaying
  * the pass's graph (route + count itself is capturable).
  * Errors: EPLB_ERROR_INVALID_ARGUMENT (NULL state, unknown flag bits, the
- * legacy stream), EPLB_ERROR_INVALID_USAGE (a layer not registered; the state
- * is broken by an earlier CUDA/NCCL failure), then the errors of a
- * rearrangement (the step itself was counted). */
+ * legacy stream), EPLB_ERROR_INVALID_USAGE (the state is broken by an
+ * earlier CUDA/NCCL failure; or a layer not registered on this rank — that
+ * step is still counted and takes part in its collectives, a rearrangement
+ * included, which then fails on every rank with nothing moved, so one rank's
+ * missing registration never leaves the others waiting), then the errors of
+ * a rearrangement (the step itself was counted). */
 EPLB_API eplbStatus_t eplbStateStep(eplbState_t state, uint32_t flags, cudaStream_t stream);
 
 /* Rearranges now (call it between passes: after a Step, before the next

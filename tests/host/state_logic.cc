@@ -725,19 +725,62 @@ TEST(StateLogic, StepBeforeRegistrationAndBadFlags) {
   logic.MarkRegistered(0);
   logic.MarkRegistered(2);
   std::string msg;
+  // The misuse is reported, but the step counts and the rearrangement takes
+  // part in its collectives (poisoned), so the ranks stay in step.
   EXPECT_EQ(StatusOf([&] { logic.Step(0); }, &msg), Status::kInvalidUsage);
   EXPECT_NE(msg.find("layer 1"), std::string::npos) << msg;
-  EXPECT_EQ(StatusOf([&] { logic.Rearrange(); }), Status::kInvalidUsage);
-  EXPECT_EQ(logic.num_steps(), 0);
-  EXPECT_EQ(logic.num_rearrangements(), 0);
-  EXPECT_TRUE(cl.ranks[0].backend->phases.empty());
+  EXPECT_EQ(logic.num_steps(), 1);
+  EXPECT_EQ(StatusOf([&] { logic.Rearrange(); }, &msg), Status::kInvalidUsage);
+  EXPECT_NE(msg.find("layer 1"), std::string::npos) << msg;
+  EXPECT_EQ(logic.num_rearrangements(), 1);
+  EXPECT_EQ(logic.num_failed_rearrangements(), 1);
+  const std::vector<int32_t> before = logic.placement();
   logic.MarkRegistered(1);
   EXPECT_EQ(StatusOf([&] { logic.Step(0x4); }, &msg), Status::kInvalidArgument);
   EXPECT_NE(msg.find("flags"), std::string::npos) << msg;
-  EXPECT_EQ(logic.num_steps(), 0);
-  EXPECT_EQ(StatusOf([&] { logic.Step(kStepDummy | kStepStats); }), Status::kSuccess);
   EXPECT_EQ(logic.num_steps(), 1);
+  EXPECT_EQ(StatusOf([&] { logic.Step(kStepDummy | kStepStats); }), Status::kSuccess);
+  EXPECT_EQ(logic.num_steps(), 2);
   EXPECT_EQ(logic.num_dummy_steps(), 1);
+  EXPECT_EQ(logic.placement(), before);  // the failed rearrangement moved nothing
+}
+
+// Two ranks; rank 1 forgot to register layer 2. Its steps report the misuse
+// but still count and join every collective, so the rearrangement fails on
+// both ranks (rank 0: mismatch, rank 1: invalid usage) with nothing moved,
+// and nobody waits forever. Once it registers, the next one succeeds.
+TEST(StateLogic, OneRankUnregisteredFailsEveryRankWithoutHanging) {
+  StateConfig c = MakeConfig(3, 8, 12, 4, 2, 2, 4, 4);
+  Cluster cl(c, /*register_all=*/false);
+  for (int r = 0; r < 2; ++r)
+    for (int32_t l = 0; l < 3; ++l)
+      if (r == 0 || l != 2) cl.ranks[r].logic->MarkRegistered(l);
+  const int32_t first = c.step_interval - c.step_interval / 4;
+  std::vector<std::vector<Status>> got(2);
+  std::vector<std::vector<int32_t>> before(2);
+  cl.Run([&](int r) {
+    StateLogic& logic = *cl.ranks[r].logic;
+    before[r] = logic.placement();
+    for (int32_t s = 0; s < first; ++s) got[r].push_back(StatusOf([&] { logic.Step(kStepStats); }));
+  });
+  for (int32_t s = 0; s + 1 < first; ++s) {
+    EXPECT_EQ(got[0][s], Status::kSuccess) << s;
+    EXPECT_EQ(got[1][s], Status::kInvalidUsage) << s;
+  }
+  EXPECT_EQ(got[0].back(), Status::kMismatch);
+  EXPECT_EQ(got[1].back(), Status::kInvalidUsage);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(cl.ranks[r].logic->num_steps(), first) << r;
+    EXPECT_EQ(cl.ranks[r].logic->num_failed_rearrangements(), 1) << r;
+    EXPECT_EQ(cl.ranks[r].logic->placement(), before[r]) << r;
+    EXPECT_EQ(cl.world.BadBytes(r, before[r]), 0) << r;
+  }
+  cl.ranks[1].logic->MarkRegistered(2);
+  std::vector<Status> last(2);
+  cl.Run([&](int r) { last[r] = StatusOf([&] { cl.ranks[r].logic->Rearrange(); }); });
+  EXPECT_EQ(last[0], Status::kSuccess);
+  EXPECT_EQ(last[1], Status::kSuccess);
+  EXPECT_EQ(cl.ranks[0].logic->placement(), cl.ranks[1].logic->placement());
 }
 
 // One rank, interval 1: a rearrangement every step, with the window holding
