@@ -74,13 +74,14 @@ Fixture& F() {
 // Runs calls [first, last) of the sequence from placement `cur` (updated).
 void RunCalls(Fixture& f, eplb::ChurnPlanner& planner, const eplb::ChurnOptions& base, size_t first,
               size_t last, std::vector<int32_t>& cur, std::vector<int32_t>& next,
-              std::vector<int32_t>& cnt, int64_t* holdings) {
+              std::vector<int32_t>& cnt, int64_t* holdings, int64_t* built = nullptr) {
   for (size_t k = first; k < last; ++k) {
     eplb::ChurnOptions o = base;
     o.load_estimate = f.forecast[k + 1].data();
     const eplb::ChurnResult r = planner.Plan(f.shape, o, f.window[k + 1].data(), cur.data(),
                                              next.data(), cnt.data(), nullptr);
     *holdings += r.new_holdings;
+    if (built != nullptr) *built += r.candidates_built;
     cur.swap(next);
   }
 }
@@ -105,16 +106,19 @@ void BM_ChurnSequence(benchmark::State& st) {
   eplb::ChurnOptions o;
   if (st.range(0) != 0) o.refresh_tolerance = -1.0;
   std::vector<int32_t> cur, next(f.start.size()), cnt(f.window[0].size());
-  int64_t holdings = 0;
+  int64_t holdings = 0, built = 0;
   for (auto _ : st) {
     eplb::ChurnPlanner planner;
     cur = f.start;
     holdings = 0;
-    RunCalls(f, planner, o, 0, f.calls(), cur, next, cnt, &holdings);
+    built = 0;
+    RunCalls(f, planner, o, 0, f.calls(), cur, next, cnt, &holdings, &built);
     benchmark::DoNotOptimize(cur.data());
   }
   st.SetItemsProcessed(static_cast<int64_t>(st.iterations() * (f.calls())));
   st.counters["new_holdings_per_call"] = static_cast<double>(holdings) / f.calls();
+  // Layers whose candidates were built, per call (of 58).
+  st.counters["built_per_call"] = static_cast<double>(built) / f.calls();
 }
 BENCHMARK(BM_ChurnSequence)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 

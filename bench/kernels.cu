@@ -18,25 +18,9 @@
 #include <vector>
 
 #include "eplb/eplb.h"
+#include "bench_check.h"
 
 namespace {
-
-#define CK(x)                                                       \
-  do {                                                              \
-    cudaError_t e_ = (x);                                           \
-    if (e_ != cudaSuccess) {                                        \
-      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_)); \
-      std::abort();                                                 \
-    }                                                               \
-  } while (0)
-#define EK(x)                                                         \
-  do {                                                                \
-    eplbStatus_t s_ = (x);                                            \
-    if (s_ != EPLB_SUCCESS) {                                         \
-      std::fprintf(stderr, "%s: %s\n", #x, eplbGetLastErrorDetail()); \
-      std::abort();                                                   \
-    }                                                                 \
-  } while (0)
 
 struct Ctx {
   cudaStream_t stream;

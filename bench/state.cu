@@ -32,33 +32,9 @@
 
 #include "eplb/eplb.h"
 #include "transfer_plan.h"
+#include "bench_check.h"
 
 namespace {
-
-#define CK(x)                                                                                 \
-  do {                                                                                        \
-    cudaError_t e_ = (x);                                                                     \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::abort();                                                                           \
-    }                                                                                         \
-  } while (0)
-#define NK(x)                                                                                 \
-  do {                                                                                        \
-    ncclResult_t r_ = (x);                                                                    \
-    if (r_ != ncclSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, ncclGetErrorString(r_)); \
-      std::abort();                                                                           \
-    }                                                                                         \
-  } while (0)
-#define EK(x)                                                                                   \
-  do {                                                                                          \
-    eplbStatus_t s_ = (x);                                                                      \
-    if (s_ != EPLB_SUCCESS) {                                                                   \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, eplbGetLastErrorDetail()); \
-      std::abort();                                                                             \
-    }                                                                                           \
-  } while (0)
 
 constexpr int32_t kL = 58, kE = 256, kP = 288, kG = 8;
 constexpr int kTensors = 3;
