@@ -221,32 +221,38 @@ __attribute__((target("avx2"))) void PackNodesAvx2(const double* items, const in
     }
   }
   const __m256d inf = _mm256_set1_pd(std::numeric_limits<double>::infinity());
-  __m256d pl[kFastPacks], key[kFastPacks];
-  __m256i so[kFastPacks], end[kFastPacks];
+  // pl[k] is pack k's load while it has room and +inf once full: only the key
+  // of a full pack matters (it is never chosen again), and the +0.0 that the
+  // other packs add leaves +inf unchanged. One register per pack (instead of
+  // a load and a key) keeps the loop's state closer to the 16 ymm registers.
+  __m256d pl[kFastPacks];
+  __m256i so[kFastPacks];
+  alignas(32) int64_t end[kFastPacks][kFastLanes];
   for (int32_t k = 0; k < kFastPacks; ++k) {
     // so: next slot of pack k (k * cap + items in it); end: its first slot
-    // past the pack. Packs k >= m start full, so their key stays +inf.
-    pl[k] = _mm256_setzero_pd();
+    // past the pack. Packs k >= m start full (+inf).
+    pl[k] = k < m ? _mm256_setzero_pd() : inf;
     so[k] = _mm256_set1_epi64x(static_cast<int64_t>(k) * cap);
-    end[k] = _mm256_set1_epi64x(static_cast<int64_t>(k < m ? k + 1 : k) * cap);
-    key[k] = k < m ? _mm256_setzero_pd() : inf;
+    for (int32_t n = 0; n < kFastLanes; ++n) end[k][n] = static_cast<int64_t>(k + 1) * cap;
   }
   for (int32_t t = 0; t < rpn; ++t) {
     const __m256d item = _mm256_load_pd(sit + t * kFastLanes);
     const __m256d mn =
-        _mm256_min_pd(_mm256_min_pd(_mm256_min_pd(key[0], key[1]), _mm256_min_pd(key[2], key[3])),
-                      _mm256_min_pd(_mm256_min_pd(key[4], key[5]), _mm256_min_pd(key[6], key[7])));
+        _mm256_min_pd(_mm256_min_pd(_mm256_min_pd(pl[0], pl[1]), _mm256_min_pd(pl[2], pl[3])),
+                      _mm256_min_pd(_mm256_min_pd(pl[4], pl[5]), _mm256_min_pd(pl[6], pl[7])));
     __m256d found = _mm256_setzero_pd();
     __m256i s = _mm256_setzero_si256();
     for (int32_t k = 0; k < kFastPacks; ++k) {
-      const __m256d eq = _mm256_cmp_pd(key[k], mn, _CMP_EQ_OQ);
+      const __m256d eq = _mm256_cmp_pd(pl[k], mn, _CMP_EQ_OQ);
       const __m256d oh = _mm256_andnot_pd(found, eq);
       found = _mm256_or_pd(found, eq);
       const __m256i ohi = _mm256_castpd_si256(oh);
       s = _mm256_or_si256(s, _mm256_and_si256(ohi, so[k]));
       so[k] = _mm256_sub_epi64(so[k], ohi);
-      pl[k] = _mm256_add_pd(pl[k], _mm256_and_pd(oh, item));
-      key[k] = _mm256_blendv_pd(pl[k], inf, _mm256_castsi256_pd(_mm256_cmpeq_epi64(so[k], end[k])));
+      const __m256i full =
+          _mm256_cmpeq_epi64(so[k], _mm256_load_si256(reinterpret_cast<const __m256i*>(end[k])));
+      pl[k] = _mm256_blendv_pd(_mm256_add_pd(pl[k], _mm256_and_pd(oh, item)), inf,
+                               _mm256_castsi256_pd(full));
     }
     _mm256_store_si256(reinterpret_cast<__m256i*>(slot + t * kFastLanes), s);
   }
