@@ -213,22 +213,35 @@ void ChurnPlanner::StickyPlan(const PlanShape& s, const double* w, const int32_t
                               const int32_t* gnode, const int32_t* tcnt, double cap, int32_t* out) {
   const int32_t E = s.num_logical_experts, P = s.num_physical_experts, N = s.num_ranks;
   const int32_t S = slots_per_rank_, R = ranks_per_node_;
-  // avail_ and mark_ stay all zero between calls (every entry set here is
+  // avail_ ([E][N]) and mark_ ([N][E]) stay all zero between calls (every entry set here is
   // reset below), so no per-call clearing of the [N][E] tables.
   const size_t NE = static_cast<size_t>(N) * E;
   if (avail_.size() != NE) avail_.assign(NE, 0);
   if (mark_.size() != NE) mark_.assign(NE, 0);
-  for (int32_t p = 0; p < P; ++p) ++avail_[static_cast<size_t>(p / S) * E + old[p]];
-  items_.clear();
-  for (int32_t e = 0; e < E; ++e)
-    for (int32_t k = 0; k < tcnt[e]; ++k) items_.push_back({w[e] / tcnt[e], e});
+  for (int32_t p = 0; p < P; ++p) ++avail_[static_cast<size_t>(old[p]) * N + p / S];
   // Largest first; ties by expert (the sort key is total, so the order is
-  // unique).
-  std::sort(items_.begin(), items_.end(),
+  // unique). Sorted per expert, then expanded: a replica's key depends only
+  // on its expert, so this is the order of sorting the replicas, at E
+  // instead of P entries.
+  expert_items_.clear();
+  for (int32_t e = 0; e < E; ++e)
+    if (tcnt[e] > 0) expert_items_.push_back({w[e] / tcnt[e], e});
+  std::sort(expert_items_.begin(), expert_items_.end(),
             [](const std::pair<double, int32_t>& a, const std::pair<double, int32_t>& b) {
               if (a.first != b.first) return a.first > b.first;
               return a.second < b.second;
             });
+  items_.clear();
+  for (const std::pair<double, int32_t>& it : expert_items_)
+    for (int32_t k = 0; k < tcnt[it.second]; ++k) items_.push_back(it);
+  // First rank of each expert's node (hierarchical), without a division per
+  // replica.
+  node_lo_.resize(E);
+  for (int32_t e = 0; e < E; ++e) node_lo_[e] = 0;
+  if (hier_)
+    for (int32_t g = 0, e = 0; e < E; ++g)
+      for (int32_t k = 0; k < experts_per_group_; ++k, ++e) node_lo_[e] = gnode[g] * R;
+  const int32_t span = hier_ ? R : N;
   pack_load_.assign(N, 0.0);
   free_.assign(N, S);
   assign_rank_.resize(P);
@@ -236,10 +249,12 @@ void ChurnPlanner::StickyPlan(const PlanShape& s, const double* w, const int32_t
   for (size_t k = 0; k < items_.size(); ++k) {
     const int32_t e = items_[k].second;
     const double x = items_[k].first;
-    const int32_t lo = hier_ ? gnode[e / experts_per_group_] * R : 0, hi = hier_ ? lo + R : N;
+    const int32_t lo = node_lo_[e], hi = lo + span;
+    // avail_ is [E][N]: the ranks of one expert are adjacent.
+    int16_t* av = avail_.data() + static_cast<size_t>(e) * N;
     int32_t best = -1;
     for (int32_t r = lo; r < hi; ++r) {
-      if (avail_[static_cast<size_t>(r) * E + e] == 0 || free_[r] == 0) continue;
+      if (av[r] == 0 || free_[r] == 0) continue;
       if (!(pack_load_[r] + x <= cap)) continue;
       if (best < 0 || pack_load_[r] < pack_load_[best]) best = r;
     }
@@ -248,14 +263,14 @@ void ChurnPlanner::StickyPlan(const PlanShape& s, const double* w, const int32_t
       assign_rank_[k] = -1;
       continue;
     }
-    --avail_[static_cast<size_t>(best) * E + e];
+    --av[best];
     --free_[best];
     pack_load_[best] += x;
     assign_rank_[k] = best;
   }
   for (int32_t k : leftover_) {
     const int32_t e = items_[k].second;
-    const int32_t lo = hier_ ? gnode[e / experts_per_group_] * R : 0, hi = hier_ ? lo + R : N;
+    const int32_t lo = node_lo_[e], hi = lo + span;
     int32_t best = -1;
     for (int32_t r = lo; r < hi; ++r) {
       if (free_[r] == 0) continue;
@@ -268,7 +283,7 @@ void ChurnPlanner::StickyPlan(const PlanShape& s, const double* w, const int32_t
   }
   // Per rank: experts that were there keep their slot, the others fill the
   // freed slots in slot order. mark_[r*E+e] = replicas of e assigned to r.
-  for (int32_t p = 0; p < P; ++p) avail_[static_cast<size_t>(p / S) * E + old[p]] = 0;
+  for (int32_t p = 0; p < P; ++p) avail_[static_cast<size_t>(old[p]) * N + p / S] = 0;
   for (size_t k = 0; k < items_.size(); ++k)
     ++mark_[static_cast<size_t>(assign_rank_[k]) * E + items_[k].second];
   for (int32_t p = 0; p < P; ++p) {

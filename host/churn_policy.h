@@ -182,7 +182,8 @@ class ChurnPlanner {
   std::vector<int64_t> scaled_;
   std::vector<std::pair<double, int32_t>> heap_;
   std::vector<int32_t> target_cnt_, score_cnt_;
-  std::vector<std::pair<double, int32_t>> items_;
+  std::vector<std::pair<double, int32_t>> items_, expert_items_;
+  std::vector<int32_t> node_lo_;
   std::vector<int32_t> leftover_, free_, assign_rank_, gnode_, mark_, rank_items_;
   std::vector<int16_t> avail_;
   std::vector<double> pack_load_;
