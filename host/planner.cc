@@ -464,8 +464,9 @@ struct Planner::Scratch {
   std::vector<double> cur_load;
 
   // Migration.
-  std::vector<int32_t> old_start, old_slots, newcnt, first, nxt, out, tmp, perm_all, sigma, target;
-  std::vector<char> taken;
+  std::vector<int32_t> hold_head, hold_gpu, hold_node, hold_cnt, hold_next, newcnt, first, nxt, out,
+      tmp, perm_all, sigma, target;
+  std::vector<char> taken, perm_pending, block_nz;
   std::vector<int64_t> inter, block, vnode;
   AssignmentSolver solver;
 
@@ -497,18 +498,23 @@ struct Planner::Scratch {
     const size_t P = static_cast<size_t>(s.num_physical_experts);
     const size_t N = static_cast<size_t>(s.num_ranks);
     const size_t M = static_cast<size_t>(s.num_nodes);
-    Grow(old_start, E + 1);
-    Grow(old_slots, P);
+    Grow(hold_head, E);
+    Grow(hold_gpu, P);
+    Grow(hold_node, P);
+    Grow(hold_cnt, P);
+    Grow(hold_next, P);
     Grow(newcnt, E, 0);  // invariant between uses: all 0
     Grow(first, E, -1);  // invariant between uses: all -1
-    Grow(nxt, P);
+    Grow(nxt, P + 1);
     Grow(out, P);
-    Grow(tmp, P);
-    Grow(taken, P);
+    Grow(tmp, P + 1);
+    Grow(taken, P + 1);
     Grow(inter, N * N);
     Grow(block, N * N);
     Grow(vnode, M * M);
     Grow(perm_all, M * N);
+    Grow(perm_pending, M * M);
+    Grow(block_nz, M * M);
     Grow(sigma, M);
     Grow(target, N);
   }
@@ -920,59 +926,129 @@ void Planner::MigrateLayer(Migration migration, const int32_t* old, int32_t* phy
 
   int64_t kept_full = -1;
   if (migration == Migration::kFull) {
-    // Old slots of each expert, ascending (hence grouped by old GPU).
-    int32_t* os = s.old_start.data();
-    std::fill(os, os + E + 1, 0);
-    for (int32_t p = 0; p < P; ++p) ++os[old[p] + 1];
-    for (int32_t e = 0; e < E; ++e) os[e + 1] += os[e];
-    int32_t* fillp = s.tmp.data();  // temporary cursor per expert (E <= P)
-    for (int32_t e = 0; e < E; ++e) fillp[e] = os[e];
-    for (int32_t p = 0; p < P; ++p) s.old_slots[fillp[old[p]]++] = p;
-
     // inter[k][j]: slots kept if new GPU pack k lands on old GPU j (multiset
     // intersection, exactly what the keep-in-slot rule keeps).
+    // block_nz[a][b]: block (new node a, old node b) has a nonzero entry.
     int64_t* I = s.inter.data();
+    char* bnz = s.block_nz.data();
+    std::fill(bnz, bnz + M * M, 0);
+    // Holders of each expert in the old placement: a list of (old GPU, slots
+    // there) entries per expert. GPUs are visited in order, so an expert's
+    // newest entry is the only one that can be on the current GPU.
+    int32_t* head = s.hold_head.data();
+    int32_t* hgpu = s.hold_gpu.data();
+    int32_t* hnode = s.hold_node.data();
+    int32_t* hcnt = s.hold_cnt.data();
+    int32_t* hnext = s.hold_next.data();
+    std::fill(head, head + E, -1);
+    int32_t num_entries = 0;
+    for (int32_t j = 0; j < N; ++j) {
+      const int32_t* od = old + j * S;
+      const int32_t node = j / bs;
+      for (int32_t r = 0; r < S; ++r) {
+        const int32_t e = od[r];
+        const int32_t h = head[e];
+        if (h >= 0 && hgpu[h] == j) {
+          ++hcnt[h];
+        } else {
+          hgpu[num_entries] = j;
+          hnode[num_entries] = node;
+          hcnt[num_entries] = 1;
+          hnext[num_entries] = h;
+          head[e] = num_entries++;
+        }
+      }
+    }
+
     std::fill(I, I + static_cast<size_t>(N) * N, 0);
     int32_t* nc = s.newcnt.data();
     for (int32_t k = 0; k < N; ++k) {
       const int32_t* pk = phy2log + k * S;
       for (int32_t r = 0; r < S; ++r) ++nc[pk[r]];
       int64_t* Ik = I + static_cast<size_t>(k) * N;
+      char* bnz_row = bnz + (k / bs) * M;
       for (int32_t r = 0; r < S; ++r) {
         const int32_t e = pk[r];
         const int32_t c = nc[e];
         if (c == 0) continue;  // expert already handled for this pack
         nc[e] = 0;
-        for (int32_t t = os[e]; t < os[e + 1];) {
-          const int32_t j = s.old_slots[t] / S;
-          int32_t run = 0;
-          while (t < os[e + 1] && s.old_slots[t] / S == j) {
-            ++run;
-            ++t;
-          }
-          Ik[j] += std::min(c, run);
+        for (int32_t h = head[e]; h >= 0; h = hnext[h]) {
+          Ik[hgpu[h]] += std::min(c, hcnt[h]);
+          bnz_row[hnode[h]] = 1;
         }
       }
     }
 
     // (a) Within-node GPU assignment for every (new node pack, old node).
+    // Every block needs its optimum (for step b) but only M blocks need an
+    // assignment, so the solver runs only where a cheap bound does not
+    // settle the value, and for the chosen blocks afterwards. Bounds: the
+    // optimum is at most the sum of row maxima; when the rows' first argmax
+    // columns are distinct that assignment attains it (and is the only
+    // optimum when every row's maximum is unique). On the diagonal the
+    // identity is kept when it attains the optimum, so there the identity
+    // attaining the bound fixes the assignment too.
     int64_t* B = s.block.data();
+    int32_t colmark[kMaxRanks];
     for (int32_t a = 0; a < M; ++a) {
       for (int32_t b = 0; b < M; ++b) {
-        for (int32_t k = 0; k < bs; ++k)
-          for (int32_t j = 0; j < bs; ++j)
-            B[k * bs + j] = I[static_cast<size_t>(a * bs + k) * N + b * bs + j];
-        int32_t* perm = s.perm_all.data() + static_cast<size_t>(a * M + b) * bs;
-        int64_t v = s.solver.SolveMax(bs, B, perm);
-        if (a == b) {
-          // Keep GPUs in place unless moving them keeps strictly more slots.
-          int64_t idv = 0;
-          for (int32_t k = 0; k < bs; ++k) idv += B[k * bs + k];
+        const int32_t blk = a * M + b;
+        int32_t* perm = s.perm_all.data() + static_cast<size_t>(blk) * bs;
+        s.perm_pending[blk] = 0;
+        if (!bnz[blk]) {
+          // All zero: the solver matches rows to columns in order.
+          s.vnode[blk] = 0;
+          for (int32_t k = 0; k < bs; ++k) perm[k] = k;
+          continue;
+        }
+        int64_t rsum = 0, idv = 0;
+        bool distinct = true, strict = true;
+        for (int32_t j = 0; j < bs; ++j) colmark[j] = 0;
+        for (int32_t k = 0; k < bs; ++k) {
+          const int64_t* row = I + static_cast<size_t>(a * bs + k) * N + b * bs;
+          int64_t mx = row[0];
+          int32_t arg = 0, nmax = 1;
+          for (int32_t j = 1; j < bs; ++j) {
+            if (row[j] > mx) {
+              mx = row[j];
+              arg = j;
+              nmax = 0;
+            }
+            nmax += row[j] == mx;
+          }
+          rsum += mx;
+          idv += row[k];
+          strict = strict && nmax == 1;
+          distinct = distinct && colmark[arg] == 0;
+          colmark[arg] = 1;
+          perm[k] = arg;
+        }
+        s.perm_pending[blk] = 0;
+        int64_t v;
+        if (rsum == 0 || (a == b && idv == rsum)) {
+          // All zero (the solver matches rows to columns in order) or the
+          // identity is optimal on the diagonal.
+          v = rsum;
+          for (int32_t k = 0; k < bs; ++k) perm[k] = k;
+        } else if (distinct && strict) {
+          // Every row's unique maximum, in distinct columns: any other
+          // assignment loses on some row, so this is the unique optimum and
+          // hence what the solver returns.
+          v = rsum;
+        } else if (distinct) {
+          v = rsum;
+          s.perm_pending[blk] = 1;
+        } else {
+          for (int32_t k = 0; k < bs; ++k)
+            for (int32_t j = 0; j < bs; ++j)
+              B[k * bs + j] = I[static_cast<size_t>(a * bs + k) * N + b * bs + j];
+          v = s.solver.SolveMax(bs, B, perm);
           EPLB_ASSERT(idv <= v);
-          if (idv == v)
+          // Keep GPUs in place unless moving them keeps strictly more slots.
+          if (a == b && idv == v)
             for (int32_t k = 0; k < bs; ++k) perm[k] = k;
         }
-        s.vnode[a * M + b] = v;
+        s.vnode[blk] = v;
       }
     }
     // (b) Node packs onto old nodes, weighted by their best GPU assignment.
@@ -980,12 +1056,39 @@ void Planner::MigrateLayer(Migration migration, const int32_t* old, int32_t* phy
     if (M == 1) {
       sigma[0] = 0;
     } else {
-      int64_t v = s.solver.SolveMax(M, s.vnode.data(), sigma);
-      int64_t idv = 0;
-      for (int32_t a = 0; a < M; ++a) idv += s.vnode[a * M + a];
-      EPLB_ASSERT(idv <= v);
-      if (idv == v)
+      int64_t idv = 0, rsum = 0;
+      for (int32_t a = 0; a < M; ++a) {
+        idv += s.vnode[a * M + a];
+        int64_t mx = s.vnode[a * M];
+        for (int32_t b = 1; b < M; ++b) mx = std::max(mx, s.vnode[a * M + b]);
+        rsum += mx;
+      }
+      if (idv == rsum) {
+        // The identity attains the bound, so it is optimal and kept.
         for (int32_t a = 0; a < M; ++a) sigma[a] = a;
+      } else {
+        int64_t v = s.solver.SolveMax(M, s.vnode.data(), sigma);
+        EPLB_ASSERT(idv <= v);
+        if (idv == v)
+          for (int32_t a = 0; a < M; ++a) sigma[a] = a;
+      }
+    }
+    // Assignments of the chosen blocks whose value came from the bound.
+    for (int32_t a = 0; a < M; ++a) {
+      const int32_t b = sigma[a];
+      const int32_t blk = a * M + b;
+      if (!s.perm_pending[blk]) continue;
+      int32_t* perm = s.perm_all.data() + static_cast<size_t>(blk) * bs;
+      int64_t idv = 0;
+      for (int32_t k = 0; k < bs; ++k)
+        for (int32_t j = 0; j < bs; ++j) {
+          B[k * bs + j] = I[static_cast<size_t>(a * bs + k) * N + b * bs + j];
+          if (j == k) idv += B[k * bs + j];
+        }
+      const int64_t v = s.solver.SolveMax(bs, B, perm);
+      EPLB_ASSERT(v == s.vnode[blk]);
+      if (a == b && idv == v)
+        for (int32_t k = 0; k < bs; ++k) perm[k] = k;
     }
     int64_t kept_id = 0;
     kept_full = 0;
@@ -1013,6 +1116,7 @@ void Planner::MigrateLayer(Migration migration, const int32_t* old, int32_t* phy
   int32_t* nxt = s.nxt.data();
   int32_t* out = s.out.data();
   char* taken = s.taken.data();
+  int32_t* free_list = s.tmp.data();
   int64_t kept = 0;
   for (int32_t g = 0; g < N; ++g) {
     int32_t* nw = phy2log + g * S;
@@ -1022,23 +1126,34 @@ void Planner::MigrateLayer(Migration migration, const int32_t* old, int32_t* phy
       first[nw[i]] = i;
       taken[i] = 0;
     }
+    // Branch-free (whether an old expert is kept is data dependent; the
+    // mispredictions dominated this loop): a miss reads the sentinel
+    // nxt[S] = -1 and marks the spare taken[S], which leaves first[e] at -1.
+    nxt[S] = -1;
     for (int32_t r = 0; r < S; ++r) {
-      const int32_t i = first[od[r]];
-      if (i >= 0) {
-        out[r] = od[r];
-        taken[i] = 1;
-        first[od[r]] = nxt[i];
-        ++kept;
-      } else {
-        out[r] = -1;
-      }
+      const int32_t e = od[r];
+      const int32_t i = first[e];
+      const int32_t hit = i >= 0;
+      const int32_t ii = hit ? i : S;
+      out[r] = hit ? e : -1;
+      taken[ii] = 1;
+      first[e] = nxt[ii];
+      kept += hit;
     }
     for (int32_t i = 0; i < S; ++i) first[nw[i]] = -1;
-    int32_t j = 0;
+    // Untaken new entries in order fill the remaining slots in order.
+    int32_t num_free = 0;
+    for (int32_t i = 0; i < S; ++i) {
+      free_list[num_free] = i;
+      num_free += taken[i] == 0;
+    }
+    free_list[num_free] = 0;  // read (unused) by kept slots past the last miss
+    int32_t c = 0;
     for (int32_t r = 0; r < S; ++r) {
-      if (out[r] >= 0) continue;
-      while (taken[j]) ++j;
-      out[r] = nw[j++];
+      const int32_t miss = out[r] < 0;
+      const int32_t v = nw[free_list[c]];
+      out[r] = miss ? v : out[r];
+      c += miss;
     }
     std::memcpy(nw, out, sizeof(int32_t) * static_cast<size_t>(S));
   }
