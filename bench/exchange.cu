@@ -2,7 +2,10 @@
 // two baselines measured in the same benchmark loop on the same GPUs:
 //   raw_nccl    the same bytes per peer, one ncclSend/ncclRecv per peer per
 //               direction, from preallocated contiguous buffers (no packing,
-//               no local moves): the speed of the links;
+//               no local moves): the speed of the links; measured twice,
+//               with plain cudaMalloc buffers (vs_raw) and with buffers from
+//               ncclMemAlloc registered with ncclCommRegister, as the
+//               exchange's staging is (vs_raw_registered);
 //   per_tensor  one message per (expert, tensor) straight from the slot into
 //               the receiving slot, one NCCL group per layer, duplicates and
 //               local moves by cudaMemcpyAsync (what the reference does).
@@ -143,6 +146,9 @@ struct RankCtx {
   double host_s = 0;
   char* raw_send = nullptr;
   char* raw_recv = nullptr;
+  char* reg_send = nullptr;  // ncclMemAlloc + ncclCommRegister
+  char* reg_recv = nullptr;
+  void* reg_h[2] = {nullptr, nullptr};
   float ms = 0;
 };
 
@@ -236,6 +242,10 @@ class Bench {
       }
       CK(cudaMalloc(&c.raw_send, std::max<size_t>(sb, 16)));
       CK(cudaMalloc(&c.raw_recv, std::max<size_t>(rb, 16)));
+      NK(ncclMemAlloc(reinterpret_cast<void**>(&c.reg_send), std::max<size_t>(sb, 16)));
+      NK(ncclMemAlloc(reinterpret_cast<void**>(&c.reg_recv), std::max<size_t>(rb, 16)));
+      NK(ncclCommRegister(c.comm, c.reg_send, std::max<size_t>(sb, 16), &c.reg_h[0]));
+      NK(ncclCommRegister(c.comm, c.reg_recv, std::max<size_t>(rb, 16), &c.reg_h[1]));
       CK(cudaStreamSynchronize(c.stream));
     });
   }
@@ -248,6 +258,9 @@ class Bench {
         for (char* p : l) cudaFree(p);
       cudaFree(c.raw_send);
       cudaFree(c.raw_recv);
+      for (void* h : c.reg_h) ncclCommDeregister(c.comm, h);
+      ncclMemFree(c.reg_send);
+      ncclMemFree(c.reg_recv);
       cudaEventDestroy(c.a);
       cudaEventDestroy(c.b);
       cudaStreamDestroy(c.stream);
@@ -312,16 +325,18 @@ class Bench {
     return t;
   }
 
-  double Raw() {
+  double Raw(bool registered) {
     return Timed([&](int r, RankCtx& c) {
+      char* send = registered ? c.reg_send : c.raw_send;
+      char* recv = registered ? c.reg_recv : c.raw_recv;
       for (int dir = 0; dir < 2; ++dir) {
         NK(ncclGroupStart());
         size_t so = 0, ro = 0;
         for (int q = 0; q < n_; ++q) {
           if (raw_bytes_[dir][r][q])
-            NK(ncclSend(c.raw_send + so, raw_bytes_[dir][r][q], ncclInt8, q, c.comm, c.stream));
+            NK(ncclSend(send + so, raw_bytes_[dir][r][q], ncclInt8, q, c.comm, c.stream));
           if (raw_bytes_[dir][q][r])
-            NK(ncclRecv(c.raw_recv + ro, raw_bytes_[dir][q][r], ncclInt8, q, c.comm, c.stream));
+            NK(ncclRecv(recv + ro, raw_bytes_[dir][q][r], ncclInt8, q, c.comm, c.stream));
           so += raw_bytes_[dir][r][q];
           ro += raw_bytes_[dir][q][r];
         }
@@ -384,14 +399,16 @@ void BM_Exchange(benchmark::State& state, Bench* b, eplb::cuda::ExchangeTuning t
   b->CreateExchanges(tuning);
   // Warm-up: NCCL connects peers lazily on the first send/recv.
   b->Packed();
-  b->Raw();
+  b->Raw(false);
+  b->Raw(true);
   if (per_tensor) b->PerTensor();
-  double t_packed = 0, t_raw = 0, t_per = 0, t_host = 0;
+  double t_packed = 0, t_raw = 0, t_reg = 0, t_per = 0, t_host = 0;
   int64_t it = 0;
   for (auto _ : state) {
     double p = b->Packed();
     t_host += b->host_s_;
-    t_raw += b->Raw();
+    t_raw += b->Raw(false);
+    t_reg += b->Raw(true);
     if (per_tensor) t_per += b->PerTensor();
     t_packed += p;
     ++it;
@@ -399,6 +416,8 @@ void BM_Exchange(benchmark::State& state, Bench* b, eplb::cuda::ExchangeTuning t
   }
   const double bytes = 2.0 * static_cast<double>(b->max_sent_);  // A->B and B->A
   state.counters["vs_raw"] = t_raw / t_packed;
+  state.counters["vs_raw_registered"] = t_reg / t_packed;
+  state.counters["raw_reg_ms"] = t_reg / it * 1e3;
   state.counters["packed_GBps"] = bytes * it / t_packed / 1e9;
   state.counters["raw_GBps"] = bytes * it / t_raw / 1e9;
   state.counters["raw_ms"] = t_raw / it * 1e3;
@@ -437,14 +456,18 @@ int main(int argc, char** argv) {
     int32_t blocks;
     size_t target;
     bool per_tensor;
+    bool registered;
   };
-  const Variant kDefault = {"default", eplb::cuda::ExchangeTuning().max_copy_blocks,
-                            eplb::cuda::ExchangeTuning().chunk_target_bytes, true};
-  const std::vector<Variant> kVariants = {{"blocks_unbounded", 0, size_t{128} << 20, false},
-                                          {"blocks32", 32, size_t{128} << 20, false},
-                                          {"blocks128", 128, size_t{128} << 20, false},
-                                          {"target32MB", 64, size_t{32} << 20, false},
-                                          {"target512MB", 64, size_t{512} << 20, false}};
+  const eplb::cuda::ExchangeTuning kTuning;
+  const Variant kDefault = {"default", kTuning.max_copy_blocks, kTuning.chunk_target_bytes, true,
+                            kTuning.register_staging};
+  const std::vector<Variant> kVariants = {
+      {"unregistered_staging", 64, size_t{128} << 20, false, false},
+      {"blocks_unbounded", 0, size_t{128} << 20, false, true},
+      {"blocks32", 32, size_t{128} << 20, false, true},
+      {"blocks128", 128, size_t{128} << 20, false, true},
+      {"target32MB", 64, size_t{32} << 20, false, true},
+      {"target512MB", 64, size_t{512} << 20, false, true}};
   // EPLB_BENCH_N=2|4 and EPLB_BENCH_WORKLOAD=full|big select one case (one
   // process per case keeps each case's GPU memory to itself).
   const char* env_n = std::getenv("EPLB_BENCH_N");
@@ -460,6 +483,7 @@ int main(int argc, char** argv) {
         eplb::cuda::ExchangeTuning tuning;
         tuning.max_copy_blocks = v.blocks;
         tuning.chunk_target_bytes = v.target;
+        tuning.register_staging = v.registered;
         std::string name =
             std::string("Exchange/N=") + std::to_string(n) + "/" + wl->name + "/" + v.name;
         benchmark::RegisterBenchmark(name.c_str(), BM_Exchange, b, tuning, v.per_tensor)

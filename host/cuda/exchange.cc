@@ -123,7 +123,15 @@ Exchange::Exchange(const eplbExchangeConfig_t& c, ncclComm_t comm, const Exchang
 
   DeviceGuard guard(device_);
   try {
-    EPLB_CUDA_CHECK(cudaMalloc(&d_staging_, staging_bytes_));
+    if (tuning_.register_staging) {
+      void* p = nullptr;
+      EPLB_NCCL_CHECK(ncclMemAlloc(&p, staging_bytes_));
+      d_staging_ = static_cast<char*>(p);
+      staging_from_nccl_ = true;
+      EPLB_NCCL_CHECK(ncclCommRegister(comm_, d_staging_, staging_bytes_, &staging_reg_));
+    } else {
+      EPLB_CUDA_CHECK(cudaMalloc(&d_staging_, staging_bytes_));
+    }
     const size_t table = static_cast<size_t>(num_layers_) * kernels::kPackMaxTensors;
     EPLB_CUDA_CHECK(cudaMalloc(&d_tensors_, table * sizeof(kernels::PackTensor)));
     EPLB_CUDA_CHECK(cudaMalloc(&d_rows_, row_capacity_ * sizeof(kernels::PackRow)));
@@ -170,7 +178,14 @@ void Exchange::Release() noexcept {
   for (cudaStream_t s : {pack_stream_, comm_stream_, unpack_stream_})
     if (s) (void)cudaStreamDestroy(s);
   pack_stream_ = comm_stream_ = unpack_stream_ = nullptr;
-  if (d_staging_) (void)cudaFree(d_staging_);
+  if (staging_reg_) (void)ncclCommDeregister(comm_, staging_reg_);
+  staging_reg_ = nullptr;
+  if (d_staging_) {
+    if (staging_from_nccl_)
+      (void)ncclMemFree(d_staging_);
+    else
+      (void)cudaFree(d_staging_);
+  }
   if (d_tensors_) (void)cudaFree(d_tensors_);
   if (d_rows_) (void)cudaFree(d_rows_);
   if (d_check_) (void)cudaFree(d_check_);

@@ -44,6 +44,13 @@ struct ExchangeTuning {
   // that an NCCL group costs little per byte, small enough that packing the
   // first round and unpacking the last are short. Layers above it are sliced.
   size_t chunk_target_bytes = size_t{128} << 20;
+  // Staging from ncclMemAlloc, registered with ncclCommRegister on every
+  // rank: NCCL then moves intra-node bytes straight from the sender's staging
+  // into the receiver's (one copy instead of two through its FIFO), with
+  // fewer SMs and a smaller cost per group, which is what lets packing and
+  // unpacking hide behind the transfer. Every rank of a communicator must
+  // agree (NCCL forbids mixing registered and plain buffers in one call).
+  bool register_staging = true;
 };
 
 class Exchange {
@@ -96,6 +103,8 @@ class Exchange {
 
   // Device memory (all allocated by the constructor).
   char* d_staging_ = nullptr;
+  bool staging_from_nccl_ = false;            // ncclMemAlloc (else cudaMalloc)
+  void* staging_reg_ = nullptr;               // ncclCommRegister handle
   kernels::PackTensor* d_tensors_ = nullptr;  // [L][kPackMaxTensors]
   kernels::PackRow* d_rows_ = nullptr;        // [row_capacity_]
   uint64_t* d_check_ = nullptr;               // [2]
