@@ -1,6 +1,7 @@
 #include "cuda/exchange.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <deque>
 
@@ -143,6 +144,8 @@ Exchange::Exchange(const eplbExchangeConfig_t& c, ncclComm_t comm, const Exchang
     EPLB_CUDA_CHECK(cudaStreamCreateWithFlags(&unpack_stream_, cudaStreamNonBlocking));
     for (cudaEvent_t* e : {&ev_fork_, &ev_upload_, &ev_join_, &ev_packed_, &ev_comm_})
       EPLB_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+    EPLB_CUDA_CHECK(cudaEventCreate(&ev_t0_));
+    EPLB_CUDA_CHECK(cudaEventCreate(&ev_t1_));
     ev_chunk_done_.assign(kChunkEvents, nullptr);
     for (auto& e : ev_chunk_done_)
       EPLB_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
@@ -175,6 +178,9 @@ void Exchange::Release() noexcept {
     if (e) (void)cudaEventDestroy(e);
   ev_chunk_done_.clear();
   ev_fork_ = ev_upload_ = ev_join_ = ev_packed_ = ev_comm_ = nullptr;
+  for (cudaEvent_t e : {ev_t0_, ev_t1_})
+    if (e) (void)cudaEventDestroy(e);
+  ev_t0_ = ev_t1_ = nullptr;
   for (cudaStream_t s : {pack_stream_, comm_stream_, unpack_stream_})
     if (s) (void)cudaStreamDestroy(s);
   pack_stream_ = comm_stream_ = unpack_stream_ = nullptr;
@@ -282,9 +288,25 @@ bool Exchange::AgreementCheck(uint64_t hash, cudaStream_t stream) {
   return h_check_[0] == hash && h_check_[1] == ~hash;
 }
 
+Exchange::Profile Exchange::LastProfile() {
+  Profile p = profile_;
+  if (profile_gpu_) {
+    DeviceGuard guard(device_);
+    EPLB_CUDA_CHECK(cudaEventSynchronize(ev_t1_));
+    EPLB_CUDA_CHECK(cudaEventElapsedTime(&p.gpu_ms, ev_t0_, ev_t1_));
+  }
+  return p;
+}
+
 void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, int32_t n,
                    eplbExchangeStats_t* stats, cudaStream_t stream) {
   DeviceGuard guard(device_);
+  using Clock = std::chrono::steady_clock;
+  auto ms_since = [](Clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+  };
+  Profile prof;
+  auto t_phase = Clock::now();
   const size_t P = static_cast<size_t>(shape_.num_physical_experts);
   const int32_t N = shape_.num_ranks;
 
@@ -512,6 +534,8 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
   }
 
   // 2. Agreement check: blocks until every rank's hash is known.
+  prof.host_plan_ms = ms_since(t_phase);
+  t_phase = Clock::now();
   const uint64_t hash =
       local_status == Status::kSuccess ? InputHash(old_p, new_p, first, n) : kPoisonHash;
   const bool agree = AgreementCheck(hash, stream);
@@ -521,6 +545,10 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
           "ranks disagree on the exchange inputs of layers [%d, %d) (shapes, staging budget, "
           "tensor sizes or phy2log differ, or another rank's input was invalid); nothing moved",
           first, first + n);
+
+  prof.host_check_ms = ms_since(t_phase);
+  t_phase = Clock::now();
+  profile_gpu_ = false;
 
   // 5. Enqueue. Errors from here on leave the layers of finished chunks moved
   // and the others untouched; stats say which.
@@ -533,6 +561,7 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
       EPLB_CUDA_CHECK(cudaMemcpyAsync(d_rows_, h_rows_, row * sizeof(kernels::PackRow),
                                       cudaMemcpyHostToDevice, pack_stream_));
       EPLB_CUDA_CHECK(cudaEventRecord(ev_upload_, pack_stream_));
+      EPLB_CUDA_CHECK(cudaEventRecord(ev_t0_, pack_stream_));
       struct InFlight {
         size_t begin, end;
         cudaEvent_t done;
@@ -593,7 +622,9 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
         if (c.slice == c.num_slices - 1) st.num_layers_done = c.end;
       }
       EPLB_CUDA_CHECK(cudaEventRecord(ev_join_, unpack_stream_));
+      EPLB_CUDA_CHECK(cudaEventRecord(ev_t1_, unpack_stream_));
       joined_once_ = true;
+      profile_gpu_ = true;
       EPLB_CUDA_CHECK(cudaStreamWaitEvent(stream, ev_join_, 0));
     } else {
       st.num_layers_done = n;
@@ -607,6 +638,8 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
     if (stats) *stats = st;
     throw;
   }
+  prof.host_enqueue_ms = ms_since(t_phase);
+  profile_ = prof;
   if (stats) *stats = st;
 }
 

@@ -68,6 +68,16 @@ class Exchange {
   void RegisterLayer(int32_t layer, const eplbTensorDesc_t* tensors, int32_t num_tensors,
                      int32_t num_local_slots);
 
+  // Where the last successful Run's time went: host phases (validation and
+  // planning, agreement check, enqueueing) and the GPU time from the first
+  // enqueued copy to the join (blocks until that work is done; 0 when the
+  // Run moved nothing). For benchmarks and tuning.
+  struct Profile {
+    double host_plan_ms = 0, host_check_ms = 0, host_enqueue_ms = 0;
+    float gpu_ms = 0;
+  };
+  Profile LastProfile();
+
   // See eplbExchangeRun. Throws eplb::Error; `stats` (may be null) is
   // written on success and on failures after the agreement check.
   void Run(const int32_t* old_phy2log, const int32_t* new_phy2log, int32_t first_layer,
@@ -118,6 +128,9 @@ class Exchange {
   cudaEvent_t ev_packed_ = nullptr, ev_comm_ = nullptr;
   std::vector<cudaEvent_t> ev_chunk_done_;  // pool, reused round robin
   bool joined_once_ = false;
+  cudaEvent_t ev_t0_ = nullptr, ev_t1_ = nullptr;  // timing: first copy, join
+  Profile profile_;
+  bool profile_gpu_ = false;  // ev_t0_/ev_t1_ bracket the last Run
 };
 
 }  // namespace cuda
