@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "parallel.h"
 #include "transfer_plan.h"
 
 namespace eplb {
@@ -71,7 +72,11 @@ StateLogic::StateLogic(const StateConfig& config, const int32_t* initial_phy2log
   phy2log_.assign(initial_phy2log, initial_phy2log + L * config.shape.num_physical_experts);
   load_.assign(L * config.shape.num_logical_experts, 0);
   registered_.assign(L, 0);
-  planner_.Reserve(plan_shape_);
+  planners_.resize(static_cast<size_t>(DefaultHostThreads()));
+  for (auto& p : planners_) {
+    p = std::make_unique<Planner>();
+    p->Reserve(plan_shape_);
+  }
   // The first rearrangement comes after step_interval - step_interval / 4
   // steps, as the reference: early enough to fix a poor initial placement,
   // late enough for the window to hold a meaningful load.
@@ -225,8 +230,22 @@ void StateLogic::Rearrange() {
   if (!local_failed) {
     try {
       plan = backend_->AcquirePlanBuffers();
-      planner_.Plan(s, ResolvePolicy(s, config_.policy), config_.migration, load_.data(),
-                    phy2log_.data(), plan.phy2log, plan.logcnt, plan.log2phy);
+      // Layers plan independently: contiguous ranges on a few threads give
+      // the same maps as one serial call.
+      const Policy policy = ResolvePolicy(s, config_.policy);
+      const size_t E = static_cast<size_t>(s.num_logical_experts);
+      const size_t P = static_cast<size_t>(s.num_physical_experts);
+      const size_t W = P - E + 1;  // log2phy row width
+      ParallelRanges(L, static_cast<int32_t>(planners_.size()), 8,
+                     [&](int32_t lo, int32_t hi, int32_t w) {
+                       PlanShape part = s;
+                       part.num_layers = hi - lo;
+                       const size_t ul = static_cast<size_t>(lo);
+                       planners_[static_cast<size_t>(w)]->Plan(
+                           part, policy, config_.migration, load_.data() + ul * E,
+                           phy2log_.data() + ul * P, plan.phy2log + ul * P, plan.logcnt + ul * E,
+                           plan.log2phy != nullptr ? plan.log2phy + ul * E * W : nullptr);
+                     });
       if (plan_hook_) {
         plan_hook_(plan.phy2log);
         ValidatePlacement(s, plan.phy2log, "plan (after the test hook)");

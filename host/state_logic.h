@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -188,7 +189,8 @@ class StateLogic {
   StateConfig config_;
   PlanShape plan_shape_;
   StateBackend* backend_;
-  Planner planner_;
+  // One planner per host thread; layers are planned in parallel ranges.
+  std::vector<std::unique_ptr<Planner>> planners_;
   std::vector<int32_t> phy2log_;
   std::vector<int64_t> load_;
   std::vector<int64_t> last_load_;

@@ -232,8 +232,18 @@ std::vector<int32_t> ChunkLayers(const std::vector<size_t>& need, size_t target)
 }
 
 void Hasher::Bytes(const void* data, size_t n) {
+  // FNV-1a over 8-byte little-endian words (then the tail bytes): the same
+  // digest on every rank of one machine type, eight times fewer multiplies
+  // than bytewise (the agreement checks hash ~250 KB per rearrangement).
   const unsigned char* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < n; ++i) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w = 0;
+    for (int b = 0; b < 8; ++b) w |= static_cast<uint64_t>(p[i + b]) << (8 * b);
+    h_ ^= w;
+    h_ *= 1099511628211ull;
+  }
+  for (; i < n; ++i) {
     h_ ^= p[i];
     h_ *= 1099511628211ull;
   }

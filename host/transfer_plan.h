@@ -106,7 +106,8 @@ size_t WorstCaseStagingBytes(const TransferShape& shape, int32_t num_layers,
 // within target_bytes, at least one layer each. Returns the chunk ends.
 std::vector<int32_t> ChunkLayers(const std::vector<size_t>& need_per_layer, size_t target_bytes);
 
-// 64-bit FNV-1a, folded over the agreement-check inputs.
+// 64-bit FNV-1a over 8-byte little-endian words (then tail bytes), folded over
+// the agreement-check inputs.
 class Hasher {
  public:
   void Bytes(const void* data, size_t n);

@@ -6,6 +6,7 @@
 #include <deque>
 
 #include "capi/api_common.h"
+#include "parallel.h"
 
 namespace eplb {
 namespace cuda {
@@ -117,6 +118,7 @@ Exchange::Exchange(const eplbExchangeConfig_t& c, ncclComm_t comm, const Exchang
   rank_ = c.rank;
   slots_per_rank_ = c.num_physical_experts / c.num_ranks;
   staging_bytes_ = c.staging_bytes;
+  host_threads_ = DefaultHostThreads();
   comm_ = comm;
   layers_.assign(static_cast<size_t>(num_layers_), LayerBundle{});
   row_capacity_ = static_cast<size_t>(num_layers_) *
@@ -346,16 +348,22 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
       ValidateTransferLayer(shape_, old_p + l * P, new_p + l * P, first + l);
     }
     // Plans (identical on every rank) and the staging each layer needs.
+    // Layers are independent: plan them on a few threads (each layer's plan
+    // is the same whichever thread computes it).
     std::vector<LayerTransfer> plans(static_cast<size_t>(n));
     std::vector<size_t> global_need(static_cast<size_t>(n)), my_need(static_cast<size_t>(n));
-    for (int32_t l = 0; l < n; ++l) {
-      plans[l] = PlanLayerTransfer(shape_, old_p + l * P, new_p + l * P);
-      const size_t pb = layers_[static_cast<size_t>(first + l)].padded_bytes;
-      for (int32_t r = 0; r < N; ++r) {
-        const size_t need = LayerStagingBytes(plans[l][r], pb);
-        global_need[l] = std::max(global_need[l], need);
-        if (r == rank_) my_need[l] = need;
+    ParallelRanges(n, host_threads_, 8, [&](int32_t lo, int32_t hi, int32_t) {
+      for (int32_t l = lo; l < hi; ++l) {
+        plans[l] = PlanLayerTransfer(shape_, old_p + l * P, new_p + l * P);
+        const size_t pb = layers_[static_cast<size_t>(first + l)].padded_bytes;
+        for (int32_t r = 0; r < N; ++r) {
+          const size_t need = LayerStagingBytes(plans[l][r], pb);
+          global_need[l] = std::max(global_need[l], need);
+          if (r == rank_) my_need[l] = need;
+        }
       }
+    });
+    for (int32_t l = 0; l < n; ++l) {
       if (global_need[l] > staging_bytes_)
         Throw(Status::kInvalidUsage,
               "config->staging_bytes (%zu) is below the %zu bytes layer %d needs on some rank "
@@ -364,9 +372,10 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
     }
     // Chunks: consecutive small layers share a round; a layer larger than the
     // target is moved in column slices (PackSliceRange), each a round of its
-    // own, so that staging holds two rounds and they overlap.
+    // own, so that staging holds the three rounds in flight (packing, on the
+    // wire, unpacking) and they overlap.
     const size_t target = std::max<size_t>(
-        kExchangeRowAlign, std::min(staging_bytes_ / 2, tuning_.chunk_target_bytes));
+        kExchangeRowAlign, std::min(staging_bytes_ / 4, tuning_.chunk_target_bytes));
     const std::vector<int32_t> layer_chunks = ChunkLayers(global_need, target);
 
     // The previous Run's descriptor upload must be done before h_rows_ changes.

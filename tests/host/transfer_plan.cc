@@ -349,6 +349,22 @@ TEST(TransferPlan, HasherSeesEveryByte) {
   eplb::Hasher c;
   c.Bytes(x, sizeof(x));
   EXPECT_EQ(a.digest(), c.digest());
+  // Every byte of a buffer with a word part and a tail counts, and the
+  // digest is a function of the bytes alone.
+  std::vector<unsigned char> buf(67);
+  for (size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<unsigned char>(i * 7 + 1);
+  eplb::Hasher base;
+  base.Bytes(buf.data(), buf.size());
+  for (size_t i = 0; i < buf.size(); ++i) {
+    std::vector<unsigned char> m = buf;
+    m[i] ^= 0x10;
+    eplb::Hasher h;
+    h.Bytes(m.data(), m.size());
+    EXPECT_NE(h.digest(), base.digest()) << "byte " << i;
+  }
+  eplb::Hasher again;
+  again.Bytes(std::vector<unsigned char>(buf).data(), buf.size());
+  EXPECT_EQ(again.digest(), base.digest());
 }
 
 }  // namespace

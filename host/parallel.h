@@ -1,0 +1,23 @@
+// Splitting independent per-layer host work (planning, transfer planning)
+// over a few threads. Pure host C++. Results never depend on the thread
+// count: each index is computed by exactly one thread, with the same inputs
+// and arithmetic as a serial loop, into its own output.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace eplb {
+
+// Threads the per-layer host work uses by default: EPLB_HOST_THREADS when set
+// (1 = serial), else min(8, hardware threads), at least 1.
+int32_t DefaultHostThreads();
+
+// Calls fn(begin, end, worker) on contiguous ranges that cover [0, n) once,
+// on up to max_threads threads (the calling thread runs worker 0), with at
+// least min_per_thread indices per range. Blocks until all are done; if any
+// call throws, rethrows the exception of the lowest range after joining.
+void ParallelRanges(int32_t n, int32_t max_threads, int32_t min_per_thread,
+                    const std::function<void(int32_t, int32_t, int32_t)>& fn);
+
+}  // namespace eplb
