@@ -141,9 +141,14 @@ Exchange::Exchange(const eplbExchangeConfig_t& c, ncclComm_t comm, const Exchang
     EPLB_CUDA_CHECK(cudaMalloc(&d_check_, 2 * sizeof(uint64_t)));
     EPLB_CUDA_CHECK(cudaMallocHost(&h_rows_, row_capacity_ * sizeof(kernels::PackRow)));
     EPLB_CUDA_CHECK(cudaMallocHost(&h_check_, 2 * sizeof(uint64_t)));
-    EPLB_CUDA_CHECK(cudaStreamCreateWithFlags(&pack_stream_, cudaStreamNonBlocking));
-    EPLB_CUDA_CHECK(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking));
-    EPLB_CUDA_CHECK(cudaStreamCreateWithFlags(&unpack_stream_, cudaStreamNonBlocking));
+    // The NCCL stream gets the highest priority, the copy streams the lowest:
+    // each round's NCCL kernel then takes SMs ahead of queued copy blocks.
+    int least = 0, greatest = 0;
+    EPLB_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    if (!tuning_.stream_priorities) least = greatest = 0;
+    EPLB_CUDA_CHECK(cudaStreamCreateWithPriority(&pack_stream_, cudaStreamNonBlocking, least));
+    EPLB_CUDA_CHECK(cudaStreamCreateWithPriority(&comm_stream_, cudaStreamNonBlocking, greatest));
+    EPLB_CUDA_CHECK(cudaStreamCreateWithPriority(&unpack_stream_, cudaStreamNonBlocking, least));
     for (cudaEvent_t* e : {&ev_fork_, &ev_upload_, &ev_join_, &ev_packed_, &ev_comm_})
       EPLB_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     EPLB_CUDA_CHECK(cudaEventCreate(&ev_t0_));

@@ -54,6 +54,8 @@ struct ExchangeTuning {
   // unpacking hide behind the transfer. Every rank of a communicator must
   // agree (NCCL forbids mixing registered and plain buffers in one call).
   bool register_staging = true;
+  // NCCL's internal stream at the highest priority, pack/unpack at the lowest.
+  bool stream_priorities = true;
 };
 
 class Exchange {
