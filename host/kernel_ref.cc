@@ -49,10 +49,12 @@ void RouteCountRef(const std::vector<int64_t>& ids, int64_t num_tokens, int64_t 
         continue;
       }
       // Small path: the item of rank r in its segment takes replica
-      // (r + s) mod c. Large path: replica ItemHash(i) mod c.
+      // (r + s) mod c. Large path: replica floor(ItemHash(i) * c / 2^32).
       uint32_t j = 0;
       if (hashed) {
-        j = ItemHashRef(static_cast<uint32_t>(i)) % static_cast<uint32_t>(c);
+        j = static_cast<uint32_t>((static_cast<uint64_t>(ItemHashRef(static_cast<uint32_t>(i))) *
+                                   static_cast<uint32_t>(c)) >>
+                                  32);
       } else {
         const uint32_t r = rank[static_cast<size_t>(id)]++;
         j = (r + static_cast<uint32_t>(s)) % static_cast<uint32_t>(c);

@@ -12,7 +12,13 @@ namespace eplb {
 namespace kernels {
 namespace {
 
-constexpr int kWarps = kRouteThreads / 32;
+// Two block shapes rank a 4096-item tile: 8 warps x 16 items per lane (4
+// blocks per SM: the many-segment sizes fill the GPU in one wave), and 32
+// warps x 4 items per lane for launches of few segments (decode sizes),
+// where the latency of one block's serial ranking is the whole cost. The
+// ranks depend on item order only, never on the shape.
+constexpr int kSmallWarps = 8;
+constexpr int kWideWarps = 32;
 
 __device__ __forceinline__ int64_t ValidItems(int64_t num_tokens, const int32_t* d_num_tokens,
                                               int32_t top_k) {
@@ -30,14 +36,16 @@ __device__ __forceinline__ unsigned long long WarpSum(unsigned long long v) {
 }
 
 // 4 blocks of 256 per SM: the 528 segments are one wave on a 132-SM H100.
-template <typename IdT>
-__global__ void __launch_bounds__(kRouteThreads, 4)
+template <typename IdT, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 1)
     RouteCountKernel(const IdT* __restrict__ ids, int64_t cap_items, int64_t num_tokens,
                      const int32_t* d_num_tokens, int32_t top_k,
                      const int32_t* __restrict__ log2phy, const int32_t* __restrict__ logcnt,
                      int32_t num_e, int32_t key_bits, int32_t num_p, int32_t max_rep,
                      const int32_t* d_record, int32_t* __restrict__ out, int32_t* load_pass,
                      unsigned long long* d_invalid, int64_t seg_items) {
+  constexpr int kItemsPerLane = static_cast<int>(kRouteTileItems / (32 * kWarps));
+  static_assert(kItemsPerLane * 32 * kWarps == kRouteTileItems, "a tile is 4096 items");
   extern __shared__ int32_t smem[];
   int32_t* hist = smem;                       // [kWarps][E]: per-warp counts, then bases
   int32_t* seg_base = smem + kWarps * num_e;  // [E]: ranks handed out so far in the segment
@@ -71,18 +79,18 @@ __global__ void __launch_bounds__(kRouteThreads, 4)
     const int64_t chunk_len = ((tile_end - tile + kWarps - 1) / kWarps + 31) / 32 * 32;
     const int64_t chunk = tile + int64_t{warp} * chunk_len;
     const int64_t chunk_end = chunk + chunk_len < tile_end ? chunk + chunk_len : tile_end;
-    int32_t key[kRouteItemsPerLane];
-    int32_t rank[kRouteItemsPerLane];
-    IdT raw[kRouteItemsPerLane];
+    int32_t key[kItemsPerLane];
+    int32_t rank[kItemsPerLane];
+    IdT raw[kItemsPerLane];
 #pragma unroll
-    for (int j = 0; j < kRouteItemsPerLane; ++j) {
+    for (int j = 0; j < kItemsPerLane; ++j) {
       const int64_t i = chunk + j * 32 + lane;
       raw[j] = (i < chunk_end) ? __ldcs(ids + i) : IdT(-1);
     }
     // Keys first (the raw ids die here, which keeps the int64 path in 64
     // registers), then the warp ranks in item order.
 #pragma unroll
-    for (int j = 0; j < kRouteItemsPerLane; ++j) {
+    for (int j = 0; j < kItemsPerLane; ++j) {
       const int64_t i = chunk + j * 32 + lane;
       key[j] = -1;
       if (i < n_valid && i < chunk_end) {
@@ -91,7 +99,7 @@ __global__ void __launch_bounds__(kRouteThreads, 4)
       }
     }
 #pragma unroll
-    for (int j = 0; j < kRouteItemsPerLane; ++j) {
+    for (int j = 0; j < kItemsPerLane; ++j) {
       rank[j] = 0;
       if (j * 32 < chunk_len && __any_sync(0xffffffffu, key[j] >= 0)) {
         rank[j] = EplbWarpRank(key[j], my_hist, key_bits);
@@ -111,7 +119,7 @@ __global__ void __launch_bounds__(kRouteThreads, 4)
     }
     __syncthreads();
 #pragma unroll
-    for (int j = 0; j < kRouteItemsPerLane; ++j) {
+    for (int j = 0; j < kItemsPerLane; ++j) {
       const int64_t i = chunk + j * 32 + lane;
       if (i < chunk_end) {
         const int32_t base = key[j] >= 0 ? my_hist[key[j]] : 0;
@@ -143,12 +151,48 @@ __global__ void __launch_bounds__(kRouteThreads, 4)
   }
 }
 
-// Large-input path: the replica of item i is EplbItemHash(i) mod count, so
-// items need no ranking; counts go to a per-block shared histogram of the P
-// slots (integer atomics: order does not matter), flushed once per block.
+// Large-input path: the replica of item i comes from EplbItemHash(i)
+// (EplbHashedSlot), so items need no ranking; counts go to a per-block shared
+// histogram of the P slots (integer atomics: order does not matter), flushed
+// once per block. Memory-bound by design: each thread moves 4 consecutive
+// ids per step with one 16-byte load and one 16-byte store when the buffers
+// allow it, indices are 32-bit (T*K < 2^31 is validated), and nothing is
+// kept per item across steps (no register spills).
+constexpr int kHashThreads = 256;
+// Resident blocks per SM: all 8 (full occupancy) for int32 ids; int64 ids
+// need a few more registers (two 16-byte loads per vector).
 template <typename IdT>
-__global__ void __launch_bounds__(kRouteThreads, 4)
-    RouteHashKernel(const IdT* __restrict__ ids, int64_t cap_items, int64_t num_tokens,
+constexpr int HashBlocksPerSm() {
+  return sizeof(IdT) == 8 ? 6 : 8;
+}
+
+template <typename IdT>
+struct IdVec4;
+template <>
+struct IdVec4<int32_t> {
+  __device__ __forceinline__ static void Load(const int32_t* p, uint32_t v, int64_t (&x)[4]) {
+    const int4 q = __ldcs(reinterpret_cast<const int4*>(p) + v);
+    x[0] = q.x;
+    x[1] = q.y;
+    x[2] = q.z;
+    x[3] = q.w;
+  }
+};
+template <>
+struct IdVec4<int64_t> {
+  __device__ __forceinline__ static void Load(const int64_t* p, uint32_t v, int64_t (&x)[4]) {
+    const longlong2 a = __ldcs(reinterpret_cast<const longlong2*>(p) + 2 * v);
+    const longlong2 b = __ldcs(reinterpret_cast<const longlong2*>(p) + 2 * v + 1);
+    x[0] = a.x;
+    x[1] = a.y;
+    x[2] = b.x;
+    x[3] = b.y;
+  }
+};
+
+template <typename IdT>
+__global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
+    RouteHashKernel(const IdT* __restrict__ ids, uint32_t cap_items, int64_t num_tokens,
                     const int32_t* d_num_tokens, int32_t top_k, const int32_t* __restrict__ log2phy,
                     const int32_t* __restrict__ logcnt, int32_t num_e, int32_t num_p,
                     int32_t max_rep, const int32_t* d_record, int32_t* __restrict__ out,
@@ -156,48 +200,56 @@ __global__ void __launch_bounds__(kRouteThreads, 4)
   extern __shared__ int32_t s_hist[];  // [P], then logcnt [E]
   int32_t* s_cnt = s_hist + num_p;
   __shared__ unsigned long long s_invalid;
-  const int64_t n_valid = ValidItems(num_tokens, d_num_tokens, top_k);
+  const uint32_t n_valid = static_cast<uint32_t>(ValidItems(num_tokens, d_num_tokens, top_k));
   const bool record = (d_record == nullptr) || (*d_record != 0);
   for (int p = threadIdx.x; p < num_p; p += blockDim.x) s_hist[p] = 0;
   for (int e = threadIdx.x; e < num_e; e += blockDim.x) s_cnt[e] = logcnt[e];
   if (threadIdx.x == 0) s_invalid = 0;
   __syncthreads();
-  unsigned long long invalid = 0;
-  for (int64_t base = int64_t{blockIdx.x} * kRouteTileItems; base < cap_items;
-       base += int64_t{gridDim.x} * kRouteTileItems) {
-    IdT raw[kRouteItemsPerLane];
-#pragma unroll
-    for (int j = 0; j < kRouteItemsPerLane; ++j) {
-      const int64_t i = base + j * kRouteThreads + threadIdx.x;
-      raw[j] = (i < cap_items) ? __ldcs(ids + i) : IdT(-1);
-    }
-    // Slots of all items first (their table loads overlap), then counts and
-    // stores.
-    int32_t slot[kRouteItemsPerLane];
-#pragma unroll
-    for (int j = 0; j < kRouteItemsPerLane; ++j) {
-      const int64_t i = base + j * kRouteThreads + threadIdx.x;
-      const int32_t key =
-          i < n_valid ? EplbItemKey(static_cast<int64_t>(raw[j]), num_e, s_cnt, max_rep) : -1;
-      slot[j] = EplbReplicaSlot(key, EplbItemHash(static_cast<uint32_t>(i)), log2phy, s_cnt,
-                                max_rep, num_p);
-    }
-#pragma unroll
-    for (int j = 0; j < kRouteItemsPerLane; ++j) {
-      const int64_t i = base + j * kRouteThreads + threadIdx.x;
-      if (i >= cap_items) continue;
-      if (i < n_valid) {
-        if (slot[j] < 0) {
-          ++invalid;
-        } else if (record) {
-          atomicAdd(s_hist + slot[j], 1);
-        }
+  uint32_t invalid = 0;
+  auto route = [&](uint32_t i, int64_t id) {
+    const int32_t key = i < n_valid ? EplbItemKey(id, num_e, s_cnt, max_rep) : -1;
+    const int32_t slot = EplbHashedSlot(key, EplbItemHash(i), log2phy, s_cnt, max_rep, num_p);
+    if (i < n_valid) {
+      if (slot < 0) {
+        ++invalid;
+      } else if (record) {
+        atomicAdd(s_hist + slot, 1);
       }
-      __stcs(out + i, slot[j]);
     }
+    return slot;
+  };
+  const uint32_t stride = gridDim.x * blockDim.x;
+  const bool vec =
+      ((reinterpret_cast<uintptr_t>(ids) | reinterpret_cast<uintptr_t>(out)) & 15) == 0;
+  const uint32_t num_vec = vec ? cap_items / 4 : 0;
+  auto route4 = [&](uint32_t v, const int64_t(&x)[4]) {
+    int4 o;
+    o.x = route(4 * v, x[0]);
+    o.y = route(4 * v + 1, x[1]);
+    o.z = route(4 * v + 2, x[2]);
+    o.w = route(4 * v + 3, x[3]);
+    __stcs(reinterpret_cast<int4*>(out) + v, o);
+  };
+  uint32_t v = blockIdx.x * blockDim.x + threadIdx.x;
+  // Two vectors per step: both loads are in flight before either is used.
+  for (; v + stride < num_vec; v += 2 * stride) {
+    int64_t a[4], b[4];
+    IdVec4<IdT>::Load(ids, v, a);
+    IdVec4<IdT>::Load(ids, v + stride, b);
+    route4(v, a);
+    route4(v + stride, b);
   }
-  invalid = WarpSum(invalid);
-  if ((threadIdx.x & 31) == 0 && invalid != 0) atomicAdd(&s_invalid, invalid);
+  if (v < num_vec) {
+    int64_t a[4];
+    IdVec4<IdT>::Load(ids, v, a);
+    route4(v, a);
+  }
+  // Unaligned buffers, and the last cap % 4 items: one item per thread.
+  for (uint32_t i = 4 * num_vec + blockIdx.x * blockDim.x + threadIdx.x; i < cap_items; i += stride)
+    __stcs(out + i, route(i, static_cast<int64_t>(__ldcs(ids + i))));
+  const unsigned long long inv = WarpSum(invalid);
+  if ((threadIdx.x & 31) == 0 && inv != 0) atomicAdd(&s_invalid, inv);
   __syncthreads();
   if (record) {
     for (int p = threadIdx.x; p < num_p; p += blockDim.x)
@@ -268,34 +320,60 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
   RouteSegments(cap, &segs, &seg_items);
   const int32_t max_rep = num_physical_experts - num_logical_experts + 1;
   if (cap >= kRouteHashMinItems) {
-    int64_t blocks = (cap + kRouteTileItems - 1) / kRouteTileItems;
-    if (blocks > kRouteMaxSegments) blocks = kRouteMaxSegments;
+    // One resident wave: HashBlocksPerSm blocks on every SM, each striding
+    // over the whole input (fewer blocks = fewer histogram flushes).
+    int device = 0, sms = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess)
+      err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err != cudaSuccess) return err;
+    const int64_t needed = (cap / 4 + kHashThreads - 1) / kHashThreads;
+    int64_t blocks =
+        int64_t{sms} * (ids64 ? HashBlocksPerSm<int64_t>() : HashBlocksPerSm<int32_t>());
+    if (blocks > needed) blocks = needed;
+    if (blocks < 1) blocks = 1;
     const size_t hsmem =
         sizeof(int32_t) * static_cast<size_t>(num_physical_experts + num_logical_experts);
     if (ids64) {
-      RouteHashKernel<int64_t><<<static_cast<int>(blocks), kRouteThreads, hsmem, stream>>>(
-          static_cast<const int64_t*>(topk_logical), cap, num_tokens, num_tokens_device, top_k,
-          log2phy, logcnt, num_logical_experts, num_physical_experts, max_rep, record,
-          topk_physical, load_pass, invalid_count);
+      RouteHashKernel<int64_t><<<static_cast<int>(blocks), kHashThreads, hsmem, stream>>>(
+          static_cast<const int64_t*>(topk_logical), static_cast<uint32_t>(cap), num_tokens,
+          num_tokens_device, top_k, log2phy, logcnt, num_logical_experts, num_physical_experts,
+          max_rep, record, topk_physical, load_pass, invalid_count);
     } else {
-      RouteHashKernel<int32_t><<<static_cast<int>(blocks), kRouteThreads, hsmem, stream>>>(
-          static_cast<const int32_t*>(topk_logical), cap, num_tokens, num_tokens_device, top_k,
-          log2phy, logcnt, num_logical_experts, num_physical_experts, max_rep, record,
-          topk_physical, load_pass, invalid_count);
+      RouteHashKernel<int32_t><<<static_cast<int>(blocks), kHashThreads, hsmem, stream>>>(
+          static_cast<const int32_t*>(topk_logical), static_cast<uint32_t>(cap), num_tokens,
+          num_tokens_device, top_k, log2phy, logcnt, num_logical_experts, num_physical_experts,
+          max_rep, record, topk_physical, load_pass, invalid_count);
     }
     return cudaGetLastError();
   }
-  const size_t smem = sizeof(int32_t) * static_cast<size_t>(kWarps + 2) * num_logical_experts;
+  // The wide block when the launch has fewer segments than an H100 has SMs
+  // and its per-warp histograms fit the default 48 KB of shared memory.
+  const size_t wide_smem =
+      sizeof(int32_t) * static_cast<size_t>(kWideWarps + 2) * num_logical_experts;
+  const bool wide = segs <= 132 && wide_smem <= 48 * 1024;
+  const size_t smem =
+      wide ? wide_smem
+           : sizeof(int32_t) * static_cast<size_t>(kSmallWarps + 2) * num_logical_experts;
+  const int threads = 32 * (wide ? kWideWarps : kSmallWarps);
+  auto launch = [&](auto kernel, const auto* ids) {
+    kernel<<<segs, threads, smem, stream>>>(
+        ids, cap, num_tokens, num_tokens_device, top_k, log2phy, logcnt, num_logical_experts,
+        EplbKeyBits(num_logical_experts), num_physical_experts, max_rep, record, topk_physical,
+        load_pass, invalid_count, seg_items);
+  };
+  const auto* ids64p = static_cast<const int64_t*>(topk_logical);
+  const auto* ids32p = static_cast<const int32_t*>(topk_logical);
   if (ids64) {
-    RouteCountKernel<int64_t><<<segs, kRouteThreads, smem, stream>>>(
-        static_cast<const int64_t*>(topk_logical), cap, num_tokens, num_tokens_device, top_k,
-        log2phy, logcnt, num_logical_experts, EplbKeyBits(num_logical_experts),
-        num_physical_experts, max_rep, record, topk_physical, load_pass, invalid_count, seg_items);
+    if (wide)
+      launch(RouteCountKernel<int64_t, kWideWarps>, ids64p);
+    else
+      launch(RouteCountKernel<int64_t, kSmallWarps>, ids64p);
   } else {
-    RouteCountKernel<int32_t><<<segs, kRouteThreads, smem, stream>>>(
-        static_cast<const int32_t*>(topk_logical), cap, num_tokens, num_tokens_device, top_k,
-        log2phy, logcnt, num_logical_experts, EplbKeyBits(num_logical_experts),
-        num_physical_experts, max_rep, record, topk_physical, load_pass, invalid_count, seg_items);
+    if (wide)
+      launch(RouteCountKernel<int32_t, kWideWarps>, ids32p);
+    else
+      launch(RouteCountKernel<int32_t, kSmallWarps>, ids32p);
   }
   return cudaGetLastError();
 }

@@ -322,8 +322,8 @@ typedef enum {
  * n = valid_tokens * K items, flat index i = t * K + k.
  *
  * Hash path, T*K >= EPLB_ROUTE_HASH_MIN_ITEMS (4 Mi items, e.g. 512 Ki
- * tokens x top-8): item i takes replica EplbItemHash(i) mod logcnt[e]
- * (a fixed 32-bit integer mix of i, eplb_device.cuh). No ranking, so it runs
+ * tokens x top-8): item i takes replica floor(EplbItemHash(i) * logcnt[e] /
+ * 2^32) (a fixed 32-bit integer mix of i, eplb_device.cuh: EplbHashedSlot). No ranking, so it runs
  * at memory speed; each replica's share is binomial around count/replicas
  * (standard deviation about sqrt(count/replicas); the tests check every
  * expert within 6 of them).

@@ -67,9 +67,9 @@ __device__ __forceinline__ int32_t EplbWarpRank(int32_t key, int32_t* hist, int3
 
 // Replica key of item i (= token * K + k) on the large-input path of
 // eplbRouteCount (T*K >= EPLB_ROUTE_HASH_MIN_ITEMS): a 32-bit integer mix of
-// i; the item takes replica EplbItemHash(i) mod logcnt[e]
-// (EplbReplicaSlot(key, EplbItemHash(i), ...)). Needs no ranking, so a fused
-// kernel can use it per item with no warp cooperation.
+// i; the item takes replica floor(EplbItemHash(i) * logcnt[e] / 2^32)
+// (EplbHashedSlot). Needs no ranking, so a fused kernel can use it per item
+// with no warp cooperation.
 __host__ __device__ __forceinline__ uint32_t EplbItemHash(uint32_t i) {
   i ^= i >> 16;
   i *= 0x7feb352du;
@@ -91,6 +91,21 @@ __device__ __forceinline__ int32_t EplbReplicaSlot(int32_t key, uint32_t rank,
   const uint32_t c = key >= 0 ? static_cast<uint32_t>(logcnt[k]) : 1u;
   const uint32_t j = c <= 1u ? 0u : rank % c;
   const int32_t slot = log2phy[static_cast<int64_t>(k) * max_replicas + j];
+  return (key >= 0 && slot >= 0 && slot < num_physical_experts) ? slot : -1;
+}
+
+// Physical slot of an item of expert `key` (from EplbItemKey; -1 gives -1)
+// on the hash path: replica floor(hash * logcnt[key] / 2^32) (a multiply
+// and a shift rather than a division, and as uniform as hash mod count);
+// -1 when that table entry is outside [0, P).
+__device__ __forceinline__ int32_t EplbHashedSlot(int32_t key, uint32_t hash,
+                                                  const int32_t* log2phy, const int32_t* logcnt,
+                                                  int32_t max_replicas,
+                                                  int32_t num_physical_experts) {
+  const int32_t k = key >= 0 ? key : 0;
+  const uint32_t c = key >= 0 ? static_cast<uint32_t>(logcnt[k]) : 1u;  // valid key: c in [1, R+1]
+  const uint32_t j = __umulhi(hash, c);
+  const int32_t slot = log2phy[k * max_replicas + static_cast<int32_t>(j)];
   return (key >= 0 && slot >= 0 && slot < num_physical_experts) ? slot : -1;
 }
 

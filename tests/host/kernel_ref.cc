@@ -171,7 +171,8 @@ TEST(RouteCountRef, HashPathFromThreshold) {
   eplb::RouteCountRef(ids, n, n, 1, t.log2phy.data(), t.logcnt.data(), 2, 3, true, out.data(),
                       load.data(), &invalid);
   for (int64_t i : {int64_t{0}, int64_t{1}, int64_t{2}, int64_t{12345}, n - 1}) {
-    const int32_t want = (eplb::ItemHashRef(static_cast<uint32_t>(i)) & 1u) ? 2 : 0;
+    // Two replicas: the hash's top bit picks (floor(hash * 2 / 2^32)).
+    const int32_t want = (eplb::ItemHashRef(static_cast<uint32_t>(i)) >> 31) ? 2 : 0;
     EXPECT_EQ(out[static_cast<size_t>(i)], want) << i;
   }
   // Binomial spread: within 6 standard deviations of n / 2.
