@@ -244,7 +244,11 @@ class Bench {
       CK(cudaMalloc(&c.raw_recv, std::max<size_t>(rb, 16)));
       // The registered baseline only where memory allows (the 44 MB case on
       // 2 GPUs does not leave room for a second pair of buffers).
-      if (ncclMemAlloc(reinterpret_cast<void**>(&c.reg_send), std::max<size_t>(sb, 16)) ==
+      size_t free_b = 0, total_b = 0;
+      CK(cudaMemGetInfo(&free_b, &total_b));
+      const size_t reserve = staging_ + (size_t{2} << 30);  // the exchange's staging + slack
+      if (free_b > sb + rb + reserve &&
+          ncclMemAlloc(reinterpret_cast<void**>(&c.reg_send), std::max<size_t>(sb, 16)) ==
               ncclSuccess &&
           ncclMemAlloc(reinterpret_cast<void**>(&c.reg_recv), std::max<size_t>(rb, 16)) ==
               ncclSuccess) {

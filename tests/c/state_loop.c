@@ -116,7 +116,9 @@ static void* RankMain(void* arg) {
   /* The default placement: experts in order, then redundant round robin. */
   for (i = 0; i < P; ++i) CHECK(placement[i] == (i < E ? i : (i - E) % E), "default slot %d", i);
 
-  /* A step before the weights are registered is refused, and not counted. */
+  /* A step before the weights are registered is refused, but still counted
+   * (and would join the step's collectives), so that a rank that forgot to
+   * register never leaves the others waiting: see eplbStateStep. */
   CHECK(eplbStateStep(st, 0, stream) == EPLB_ERROR_INVALID_USAGE, "step before registration");
 
   for (l = 0; l < NUM_LAYERS; ++l) {
@@ -140,7 +142,7 @@ static void* RankMain(void* arg) {
   CHECK(eplbStateGetStats(st, &stats) == EPLB_ERROR_INVALID_ARGUMENT, "stats struct_size");
   stats.struct_size = sizeof(stats);
   MUST(eplbStateGetStats(st, &stats) == EPLB_SUCCESS, "GetStats");
-  CHECK(stats.num_steps == 0, "refused steps counted");
+  CHECK(stats.num_steps == 1, "the refused step is counted");
 
   MUST(cudaMalloc((void**)&d_ids, sizeof(ids)) == cudaSuccess, "cudaMalloc ids");
   MUST(cudaMalloc((void**)&d_phys, sizeof(ids)) == cudaSuccess, "cudaMalloc phys");
@@ -167,11 +169,11 @@ static void* RankMain(void* arg) {
     status = eplbStateStep(st, flags, stream);
     MUST(status == EPLB_SUCCESS, "eplbStateStep %d: %s", step, eplbGetStatusString(status));
     MUST(eplbStateGetStats(st, &stats) == EPLB_SUCCESS, "GetStats");
-    CHECK(stats.num_steps == step + 1, "num_steps");
+    CHECK(stats.num_steps == step + 2, "num_steps");
     if (stats.num_rearrangements == rearrangements) continue;
     rearrangements = stats.num_rearrangements;
-    CHECK(step + 1 == INTERVAL - INTERVAL / 4 ||
-              (step + 1 - (INTERVAL - INTERVAL / 4)) % INTERVAL == 0,
+    CHECK(step + 2 == INTERVAL - INTERVAL / 4 ||
+              (step + 2 - (INTERVAL - INTERVAL / 4)) % INTERVAL == 0,
           "rearranged at step %d", step);
     MUST(cudaStreamSynchronize(stream) == cudaSuccess, "sync");
     MUST(eplbStateGetPlacement(st, placement) == EPLB_SUCCESS, "GetPlacement");
@@ -185,8 +187,8 @@ static void* RankMain(void* arg) {
           "first plan no better (%f < %f)", stats.last_balancedness_after,
           stats.last_balancedness_before);
   }
-  CHECK(rearrangements == 1 + (STEPS - (INTERVAL - INTERVAL / 4)) / INTERVAL, "rearrangements %ld",
-        rearrangements);
+  CHECK(rearrangements == 1 + (STEPS + 1 - (INTERVAL - INTERVAL / 4)) / INTERVAL,
+        "rearrangements %ld", rearrangements);
   {
     eplbStepBalance_t bal;
     MUST(cudaMemcpy(&bal, maps.d_step_balance, sizeof(bal), cudaMemcpyDeviceToHost) == cudaSuccess,
