@@ -24,16 +24,14 @@ __device__ __forceinline__ void CopyRange(const char* __restrict__ src, char* __
     const uint64_t nv = n / 16;
     if (nv == static_cast<uint64_t>(kVecPerThread) * kThreads) {
       // Full tile: all loads in flight before the stores.
-      // Streaming loads and stores: every byte is touched once, so keep the
-      // L2 for the NCCL transfer running beside the copy.
       uint4 v[kVecPerThread];
 #pragma unroll
-      for (int k = 0; k < kVecPerThread; ++k) v[k] = __ldcs(s + threadIdx.x + k * kThreads);
+      for (int k = 0; k < kVecPerThread; ++k) v[k] = s[threadIdx.x + k * kThreads];
 #pragma unroll
-      for (int k = 0; k < kVecPerThread; ++k) __stcs(d + threadIdx.x + k * kThreads, v[k]);
+      for (int k = 0; k < kVecPerThread; ++k) d[threadIdx.x + k * kThreads] = v[k];
       return;
     }
-    for (uint64_t i = threadIdx.x; i < nv; i += kThreads) __stcs(d + i, __ldcs(s + i));
+    for (uint64_t i = threadIdx.x; i < nv; i += kThreads) d[i] = s[i];
     for (uint64_t i = nv * 16 + threadIdx.x; i < n; i += kThreads) dst[off + i] = src[off + i];
   } else if ((align & 3) == 0) {
     const uint32_t* s = reinterpret_cast<const uint32_t*>(src + off);
