@@ -493,8 +493,7 @@ int main(int argc, char** argv) {
                             true,      kTuning.register_staging, kTuning.stream_priorities};
   const std::vector<Variant> kVariants = {
       {"unregistered_staging", 64, size_t{128} << 20, false, false},
-      {"no_stream_priorities", kTuning.max_copy_blocks, kTuning.chunk_target_bytes, false, true,
-       false},
+      {"stream_priorities", kTuning.max_copy_blocks, kTuning.chunk_target_bytes, false, true, true},
       {"blocks32_target128MB", 32, size_t{128} << 20, false, true},
       {"blocks16_target512MB", 16, size_t{512} << 20, false, true},
       {"blocks64_target512MB", 64, size_t{512} << 20, false, true}};

@@ -141,8 +141,9 @@ Exchange::Exchange(const eplbExchangeConfig_t& c, ncclComm_t comm, const Exchang
     EPLB_CUDA_CHECK(cudaMalloc(&d_check_, 2 * sizeof(uint64_t)));
     EPLB_CUDA_CHECK(cudaMallocHost(&h_rows_, row_capacity_ * sizeof(kernels::PackRow)));
     EPLB_CUDA_CHECK(cudaMallocHost(&h_check_, 2 * sizeof(uint64_t)));
-    // The NCCL stream gets the highest priority, the copy streams the lowest:
-    // each round's NCCL kernel then takes SMs ahead of queued copy blocks.
+    // Optionally (tuning) the NCCL stream at the highest priority and the
+    // copy streams at the lowest, so that each round's NCCL kernel takes SMs
+    // ahead of queued copy blocks.
     int least = 0, greatest = 0;
     EPLB_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
     if (!tuning_.stream_priorities) least = greatest = 0;
