@@ -351,7 +351,7 @@ void BM_Rearrange(benchmark::State& state) {
   };
   iteration(0);  // warm-up (also moves away from the initial placement)
   double t_stall = 0, t_raw = 0, t_raw_reg = 0, t_exchange = 0, t_other = 0, slots = 0, sent = 0;
-  double phase[EPLB_STATE_NUM_PHASES] = {0};
+  double phase[EPLB_STATE_NUM_PHASES] = {0}, host_phase[EPLB_STATE_NUM_PHASES] = {0};
   int64_t it = 0;
   for (auto _ : state) {
     iteration(static_cast<int>((it + 1) % 2));
@@ -369,13 +369,21 @@ void BM_Rearrange(benchmark::State& state) {
     t_exchange += exch;
     t_other += stall - exch;
     slots += static_cast<double>(ranks[0].stats.last_slots_moved);
-    for (int p = 0; p < EPLB_STATE_NUM_PHASES; ++p) phase[p] += ranks[0].stats.last_device_ms[p];
+    for (int p = 0; p < EPLB_STATE_NUM_PHASES; ++p) {
+      phase[p] += ranks[0].stats.last_device_ms[p];
+      host_phase[p] += ranks[0].stats.last_host_ms[p];
+    }
     ++it;
     state.SetIterationTime(stall * 1e-3);
   }
   const char* names[EPLB_STATE_NUM_PHASES] = {"readout_ms", "allreduce_ms", "plan_ms",
                                               "check_ms",   "exchange_ms",  "commit_ms"};
   for (int p = 0; p < EPLB_STATE_NUM_PHASES; ++p) state.counters[names[p]] = phase[p] / it;
+  // Host time of the phases that run on the host (rank 0): planning, the
+  // agreement check (all-reduce + evaluation), the exchange call.
+  state.counters["plan_host_ms"] = host_phase[EPLB_STATE_PHASE_PLAN] / it;
+  state.counters["check_host_ms"] = host_phase[EPLB_STATE_PHASE_CHECK] / it;
+  state.counters["exchange_host_ms"] = host_phase[EPLB_STATE_PHASE_EXCHANGE] / it;
   state.counters["stall_ms"] = t_stall / it;
   state.counters["exchange_max_ms"] = t_exchange / it;
   state.counters["raw_nccl_ms"] = t_raw / it;
