@@ -1,8 +1,9 @@
 // Route + count and count-only kernels. The route kernel ranks the items of
-// each expert inside a segment (one block) in ascending item order with
-// EplbWarpRank (public, eplb_device.cuh) and per-warp shared counters, then
-// adds per-replica totals once per segment: no per-item global atomics, and
-// the choice of replica depends on the data only, never on thread timing.
+// each expert inside a segment (one block, or sub-blocks that first count
+// what precedes them) in ascending item order with EplbWarpRank (public,
+// eplb_device.cuh) and per-warp shared counters, then adds per-replica
+// totals once per block: no per-item global atomics, and the choice of
+// replica depends on the data only, never on thread timing.
 #include <cuda_runtime.h>
 
 #include "eplb/eplb_device.cuh"
@@ -12,13 +13,18 @@ namespace eplb {
 namespace kernels {
 namespace {
 
-// Two block shapes rank a 4096-item tile: 8 warps x 16 items per lane (4
-// blocks per SM: the many-segment sizes fill the GPU in one wave), and 32
-// warps x 4 items per lane for launches of few segments (decode sizes),
-// where the latency of one block's serial ranking is the whole cost. The
-// ranks depend on item order only, never on the shape.
+// Two block shapes. Launches of many segments: one block of 8 warps per
+// segment (16 items per lane per 4096-item tile; 4 blocks per SM, so 528
+// segments are one wave). Launches of few segments (decode sizes), where one
+// block's serial ranking of a whole segment would be the launch's whole
+// cost: each segment is split into sub-blocks of kSubItems items on their
+// own SMs (16 warps, one 32-item slice per warp); a sub-block first counts
+// the valid items of each expert in the part of its segment before it (a
+// commutative count, so exact and deterministic), then ranks its own items
+// from there. Ranks depend on item order only, never on the block shape.
 constexpr int kSmallWarps = 8;
-constexpr int kWideWarps = 32;
+constexpr int kSubWarps = 16;
+constexpr int64_t kSubItems = 32 * kSubWarps;  // 512
 
 __device__ __forceinline__ int64_t ValidItems(int64_t num_tokens, const int32_t* d_num_tokens,
                                               int32_t top_k) {
@@ -37,19 +43,20 @@ __device__ __forceinline__ unsigned long long WarpSum(unsigned long long v) {
 
 // 4 blocks of 256 per SM: the 528 segments are one wave on a 132-SM H100.
 template <typename IdT, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 1)
+__global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
     RouteCountKernel(const IdT* __restrict__ ids, int64_t cap_items, int64_t num_tokens,
                      const int32_t* d_num_tokens, int32_t top_k,
                      const int32_t* __restrict__ log2phy, const int32_t* __restrict__ logcnt,
                      int32_t num_e, int32_t key_bits, int32_t num_p, int32_t max_rep,
                      const int32_t* d_record, int32_t* __restrict__ out, int32_t* load_pass,
-                     unsigned long long* d_invalid, int64_t seg_items) {
+                     unsigned long long* d_invalid, int64_t seg_items, int64_t sub_items) {
   constexpr int kItemsPerLane = static_cast<int>(kRouteTileItems / (32 * kWarps));
   static_assert(kItemsPerLane * 32 * kWarps == kRouteTileItems, "a tile is 4096 items");
   extern __shared__ int32_t smem[];
   int32_t* hist = smem;                       // [kWarps][E]: per-warp counts, then bases
   int32_t* seg_base = smem + kWarps * num_e;  // [E]: ranks handed out so far in the segment
   int32_t* s_cnt = seg_base + num_e;          // [E]: logcnt, staged once per block
+  int32_t* pre = s_cnt + num_e;               // [E]: ranks of the segment before this block
   __shared__ unsigned long long s_invalid;
 
   const int64_t n_valid = ValidItems(num_tokens, d_num_tokens, top_k);
@@ -57,7 +64,13 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 1)
   const int64_t seg_begin = int64_t{seg} * seg_items;
   int64_t seg_end = seg_begin + seg_items;
   if (seg_end > cap_items) seg_end = cap_items;
-  if (seg_begin >= seg_end) return;
+  // This block's items: the whole segment, or sub-block blockIdx.y of it.
+  int64_t my_begin = seg_begin, my_end = seg_end;
+  if (sub_items > 0) {
+    my_begin = seg_begin + int64_t{blockIdx.y} * sub_items;
+    if (my_begin + sub_items < my_end) my_end = my_begin + sub_items;
+  }
+  if (my_begin >= my_end) return;
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
 
@@ -68,14 +81,26 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 1)
   }
   if (threadIdx.x == 0) s_invalid = 0;
   unsigned long long invalid = 0;
+  if (my_begin > seg_begin) {
+    // Valid items of each expert earlier in the segment (order-free count).
+    __syncthreads();
+    for (int64_t i = seg_begin + threadIdx.x; i < my_begin; i += blockDim.x) {
+      const int32_t key =
+          i < n_valid ? EplbItemKey(static_cast<int64_t>(__ldg(ids + i)), num_e, s_cnt, max_rep)
+                      : -1;
+      if (key >= 0) atomicAdd(seg_base + key, 1);
+    }
+    __syncthreads();
+  }
+  for (int e = threadIdx.x; e < num_e; e += blockDim.x) pre[e] = seg_base[e];
 
-  for (int64_t tile = seg_begin; tile < seg_end; tile += kRouteTileItems) {
+  for (int64_t tile = my_begin; tile < my_end; tile += kRouteTileItems) {
     for (int x = threadIdx.x; x < kWarps * num_e; x += blockDim.x) hist[x] = 0;
     __syncthreads();
     int32_t* my_hist = hist + warp * num_e;
     // The tile is split into kWarps contiguous chunks (so a short tile keeps
     // every warp busy); ranks only depend on item order, not on the split.
-    const int64_t tile_end = tile + kRouteTileItems < seg_end ? tile + kRouteTileItems : seg_end;
+    const int64_t tile_end = tile + kRouteTileItems < my_end ? tile + kRouteTileItems : my_end;
     const int64_t chunk_len = ((tile_end - tile + kWarps - 1) / kWarps + 31) / 32 * 32;
     const int64_t chunk = tile + int64_t{warp} * chunk_len;
     const int64_t chunk_end = chunk + chunk_len < tile_end ? chunk + chunk_len : tile_end;
@@ -134,12 +159,14 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 1)
 
   if (record) {
     for (int e = threadIdx.x; e < num_e; e += blockDim.x) {
-      const int32_t n = seg_base[e];
+      // This block's items of e have ranks pre[e] .. seg_base[e] - 1.
+      const int32_t n = seg_base[e] - pre[e];
       if (n == 0) continue;
       const int32_t c = s_cnt[e];  // n > 0 implies c in [1, max_rep]
+      const uint32_t offset = static_cast<uint32_t>(pre[e]) + static_cast<uint32_t>(seg);
       for (int j = 0; j < c; ++j) {
         const int32_t slot = __ldg(log2phy + int64_t{e} * max_rep + j);
-        EplbCountAdd(load_pass, slot, EplbReplicaShare(n, static_cast<uint32_t>(seg), c, j), num_p);
+        EplbCountAdd(load_pass, slot, EplbReplicaShare(n, offset, c, j), num_p);
       }
     }
   }
@@ -347,31 +374,34 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     }
     return cudaGetLastError();
   }
-  // The wide block when the launch has fewer segments than an H100 has SMs
-  // and its per-warp histograms fit the default 48 KB of shared memory.
-  const size_t wide_smem =
-      sizeof(int32_t) * static_cast<size_t>(kWideWarps + 2) * num_logical_experts;
-  const bool wide = segs <= 132 && wide_smem <= 48 * 1024;
+  // Sub-blocks when the launch has fewer segments than an H100 has SMs and
+  // their shared memory fits the default 48 KB.
+  const size_t sub_smem =
+      sizeof(int32_t) * static_cast<size_t>(kSubWarps + 3) * num_logical_experts;
+  const bool split = segs <= 132 && sub_smem <= 48 * 1024;
   const size_t smem =
-      wide ? wide_smem
-           : sizeof(int32_t) * static_cast<size_t>(kSmallWarps + 2) * num_logical_experts;
-  const int threads = 32 * (wide ? kWideWarps : kSmallWarps);
+      split ? sub_smem
+            : sizeof(int32_t) * static_cast<size_t>(kSmallWarps + 3) * num_logical_experts;
+  const int threads = 32 * (split ? kSubWarps : kSmallWarps);
+  const int64_t subs = split ? (seg_items + kSubItems - 1) / kSubItems : 1;
+  const dim3 grid(static_cast<unsigned>(segs), static_cast<unsigned>(subs));
+  const int64_t sub_items = split ? kSubItems : 0;
   auto launch = [&](auto kernel, const auto* ids) {
-    kernel<<<segs, threads, smem, stream>>>(
+    kernel<<<grid, threads, smem, stream>>>(
         ids, cap, num_tokens, num_tokens_device, top_k, log2phy, logcnt, num_logical_experts,
         EplbKeyBits(num_logical_experts), num_physical_experts, max_rep, record, topk_physical,
-        load_pass, invalid_count, seg_items);
+        load_pass, invalid_count, seg_items, sub_items);
   };
   const auto* ids64p = static_cast<const int64_t*>(topk_logical);
   const auto* ids32p = static_cast<const int32_t*>(topk_logical);
   if (ids64) {
-    if (wide)
-      launch(RouteCountKernel<int64_t, kWideWarps>, ids64p);
+    if (split)
+      launch(RouteCountKernel<int64_t, kSubWarps>, ids64p);
     else
       launch(RouteCountKernel<int64_t, kSmallWarps>, ids64p);
   } else {
-    if (wide)
-      launch(RouteCountKernel<int32_t, kWideWarps>, ids32p);
+    if (split)
+      launch(RouteCountKernel<int32_t, kSubWarps>, ids32p);
     else
       launch(RouteCountKernel<int32_t, kSmallWarps>, ids32p);
   }

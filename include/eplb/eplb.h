@@ -332,7 +332,7 @@ typedef enum {
  * T * K is cut into S = max(1, min(ceil(T*K / EPLB_ROUTE_TILE_ITEMS),
  * EPLB_ROUTE_MAX_SEGMENTS)) segments of Z = ceil(T*K / S) rounded up to a
  * multiple of 32 items: segment s is items [s*Z, min((s+1)*Z, T*K)) (the
- * last ones may be shorter or empty), handled by one block. In
+ * last ones may be shorter or empty). In
  * segment s, the occurrences of expert e in ascending flat index get ranks
  * 0, 1, 2, ...; the item of rank r takes replica (r + s) mod logcnt[e], i.e.
  * slot log2phy[e][(r + s) % logcnt[e]]. Hence:
