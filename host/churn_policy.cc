@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <queue>
 #include <utility>
 
@@ -28,21 +29,25 @@ struct ChurnPlanner::Layer {
   double max_load = 0.0;
   double mean = 0.0;
   bool split = false;  // some group on several nodes
-  // The fresh plan (switch move).
-  bool target_valid = false;
-  double target_max = 0.0;
-  int64_t target_new_holdings = 0;
-  // The sticky plan: the fresh plan's counts and group -> node map, packed
-  // to keep old holdings. (A second variant on the old group -> node map with
-  // counts replicated per node won a third of the switches on drift but
-  // lowered the forward balancedness on shift by 0.001-0.004 and was neutral
-  // on drift: dropped, which also saves a packing per layer.)
-  bool sticky_valid = false;
-  double sticky_max = 0.0;
-  int64_t sticky_new_holdings = 0;
-  // Best pending move: kind 0 none, 1 single slot edits, 2 switch to the
-  // fresh plan, 3 switch to the sticky plan.
+  // Candidate placements of the whole layer (switch moves): the fresh plan
+  // relabelled onto the old placement (first: forced layers and warm-up
+  // take it), then the tight and loose sticky packings (churn_policy.h).
+  struct Cand {
+    std::vector<int32_t> pl;  // [P]
+    double max = 0.0;         // max rank load on the forecast
+    int64_t holdings = 0;     // new holdings vs the old placement
+    bool valid = false;       // not taken yet this call
+  };
+  std::vector<Cand> cands;
+  int32_t num_cands = 0;
+  // The fresh plan of the base policy on the forecast it was built on (any
+  // rank labels): its balancedness is what the layer could reach.
+  std::vector<int32_t> fresh;
+  double fresh_max = 0.0;
+  // Best pending move: kind 0 none, 1 single slot edits, 2 switch to
+  // candidate `cand`.
   int32_t kind = 0;
+  int32_t cand = -1;
   int32_t edit_slot[2] = {-1, -1};
   int32_t edit_expert[2] = {-1, -1};
   int32_t num_edits = 0;
@@ -55,10 +60,8 @@ struct ChurnPlanner::Layer {
   // placement cand_base; reused while the fresh plan's balancedness on the
   // current forecast stays within refresh_tolerance of its value when built.
   bool cache_valid = false;
-  bool cand_has_target = false;
-  bool cand_has_sticky = false;
   double cand_bal = 0.0;
-  std::vector<int32_t> cand_base, target, sticky;
+  std::vector<int32_t> cand_base;
 };
 
 ChurnPlanner::ChurnPlanner() = default;
@@ -193,8 +196,8 @@ void ChurnPlanner::Rebuild(const PlanShape& s, Layer& ly, const double* w) {
   if (hier_) {
     std::fill(ly.group_node.begin(), ly.group_node.end(), -2);
     for (int32_t p = 0; p < P; ++p) {
-      const int32_t g = ly.slots[p] / experts_per_group_;
-      const int32_t node = (p / slots_per_rank_) / ranks_per_node_;
+      const int32_t g = exp_group_[ly.slots[p]];
+      const int32_t node = slot_node_[p];
       if (ly.group_node[g] == -2) {
         ly.group_node[g] = node;
       } else if (ly.group_node[g] != node) {
@@ -205,120 +208,260 @@ void ChurnPlanner::Rebuild(const PlanShape& s, Layer& ly, const double* w) {
   }
 }
 
-// Packs replicas (counts tcnt, group g on node gnode[g] when hierarchical) keeping a
-// replica on a rank that held its expert in `old` while that rank stays <= cap;
-// the rest go largest first to the least loaded rank with a free slot of the
-// expert's node. Kept experts keep their old slot. Writes out[P].
-void ChurnPlanner::StickyPlan(const PlanShape& s, const double* w, const int32_t* old,
-                              const int32_t* gnode, const int32_t* tcnt, double cap, int32_t* out) {
-  const int32_t E = s.num_logical_experts, P = s.num_physical_experts, N = s.num_ranks;
-  const int32_t S = slots_per_rank_, R = ranks_per_node_;
-  // avail_ ([E][N]) and mark_ ([N][E]) stay all zero between calls (every entry set here is
-  // reset below), so no per-call clearing of the [N][E] tables.
-  const size_t NE = static_cast<size_t>(N) * E;
-  if (avail_.size() != NE) avail_.assign(NE, 0);
-  if (mark_.size() != NE) mark_.assign(NE, 0);
-  for (int32_t p = 0; p < P; ++p) ++avail_[static_cast<size_t>(old[p]) * N + p / S];
-  // Largest first; ties by expert (the sort key is total, so the order is
-  // unique). Sorted per expert, then expanded: a replica's key depends only
-  // on its expert, so this is the order of sorting the replicas, at E
-  // instead of P entries.
-  expert_items_.clear();
-  for (int32_t e = 0; e < E; ++e)
-    if (tcnt[e] > 0) expert_items_.push_back({w[e] / tcnt[e], e});
-  std::sort(expert_items_.begin(), expert_items_.end(),
-            [](const std::pair<double, int32_t>& a, const std::pair<double, int32_t>& b) {
-              if (a.first != b.first) return a.first > b.first;
-              return a.second < b.second;
-            });
+// The layer's old placement `old` as lists: old_slots_ holds, for each
+// expert, the old slots holding it (ascending), from old_start_[e]. Shared
+// by the relabelling and the sticky packings of one layer.
+void ChurnPlanner::IndexOld(const PlanShape& s, const int32_t* old) {
+  const int32_t E = s.num_logical_experts, P = s.num_physical_experts;
+  old_start_.assign(static_cast<size_t>(E) + 1, 0);
+  for (int32_t p = 0; p < P; ++p) ++old_start_[old[p] + 1];
+  for (int32_t e = 0; e < E; ++e) old_start_[e + 1] += old_start_[e];
+  cursor_.assign(old_start_.begin(), old_start_.end() - 1);
+  old_slots_.resize(P);
+  for (int32_t p = 0; p < P; ++p) old_slots_[cursor_[old[p]]++] = p;
+}
+
+// The replicas to pack (counts tcnt, group g on node gnode[g] when
+// hierarchical), largest first, ties by expert: a stable LSD radix sort on
+// the high 32 bits of the replica load (order preserving for doubles >= 0),
+// from the experts in ascending order. Why not std::sort: on 256 keys its
+// mispredicted branches cost about as much as a packing. Keys equal in
+// their high 32 bits (relative difference < 2^-20) count as ties; the order
+// is still a fixed function of the inputs.
+void ChurnPlanner::PrepareSticky(const PlanShape& s, const double* w, const int32_t* gnode,
+                                 const int32_t* tcnt) {
+  const int32_t E = s.num_logical_experts;
+  const int32_t R = ranks_per_node_;
+  sort_a_.clear();
+  for (int32_t e = 0; e < E; ++e) {
+    if (tcnt[e] <= 0) continue;
+    const double x = w[e] / tcnt[e];
+    uint64_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    const uint32_t key = ~static_cast<uint32_t>(bits >> 32);  // descending
+    sort_a_.push_back((static_cast<uint64_t>(key) << 32) | static_cast<uint32_t>(e));
+  }
+  sort_b_.resize(sort_a_.size());
+  const size_t n = sort_a_.size();
+  for (int32_t pass = 0; pass < 4 && n > 0; ++pass) {
+    const int32_t shift = 32 + 8 * pass;
+    size_t count[257] = {0};
+    for (size_t i = 0; i < n; ++i) ++count[((sort_a_[i] >> shift) & 0xff) + 1];
+    if (count[((sort_a_[0] >> shift) & 0xff) + 1] == n) continue;  // one digit: no-op pass
+    for (int32_t d = 0; d < 256; ++d) count[d + 1] += count[d];
+    for (size_t i = 0; i < n; ++i) sort_b_[count[(sort_a_[i] >> shift) & 0xff]++] = sort_a_[i];
+    sort_a_.swap(sort_b_);
+  }
   items_.clear();
-  for (const std::pair<double, int32_t>& it : expert_items_)
-    for (int32_t k = 0; k < tcnt[it.second]; ++k) items_.push_back(it);
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t e = static_cast<int32_t>(sort_a_[i] & 0xffffffffu);
+    const double x = w[e] / tcnt[e];
+    for (int32_t k = 0; k < tcnt[e]; ++k) items_.push_back({x, e});
+  }
   // First rank of each expert's node (hierarchical), without a division per
   // replica.
-  node_lo_.resize(E);
-  for (int32_t e = 0; e < E; ++e) node_lo_[e] = 0;
+  node_lo_.assign(E, 0);
   if (hier_)
     for (int32_t g = 0, e = 0; e < E; ++g)
       for (int32_t k = 0; k < experts_per_group_; ++k, ++e) node_lo_[e] = gnode[g] * R;
-  const int32_t span = hier_ ? R : N;
+}
+
+// Packs the prepared replicas (largest first) keeping a replica on a rank
+// that held its expert in `old` (IndexOld) while that rank stays <= cap, the
+// least loaded such rank; otherwise onto the least loaded rank with a free
+// slot of the expert's node: at once (inline_leftover) or after every
+// replica that can stay. Why inline for the tight candidate: deferring lets the
+// kept replicas fill ranks up to the cap and the displaced large replicas
+// land on top of them (on synthetic drift, deferred packings at the fresh
+// plan's max balanced ~0.08 worse). Kept replicas keep their old slot; the
+// others fill the freed slots of their rank in packing order. Writes out[P].
+void ChurnPlanner::StickyPlan(const PlanShape& s, const int32_t* old, double cap,
+                              bool inline_leftover, int32_t* out, double* max_load,
+                              int64_t* new_holdings) {
+  const int32_t P = s.num_physical_experts, N = s.num_ranks;
+  const int32_t S = slots_per_rank_;
+  const int32_t span = hier_ ? ranks_per_node_ : N;
   pack_load_.assign(N, 0.0);
   free_.assign(N, S);
-  assign_rank_.resize(P);
+  slot_used_.assign(P, 0);
+  assign_rank_.resize(items_.size());
+  kept_slot_.resize(items_.size());
   leftover_.clear();
+  // Least loaded rank of [lo, lo + span) with a free slot, lowest on ties
+  // (written without data-dependent branches: the loads are unpredictable).
+  const double kFull = std::numeric_limits<double>::infinity();
+  auto least_free = [&](int32_t lo) {
+    int32_t best = -1;
+    double best_load = kFull;
+    for (int32_t r = lo; r < lo + span; ++r) {
+      const double v = free_[r] != 0 ? pack_load_[r] : kFull;
+      const bool better = v < best_load;
+      best = better ? r : best;
+      best_load = better ? v : best_load;
+    }
+    EPLB_ASSERT(best >= 0);  // a node's slots equal its groups' replicas
+    return best;
+  };
   for (size_t k = 0; k < items_.size(); ++k) {
     const int32_t e = items_[k].second;
     const double x = items_[k].first;
-    const int32_t lo = node_lo_[e], hi = lo + span;
-    // avail_ is [E][N]: the ranks of one expert are adjacent.
-    int16_t* av = avail_.data() + static_cast<size_t>(e) * N;
-    int32_t best = -1;
-    for (int32_t r = lo; r < hi; ++r) {
-      if (av[r] == 0 || free_[r] == 0) continue;
-      if (!(pack_load_[r] + x <= cap)) continue;
-      if (best < 0 || pack_load_[r] < pack_load_[best]) best = r;
+    const int32_t lo = node_lo_[e];
+    // The old slots of e, ascending: the first unused one of each rank is
+    // the candidate (ranks outside the node cannot keep it).
+    int32_t best_slot = -1;
+    double best_load = std::numeric_limits<double>::infinity();
+    for (int32_t i = old_start_[e]; i < old_start_[e + 1]; ++i) {
+      const int32_t p = old_slots_[i], r = slot_rank_[p];
+      const double v = pack_load_[r];
+      // Branch-free: whether a slot can keep its expert is unpredictable.
+      const bool ok = (slot_used_[p] == 0) &
+                      (static_cast<uint32_t>(r - lo) < static_cast<uint32_t>(span)) &
+                      (free_[r] != 0) & (v + x <= cap) & (v < best_load);
+      best_slot = ok ? p : best_slot;
+      best_load = ok ? v : best_load;
     }
-    if (best < 0) {
-      leftover_.push_back(static_cast<int32_t>(k));
-      assign_rank_[k] = -1;
+    if (best_slot >= 0) {
+      const int32_t r = slot_rank_[best_slot];
+      slot_used_[best_slot] = 1;
+      --free_[r];
+      pack_load_[r] += x;
+      assign_rank_[k] = r;
+      kept_slot_[k] = best_slot;
       continue;
     }
-    --av[best];
-    --free_[best];
-    pack_load_[best] += x;
-    assign_rank_[k] = best;
+    kept_slot_[k] = -1;
+    if (!inline_leftover) {
+      leftover_.push_back(static_cast<int32_t>(k));
+      continue;
+    }
+    const int32_t r = least_free(lo);
+    --free_[r];
+    pack_load_[r] += x;
+    assign_rank_[k] = r;
   }
   for (int32_t k : leftover_) {
-    const int32_t e = items_[k].second;
-    const int32_t lo = node_lo_[e], hi = lo + span;
-    int32_t best = -1;
-    for (int32_t r = lo; r < hi; ++r) {
-      if (free_[r] == 0) continue;
-      if (best < 0 || pack_load_[r] < pack_load_[best]) best = r;
-    }
-    EPLB_ASSERT(best >= 0);  // a node's slots equal its groups' replicas
-    --free_[best];
-    pack_load_[best] += items_[k].first;
-    assign_rank_[k] = best;
+    const int32_t r = least_free(node_lo_[items_[k].second]);
+    --free_[r];
+    pack_load_[r] += items_[k].first;
+    assign_rank_[k] = r;
   }
-  // Per rank: experts that were there keep their slot, the others fill the
-  // freed slots in slot order. mark_[r*E+e] = replicas of e assigned to r.
-  for (int32_t p = 0; p < P; ++p) avail_[static_cast<size_t>(old[p]) * N + p / S] = 0;
-  for (size_t k = 0; k < items_.size(); ++k)
-    ++mark_[static_cast<size_t>(assign_rank_[k]) * E + items_[k].second];
-  for (int32_t p = 0; p < P; ++p) {
-    int32_t& m = mark_[static_cast<size_t>(p / S) * E + old[p]];
-    if (m > 0) {
-      out[p] = old[p];
-      --m;
-    } else {
-      out[p] = -1;
-    }
-  }
-  // Each rank's assigned experts ascending (at most S of them), so the free
-  // slots take the remaining ones in expert order without scanning [E].
-  free_.assign(N, 0);
-  rank_items_.resize(P);
+  for (int32_t p = 0; p < P; ++p) out[p] = slot_used_[p] ? old[p] : -1;
+  // Free slots of each rank in slot order, filled in packing order. A
+  // replica that did not keep a slot is a new holding unless its rank held
+  // the expert or took another replica of it (replicas of an expert are
+  // adjacent in items_: `run` lists the ranks of the current expert's).
+  cursor_.resize(N);
+  for (int32_t r = 0; r < N; ++r) cursor_[r] = r * S;
+  int64_t holdings = 0;
+  int32_t run_expert = -1, run_len = 0;
+  run_.resize(P);
   for (size_t k = 0; k < items_.size(); ++k) {
-    const int32_t r = assign_rank_[k];
-    rank_items_[static_cast<size_t>(r) * S + free_[r]++] = items_[k].second;
+    const int32_t e = items_[k].second, r = assign_rank_[k];
+    if (e != run_expert) {
+      run_expert = e;
+      run_len = 0;
+    }
+    bool seen = false;
+    for (int32_t i = 0; i < run_len && !seen; ++i) seen = run_[i] == r;
+    if (!seen) run_[run_len++] = r;
+    if (kept_slot_[k] >= 0) continue;
+    int32_t& c = cursor_[r];
+    while (out[c] >= 0) ++c;
+    out[c] = e;
+    if (seen) continue;
+    bool held = false;
+    for (int32_t i = old_start_[e]; i < old_start_[e + 1] && !held; ++i)
+      held = slot_rank_[old_slots_[i]] == r;
+    if (!held) ++holdings;
   }
-  for (int32_t r = 0; r < N; ++r) {
-    int32_t* list = rank_items_.data() + static_cast<size_t>(r) * S;
-    std::sort(list, list + free_[r]);
-    int32_t next = 0;
-    for (int32_t p = r * S; p < (r + 1) * S; ++p) {
-      if (out[p] >= 0) continue;
-      while (mark_[static_cast<size_t>(r) * E + list[next]] == 0) ++next;
-      out[p] = list[next];
-      --mark_[static_cast<size_t>(r) * E + list[next]];
+  double mx = 0.0;
+  for (int32_t r = 0; r < N; ++r) mx = std::max(mx, pack_load_[r]);
+  *max_load = mx;
+  *new_holdings = holdings;
+}
+
+// Relabels the fresh plan fr (reference order) onto the old placement (after
+// IndexOld): nodes, then ranks within each node, by exact maximum assignment
+// of the (rank, expert) pairs they share with the old placement; an expert
+// the old rank held keeps its old slot. The loads per rank are the fresh
+// plan's. Why not the planner's migration FULL: the same idea, but it also
+// fixes slot order by its own rules, and it was a quarter of a call. Writes
+// out[P]; gnode_ receives the relabelled group -> node map.
+void ChurnPlanner::RelabelFresh(const PlanShape& s, const int32_t* fr, const int32_t* old,
+                                int32_t* out) {
+  const int32_t P = s.num_physical_experts, N = s.num_ranks, S = slots_per_rank_;
+  const int32_t R = ranks_per_node_, M = hier_ ? s.num_nodes : 1;
+  const int32_t G = hier_ ? s.num_groups : 1;
+  gnode_.assign(G, 0);
+  node_perm_.resize(M);
+  if (hier_) {
+    for (int32_t p = 0; p < P; ++p) gnode_[exp_group_[fr[p]]] = slot_node_[p];
+    overlap_.assign(static_cast<size_t>(M) * M, 0);
+    for (int32_t p = 0; p < P; ++p)
+      ++overlap_[static_cast<size_t>(gnode_[exp_group_[old[p]]]) * M + slot_node_[p]];
+    assign_.SolveMax(M, overlap_.data(), node_perm_.data());
+    for (int32_t g = 0; g < G; ++g) gnode_[g] = node_perm_[gnode_[g]];
+  } else {
+    node_perm_[0] = 0;
+  }
+  // Per fresh node a (now node node_perm_[a]): overlap of its ranks with the
+  // ranks of the target node, counted per slot of the fresh rank whose
+  // expert the old rank holds.
+  rank_perm_.resize(N);
+  for (int32_t a = 0; a < M; ++a) {
+    const int32_t b = node_perm_[a];
+    overlap_.assign(static_cast<size_t>(R) * R, 0);
+    for (int32_t i = 0; i < R; ++i) {
+      const int32_t fr_rank = a * R + i;
+      for (int32_t p = fr_rank * S; p < (fr_rank + 1) * S; ++p) {
+        const int32_t e = fr[p];
+        int32_t last = -1;
+        for (int32_t k = old_start_[e]; k < old_start_[e + 1]; ++k) {
+          const int32_t r = slot_rank_[old_slots_[k]];
+          if (r == last || r < b * R || r >= (b + 1) * R) continue;
+          last = r;
+          ++overlap_[static_cast<size_t>(i) * R + (r - b * R)];
+        }
+      }
+    }
+    perm_scratch_.resize(R);
+    assign_.SolveMax(R, overlap_.data(), perm_scratch_.data());
+    for (int32_t i = 0; i < R; ++i) rank_perm_[a * R + i] = b * R + perm_scratch_[i];
+  }
+  // Fresh rank f -> rank rank_perm_[f]: experts the old rank held keep a
+  // slot holding them; the rest fill the free slots in fresh slot order.
+  slot_used_.assign(P, 0);
+  kept_slot_.assign(P, 0);  // per fresh slot: its replica kept an old slot
+  for (int32_t p = 0; p < P; ++p) out[p] = -1;
+  for (int32_t f = 0; f < N; ++f) {
+    const int32_t r = rank_perm_[f];
+    for (int32_t p = f * S; p < (f + 1) * S; ++p) {
+      const int32_t e = fr[p];
+      for (int32_t k = old_start_[e]; k < old_start_[e + 1]; ++k) {
+        const int32_t q = old_slots_[k];
+        if (slot_rank_[q] != r || slot_used_[q]) continue;
+        slot_used_[q] = 1;
+        out[q] = e;
+        kept_slot_[p] = 1;
+        break;
+      }
+    }
+  }
+  for (int32_t f = 0; f < N; ++f) {
+    const int32_t r = rank_perm_[f];
+    int32_t c = r * S;
+    for (int32_t p = f * S; p < (f + 1) * S; ++p) {
+      if (kept_slot_[p]) continue;
+      while (out[c] >= 0) ++c;
+      out[c] = fr[p];
     }
   }
 }
 
 // Finds the layer's best single move (or the switch) by gain per new
 // holding; stores it in ly and returns its ratio (0 when none gains).
-double ChurnPlanner::BestMove(const PlanShape& s, Layer& ly, const double* w, double total) {
+double ChurnPlanner::BestMove(const PlanShape& s, Layer& ly, const double* w, double total,
+                              int64_t max_cost) {
   const int32_t E = s.num_logical_experts, P = s.num_physical_experts, N = s.num_ranks;
   const int32_t S = slots_per_rank_;
   const double L = s.num_layers;
@@ -414,6 +557,7 @@ double ChurnPlanner::BestMove(const PlanShape& s, Layer& ly, const double* w, do
       const bool after = ly.held[idx] + d[k].dh > 0 && !ly.old_held[idx];
       cost += static_cast<int64_t>(after) - static_cast<int64_t>(before);
     }
+    if (cost > max_cost) return;
     const double ratio = cost <= 0 ? kFreeRatio + gain : gain / static_cast<double>(cost);
     if (ratio > best_ratio) {
       best_ratio = ratio;
@@ -480,25 +624,18 @@ double ChurnPlanner::BestMove(const PlanShape& s, Layer& ly, const double* w, do
       ly.edit_expert[k] = best_edit_expert[k];
     }
   }
-  // switch: the fresh plan or the sticky plan, when it beats both the layer
-  // and the best move.
-  if (ly.target_valid && ly.target_max > 0.0 && ly.target_max < ly.max_load) {
-    const double gain = (mean / ly.target_max - base_bal) / L;
-    const int64_t cost = ly.target_new_holdings - ly.new_holdings;
+  // switch: a candidate placement, when it beats both the layer and the
+  // best move.
+  for (int32_t k = 0; k < ly.num_cands; ++k) {
+    const Layer::Cand& c = ly.cands[k];
+    if (!c.valid || !(c.max > 0.0) || !(c.max < ly.max_load)) continue;
+    const double gain = (mean / c.max - base_bal) / L;
+    const int64_t cost = c.holdings - ly.new_holdings;
+    if (cost > max_cost) continue;
     const double ratio = cost <= 0 ? kFreeRatio + gain : gain / static_cast<double>(cost);
     if (gain > 0.0 && ratio > ly.ratio) {
       ly.kind = 2;
-      ly.ratio = ratio;
-      ly.gain = gain;
-      ly.cost = cost;
-    }
-  }
-  if (ly.sticky_valid && ly.sticky_max > 0.0 && ly.sticky_max < ly.max_load) {
-    const double gain = (mean / ly.sticky_max - base_bal) / L;
-    const int64_t cost = ly.sticky_new_holdings - ly.new_holdings;
-    const double ratio = cost <= 0 ? kFreeRatio + gain : gain / static_cast<double>(cost);
-    if (gain > 0.0 && ratio > ly.ratio) {
-      ly.kind = 3;
+      ly.cand = k;
       ly.ratio = ratio;
       ly.gain = gain;
       ly.cost = cost;
@@ -551,54 +688,66 @@ int64_t ChurnPlanner::LayerNewHoldings(const PlanShape& s, const int32_t* pl, co
   return n;
 }
 
-// Builds layer l's candidates (fresh plan relabelled onto ol, sticky plans)
-// on w and stores them in the layer's cache.
-void ChurnPlanner::BuildCandidates(const PlanShape& s, Policy base, double sticky_slack, int32_t l,
-                                   const double* w, double total, const int32_t* ol) {
+// Builds layer l's candidates on w from the layer's placement ol and stores
+// them in the layer's cache: the fresh plan of the base policy relabelled
+// onto ol, and two sticky packings of its replica counts and group -> node
+// map: inline at the fresh plan's max (near its balance at a fraction of its
+// churn) and deferred at (1 + sticky_slack) times it (fewest new holdings).
+void ChurnPlanner::BuildCandidates(const PlanShape& s, Policy base, const ChurnOptions& o,
+                                   int32_t l, const double* w, double total, const int32_t* ol) {
   Layer& ly = layers_[l];
   const int32_t E = s.num_logical_experts, P = s.num_physical_experts;
-  const int32_t G = hier_ ? s.num_groups : 1;
   ly.cache_valid = true;
   ly.cand_base.assign(ol, ol + P);
-  ly.target.resize(P);
-  ly.cand_has_target = false;
-  ly.cand_has_sticky = false;
-  ly.cand_bal = 0.0;
-  int32_t* tgt = ly.target.data();
-  if (total > 0.0) {
-    const double scale = 1125899906842624.0 / total;  // 2^50 / total: sums stay < 2^53
-    for (int32_t e = 0; e < E; ++e) scaled_[e] = static_cast<int64_t>(std::floor(w[e] * scale));
-    planner_.PlanLayer(s, base, Migration::kFull, scaled_.data(), ol, tgt, target_cnt_.data());
-    for (int32_t e = 0; e < E; ++e) target_cnt_[e] = 0;
-    for (int32_t p = 0; p < P; ++p) ++target_cnt_[tgt[p]];
-    const double tmax = MaxLoad(s, w, tgt);
-    ly.cand_has_target = true;
-    ly.target_max = tmax;
-    ly.cand_bal = tmax > 0.0 ? ly.mean / tmax : 1.0;
-    ly.target_new_holdings = LayerNewHoldings(s, tgt, ol);
-    if (sticky_slack >= 0.0 && !ly.split) {
-      const double cap = tmax * (1.0 + sticky_slack);
-      ly.sticky.resize(P);
-      int32_t* st = ly.sticky.data();
-      gnode_.assign(G, 0);
-      if (hier_)
-        for (int32_t p = 0; p < P; ++p)
-          gnode_[tgt[p] / experts_per_group_] = (p / slots_per_rank_) / ranks_per_node_;
-      StickyPlan(s, w, ol, gnode_.data(), target_cnt_.data(), cap, st);
-      ly.cand_has_sticky = true;
-      ly.sticky_max = MaxLoad(s, w, st);
-      ly.sticky_new_holdings = LayerNewHoldings(s, st, ol);
-    }
-  } else if (ly.split) {
-    // No load at all: any valid plan balances; take the base plan on zeros.
-    std::fill(scaled_.begin(), scaled_.end(), 0);
-    planner_.PlanLayer(s, base, Migration::kFull, scaled_.data(), ol, tgt, target_cnt_.data());
-    ly.cand_has_target = true;
-    ly.target_max = 0.0;
-    ly.cand_bal = 1.0;
-    ly.target_new_holdings = LayerNewHoldings(s, tgt, ol);
-  }
+  ly.fresh.resize(P);
+  ly.num_cands = 0;
+  ly.cands.reserve(3);  // references to candidates stay valid below
+  auto next_cand = [&]() -> Layer::Cand& {
+    if (ly.cands.size() <= static_cast<size_t>(ly.num_cands)) ly.cands.emplace_back();
+    Layer::Cand& c = ly.cands[ly.num_cands++];
+    c.pl.resize(P);
+    return c;
+  };
+  auto finish_cand = [&](Layer::Cand& c) {
+    c.max = MaxLoad(s, w, c.pl.data());
+    c.holdings = LayerNewHoldings(s, c.pl.data(), ol);
+  };
   ++candidates_built_;
+  IndexOld(s, ol);
+  if (total <= 0.0) {
+    // No load at all: any valid plan balances. Only a split layer needs
+    // one (the base plan on zeros).
+    ly.fresh_max = 0.0;
+    ly.cand_bal = 1.0;
+    ly.fresh.assign(ol, ol + P);  // scored by the reuse test next call
+    if (ly.split) {
+      std::fill(scaled_.begin(), scaled_.end(), 0);
+      planner_.PlanLayer(s, base, Migration::kNone, scaled_.data(), nullptr, ly.fresh.data(),
+                         target_cnt_.data());
+      Layer::Cand& c = next_cand();
+      RelabelFresh(s, ly.fresh.data(), ol, c.pl.data());
+      finish_cand(c);
+    }
+    return;
+  }
+  const double scale = 1125899906842624.0 / total;  // 2^50 / total: sums stay < 2^53
+  for (int32_t e = 0; e < E; ++e) scaled_[e] = static_cast<int64_t>(w[e] * scale);  // >= 0: floor
+  planner_.PlanLayer(s, base, Migration::kNone, scaled_.data(), nullptr, ly.fresh.data(),
+                     target_cnt_.data());
+  const double tmax = MaxLoad(s, w, ly.fresh.data());
+  ly.fresh_max = tmax;
+  ly.cand_bal = tmax > 0.0 ? ly.mean / tmax : 1.0;
+  Layer::Cand& fresh = next_cand();
+  RelabelFresh(s, ly.fresh.data(), ol, fresh.pl.data());
+  fresh.max = tmax;  // relabelling keeps every rank's load
+  fresh.holdings = LayerNewHoldings(s, fresh.pl.data(), ol);
+  if (o.sticky_slack < 0.0 || ly.split) return;
+  PrepareSticky(s, w, gnode_.data(), target_cnt_.data());
+  Layer::Cand& tight = next_cand();
+  StickyPlan(s, ol, tmax, true, tight.pl.data(), &tight.max, &tight.holdings);
+  Layer::Cand& loose = next_cand();
+  StickyPlan(s, ol, tmax * (1.0 + o.sticky_slack), false, loose.pl.data(), &loose.max,
+             &loose.holdings);
 }
 
 ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const int64_t* load,
@@ -618,6 +767,18 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
   slots_per_rank_ = P / N;
   ranks_per_node_ = hier_ ? N / s.num_nodes : N;
   experts_per_group_ = hier_ ? E / s.num_groups : E;
+  // Rank and node of each slot, group of each expert: the inner loops read
+  // these instead of dividing (integer divisions in the per-slot loops of
+  // the relabelling and the packings were a tenth of a call).
+  slot_rank_.resize(P);
+  slot_node_.resize(P);
+  for (int32_t r = 0, p = 0; r < N; ++r)
+    for (int32_t k = 0; k < slots_per_rank_; ++k, ++p) {
+      slot_rank_[p] = r;
+      slot_node_[p] = hier_ ? r / ranks_per_node_ : 0;
+    }
+  exp_group_.resize(E);
+  for (int32_t e = 0; e < E; ++e) exp_group_[e] = hier_ ? e / experts_per_group_ : 0;
   const int32_t G = hier_ ? s.num_groups : 1;
 
   // The cache holds for one shape and one candidate construction.
@@ -667,7 +828,7 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
       ly.held.assign(static_cast<size_t>(N) * E, 0);
       ly.old_held.assign(static_cast<size_t>(N) * E, 0);
       for (int32_t p = 0; p < P; ++p) {
-        const size_t idx = static_cast<size_t>(p / slots_per_rank_) * E + ol[p];
+        const size_t idx = static_cast<size_t>(slot_rank_[p]) * E + ol[p];
         ++ly.held[idx];
         ly.old_held[idx] = 1;
       }
@@ -683,21 +844,24 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
 
     // Reuse the cached candidates while they were built from this placement
     // and the fresh plan still balances the forecast within the tolerance;
-    // re-score them on the forecast. Otherwise rebuild them.
-    bool reuse = o.refresh_tolerance >= 0.0 && ly.cache_valid && !ly.split &&
+    // re-score them on the forecast. Otherwise rebuild them. A layer that
+    // splits a group, and every layer of a warm-up, always rebuilds: it
+    // takes the fresh plan, which must be the current forecast's.
+    const bool forced = ly.split || o.max_moved_fraction >= 1.0;
+    bool reuse = o.refresh_tolerance >= 0.0 && ly.cache_valid && !forced &&
                  std::equal(ol, ol + P, ly.cand_base.begin());
-    if (reuse && ly.cand_has_target) {
-      ly.target_max = MaxLoad(s, w, ly.target.data());
-      const double bal = ly.target_max > 0.0 ? ly.mean / ly.target_max : 1.0;
+    if (reuse) {
+      ly.fresh_max = MaxLoad(s, w, ly.fresh.data());
+      const double bal = ly.fresh_max > 0.0 ? ly.mean / ly.fresh_max : 1.0;
       reuse = !(bal < ly.cand_bal - o.refresh_tolerance);
     }
     if (reuse) {
-      if (ly.cand_has_sticky) ly.sticky_max = MaxLoad(s, w, ly.sticky.data());
+      for (int32_t k = 0; k < ly.num_cands; ++k)
+        ly.cands[k].max = MaxLoad(s, w, ly.cands[k].pl.data());
     } else {
-      BuildCandidates(s, base, o.sticky_slack, l, w, total, ol);
+      BuildCandidates(s, base, o, l, w, total, ol);
     }
-    ly.target_valid = ly.cand_has_target;
-    ly.sticky_valid = ly.cand_has_sticky;
+    for (int32_t k = 0; k < ly.num_cands; ++k) ly.cands[k].valid = true;
   }
   res.predicted_before = before / L;
 
@@ -706,11 +870,11 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
     Layer& ly = layers_[l];
     if (single_moves_) {
       for (int32_t p = 0; p < P; ++p) {
-        const int32_t r = p / slots_per_rank_;
+        const int32_t r = slot_rank_[p];
         --ly.held[static_cast<size_t>(r) * E + ly.slots[p]];
       }
       for (int32_t p = 0; p < P; ++p) {
-        const int32_t r = p / slots_per_rank_;
+        const int32_t r = slot_rank_[p];
         ++ly.held[static_cast<size_t>(r) * E + tgt[p]];
       }
     }
@@ -718,24 +882,18 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
     ly.new_holdings = holdings;
     Rebuild(s, ly, estimate + static_cast<size_t>(l) * E);
   };
-  auto take_target = [&](int32_t l) {
+  auto take_cand = [&](int32_t l, int32_t k) {
     Layer& ly = layers_[l];
-    do_switch(l, ly.target.data(), ly.target_new_holdings);
-    ly.target_valid = false;  // taken
-    ly.sticky_valid = false;
-  };
-  auto take_sticky = [&](int32_t l) {
-    Layer& ly = layers_[l];
-    do_switch(l, ly.sticky.data(), ly.sticky_new_holdings);
-    ly.sticky_valid = false;  // taken; the fresh plan stays a candidate
+    do_switch(l, ly.cands[k].pl.data(), ly.cands[k].holdings);
+    ly.cands[k].valid = false;  // taken
   };
 
   // Forced: a layer that splits a group over nodes cannot be improved by
   // moves that keep groups whole; it takes the fresh plan.
   for (int32_t l = 0; l < L; ++l) {
     if (!layers_[l].split) continue;
-    EPLB_ASSERT(layers_[l].target_valid);
-    take_target(l);
+    EPLB_ASSERT(layers_[l].num_cands > 0);
+    take_cand(l, 0);  // the fresh plan
     res.forced_holdings += layers_[l].new_holdings;
     ++res.forced_layers;
   }
@@ -745,8 +903,8 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
   if (o.max_moved_fraction >= 1.0) {
     for (int32_t l = 0; l < L; ++l) {
       Layer& ly = layers_[l];
-      if (ly.target_valid && ly.target_max < ly.max_load) {
-        take_target(l);
+      if (ly.num_cands > 0 && ly.cands[0].valid && ly.cands[0].max < ly.max_load) {
+        take_cand(l, 0);  // the fresh plan
         ++res.switched_layers;
       }
     }
@@ -776,15 +934,20 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
     // The threshold is per unit of churn (new holdings / (L * P)), so it
     // means the same for every shape.
     if (ly.ratio * (static_cast<double>(L) * P) < o.min_gain_per_churn) break;
-    if (spent + ly.cost > res.budget) continue;  // does not fit: layer done
+    if (spent + ly.cost > res.budget) {
+      // Does not fit: re-queue the layer with its best move that fits what
+      // is left, if any (terminates: this happens only after spending).
+      if (BestMove(s, ly, estimate + static_cast<size_t>(l) * E, totals_[l], res.budget - spent) >
+          0.0) {
+        heap_.push_back({ly.ratio, -l});
+        std::push_heap(heap_.begin(), heap_.end());
+      }
+      continue;
+    }
     const double* w = estimate + static_cast<size_t>(l) * E;
     const int64_t layer_before = ly.new_holdings;
-    if (ly.kind >= 2) {
-      if (ly.kind == 2) {
-        take_target(l);
-      } else {
-        take_sticky(l);
-      }
+    if (ly.kind == 2) {
+      take_cand(l, ly.cand);
       ++res.switched_layers;
     } else {
       for (int32_t k = 0; k < ly.num_edits; ++k) {
@@ -833,10 +996,8 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
       if (!std::equal(ly.slots.begin(), ly.slots.end(), old + static_cast<size_t>(l) * P)) {
         ly.cache_valid = !ly.split;
         ly.cand_base = ly.slots;
-        ly.target = ly.slots;
-        ly.cand_has_target = true;
-        ly.cand_has_sticky = false;
-        ly.target_new_holdings = 0;
+        ly.fresh = ly.slots;
+        ly.num_cands = 0;
         ly.cand_bal = ly.max_load > 0.0 ? ly.mean / ly.max_load : 1.0;
       }
     }

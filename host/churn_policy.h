@@ -7,28 +7,45 @@
 // Replanning from scratch on the last window chases noise (the next window
 // is as balanced as with a frozen placement) and moves most slots. This
 // policy (1) plans on a long, exponentially weighted memory of the load (the
-// caller keeps it with UpdateLoadEstimate), (2) improves the current
-// placement by single moves chosen by predicted balancedness gain per newly
-// held (rank, expert) pair, under a per-call budget, with a whole-layer
-// switch to a fresh plan (relabelled onto the current placement) as one more
-// candidate move, and (3) keeps the old placement when the total predicted
-// gain is below a threshold.
+// caller keeps it with UpdateLoadEstimate or the adaptive forecast below),
+// (2) gives every layer a few candidate placements that start from the
+// current one, (3) spends a per-call budget of new holdings on them across
+// all layers globally, in order of predicted balancedness gain per newly held
+// (rank, expert) pair, and (4) keeps the old placement when the total
+// predicted gain is below a threshold.
 //
-// Moves, per layer, on the forecast w[e] (rank load = sum over its slots of
-// w[e] / count[e]; the layer's objective is its max rank load, since the mean
-// is fixed):
+// Candidates of a layer, on the forecast w[e] (rank load = sum over its slots
+// of w[e] / count[e]; the layer's objective is its max rank load, since the
+// mean is fixed), all from the fresh plan of the base policy on w (its
+// replica counts, its group -> node map, its max load T):
+//   fresh   the fresh plan relabelled onto the current placement (nodes,
+//           then ranks within a node, by exact maximum assignment of the
+//           (rank, expert) pairs they share; a kept expert keeps its slot);
+//   tight   a sticky packing at cap T: replicas largest first, each stays on
+//           a rank that holds its expert while that rank stays <= T, else
+//           goes at once to the least loaded rank of its node. Near the fresh
+//           plan's balance at a fraction of its new holdings (on synthetic
+//           drift ~0.02 less balanced on the forecast at a third or less of
+//           the fresh plan's new holdings):
+//           the candidate that makes a third of a replan's churn enough;
+//   loose   a sticky packing at cap (1 + sticky_slack) T whose displaced
+//           replicas are packed after all kept ones: the fewest new holdings.
+// A layer may take several in one call (e.g. loose, then fresh), each
+// charged its new holdings beyond those already taken. Optional single-slot
+// moves (swap / shed / replicate, off by default) are one more candidate set:
 //   swap       a slot of the most loaded rank exchanges its expert with a slot
 //              of another rank;
 //   shed       a slot of the most loaded rank holding an expert with >= 2
 //              replicas is given to another expert;
 //   replicate  a slot of another rank holding an expert with >= 2 replicas is
-//              given to an expert of the most loaded rank;
-//   switch     the layer adopts the fresh plan of the base policy on the
-//              forecast (migration FULL onto the current placement).
+//              given to an expert of the most loaded rank.
 // Hierarchical shapes keep every group on one node: swaps stay inside a node,
 // a new replica goes to a rank of its group's node, and a layer whose old
 // placement splits a group over nodes (e.g. the initial placement) is
 // switched to the fresh plan unconditionally ("forced", outside the budget).
+// Cost: per layer whose candidates are (re)built, one plan of the base
+// policy plus a relabelling and two packings of P replicas, all O(P) but
+// the assignments (O(R^3) per node for R ranks per node).
 //
 // Determinism: float64 in a fixed order, candidates scanned in a fixed order
 // with strict comparisons (first found wins), layers ordered by (ratio,
@@ -39,6 +56,7 @@
 #include <utility>
 #include <vector>
 
+#include "assignment.h"
 #include "planner.h"
 
 namespace eplb {
@@ -66,19 +84,18 @@ struct ChurnOptions {
   // less robust to the next window than the planner's packing) and cost
   // 30-100x the plan time.
   bool single_moves = false;
-  // Sticky candidate: the fresh plan's replica counts (and group -> node
-  // map) packed so that a replica stays on a rank that already holds its
-  // expert whenever that rank stays under (1 + sticky_slack) * the fresh
-  // plan's max load; the rest is packed largest first onto the least loaded
-  // rank. Negative disables it. >= -1. 0.1: the forecast's error exceeds
-  // 10%, and on the shared trace 0.1 gained over 0.02 at less churn.
+  // Sticky candidates (tight and loose, see above): the loose one's cap is
+  // (1 + sticky_slack) * the fresh plan's max load. Negative disables both
+  // (the fresh plan is the only candidate). In [-1, 10]. 0.1: the
+  // forecast's error exceeds 10%, and on the shared trace 0.1 gained over
+  // 0.02 at less churn.
   double sticky_slack = 0.1;
   // Candidate reuse across calls of one ChurnPlanner (C++ only; the C API
   // plans every call from scratch): a layer's candidates are rebuilt only
   // when its placement changed other than by this planner's own output, or
   // when the cached fresh plan's balancedness on the current forecast fell
   // more than this below its value when built. Why: building candidates
-  // (the base planner with relabelling, a sticky packing) is the whole cost
+  // (a fresh plan, its relabelling, two sticky packings) is the whole cost
   // of a call, and on a slowly moving forecast the cached plan is as good as
   // a fresh one within this tolerance. The reuse depends on the call
   // history, which is the same on every rank that makes the same calls.
@@ -162,18 +179,31 @@ class ChurnPlanner {
 
  private:
   struct Layer;
-  double BestMove(const PlanShape& shape, Layer& ly, const double* w, double total);
+  // max_cost: moves with more new holdings than this are not considered.
+  double BestMove(const PlanShape& shape, Layer& ly, const double* w, double total,
+                  int64_t max_cost = INT64_MAX);
   void ApplyMove(const PlanShape& shape, Layer& ly, const double* w);
   void Rebuild(const PlanShape& shape, Layer& ly, const double* w);
-  void StickyPlan(const PlanShape& shape, const double* w, const int32_t* old, const int32_t* gnode,
-                  const int32_t* tcnt, double cap, int32_t* out);
+  void IndexOld(const PlanShape& shape, const int32_t* old);
+  void PrepareSticky(const PlanShape& shape, const double* w, const int32_t* gnode,
+                     const int32_t* tcnt);
+  void StickyPlan(const PlanShape& shape, const int32_t* old, double cap, bool inline_leftover,
+                  int32_t* out, double* max_load, int64_t* new_holdings);
+  void RelabelFresh(const PlanShape& shape, const int32_t* fresh, const int32_t* old, int32_t* out);
 
   int64_t LayerNewHoldings(const PlanShape& shape, const int32_t* pl, const int32_t* old_layer);
   double MaxLoad(const PlanShape& shape, const double* w, const int32_t* placement);
-  void BuildCandidates(const PlanShape& shape, Policy base, double sticky_slack, int32_t layer,
-                       const double* w, double total, const int32_t* old_layer);
+  void BuildCandidates(const PlanShape& shape, Policy base, const ChurnOptions& options,
+                       int32_t layer, const double* w, double total, const int32_t* old_layer);
 
   Planner planner_;
+  AssignmentSolver assign_;
+  std::vector<int64_t> overlap_;
+  std::vector<int32_t> node_perm_, rank_perm_, perm_scratch_;
+  std::vector<int32_t> old_start_, old_slots_, cursor_, kept_slot_;
+  std::vector<uint8_t> slot_used_;
+  std::vector<int32_t> slot_rank_, slot_node_, exp_group_, run_;
+  std::vector<uint64_t> sort_a_, sort_b_;
   std::vector<Layer> layers_;
   PlanShape cache_shape_;  // shape and sticky_slack the cached candidates were built for
   double cache_slack_ = 0.0;
@@ -182,10 +212,9 @@ class ChurnPlanner {
   std::vector<int64_t> scaled_;
   std::vector<std::pair<double, int32_t>> heap_;
   std::vector<int32_t> target_cnt_, score_cnt_;
-  std::vector<std::pair<double, int32_t>> items_, expert_items_;
+  std::vector<std::pair<double, int32_t>> items_;
   std::vector<int32_t> node_lo_;
-  std::vector<int32_t> leftover_, free_, assign_rank_, gnode_, mark_, rank_items_;
-  std::vector<int16_t> avail_;
+  std::vector<int32_t> leftover_, free_, assign_rank_, gnode_;
   std::vector<double> pack_load_;
   std::vector<int32_t> order_, holders_start_, holders_, stamp_;
   int32_t stamp_value_ = 0;
