@@ -194,9 +194,13 @@ EPLB_API eplbStatus_t eplbPlanEvaluate(const eplbPlanConfig_t* config, const int
 /* EPLB_CHURN_SECTION_BEGIN */
 /* Options of EPLB_POLICY_CHURN_AWARE. The policy starts from h_old_phy2log
  * (required), forecasts the next window from h_load_estimate and moves only
- * what pays: per layer it may switch to the fresh base-policy plan on the
- * forecast (relabelled onto the old placement), chosen in order of predicted
- * balancedness gain per new (layer, rank, expert) holding, under a budget;
+ * what pays: per layer it builds, from the fresh base-policy plan on the
+ * forecast, three candidate placements: that plan relabelled onto the old
+ * placement, and two sticky packings of its replica counts that keep
+ * replicas on ranks already holding them (tight: up to the fresh plan's max
+ * rank load; loose: up to (1 + sticky_slack) times it). It takes them across
+ * all layers in order of predicted balancedness gain per new (layer, rank,
+ * expert) holding, under a budget;
  * it keeps the old placement when the total predicted gain is below
  * min_gain (eplbPlanInfo_t.skipped = 1). A hierarchical layer whose old
  * placement splits a group over nodes is always replanned (outside the
@@ -224,11 +228,11 @@ struct eplbChurnOptions {
   double min_gain_per_churn;
   /* 1: also try single-slot moves (slower; measured less robust). Default 0. */
   int32_t single_moves;
-  /* Sticky candidate: the fresh plan's replica counts packed so that a
-   * replica stays on a rank already holding its expert while the rank stays
-   * under (1 + sticky_slack) * the fresh plan's max load; < 0 disables it;
-   * in [-1, 10]. Default 0.1 (the forecast's error is larger than that, and
-   * the looser cap keeps more holdings). Absent (older struct_size): 0.1. */
+  /* Cap of the loose sticky candidate: (1 + sticky_slack) x the fresh
+   * plan's max rank load; < 0 disables both sticky candidates (the relabelled
+   * fresh plan only); in [-1, 10]. Default 0.1 (the forecast's error is
+   * larger than that, and the looser cap keeps more holdings). Absent (older
+   * struct_size): 0.1. */
   double sticky_slack;
 };
 
