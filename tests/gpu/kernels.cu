@@ -194,6 +194,34 @@ TEST(RouteCount, Adversarial) {
   CheckRoute(std::vector<int64_t>(8 * 9, 3), 9, 8, t, false, 0, true);
 }
 
+// Broken tables (counts of 0 or above R+1, slots -1 or >= P inside an
+// expert's count, counts summing to more than P) on the rank path, the
+// sub-block path and the hash path (which then cannot stage the table in
+// shared memory and reads it from global memory): never an address, always
+// the reference's answer.
+TEST(RouteCount, BrokenTablesMatchReference) {
+  EPLB_REQUIRE_GPUS(1);
+  std::mt19937_64 rng(14);
+  for (int variant = 0; variant < 2; ++variant) {
+    SCOPED_TRACE(variant);
+    Table t = RandomTable(rng, 64, 80);
+    const int32_t R1 = t.P - t.E + 1;
+    t.logcnt[3] = 0;
+    t.logcnt[5] = R1 + 2;
+    t.log2phy[static_cast<size_t>(7) * R1] = -1;
+    t.log2phy[static_cast<size_t>(9) * R1] = t.P + 3;
+    if (variant == 1)  // counts summing to more than P: no compact staging
+      for (int32_t e = 10; e < 40; ++e) t.logcnt[e] = R1;
+    auto ids = ZipfIds(rng, size_t{1} << 22, t.E, 0.3);
+    CheckRoute(ids, (1 << 22) / 8, 8, t, false, -1, true);  // hash path
+    ids.resize(4096 * 8);
+    CheckRoute(ids, 4096, 8, t, true, -1, true);  // sub-blocks
+    ids.resize(70000 * 8);
+    for (size_t i = 4096 * 8; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(rng() % 64);
+    CheckRoute(ids, 70000, 8, t, false, 65000, true);  // many segments
+  }
+}
+
 TEST(RouteCount, RealTrace) {
   EPLB_REQUIRE_GPUS(1);
   EPLB_REQUIRE_DATA_PATH(dir, "traces/deepseek-v2-lite/topk");
