@@ -6,7 +6,6 @@
 // replica depends on the data only, never on thread timing.
 #include <cuda_runtime.h>
 
-#include "eplb/eplb.h"
 #include "eplb/eplb_device.cuh"
 #include "launch.cuh"
 
@@ -225,72 +224,19 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
                     const int32_t* __restrict__ logcnt, int32_t num_e, int32_t num_p,
                     int32_t max_rep, const int32_t* d_record, int32_t* __restrict__ out,
                     int32_t* load_pass, unsigned long long* d_invalid) {
-  // Shared: [P] slot histogram, [E] logcnt, [E] row offsets, [P] the
-  // log2phy rows compacted (expert e's c slots at s_slots[s_off[e]]): a
-  // random gather from 2 KB of shared memory instead of from the 34 KB
-  // global table through L1, which was the kernel's limit.
-  extern __shared__ int32_t s_hist[];
+  extern __shared__ int32_t s_hist[];  // [P], then logcnt [E]
   int32_t* s_cnt = s_hist + num_p;
-  int32_t* s_off = s_cnt + num_e;
-  int32_t* s_slots = s_off + num_e;
   __shared__ unsigned long long s_invalid;
-  __shared__ int32_t s_warp_total[kHashThreads / 32];
   const uint32_t n_valid = static_cast<uint32_t>(ValidItems(num_tokens, d_num_tokens, top_k));
   const bool record = (d_record == nullptr) || (*d_record != 0);
   for (int p = threadIdx.x; p < num_p; p += blockDim.x) s_hist[p] = 0;
-  // Exclusive scan of the usable counts (1..max_rep; others 0: EplbItemKey
-  // rejects their items): thread t owns experts [kPer*t, kPer*t + kPer).
-  constexpr int kPer = (EPLB_MAX_LOGICAL_EXPERTS + kHashThreads - 1) / kHashThreads;
-  int32_t c_own[kPer];
-  int32_t own = 0;
-#pragma unroll
-  for (int k = 0; k < kPer; ++k) {
-    const int e = kPer * threadIdx.x + k;
-    const int32_t c = e < num_e ? logcnt[e] : 0;
-    if (e < num_e) s_cnt[e] = c;
-    c_own[k] = (c >= 1 && c <= max_rep) ? c : 0;
-    own += c_own[k];
-  }
-  const int lane = threadIdx.x & 31;
-  int32_t incl = own;
-  for (int o = 1; o < 32; o <<= 1) {
-    const int32_t v = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += v;
-  }
-  if (lane == 31) s_warp_total[threadIdx.x >> 5] = incl;
+  for (int e = threadIdx.x; e < num_e; e += blockDim.x) s_cnt[e] = logcnt[e];
   if (threadIdx.x == 0) s_invalid = 0;
-  __syncthreads();
-  int32_t before = incl - own, total = 0;
-  for (int w = 0; w < kHashThreads / 32; ++w) {
-    if (w < static_cast<int>(threadIdx.x >> 5)) before += s_warp_total[w];
-    total += s_warp_total[w];
-  }
-  const bool compact = total <= num_p;  // a consistent table sums to P
-  if (compact) {
-#pragma unroll
-    for (int k = 0; k < kPer; ++k) {
-      const int e = kPer * threadIdx.x + k;
-      if (e < num_e) s_off[e] = before;
-      for (int j = 0; j < c_own[k]; ++j) s_slots[before + j] = log2phy[e * max_rep + j];
-      before += c_own[k];
-    }
-  }
   __syncthreads();
   uint32_t invalid = 0;
   auto route = [&](uint32_t i, int64_t id) {
     const int32_t key = i < n_valid ? EplbItemKey(id, num_e, s_cnt, max_rep) : -1;
-    const uint32_t hash = EplbItemHash(i);
-    int32_t slot;
-    if (compact) {
-      // The same choice as EplbHashedSlot, read from the staged rows.
-      const int32_t k = key >= 0 ? key : 0;
-      const uint32_t c = key >= 0 ? static_cast<uint32_t>(s_cnt[k]) : 1u;
-      const int32_t v =
-          key >= 0 ? s_slots[s_off[k] + static_cast<int32_t>(EplbHashedReplica(hash, c))] : -1;
-      slot = (v >= 0 && v < num_p) ? v : -1;
-    } else {
-      slot = EplbHashedSlot(key, hash, log2phy, s_cnt, max_rep, num_p);
-    }
+    const int32_t slot = EplbHashedSlot(key, EplbItemHash(i), log2phy, s_cnt, max_rep, num_p);
     if (i < n_valid) {
       if (slot < 0) {
         ++invalid;
@@ -414,7 +360,7 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     if (blocks > needed) blocks = needed;
     if (blocks < 1) blocks = 1;
     const size_t hsmem =
-        sizeof(int32_t) * static_cast<size_t>(2 * num_physical_experts + 2 * num_logical_experts);
+        sizeof(int32_t) * static_cast<size_t>(num_physical_experts + num_logical_experts);
     if (ids64) {
       RouteHashKernel<int64_t><<<static_cast<int>(blocks), kHashThreads, hsmem, stream>>>(
           static_cast<const int64_t*>(topk_logical), static_cast<uint32_t>(cap), num_tokens,
