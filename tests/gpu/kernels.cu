@@ -196,9 +196,8 @@ TEST(RouteCount, Adversarial) {
 
 // Broken tables (counts of 0 or above R+1, slots -1 or >= P inside an
 // expert's count, counts summing to more than P) on the rank path, the
-// sub-block path and the hash path (which then cannot stage the table in
-// shared memory and reads it from global memory): never an address, always
-// the reference's answer.
+// sub-block path and the hash path: never an address, always the
+// reference's answer.
 TEST(RouteCount, BrokenTablesMatchReference) {
   EPLB_REQUIRE_GPUS(1);
   std::mt19937_64 rng(14);
