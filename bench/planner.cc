@@ -3,6 +3,14 @@
 // FULL migration; its phases (replication, packing, log2phy, migration); and
 // the largest limit shape without log2phy. Absolute times (there is no C++
 // reference implementation to compare against in this repository).
+//
+// Paths: by default the fastest the CPU has (AVX-512VL packing kernel, else
+// AVX2); EPLB_PLANNER_NO_AVX512=1 forces the AVX2 kernel and
+// EPLB_PLANNER_NO_AVX2=1 the portable code. All give the same plans.
+// Phases of BM_Dsv3_Plan/no_old_all_outputs: replication (BM_Dsv3_Replicate),
+// packing (ReplicateAndPack minus Replicate: the per-node sort of the replica
+// loads, then the greedy steps), log2phy (Plan writes it layer by layer; its
+// 2 MB of stores are bound by cache bandwidth) and load validation.
 #include <benchmark/benchmark.h>
 
 #include <random>

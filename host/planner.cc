@@ -170,11 +170,14 @@ __attribute__((target("avx2"))) void SortDescAvx2(const double* it, int32_t n, i
   }
   for (int32_t i = 0; i < n; ++i) sorted[rank[i]] = static_cast<uint32_t>(key[i]) ^ 0x80000000u;
   for (int32_t t = 0; t < n; ++t) ord[t] = static_cast<int32_t>(sorted[t] & 127u);
-  // Runs of equal truncated keys: most neighbours differ, so first find the
-  // ties branch-free, then walk only the runs.
-  uint32_t nties = 0;
-  for (int32_t t = 1; t < n; ++t) nties += ((sorted[t] ^ sorted[t - 1]) >> 7) == 0;
-  if (nties == 0) return;
+  // Runs of equal truncated keys are already in index order, which is the
+  // exact order unless a run mixes different loads; then two of its
+  // neighbours differ. Exact ties (the copies of a replicated expert) are
+  // common, mixed runs rare, so first test for them branch-free.
+  uint32_t mixed = 0;
+  for (int32_t t = 1; t < n; ++t)
+    mixed += (((sorted[t] ^ sorted[t - 1]) >> 7) == 0) & (it[ord[t]] != it[ord[t - 1]]);
+  if (mixed == 0) return;
   for (int32_t t0 = 0; t0 < n;) {
     int32_t t1 = t0 + 1;
     while (t1 < n && ((sorted[t1] ^ sorted[t0]) >> 7) == 0) ++t1;
@@ -188,6 +191,27 @@ __attribute__((target("avx2"))) void SortDescAvx2(const double* it, int32_t n, i
       ord[b] = x;
     }
     t0 = t1;
+  }
+}
+
+// Node n's items [rpn] (and their experts) in stable descending order into
+// lane n of sit / sexp ([rpn][kFastLanes]); lanes n >= M get +0.0 items.
+__attribute__((target("avx2"))) void GatherSorted(const double* items, const int32_t* rep_expert,
+                                                  int32_t M, int32_t rpn, double* sit,
+                                                  int32_t* sexp) {
+  int32_t ord[kFastItems];
+  for (int32_t n = 0; n < kFastLanes; ++n) {
+    if (n < M) {
+      const double* it = items + n * rpn;
+      const int32_t* re = rep_expert + n * rpn;
+      SortDescAvx2(it, rpn, ord);
+      for (int32_t t = 0; t < rpn; ++t) {
+        sit[t * kFastLanes + n] = it[ord[t]];
+        sexp[t * kFastLanes + n] = re[ord[t]];
+      }
+    } else {
+      for (int32_t t = 0; t < rpn; ++t) sit[t * kFastLanes + n] = 0.0;
+    }
   }
 }
 
@@ -206,20 +230,7 @@ __attribute__((target("avx2"))) void PackNodesAvx2(const double* items, const in
   alignas(32) double sit[kFastItems * kFastLanes];
   alignas(32) int64_t slot[kFastItems * kFastLanes];
   int32_t sexp[kFastItems * kFastLanes];
-  int32_t ord[kFastItems];
-  for (int32_t n = 0; n < kFastLanes; ++n) {
-    if (n < M) {
-      const double* it = items + n * rpn;
-      const int32_t* re = rep_expert + n * rpn;
-      SortDescAvx2(it, rpn, ord);
-      for (int32_t t = 0; t < rpn; ++t) {
-        sit[t * kFastLanes + n] = it[ord[t]];
-        sexp[t * kFastLanes + n] = re[ord[t]];
-      }
-    } else {
-      for (int32_t t = 0; t < rpn; ++t) sit[t * kFastLanes + n] = 0.0;
-    }
-  }
+  GatherSorted(items, rep_expert, M, rpn, sit, sexp);
   const __m256d inf = _mm256_set1_pd(std::numeric_limits<double>::infinity());
   // pl[k] is pack k's load while it has room and +inf once full: only the key
   // of a full pack matters (it is never chosen again), and the +0.0 that the
@@ -253,6 +264,86 @@ __attribute__((target("avx2"))) void PackNodesAvx2(const double* items, const in
           _mm256_cmpeq_epi64(so[k], _mm256_load_si256(reinterpret_cast<const __m256i*>(end[k])));
       pl[k] = _mm256_blendv_pd(_mm256_add_pd(pl[k], _mm256_and_pd(oh, item)), inf,
                                _mm256_castsi256_pd(full));
+    }
+    _mm256_store_si256(reinterpret_cast<__m256i*>(slot + t * kFastLanes), s);
+  }
+  for (int32_t n = 0; n < M; ++n) {
+    int32_t* out = phy2log + n * rpn;
+    for (int32_t t = 0; t < rpn; ++t) out[slot[t * kFastLanes + n]] = sexp[t * kFastLanes + n];
+  }
+}
+// Whether the AVX-512VL packing kernel runs: the AVX2 path is on, the CPU has
+// AVX-512F and AVX-512VL, and EPLB_PLANNER_NO_AVX512 is unset or 0 (=1 keeps
+// the AVX2 kernel, so that both stay testable on one machine).
+bool CpuHasAvx512() {
+  static const bool has = [] {
+    const char* off = std::getenv("EPLB_PLANNER_NO_AVX512");
+    if (off != nullptr && off[0] != '\0' && off[0] != '0') return false;
+    return CpuHasAvx2() && __builtin_cpu_supports("avx512f") != 0 &&
+           __builtin_cpu_supports("avx512vl") != 0;
+  }();
+  return has;
+}
+
+// PackNodesAvx2 with AVX-512VL mask registers (same lanes, arguments and
+// result). The pack is chosen by a tournament on (key, pack index): the
+// higher-index side wins a pair only when its key is strictly smaller, so the
+// winner is the lowest index of the minimum key, the serial scan's choice.
+// Only the chosen pack's lane is updated (a masked add: the same single
+// float64 addition as the scalar code); its key turns +inf once it is full.
+// The state (8 loads, 8 slot counters) stays in the 32 vector registers.
+__attribute__((target("avx2,avx512f,avx512vl"))) void PackNodesAvx512(const double* items,
+                                                                      const int32_t* rep_expert,
+                                                                      int32_t M, int32_t rpn,
+                                                                      int32_t m, int32_t cap,
+                                                                      int32_t* phy2log) {
+  alignas(32) double sit[kFastItems * kFastLanes];
+  alignas(32) int64_t slot[kFastItems * kFastLanes];
+  int32_t sexp[kFastItems * kFastLanes];
+  GatherSorted(items, rep_expert, M, rpn, sit, sexp);
+  const __m256d inf = _mm256_set1_pd(std::numeric_limits<double>::infinity());
+  const __m256i one = _mm256_set1_epi64x(1);
+  __m256d pl[kFastPacks];
+  __m256i so[kFastPacks];
+  for (int32_t k = 0; k < kFastPacks; ++k) {
+    // pl: load while the pack has room, +inf once full (packs k >= m start
+    // full); so: next slot (k * cap + items in the pack).
+    pl[k] = k < m ? _mm256_setzero_pd() : inf;
+    so[k] = _mm256_set1_epi64x(static_cast<int64_t>(k) * cap);
+  }
+  const __m256i c0 = _mm256_set1_epi64x(0), c1 = _mm256_set1_epi64x(1), c2 = _mm256_set1_epi64x(2),
+                c3 = _mm256_set1_epi64x(3), c4 = _mm256_set1_epi64x(4), c5 = _mm256_set1_epi64x(5),
+                c6 = _mm256_set1_epi64x(6), c7 = _mm256_set1_epi64x(7);
+  for (int32_t t = 0; t < rpn; ++t) {
+    const __m256d item = _mm256_load_pd(sit + t * kFastLanes);
+    const __mmask8 l01 = _mm256_cmp_pd_mask(pl[1], pl[0], _CMP_LT_OQ);
+    const __mmask8 l23 = _mm256_cmp_pd_mask(pl[3], pl[2], _CMP_LT_OQ);
+    const __mmask8 l45 = _mm256_cmp_pd_mask(pl[5], pl[4], _CMP_LT_OQ);
+    const __mmask8 l67 = _mm256_cmp_pd_mask(pl[7], pl[6], _CMP_LT_OQ);
+    const __m256d v01 = _mm256_mask_blend_pd(l01, pl[0], pl[1]);
+    const __m256d v23 = _mm256_mask_blend_pd(l23, pl[2], pl[3]);
+    const __m256d v45 = _mm256_mask_blend_pd(l45, pl[4], pl[5]);
+    const __m256d v67 = _mm256_mask_blend_pd(l67, pl[6], pl[7]);
+    const __m256i i01 = _mm256_mask_blend_epi64(l01, c0, c1);
+    const __m256i i23 = _mm256_mask_blend_epi64(l23, c2, c3);
+    const __m256i i45 = _mm256_mask_blend_epi64(l45, c4, c5);
+    const __m256i i67 = _mm256_mask_blend_epi64(l67, c6, c7);
+    const __mmask8 l03 = _mm256_cmp_pd_mask(v23, v01, _CMP_LT_OQ);
+    const __mmask8 l47 = _mm256_cmp_pd_mask(v67, v45, _CMP_LT_OQ);
+    const __m256d v03 = _mm256_mask_blend_pd(l03, v01, v23);
+    const __m256d v47 = _mm256_mask_blend_pd(l47, v45, v67);
+    const __m256i i03 = _mm256_mask_blend_epi64(l03, i01, i23);
+    const __m256i i47 = _mm256_mask_blend_epi64(l47, i45, i67);
+    const __mmask8 l07 = _mm256_cmp_pd_mask(v47, v03, _CMP_LT_OQ);
+    const __m256i idx = _mm256_mask_blend_epi64(l07, i03, i47);
+    __m256i s = _mm256_setzero_si256();
+    for (int32_t k = 0; k < kFastPacks; ++k) {
+      const __mmask8 oh = _mm256_cmpeq_epi64_mask(idx, _mm256_set1_epi64x(k));
+      s = _mm256_mask_mov_epi64(s, oh, so[k]);
+      so[k] = _mm256_mask_add_epi64(so[k], oh, so[k], one);
+      const __mmask8 full = _mm256_mask_cmpeq_epi64_mask(
+          oh, so[k], _mm256_set1_epi64x(static_cast<int64_t>(k + 1) * cap));
+      pl[k] = _mm256_mask_mov_pd(_mm256_mask_add_pd(pl[k], oh, pl[k], item), full, inf);
     }
     _mm256_store_si256(reinterpret_cast<__m256i*>(slot + t * kFastLanes), s);
   }
@@ -344,6 +435,16 @@ void ValidateLoads(const PlanShape& s, const int64_t* load) {
   const int32_t E = s.num_logical_experts;
   for (int32_t l = 0; l < s.num_layers; ++l) {
     const int64_t* w = load + static_cast<size_t>(l) * E;
+    // Fast check first (branch-free, vectorizes): a load outside [0, 2^53)
+    // has a bit >= 53 set (a negative one the sign bit). Only a failing
+    // layer takes the element-wise loop below, which names the first bad
+    // entry exactly as before.
+    uint64_t bits = 0, sum = 0;  // when the bits pass, sum < 1024 * 2^53: exact
+    for (int32_t e = 0; e < E; ++e) {
+      bits |= static_cast<uint64_t>(w[e]);
+      sum += static_cast<uint64_t>(w[e]);
+    }
+    if ((bits >> 53) == 0 && sum < static_cast<uint64_t>(kMaxLoad)) continue;
     int64_t total = 0;  // < 1024 * 2^53 < 2^63: no overflow
     for (int32_t e = 0; e < E; ++e) {
       EPLB_CHECK_ARG(w[e] >= 0 && w[e] < kMaxLoad, "h_load[%d][%d] = %lld is outside [0, 2^53)", l,
@@ -462,6 +563,7 @@ struct Planner::Scratch {
   // Replication.
   std::vector<int32_t> node_group, node_expert, rep_expert, rep_pos, cnt, rheap;
   std::vector<double> cur_load;
+  std::vector<int64_t> node_w;
 
   // Migration.
   std::vector<int32_t> hold_head, hold_gpu, hold_node, hold_cnt, hold_next, newcnt, first, nxt, out,
@@ -491,6 +593,7 @@ struct Planner::Scratch {
     Grow(cnt, E);
     Grow(rheap, E);
     Grow(cur_load, E);
+    Grow(node_w, E);
   }
 
   void ReserveMigration(const PlanShape& s) {
@@ -575,6 +678,12 @@ struct Planner::Scratch {
     for (int32_t i = 0; i < n; ++i) key[i] = (DescKey(it[i]) & ~low) | static_cast<uint64_t>(i);
     SortKeys(key, key + n, n);
     for (int32_t t = 0; t < n; ++t) ord[t] = static_cast<int32_t>(key[t] & low);
+    // As in SortDescAvx2: only a run of equal truncated keys that mixes
+    // different loads needs the exact re-sort.
+    uint32_t mixed = 0;
+    for (int32_t t = 1; t < n; ++t)
+      mixed += (((key[t] ^ key[t - 1]) & ~low) == 0) & (it[ord[t]] != it[ord[t - 1]]);
+    if (mixed == 0) return;
     for (int32_t t0 = 0; t0 < n;) {
       int32_t t1 = t0 + 1;
       while (t1 < n && (key[t1] & ~low) == (key[t0] & ~low)) ++t1;
@@ -746,26 +855,34 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
       // experts strictly ahead of it and is no candidate; only the experts
       // with w >= T (usually a few more than `red`) go through the
       // (branchy) insertion below. Both passes here are branch-free.
+      // The node's loads, contiguous in node position order (its positions
+      // are whole groups), so the passes below index them directly.
+      int64_t* wl = s.node_w.data();
+      for (int32_t j = 0; j < gpn; ++j)
+        std::memcpy(wl + j * epg, load + node_group[n * gpn + j] * epg,
+                    sizeof(int64_t) * static_cast<size_t>(epg));
+      // Any split into `red` nonempty blocks gives a valid bound; this one
+      // needs no division per block.
+      const int32_t bq = red > 0 ? epn / red : 0, br = red > 0 ? epn % red : 0;
       int64_t thr = kMaxLoad;
-      for (int32_t b = 0; b < red; ++b) {
-        const int32_t lo = static_cast<int32_t>(static_cast<int64_t>(b) * epn / red);
-        const int32_t hi = static_cast<int32_t>(static_cast<int64_t>(b + 1) * epn / red);
+      for (int32_t b = 0, i = 0; b < red; ++b) {
+        const int32_t end = i + bq + (b < br);
         int64_t mx = -1;
-        for (int32_t i = lo; i < hi; ++i) mx = std::max(mx, load[ne[i]]);
+        for (; i < end; ++i) mx = std::max(mx, wl[i]);
         thr = std::min(thr, mx);
       }
       int32_t* sel = s.rheap.data();  // positions with w >= thr, ascending
       int32_t ns = 0;
       for (int32_t i = 0; i < epn; ++i) {
         sel[ns] = i;
-        ns += load[ne[i]] >= thr;
+        ns += wl[i] >= thr;
       }
       uint64_t top[kCandidateLimit];
       int32_t nt = 0;
       for (int32_t si = 0; si < ns; ++si) {
         const int32_t i = sel[si];
         const uint64_t k =
-            (static_cast<uint64_t>(kMaxLoad - 1 - load[ne[i]]) << 11) | static_cast<uint64_t>(i);
+            (static_cast<uint64_t>(kMaxLoad - 1 - wl[i]) << 11) | static_cast<uint64_t>(i);
         if (nt == red && k >= top[red - 1]) continue;
         int32_t b = nt < red ? nt++ : red - 1;
         while (b > 0 && top[b - 1] > k) {
@@ -780,11 +897,17 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
       double* cl = lockstep ? cl_all[n] : cl_one;
       for (int32_t c = 0; c < red; ++c) cand[c] = static_cast<int32_t>(top[c] & 2047);
       std::sort(cand, cand + red);
-      for (int32_t c = 0; c < red; ++c) cl[c] = static_cast<double>(load[ne[cand[c]]]);  // w / 1
+      for (int32_t c = 0; c < red; ++c) cl[c] = static_cast<double>(wl[cand[c]]);  // w / 1
       if (lockstep) continue;
       for (int32_t t = 0; t < red; ++t) {
         int32_t bc = 0;
-        for (int32_t c = 1; c < red; ++c) bc = cl[c] > cl[bc] ? c : bc;
+        double bv = cl[0];  // the first maximum: strict '>' keeps the earliest
+        for (int32_t c = 1; c < red; ++c) {
+          const double v = cl[c];
+          const bool g = v > bv;
+          bv = g ? v : bv;
+          bc = g ? c : bc;
+        }
         const int32_t best = cand[bc];
         const int32_t e = ne[best];
         const int32_t ce = ++cnt[e];
@@ -830,7 +953,13 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
         const int32_t* cand = cand_all[n];
         double* cl = cl_all[n];
         int32_t bc = 0;
-        for (int32_t c = 1; c < red; ++c) bc = cl[c] > cl[bc] ? c : bc;
+        double bv = cl[0];  // the first maximum: strict '>' keeps the earliest
+        for (int32_t c = 1; c < red; ++c) {
+          const double v = cl[c];
+          const bool g = v > bv;
+          bv = g ? v : bv;
+          bc = g ? c : bc;
+        }
         const int32_t best = cand[bc];
         const int32_t e = node_expert[n * epn + best];
         const int32_t ce = ++cnt[e];
@@ -847,25 +976,31 @@ void Planner::PackLayer(int32_t* phy2log) {
   Scratch& s = *s_;
   const int32_t* cnt = s.cnt.data();
   // 3. Replicas onto the node's GPUs; replica load = w / final count.
-  // Each expert's replica load w / count is computed once (for count 1 the
-  // conversion alone: w / 1 == w exactly) and copied to its added replicas,
-  // which share the same value. Node n's items live at [n * rpn, (n+1) * rpn).
+  // An expert of count 1 has load w (w / 1 == w exactly); an added replica
+  // and its expert's original (at node position rp) both get w / count, the
+  // same single division for each (branch-free: only the experts that got
+  // replicas divide). Node n's items live at [n * rpn, (n+1) * rpn).
   double* items = s.items.data();
+  const int64_t* load = s.load;
   for (int32_t n = 0; n < s.M; ++n) {
     const int32_t* re = s.rep_expert.data() + n * s.rpn;
     const int32_t* rp = s.rep_pos.data() + n * s.rpn;
     double* it = items + n * s.rpn;
-    for (int32_t j = 0; j < s.epn; ++j) {
+    for (int32_t j = 0; j < s.epn; ++j) it[j] = static_cast<double>(load[re[j]]);
+    for (int32_t j = s.epn; j < s.rpn; ++j) {
       const int32_t e = re[j];
-      const double w = static_cast<double>(s.load[e]);
-      it[j] = cnt[e] == 1 ? w : w / cnt[e];
+      const double v = static_cast<double>(load[e]) / cnt[e];
+      it[rp[j]] = v;
+      it[j] = v;
     }
-    for (int32_t j = s.epn; j < s.rpn; ++j) it[j] = it[rp[j]];
   }
   const int32_t cap = s.spg;
 #if defined(EPLB_PLANNER_X86_DISPATCH)
   if (cap > 1 && s.bs <= kFastPacks && s.M <= kFastLanes && s.rpn <= kFastItems && CpuHasAvx2()) {
-    PackNodesAvx2(items, s.rep_expert.data(), s.M, s.rpn, s.bs, cap, phy2log);
+    if (CpuHasAvx512())
+      PackNodesAvx512(items, s.rep_expert.data(), s.M, s.rpn, s.bs, cap, phy2log);
+    else
+      PackNodesAvx2(items, s.rep_expert.data(), s.M, s.rpn, s.bs, cap, phy2log);
     return;
   }
 #endif
@@ -1188,14 +1323,20 @@ PlanResult Planner::Plan(const PlanShape& shape, Policy policy, Migration migrat
   EPLB_CHECK_ARG(logcnt != nullptr, "logcnt is NULL");
   const size_t E = static_cast<size_t>(shape.num_logical_experts);
   const size_t P = static_cast<size_t>(shape.num_physical_experts);
+  // log2phy is written layer by layer, right after the layer is planned: the
+  // stores (2 MB for the DeepSeek-V3 shape, bound by cache bandwidth) then
+  // drain while the next layer computes.
+  PlanShape one = shape;
+  one.num_layers = 1;
+  const size_t W = P - E + 1;
   int64_t moved = 0;
   for (int32_t l = 0; l < shape.num_layers; ++l) {
     const size_t ul = static_cast<size_t>(l);
     moved += PlanLayer(shape, p, migration, load + ul * E,
                        old_phy2log != nullptr ? old_phy2log + ul * P : nullptr, phy2log + ul * P,
                        logcnt + ul * E);
+    if (log2phy != nullptr) BuildLog2Phy(one, phy2log + ul * P, log2phy + ul * E * W);
   }
-  if (log2phy != nullptr) BuildLog2Phy(shape, phy2log, log2phy);
   PlanResult r;
   r.policy = p;
   r.moved_slots = old_phy2log != nullptr ? moved : -1;
