@@ -10,16 +10,22 @@
 //   BM_ChurnSequence/c     a fresh ChurnPlanner through all 28 calls
 //                          (first call cold); c = 1: refresh_tolerance -1
 //                          (no candidate reuse)
-//   BM_ChurnColdCall       the first call of a fresh planner alone
-//   BM_ChurnWarmCalls      calls 2..28 (the cold call untimed)
+//   BM_ChurnColdCall/threads:t   the first call of a fresh planner alone
+//   BM_ChurnWarmCalls/threads:t  calls 2..28 (the cold call untimed)
+// t: threads building the layers' candidates (ChurnPlanner::set_threads;
+// 0 = the default, DefaultHostThreads(): EPLB_HOST_THREADS or min(4,
+// hardware threads); the counter `threads` shows it). The sequences use
+// the default. More threads than cores only adds thread starts.
 // items_per_second counts policy calls: the time per call is its inverse;
 // compare it with the reference's of the same run (the machine may be
-// loaded).
+// loaded). Wall time (UseRealTime): the CPU time is the calling thread's
+// only, which understates a call that runs on several threads.
 #include <benchmark/benchmark.h>
 
 #include <vector>
 
 #include "churn_policy.h"
+#include "parallel.h"
 #include "planner.h"
 #include "replay.h"
 
@@ -99,7 +105,7 @@ void BM_ReferenceSequence(benchmark::State& st) {
   }
   st.SetItemsProcessed(static_cast<int64_t>(st.iterations() * (f.calls())));
 }
-BENCHMARK(BM_ReferenceSequence)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ReferenceSequence)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 void BM_ChurnSequence(benchmark::State& st) {
   Fixture& f = F();
@@ -120,31 +126,48 @@ void BM_ChurnSequence(benchmark::State& st) {
   // Layers whose candidates were built, per call (of 58).
   st.counters["built_per_call"] = static_cast<double>(built) / f.calls();
 }
-BENCHMARK(BM_ChurnSequence)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ChurnSequence)->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+int32_t ThreadsArg(benchmark::State& st) {
+  const int32_t t = static_cast<int32_t>(st.range(0));
+  st.counters["threads"] = t > 0 ? t : eplb::DefaultHostThreads();
+  return t;
+}
 
 void BM_ChurnColdCall(benchmark::State& st) {
   Fixture& f = F();
   eplb::ChurnOptions o;
   std::vector<int32_t> cur, next(f.start.size()), cnt(f.window[0].size());
   int64_t holdings = 0;
+  const int32_t threads = ThreadsArg(st);
   for (auto _ : st) {
     eplb::ChurnPlanner planner;
+    planner.set_threads(threads);
     cur = f.start;
     RunCalls(f, planner, o, 0, 1, cur, next, cnt, &holdings);
     benchmark::DoNotOptimize(cur.data());
   }
   st.SetItemsProcessed(static_cast<int64_t>(st.iterations() * (1)));
 }
-BENCHMARK(BM_ChurnColdCall)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ChurnColdCall)
+    ->ArgName("threads")
+    ->Arg(1)
+    ->Arg(2)
+    ->Arg(4)
+    ->Arg(0)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 void BM_ChurnWarmCalls(benchmark::State& st) {
   Fixture& f = F();
   eplb::ChurnOptions o;
   std::vector<int32_t> cur, next(f.start.size()), cnt(f.window[0].size());
   int64_t holdings = 0;
+  const int32_t threads = ThreadsArg(st);
   for (auto _ : st) {
     st.PauseTiming();
     eplb::ChurnPlanner planner;
+    planner.set_threads(threads);
     cur = f.start;
     RunCalls(f, planner, o, 0, 1, cur, next, cnt, &holdings);
     st.ResumeTiming();
@@ -153,7 +176,14 @@ void BM_ChurnWarmCalls(benchmark::State& st) {
   }
   st.SetItemsProcessed(static_cast<int64_t>(st.iterations() * (f.calls() - 1)));
 }
-BENCHMARK(BM_ChurnWarmCalls)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ChurnWarmCalls)
+    ->ArgName("threads")
+    ->Arg(1)
+    ->Arg(2)
+    ->Arg(4)
+    ->Arg(0)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

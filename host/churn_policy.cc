@@ -5,10 +5,12 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <queue>
 #include <utility>
 
 #include "error.h"
+#include "parallel.h"
 
 namespace eplb {
 
@@ -16,6 +18,9 @@ namespace {
 // Ratio given to a move that gains balance without a new holding (it undoes
 // an earlier move of this call or is a local copy): taken before any other.
 constexpr double kFreeRatio = 1e300;
+// Fewest layers a candidate-building thread takes: a layer whose candidates
+// are rebuilt costs ~50 us, a thread start ~20-50 us.
+constexpr int32_t kMinLayersPerThread = 4;
 }  // namespace
 
 struct ChurnPlanner::Layer {
@@ -62,10 +67,36 @@ struct ChurnPlanner::Layer {
   bool cache_valid = false;
   double cand_bal = 0.0;
   std::vector<int32_t> cand_base;
+  bool built = false;  // candidates (re)built this call
+};
+
+// Scratch of one candidate-building thread: the base policy's planner (not
+// thread safe), the assignment solver and the per-layer temporaries of the
+// relabelling and the packings. No result depends on what a Work held
+// before (every buffer is sized and filled before it is read).
+struct ChurnPlanner::Work {
+  Planner planner;
+  AssignmentSolver assign;
+  std::vector<int64_t> overlap, scaled;
+  std::vector<int32_t> node_perm, rank_perm, perm_scratch;
+  std::vector<int32_t> old_start, old_slots, cursor, kept_slot;
+  std::vector<uint8_t> slot_used;
+  std::vector<int32_t> run, target_cnt, score_cnt, node_lo;
+  std::vector<uint64_t> sort_a, sort_b;
+  std::vector<std::pair<double, int32_t>> items;
+  std::vector<int32_t> leftover, free, assign_rank, gnode;
+  std::vector<double> pack_load;
+  std::vector<int32_t> holding_stamp;
+  int32_t holding_epoch = 0;
 };
 
 ChurnPlanner::ChurnPlanner() = default;
 ChurnPlanner::~ChurnPlanner() = default;
+
+void ChurnPlanner::set_threads(int32_t n) {
+  EPLB_CHECK_ARG(n >= 0, "churn planner threads (%d) must be >= 0", n);
+  threads_ = n;
+}
 
 void ValidateChurnOptions(const PlanShape& shape, const ChurnOptions& o) {
   EPLB_CHECK_ARG(std::isfinite(o.max_moved_fraction) && o.max_moved_fraction >= 0.0 &&
@@ -179,7 +210,7 @@ void ForecastFromState(int32_t L, int32_t E, const ForecastConfig& c, const doub
 }
 
 // Recomputes counts, rank loads (slot order), max, groups' nodes from slots.
-void ChurnPlanner::Rebuild(const PlanShape& s, Layer& ly, const double* w) {
+void ChurnPlanner::Rebuild(const PlanShape& s, Layer& ly, const double* w) const {
   const int32_t E = s.num_logical_experts, P = s.num_physical_experts, N = s.num_ranks;
   std::fill(ly.cnt.begin(), ly.cnt.end(), 0);
   for (int32_t p = 0; p < P; ++p) ++ly.cnt[ly.slots[p]];
@@ -208,17 +239,17 @@ void ChurnPlanner::Rebuild(const PlanShape& s, Layer& ly, const double* w) {
   }
 }
 
-// The layer's old placement `old` as lists: old_slots_ holds, for each
-// expert, the old slots holding it (ascending), from old_start_[e]. Shared
+// The layer's old placement `old` as lists: wk.old_slots holds, for each
+// expert, the old slots holding it (ascending), from wk.old_start[e]. Shared
 // by the relabelling and the sticky packings of one layer.
-void ChurnPlanner::IndexOld(const PlanShape& s, const int32_t* old) {
+void ChurnPlanner::IndexOld(Work& wk, const PlanShape& s, const int32_t* old) const {
   const int32_t E = s.num_logical_experts, P = s.num_physical_experts;
-  old_start_.assign(static_cast<size_t>(E) + 1, 0);
-  for (int32_t p = 0; p < P; ++p) ++old_start_[old[p] + 1];
-  for (int32_t e = 0; e < E; ++e) old_start_[e + 1] += old_start_[e];
-  cursor_.assign(old_start_.begin(), old_start_.end() - 1);
-  old_slots_.resize(P);
-  for (int32_t p = 0; p < P; ++p) old_slots_[cursor_[old[p]]++] = p;
+  wk.old_start.assign(static_cast<size_t>(E) + 1, 0);
+  for (int32_t p = 0; p < P; ++p) ++wk.old_start[old[p] + 1];
+  for (int32_t e = 0; e < E; ++e) wk.old_start[e + 1] += wk.old_start[e];
+  wk.cursor.assign(wk.old_start.begin(), wk.old_start.end() - 1);
+  wk.old_slots.resize(P);
+  for (int32_t p = 0; p < P; ++p) wk.old_slots[wk.cursor[old[p]]++] = p;
 }
 
 // The replicas to pack (counts tcnt, group g on node gnode[g] when
@@ -228,42 +259,43 @@ void ChurnPlanner::IndexOld(const PlanShape& s, const int32_t* old) {
 // mispredicted branches cost about as much as a packing. Keys equal in
 // their high 32 bits (relative difference < 2^-20) count as ties; the order
 // is still a fixed function of the inputs.
-void ChurnPlanner::PrepareSticky(const PlanShape& s, const double* w, const int32_t* gnode,
-                                 const int32_t* tcnt) {
+void ChurnPlanner::PrepareSticky(Work& wk, const PlanShape& s, const double* w,
+                                 const int32_t* gnode, const int32_t* tcnt) const {
   const int32_t E = s.num_logical_experts;
   const int32_t R = ranks_per_node_;
-  sort_a_.clear();
+  wk.sort_a.clear();
   for (int32_t e = 0; e < E; ++e) {
     if (tcnt[e] <= 0) continue;
     const double x = w[e] / tcnt[e];
     uint64_t bits;
     std::memcpy(&bits, &x, sizeof bits);
     const uint32_t key = ~static_cast<uint32_t>(bits >> 32);  // descending
-    sort_a_.push_back((static_cast<uint64_t>(key) << 32) | static_cast<uint32_t>(e));
+    wk.sort_a.push_back((static_cast<uint64_t>(key) << 32) | static_cast<uint32_t>(e));
   }
-  sort_b_.resize(sort_a_.size());
-  const size_t n = sort_a_.size();
+  wk.sort_b.resize(wk.sort_a.size());
+  const size_t n = wk.sort_a.size();
   for (int32_t pass = 0; pass < 4 && n > 0; ++pass) {
     const int32_t shift = 32 + 8 * pass;
     size_t count[257] = {0};
-    for (size_t i = 0; i < n; ++i) ++count[((sort_a_[i] >> shift) & 0xff) + 1];
-    if (count[((sort_a_[0] >> shift) & 0xff) + 1] == n) continue;  // one digit: no-op pass
+    for (size_t i = 0; i < n; ++i) ++count[((wk.sort_a[i] >> shift) & 0xff) + 1];
+    if (count[((wk.sort_a[0] >> shift) & 0xff) + 1] == n) continue;  // one digit: no-op pass
     for (int32_t d = 0; d < 256; ++d) count[d + 1] += count[d];
-    for (size_t i = 0; i < n; ++i) sort_b_[count[(sort_a_[i] >> shift) & 0xff]++] = sort_a_[i];
-    sort_a_.swap(sort_b_);
+    for (size_t i = 0; i < n; ++i)
+      wk.sort_b[count[(wk.sort_a[i] >> shift) & 0xff]++] = wk.sort_a[i];
+    wk.sort_a.swap(wk.sort_b);
   }
-  items_.clear();
+  wk.items.clear();
   for (size_t i = 0; i < n; ++i) {
-    const int32_t e = static_cast<int32_t>(sort_a_[i] & 0xffffffffu);
+    const int32_t e = static_cast<int32_t>(wk.sort_a[i] & 0xffffffffu);
     const double x = w[e] / tcnt[e];
-    for (int32_t k = 0; k < tcnt[e]; ++k) items_.push_back({x, e});
+    for (int32_t k = 0; k < tcnt[e]; ++k) wk.items.push_back({x, e});
   }
   // First rank of each expert's node (hierarchical), without a division per
   // replica.
-  node_lo_.assign(E, 0);
+  wk.node_lo.assign(E, 0);
   if (hier_)
     for (int32_t g = 0, e = 0; e < E; ++g)
-      for (int32_t k = 0; k < experts_per_group_; ++k, ++e) node_lo_[e] = gnode[g] * R;
+      for (int32_t k = 0; k < experts_per_group_; ++k, ++e) wk.node_lo[e] = gnode[g] * R;
 }
 
 // Packs the prepared replicas (largest first) keeping a replica on a rank
@@ -275,18 +307,18 @@ void ChurnPlanner::PrepareSticky(const PlanShape& s, const double* w, const int3
 // land on top of them (on synthetic drift, deferred packings at the fresh
 // plan's max balanced ~0.08 worse). Kept replicas keep their old slot; the
 // others fill the freed slots of their rank in packing order. Writes out[P].
-void ChurnPlanner::StickyPlan(const PlanShape& s, const int32_t* old, double cap,
+void ChurnPlanner::StickyPlan(Work& wk, const PlanShape& s, const int32_t* old, double cap,
                               bool inline_leftover, int32_t* out, double* max_load,
-                              int64_t* new_holdings) {
+                              int64_t* new_holdings) const {
   const int32_t P = s.num_physical_experts, N = s.num_ranks;
   const int32_t S = slots_per_rank_;
   const int32_t span = hier_ ? ranks_per_node_ : N;
-  pack_load_.assign(N, 0.0);
-  free_.assign(N, S);
-  slot_used_.assign(P, 0);
-  assign_rank_.resize(items_.size());
-  kept_slot_.resize(items_.size());
-  leftover_.clear();
+  wk.pack_load.assign(N, 0.0);
+  wk.free.assign(N, S);
+  wk.slot_used.assign(P, 0);
+  wk.assign_rank.resize(wk.items.size());
+  wk.kept_slot.resize(wk.items.size());
+  wk.leftover.clear();
   // Least loaded rank of [lo, lo + span) with a free slot, lowest on ties
   // (written without data-dependent branches: the loads are unpredictable).
   const double kFull = std::numeric_limits<double>::infinity();
@@ -294,7 +326,7 @@ void ChurnPlanner::StickyPlan(const PlanShape& s, const int32_t* old, double cap
     int32_t best = -1;
     double best_load = kFull;
     for (int32_t r = lo; r < lo + span; ++r) {
-      const double v = free_[r] != 0 ? pack_load_[r] : kFull;
+      const double v = wk.free[r] != 0 ? wk.pack_load[r] : kFull;
       const bool better = v < best_load;
       best = better ? r : best;
       best_load = better ? v : best_load;
@@ -302,80 +334,80 @@ void ChurnPlanner::StickyPlan(const PlanShape& s, const int32_t* old, double cap
     EPLB_ASSERT(best >= 0);  // a node's slots equal its groups' replicas
     return best;
   };
-  for (size_t k = 0; k < items_.size(); ++k) {
-    const int32_t e = items_[k].second;
-    const double x = items_[k].first;
-    const int32_t lo = node_lo_[e];
+  for (size_t k = 0; k < wk.items.size(); ++k) {
+    const int32_t e = wk.items[k].second;
+    const double x = wk.items[k].first;
+    const int32_t lo = wk.node_lo[e];
     // The old slots of e, ascending: the first unused one of each rank is
     // the candidate (ranks outside the node cannot keep it).
     int32_t best_slot = -1;
     double best_load = std::numeric_limits<double>::infinity();
-    for (int32_t i = old_start_[e]; i < old_start_[e + 1]; ++i) {
-      const int32_t p = old_slots_[i], r = slot_rank_[p];
-      const double v = pack_load_[r];
+    for (int32_t i = wk.old_start[e]; i < wk.old_start[e + 1]; ++i) {
+      const int32_t p = wk.old_slots[i], r = slot_rank_[p];
+      const double v = wk.pack_load[r];
       // Branch-free: whether a slot can keep its expert is unpredictable.
-      const bool ok = (slot_used_[p] == 0) &
+      const bool ok = (wk.slot_used[p] == 0) &
                       (static_cast<uint32_t>(r - lo) < static_cast<uint32_t>(span)) &
-                      (free_[r] != 0) & (v + x <= cap) & (v < best_load);
+                      (wk.free[r] != 0) & (v + x <= cap) & (v < best_load);
       best_slot = ok ? p : best_slot;
       best_load = ok ? v : best_load;
     }
     if (best_slot >= 0) {
       const int32_t r = slot_rank_[best_slot];
-      slot_used_[best_slot] = 1;
-      --free_[r];
-      pack_load_[r] += x;
-      assign_rank_[k] = r;
-      kept_slot_[k] = best_slot;
+      wk.slot_used[best_slot] = 1;
+      --wk.free[r];
+      wk.pack_load[r] += x;
+      wk.assign_rank[k] = r;
+      wk.kept_slot[k] = best_slot;
       continue;
     }
-    kept_slot_[k] = -1;
+    wk.kept_slot[k] = -1;
     if (!inline_leftover) {
-      leftover_.push_back(static_cast<int32_t>(k));
+      wk.leftover.push_back(static_cast<int32_t>(k));
       continue;
     }
     const int32_t r = least_free(lo);
-    --free_[r];
-    pack_load_[r] += x;
-    assign_rank_[k] = r;
+    --wk.free[r];
+    wk.pack_load[r] += x;
+    wk.assign_rank[k] = r;
   }
-  for (int32_t k : leftover_) {
-    const int32_t r = least_free(node_lo_[items_[k].second]);
-    --free_[r];
-    pack_load_[r] += items_[k].first;
-    assign_rank_[k] = r;
+  for (int32_t k : wk.leftover) {
+    const int32_t r = least_free(wk.node_lo[wk.items[k].second]);
+    --wk.free[r];
+    wk.pack_load[r] += wk.items[k].first;
+    wk.assign_rank[k] = r;
   }
-  for (int32_t p = 0; p < P; ++p) out[p] = slot_used_[p] ? old[p] : -1;
+  for (int32_t p = 0; p < P; ++p) out[p] = wk.slot_used[p] ? old[p] : -1;
   // Free slots of each rank in slot order, filled in packing order. A
   // replica that did not keep a slot is a new holding unless its rank held
   // the expert or took another replica of it (replicas of an expert are
-  // adjacent in items_: `run` lists the ranks of the current expert's).
-  cursor_.resize(N);
-  for (int32_t r = 0; r < N; ++r) cursor_[r] = r * S;
+  // adjacent in wk.items: `run` lists the ranks of the current expert's).
+  wk.cursor.resize(N);
+  for (int32_t r = 0; r < N; ++r) wk.cursor[r] = r * S;
   int64_t holdings = 0;
   int32_t run_expert = -1, run_len = 0;
-  run_.resize(P);
-  for (size_t k = 0; k < items_.size(); ++k) {
-    const int32_t e = items_[k].second, r = assign_rank_[k];
+  wk.run.resize(P);
+  for (size_t k = 0; k < wk.items.size(); ++k) {
+    const int32_t e = wk.items[k].second, r = wk.assign_rank[k];
     if (e != run_expert) {
       run_expert = e;
       run_len = 0;
     }
     bool seen = false;
-    for (int32_t i = 0; i < run_len && !seen; ++i) seen = run_[i] == r;
-    if (!seen) run_[run_len++] = r;
-    if (kept_slot_[k] >= 0) continue;
-    int32_t& c = cursor_[r];
+    for (int32_t i = 0; i < run_len && !seen; ++i) seen = wk.run[i] == r;
+    if (!seen) wk.run[run_len++] = r;
+    if (wk.kept_slot[k] >= 0) continue;
+    int32_t& c = wk.cursor[r];
     while (out[c] >= 0) ++c;
     out[c] = e;
     if (seen) continue;
     bool held = false;
-    for (int32_t i = old_start_[e]; i < old_start_[e + 1] && !held; ++i)
-      held = slot_rank_[old_slots_[i]] == r;
+    for (int32_t i = wk.old_start[e]; i < wk.old_start[e + 1] && !held; ++i)
+      held = slot_rank_[wk.old_slots[i]] == r;
     if (!held) ++holdings;
   }
   double mx = 0.0;
-  for (int32_t r = 0; r < N; ++r) mx = std::max(mx, pack_load_[r]);
+  for (int32_t r = 0; r < N; ++r) mx = std::max(mx, wk.pack_load[r]);
   *max_load = mx;
   *new_holdings = holdings;
 }
@@ -386,72 +418,72 @@ void ChurnPlanner::StickyPlan(const PlanShape& s, const int32_t* old, double cap
 // the old rank held keeps its old slot. The loads per rank are the fresh
 // plan's. Why not the planner's migration FULL: the same idea, but it also
 // fixes slot order by its own rules, and it was a quarter of a call. Writes
-// out[P]; gnode_ receives the relabelled group -> node map.
-void ChurnPlanner::RelabelFresh(const PlanShape& s, const int32_t* fr, const int32_t* old,
-                                int32_t* out) {
+// out[P]; wk.gnode receives the relabelled group -> node map.
+void ChurnPlanner::RelabelFresh(Work& wk, const PlanShape& s, const int32_t* fr, const int32_t* old,
+                                int32_t* out) const {
   const int32_t P = s.num_physical_experts, N = s.num_ranks, S = slots_per_rank_;
   const int32_t R = ranks_per_node_, M = hier_ ? s.num_nodes : 1;
   const int32_t G = hier_ ? s.num_groups : 1;
-  gnode_.assign(G, 0);
-  node_perm_.resize(M);
+  wk.gnode.assign(G, 0);
+  wk.node_perm.resize(M);
   if (hier_) {
-    for (int32_t p = 0; p < P; ++p) gnode_[exp_group_[fr[p]]] = slot_node_[p];
-    overlap_.assign(static_cast<size_t>(M) * M, 0);
+    for (int32_t p = 0; p < P; ++p) wk.gnode[exp_group_[fr[p]]] = slot_node_[p];
+    wk.overlap.assign(static_cast<size_t>(M) * M, 0);
     for (int32_t p = 0; p < P; ++p)
-      ++overlap_[static_cast<size_t>(gnode_[exp_group_[old[p]]]) * M + slot_node_[p]];
-    assign_.SolveMax(M, overlap_.data(), node_perm_.data());
-    for (int32_t g = 0; g < G; ++g) gnode_[g] = node_perm_[gnode_[g]];
+      ++wk.overlap[static_cast<size_t>(wk.gnode[exp_group_[old[p]]]) * M + slot_node_[p]];
+    wk.assign.SolveMax(M, wk.overlap.data(), wk.node_perm.data());
+    for (int32_t g = 0; g < G; ++g) wk.gnode[g] = wk.node_perm[wk.gnode[g]];
   } else {
-    node_perm_[0] = 0;
+    wk.node_perm[0] = 0;
   }
-  // Per fresh node a (now node node_perm_[a]): overlap of its ranks with the
+  // Per fresh node a (now node wk.node_perm[a]): overlap of its ranks with the
   // ranks of the target node, counted per slot of the fresh rank whose
   // expert the old rank holds.
-  rank_perm_.resize(N);
+  wk.rank_perm.resize(N);
   for (int32_t a = 0; a < M; ++a) {
-    const int32_t b = node_perm_[a];
-    overlap_.assign(static_cast<size_t>(R) * R, 0);
+    const int32_t b = wk.node_perm[a];
+    wk.overlap.assign(static_cast<size_t>(R) * R, 0);
     for (int32_t i = 0; i < R; ++i) {
       const int32_t fr_rank = a * R + i;
       for (int32_t p = fr_rank * S; p < (fr_rank + 1) * S; ++p) {
         const int32_t e = fr[p];
         int32_t last = -1;
-        for (int32_t k = old_start_[e]; k < old_start_[e + 1]; ++k) {
-          const int32_t r = slot_rank_[old_slots_[k]];
+        for (int32_t k = wk.old_start[e]; k < wk.old_start[e + 1]; ++k) {
+          const int32_t r = slot_rank_[wk.old_slots[k]];
           if (r == last || r < b * R || r >= (b + 1) * R) continue;
           last = r;
-          ++overlap_[static_cast<size_t>(i) * R + (r - b * R)];
+          ++wk.overlap[static_cast<size_t>(i) * R + (r - b * R)];
         }
       }
     }
-    perm_scratch_.resize(R);
-    assign_.SolveMax(R, overlap_.data(), perm_scratch_.data());
-    for (int32_t i = 0; i < R; ++i) rank_perm_[a * R + i] = b * R + perm_scratch_[i];
+    wk.perm_scratch.resize(R);
+    wk.assign.SolveMax(R, wk.overlap.data(), wk.perm_scratch.data());
+    for (int32_t i = 0; i < R; ++i) wk.rank_perm[a * R + i] = b * R + wk.perm_scratch[i];
   }
-  // Fresh rank f -> rank rank_perm_[f]: experts the old rank held keep a
+  // Fresh rank f -> rank wk.rank_perm[f]: experts the old rank held keep a
   // slot holding them; the rest fill the free slots in fresh slot order.
-  slot_used_.assign(P, 0);
-  kept_slot_.assign(P, 0);  // per fresh slot: its replica kept an old slot
+  wk.slot_used.assign(P, 0);
+  wk.kept_slot.assign(P, 0);  // per fresh slot: its replica kept an old slot
   for (int32_t p = 0; p < P; ++p) out[p] = -1;
   for (int32_t f = 0; f < N; ++f) {
-    const int32_t r = rank_perm_[f];
+    const int32_t r = wk.rank_perm[f];
     for (int32_t p = f * S; p < (f + 1) * S; ++p) {
       const int32_t e = fr[p];
-      for (int32_t k = old_start_[e]; k < old_start_[e + 1]; ++k) {
-        const int32_t q = old_slots_[k];
-        if (slot_rank_[q] != r || slot_used_[q]) continue;
-        slot_used_[q] = 1;
+      for (int32_t k = wk.old_start[e]; k < wk.old_start[e + 1]; ++k) {
+        const int32_t q = wk.old_slots[k];
+        if (slot_rank_[q] != r || wk.slot_used[q]) continue;
+        wk.slot_used[q] = 1;
         out[q] = e;
-        kept_slot_[p] = 1;
+        wk.kept_slot[p] = 1;
         break;
       }
     }
   }
   for (int32_t f = 0; f < N; ++f) {
-    const int32_t r = rank_perm_[f];
+    const int32_t r = wk.rank_perm[f];
     int32_t c = r * S;
     for (int32_t p = f * S; p < (f + 1) * S; ++p) {
-      if (kept_slot_[p]) continue;
+      if (wk.kept_slot[p]) continue;
       while (out[c] >= 0) ++c;
       out[c] = fr[p];
     }
@@ -497,7 +529,7 @@ double ChurnPlanner::BestMove(const PlanShape& s, Layer& ly, const double* w, do
         if (ly.held[static_cast<size_t>(r) * E + e] > 0) ++holders_start_[e + 1];
     for (int32_t e = 0; e < E; ++e) holders_start_[e + 1] += holders_start_[e];
     {
-      std::vector<int32_t>& fill = target_cnt_;  // reused as a cursor
+      std::vector<int32_t>& fill = holders_fill_;
       for (int32_t e = 0; e < E; ++e) fill[e] = holders_start_[e];
       for (int32_t r = 0; r < N; ++r)
         for (int32_t e = 0; e < E; ++e)
@@ -645,15 +677,16 @@ double ChurnPlanner::BestMove(const PlanShape& s, Layer& ly, const double* w, do
 }
 
 // Max rank load of placement pl [P] on w (counts from pl itself).
-double ChurnPlanner::MaxLoad(const PlanShape& s, const double* w, const int32_t* pl) {
+double ChurnPlanner::MaxLoad(Work& wk, const PlanShape& s, const double* w,
+                             const int32_t* pl) const {
   const int32_t E = s.num_logical_experts, P = s.num_physical_experts, N = s.num_ranks;
-  std::fill(score_cnt_.begin(), score_cnt_.begin() + E, 0);
-  for (int32_t p = 0; p < P; ++p) ++score_cnt_[pl[p]];
+  std::fill(wk.score_cnt.begin(), wk.score_cnt.begin() + E, 0);
+  for (int32_t p = 0; p < P; ++p) ++wk.score_cnt[pl[p]];
   double mx = 0.0;
   for (int32_t r = 0; r < N; ++r) {
     double acc = 0.0;
     for (int32_t p = r * slots_per_rank_; p < (r + 1) * slots_per_rank_; ++p)
-      acc += w[pl[p]] / score_cnt_[pl[p]];
+      acc += w[pl[p]] / wk.score_cnt[pl[p]];
     if (acc > mx) mx = acc;
   }
   return mx;
@@ -662,23 +695,24 @@ double ChurnPlanner::MaxLoad(const PlanShape& s, const double* w, const int32_t*
 // CountNewHoldings of one layer (pl, ol [P]) in O(P) with stamps: the
 // candidates are counted on every rebuild, and the quadratic per-rank scan
 // was 6% of a call.
-int64_t ChurnPlanner::LayerNewHoldings(const PlanShape& s, const int32_t* pl, const int32_t* ol) {
+int64_t ChurnPlanner::LayerNewHoldings(Work& wk, const PlanShape& s, const int32_t* pl,
+                                       const int32_t* ol) const {
   const int32_t E = s.num_logical_experts, N = s.num_ranks, S = slots_per_rank_;
-  if (holding_stamp_.size() != static_cast<size_t>(E)) {
-    holding_stamp_.assign(E, 0);
-    holding_epoch_ = 0;
+  if (wk.holding_stamp.size() != static_cast<size_t>(E)) {
+    wk.holding_stamp.assign(E, 0);
+    wk.holding_epoch = 0;
   }
   int64_t n = 0;
   for (int32_t r = 0; r < N; ++r) {
-    if (holding_epoch_ >= 0x7ffffff0) {
-      std::fill(holding_stamp_.begin(), holding_stamp_.end(), 0);
-      holding_epoch_ = 0;
+    if (wk.holding_epoch >= 0x7ffffff0) {
+      std::fill(wk.holding_stamp.begin(), wk.holding_stamp.end(), 0);
+      wk.holding_epoch = 0;
     }
     // old experts of r get `held`; a counted new expert gets `counted`.
-    const int32_t held = ++holding_epoch_, counted = ++holding_epoch_;
-    for (int32_t p = r * S; p < (r + 1) * S; ++p) holding_stamp_[ol[p]] = held;
+    const int32_t held = ++wk.holding_epoch, counted = ++wk.holding_epoch;
+    for (int32_t p = r * S; p < (r + 1) * S; ++p) wk.holding_stamp[ol[p]] = held;
     for (int32_t p = r * S; p < (r + 1) * S; ++p) {
-      int32_t& st = holding_stamp_[pl[p]];
+      int32_t& st = wk.holding_stamp[pl[p]];
       if (st != held && st != counted) {
         st = counted;
         ++n;
@@ -693,7 +727,7 @@ int64_t ChurnPlanner::LayerNewHoldings(const PlanShape& s, const int32_t* pl, co
 // onto ol, and two sticky packings of its replica counts and group -> node
 // map: inline at the fresh plan's max (near its balance at a fraction of its
 // churn) and deferred at (1 + sticky_slack) times it (fewest new holdings).
-void ChurnPlanner::BuildCandidates(const PlanShape& s, Policy base, const ChurnOptions& o,
+void ChurnPlanner::BuildCandidates(Work& wk, const PlanShape& s, Policy base, const ChurnOptions& o,
                                    int32_t l, const double* w, double total, const int32_t* ol) {
   Layer& ly = layers_[l];
   const int32_t E = s.num_logical_experts, P = s.num_physical_experts;
@@ -709,11 +743,11 @@ void ChurnPlanner::BuildCandidates(const PlanShape& s, Policy base, const ChurnO
     return c;
   };
   auto finish_cand = [&](Layer::Cand& c) {
-    c.max = MaxLoad(s, w, c.pl.data());
-    c.holdings = LayerNewHoldings(s, c.pl.data(), ol);
+    c.max = MaxLoad(wk, s, w, c.pl.data());
+    c.holdings = LayerNewHoldings(wk, s, c.pl.data(), ol);
   };
-  ++candidates_built_;
-  IndexOld(s, ol);
+  ly.built = true;
+  IndexOld(wk, s, ol);
   if (total <= 0.0) {
     // No load at all: any valid plan balances. Only a split layer needs
     // one (the base plan on zeros).
@@ -721,32 +755,32 @@ void ChurnPlanner::BuildCandidates(const PlanShape& s, Policy base, const ChurnO
     ly.cand_bal = 1.0;
     ly.fresh.assign(ol, ol + P);  // scored by the reuse test next call
     if (ly.split) {
-      std::fill(scaled_.begin(), scaled_.end(), 0);
-      planner_.PlanLayer(s, base, Migration::kNone, scaled_.data(), nullptr, ly.fresh.data(),
-                         target_cnt_.data());
+      std::fill(wk.scaled.begin(), wk.scaled.end(), 0);
+      wk.planner.PlanLayer(s, base, Migration::kNone, wk.scaled.data(), nullptr, ly.fresh.data(),
+                           wk.target_cnt.data());
       Layer::Cand& c = next_cand();
-      RelabelFresh(s, ly.fresh.data(), ol, c.pl.data());
+      RelabelFresh(wk, s, ly.fresh.data(), ol, c.pl.data());
       finish_cand(c);
     }
     return;
   }
   const double scale = 1125899906842624.0 / total;  // 2^50 / total: sums stay < 2^53
-  for (int32_t e = 0; e < E; ++e) scaled_[e] = static_cast<int64_t>(w[e] * scale);  // >= 0: floor
-  planner_.PlanLayer(s, base, Migration::kNone, scaled_.data(), nullptr, ly.fresh.data(),
-                     target_cnt_.data());
-  const double tmax = MaxLoad(s, w, ly.fresh.data());
+  for (int32_t e = 0; e < E; ++e) wk.scaled[e] = static_cast<int64_t>(w[e] * scale);  // >= 0: floor
+  wk.planner.PlanLayer(s, base, Migration::kNone, wk.scaled.data(), nullptr, ly.fresh.data(),
+                       wk.target_cnt.data());
+  const double tmax = MaxLoad(wk, s, w, ly.fresh.data());
   ly.fresh_max = tmax;
   ly.cand_bal = tmax > 0.0 ? ly.mean / tmax : 1.0;
   Layer::Cand& fresh = next_cand();
-  RelabelFresh(s, ly.fresh.data(), ol, fresh.pl.data());
+  RelabelFresh(wk, s, ly.fresh.data(), ol, fresh.pl.data());
   fresh.max = tmax;  // relabelling keeps every rank's load
-  fresh.holdings = LayerNewHoldings(s, fresh.pl.data(), ol);
+  fresh.holdings = LayerNewHoldings(wk, s, fresh.pl.data(), ol);
   if (o.sticky_slack < 0.0 || ly.split) return;
-  PrepareSticky(s, w, gnode_.data(), target_cnt_.data());
+  PrepareSticky(wk, s, w, wk.gnode.data(), wk.target_cnt.data());
   Layer::Cand& tight = next_cand();
-  StickyPlan(s, ol, tmax, true, tight.pl.data(), &tight.max, &tight.holdings);
+  StickyPlan(wk, s, ol, tmax, true, tight.pl.data(), &tight.max, &tight.holdings);
   Layer::Cand& loose = next_cand();
-  StickyPlan(s, ol, tmax * (1.0 + o.sticky_slack), false, loose.pl.data(), &loose.max,
+  StickyPlan(wk, s, ol, tmax * (1.0 + o.sticky_slack), false, loose.pl.data(), &loose.max,
              &loose.holdings);
 }
 
@@ -791,8 +825,6 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
     cache_shape_ = s;
     cache_slack_ = o.sticky_slack;
   }
-  candidates_built_ = 0;
-
   const size_t LE = static_cast<size_t>(L) * E;
   const double* estimate = o.load_estimate;
   if (estimate == nullptr) {
@@ -804,65 +836,92 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
   order_.resize(N);
   holders_start_.resize(E + 1);
   holders_.resize(static_cast<size_t>(P) + N);
+  holders_fill_.resize(E);
   if (stamp_.size() != static_cast<size_t>(N)) {
     stamp_.assign(N, 0);
     stamp_value_ = 0;
   }
-  scaled_.resize(E);
-  target_cnt_.resize(std::max(E, 1));
-  score_cnt_.resize(std::max(E, 1));
   totals_.resize(L);
+  before_.resize(L);
+
+  // Per-layer state and candidates: layers are independent, so they are
+  // split over threads, each with its own Work (planner and scratch) and
+  // writing only its layers' slots (layers_[l], totals_[l], before_[l]).
+  // Every value is computed by the same code from the same inputs whatever
+  // the thread count; the sums over layers below run serially in layer
+  // order, so results do not depend on it.
+  // No more Works than ParallelRanges can use (kMinLayersPerThread each).
+  const int32_t threads =
+      std::min(threads_ > 0 ? threads_ : DefaultHostThreads(),
+               std::max<int32_t>(1, (L + kMinLayersPerThread - 1) / kMinLayersPerThread));
+  while (work_.size() < static_cast<size_t>(threads)) work_.push_back(std::make_unique<Work>());
+  for (int32_t t = 0; t < threads; ++t) {
+    Work& wk = *work_[static_cast<size_t>(t)];
+    wk.scaled.resize(E);
+    wk.target_cnt.resize(std::max(E, 1));
+    wk.score_cnt.resize(std::max(E, 1));
+  }
+  ParallelRanges(L, threads, kMinLayersPerThread, [&](int32_t begin, int32_t end, int32_t t) {
+    Work& wk = *work_[static_cast<size_t>(t)];
+    for (int32_t l = begin; l < end; ++l) {
+      Layer& ly = layers_[l];
+      const double* w = estimate + static_cast<size_t>(l) * E;
+      const int32_t* ol = old + static_cast<size_t>(l) * P;
+      ly.built = false;
+      ly.slots.assign(ol, ol + P);
+      ly.cnt.resize(E);
+      ly.rank_load.resize(N);
+      ly.group_node.resize(G);
+      if (single_moves_) {
+        ly.held.assign(static_cast<size_t>(N) * E, 0);
+        ly.old_held.assign(static_cast<size_t>(N) * E, 0);
+        for (int32_t p = 0; p < P; ++p) {
+          const size_t idx = static_cast<size_t>(slot_rank_[p]) * E + ol[p];
+          ++ly.held[idx];
+          ly.old_held[idx] = 1;
+        }
+      }
+      ly.new_holdings = 0;
+      ly.moves = 0;
+      double total = 0.0;
+      for (int32_t e = 0; e < E; ++e) total += w[e];
+      totals_[l] = total;
+      ly.mean = total / N;
+      Rebuild(s, ly, w);
+      before_[l] = ly.max_load > 0.0 ? ly.mean / ly.max_load : 1.0;
+
+      // Reuse the cached candidates while they were built from this
+      // placement and the fresh plan still balances the forecast within the
+      // tolerance; re-score them on the forecast. Otherwise rebuild them. A
+      // layer that splits a group, and every layer of a warm-up, always
+      // rebuilds: it takes the fresh plan, which must be the current
+      // forecast's.
+      const bool forced = ly.split || o.max_moved_fraction >= 1.0;
+      bool reuse = o.refresh_tolerance >= 0.0 && ly.cache_valid && !forced &&
+                   std::equal(ol, ol + P, ly.cand_base.begin());
+      if (reuse) {
+        ly.fresh_max = MaxLoad(wk, s, w, ly.fresh.data());
+        const double bal = ly.fresh_max > 0.0 ? ly.mean / ly.fresh_max : 1.0;
+        reuse = !(bal < ly.cand_bal - o.refresh_tolerance);
+      }
+      if (reuse) {
+        for (int32_t k = 0; k < ly.num_cands; ++k)
+          ly.cands[k].max = MaxLoad(wk, s, w, ly.cands[k].pl.data());
+      } else {
+        BuildCandidates(wk, s, base, o, l, w, total, ol);
+      }
+      for (int32_t k = 0; k < ly.num_cands; ++k) ly.cands[k].valid = true;
+    }
+  });
+  double before = 0.0;
+  int32_t built = 0;
+  for (int32_t l = 0; l < L; ++l) {
+    before += before_[l];
+    built += layers_[l].built ? 1 : 0;
+  }
 
   ChurnResult res;
   res.budget = static_cast<int64_t>(std::floor(o.max_moved_fraction * L * P));
-  double before = 0.0;
-  for (int32_t l = 0; l < L; ++l) {
-    Layer& ly = layers_[l];
-    const double* w = estimate + static_cast<size_t>(l) * E;
-    const int32_t* ol = old + static_cast<size_t>(l) * P;
-    ly.slots.assign(ol, ol + P);
-    ly.cnt.resize(E);
-    ly.rank_load.resize(N);
-    ly.group_node.resize(G);
-    if (single_moves_) {
-      ly.held.assign(static_cast<size_t>(N) * E, 0);
-      ly.old_held.assign(static_cast<size_t>(N) * E, 0);
-      for (int32_t p = 0; p < P; ++p) {
-        const size_t idx = static_cast<size_t>(slot_rank_[p]) * E + ol[p];
-        ++ly.held[idx];
-        ly.old_held[idx] = 1;
-      }
-    }
-    ly.new_holdings = 0;
-    ly.moves = 0;
-    double total = 0.0;
-    for (int32_t e = 0; e < E; ++e) total += w[e];
-    totals_[l] = total;
-    ly.mean = total / N;
-    Rebuild(s, ly, w);
-    before += ly.max_load > 0.0 ? ly.mean / ly.max_load : 1.0;
-
-    // Reuse the cached candidates while they were built from this placement
-    // and the fresh plan still balances the forecast within the tolerance;
-    // re-score them on the forecast. Otherwise rebuild them. A layer that
-    // splits a group, and every layer of a warm-up, always rebuilds: it
-    // takes the fresh plan, which must be the current forecast's.
-    const bool forced = ly.split || o.max_moved_fraction >= 1.0;
-    bool reuse = o.refresh_tolerance >= 0.0 && ly.cache_valid && !forced &&
-                 std::equal(ol, ol + P, ly.cand_base.begin());
-    if (reuse) {
-      ly.fresh_max = MaxLoad(s, w, ly.fresh.data());
-      const double bal = ly.fresh_max > 0.0 ? ly.mean / ly.fresh_max : 1.0;
-      reuse = !(bal < ly.cand_bal - o.refresh_tolerance);
-    }
-    if (reuse) {
-      for (int32_t k = 0; k < ly.num_cands; ++k)
-        ly.cands[k].max = MaxLoad(s, w, ly.cands[k].pl.data());
-    } else {
-      BuildCandidates(s, base, o, l, w, total, ol);
-    }
-    for (int32_t k = 0; k < ly.num_cands; ++k) ly.cands[k].valid = true;
-  }
   res.predicted_before = before / L;
 
   // Adopts plan `tgt` (a candidate of layer l), holding `holdings`.
@@ -978,7 +1037,7 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
   }
   res.predicted_after = after / L;
   res.new_holdings = holdings;
-  res.candidates_built = candidates_built_;
+  res.candidates_built = built;
 
   if (res.forced_layers == 0 && res.predicted_after - res.predicted_before < o.min_gain) {
     res.skipped = true;

@@ -45,7 +45,8 @@
 // switched to the fresh plan unconditionally ("forced", outside the budget).
 // Cost: per layer whose candidates are (re)built, one plan of the base
 // policy plus a relabelling and two packings of P replicas, all O(P) but
-// the assignments (O(R^3) per node for R ranks per node).
+// the assignments (O(R^3) per node for R ranks per node). The layers'
+// candidates are built on several threads (ChurnPlanner::set_threads).
 //
 // Determinism: float64 in a fixed order, candidates scanned in a fixed order
 // with strict comparisons (first found wins), layers ordered by (ratio,
@@ -53,6 +54,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -172,54 +174,56 @@ class ChurnPlanner {
   // Plans from old_phy2log (required, valid) on the forecast. load [L][E] is
   // validated (ValidateLoads) and is the forecast when options has none.
   // Outputs phy2log [L][P], logcnt [L][E], log2phy [L][E][P-E+1] (nullable).
-  // Host; blocks; not thread safe (owns scratch; one per thread). Throws
-  // kInvalidArgument (shape, policy table, loads, old placement, options).
+  // Host; blocks; not thread safe (owns scratch; one per thread; it starts
+  // its own worker threads, see set_threads). Throws kInvalidArgument
+  // (shape, policy table, loads, old placement, options).
   ChurnResult Plan(const PlanShape& shape, const ChurnOptions& options, const int64_t* load,
                    const int32_t* old_phy2log, int32_t* phy2log, int32_t* logcnt, int32_t* log2phy);
 
+  // Threads that build the layers' candidates in Plan: n >= 1, or 0 (the
+  // default) for DefaultHostThreads() at each call (EPLB_HOST_THREADS or
+  // min(4, hardware threads)). Why: on drift nearly every layer rebuilds its
+  // candidates each call, and the layers are independent. The result is the
+  // same for every thread count (each layer is built by one thread, with the
+  // same arithmetic; the cross-layer selection stays serial). Host; not
+  // thread safe (call between Plan calls). Throws kInvalidArgument if n < 0.
+  void set_threads(int32_t n);
+  int32_t threads() const { return threads_; }
+
  private:
   struct Layer;
+  struct Work;  // scratch of one candidate-building thread (churn_policy.cc)
   // max_cost: moves with more new holdings than this are not considered.
   double BestMove(const PlanShape& shape, Layer& ly, const double* w, double total,
                   int64_t max_cost = INT64_MAX);
-  void ApplyMove(const PlanShape& shape, Layer& ly, const double* w);
-  void Rebuild(const PlanShape& shape, Layer& ly, const double* w);
-  void IndexOld(const PlanShape& shape, const int32_t* old);
-  void PrepareSticky(const PlanShape& shape, const double* w, const int32_t* gnode,
-                     const int32_t* tcnt);
-  void StickyPlan(const PlanShape& shape, const int32_t* old, double cap, bool inline_leftover,
-                  int32_t* out, double* max_load, int64_t* new_holdings);
-  void RelabelFresh(const PlanShape& shape, const int32_t* fresh, const int32_t* old, int32_t* out);
-
-  int64_t LayerNewHoldings(const PlanShape& shape, const int32_t* pl, const int32_t* old_layer);
-  double MaxLoad(const PlanShape& shape, const double* w, const int32_t* placement);
-  void BuildCandidates(const PlanShape& shape, Policy base, const ChurnOptions& options,
+  // The functions below read the planner's per-call tables (slot_rank_, ...)
+  // and write only the given Work and Layer: several threads run them at once
+  // on different layers.
+  void Rebuild(const PlanShape& shape, Layer& ly, const double* w) const;
+  void IndexOld(Work& wk, const PlanShape& shape, const int32_t* old) const;
+  void PrepareSticky(Work& wk, const PlanShape& shape, const double* w, const int32_t* gnode,
+                     const int32_t* tcnt) const;
+  void StickyPlan(Work& wk, const PlanShape& shape, const int32_t* old, double cap,
+                  bool inline_leftover, int32_t* out, double* max_load,
+                  int64_t* new_holdings) const;
+  void RelabelFresh(Work& wk, const PlanShape& shape, const int32_t* fresh, const int32_t* old,
+                    int32_t* out) const;
+  int64_t LayerNewHoldings(Work& wk, const PlanShape& shape, const int32_t* pl,
+                           const int32_t* old_layer) const;
+  double MaxLoad(Work& wk, const PlanShape& shape, const double* w, const int32_t* placement) const;
+  void BuildCandidates(Work& wk, const PlanShape& shape, Policy base, const ChurnOptions& options,
                        int32_t layer, const double* w, double total, const int32_t* old_layer);
 
-  Planner planner_;
-  AssignmentSolver assign_;
-  std::vector<int64_t> overlap_;
-  std::vector<int32_t> node_perm_, rank_perm_, perm_scratch_;
-  std::vector<int32_t> old_start_, old_slots_, cursor_, kept_slot_;
-  std::vector<uint8_t> slot_used_;
-  std::vector<int32_t> slot_rank_, slot_node_, exp_group_, run_;
-  std::vector<uint64_t> sort_a_, sort_b_;
+  int32_t threads_ = 0;
+  std::vector<std::unique_ptr<Work>> work_;  // [thread]
+  std::vector<int32_t> slot_rank_, slot_node_, exp_group_;
   std::vector<Layer> layers_;
   PlanShape cache_shape_;  // shape and sticky_slack the cached candidates were built for
   double cache_slack_ = 0.0;
-  int32_t candidates_built_ = 0;
-  std::vector<double> estimate_, totals_;
-  std::vector<int64_t> scaled_;
+  std::vector<double> estimate_, totals_, before_;
   std::vector<std::pair<double, int32_t>> heap_;
-  std::vector<int32_t> target_cnt_, score_cnt_;
-  std::vector<std::pair<double, int32_t>> items_;
-  std::vector<int32_t> node_lo_;
-  std::vector<int32_t> leftover_, free_, assign_rank_, gnode_;
-  std::vector<double> pack_load_;
-  std::vector<int32_t> order_, holders_start_, holders_, stamp_;
+  std::vector<int32_t> order_, holders_start_, holders_, holders_fill_, stamp_;
   int32_t stamp_value_ = 0;
-  std::vector<int32_t> holding_stamp_;
-  int32_t holding_epoch_ = 0;
   bool hier_ = false, single_moves_ = false;
   int32_t slots_per_rank_ = 0, ranks_per_node_ = 0, experts_per_group_ = 0;
 };

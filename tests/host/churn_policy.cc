@@ -6,10 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <vector>
 
 #include "churn_policy.h"
 #include "eplb/eplb.h"
+#include "error.h"
 #include "planner.h"
 #include "replay.h"
 
@@ -287,6 +289,93 @@ TEST(ChurnPolicy, WarmUpRelabelsTheFreshPlan) {
     }
     EXPECT_GE(checked, L / 2);
   }
+}
+
+// The candidates are built on several threads: every thread count gives
+// the same plan, counts, log2phy and result figures on every call of a
+// history (planners kept across calls, so the candidate cache and its reuse
+// are exercised too), with and without sticky candidates and single moves,
+// hierarchical and global.
+TEST(ChurnPolicy, ThreadCountDoesNotChangeThePlan) {
+  eplb::SyntheticConfig sc;
+  sc.mode = eplb::SyntheticMode::kDrift;
+  sc.num_steps = 120;
+  sc.num_layers = 24;  // enough layers for several threads (>= 4 each)
+  sc.num_logical_experts = 64;
+  sc.num_groups = 8;
+  sc.tokens_per_step = 500;
+  sc.drift_steps = 50;
+  const eplb::LoadTrace t = eplb::GenerateSynthetic(sc);
+  struct Variant {
+    eplb::PlanShape shape;
+    double sticky_slack;
+    bool single_moves;
+    double refresh_tolerance;
+  };
+  const Variant variants[] = {
+      {{24, 64, 80, 8, 2, 8}, 0.1, false, 0.01},
+      {{24, 64, 96, 1, 1, 16}, 0.1, false, 0.01},
+      {{24, 64, 72, 8, 4, 8}, 0.1, false, -1.0},
+      {{24, 64, 80, 8, 2, 8}, -1.0, true, 0.01},
+  };
+  const int32_t thread_counts[] = {2, 3, 7, 64, 0};
+  for (const Variant& v : variants) {
+    const eplb::PlanShape& s = v.shape;
+    SCOPED_TRACE(testing::Message() << "P=" << s.num_physical_experts << " N=" << s.num_ranks
+                                    << " single=" << v.single_moves);
+    const size_t LE = 24 * 64, LP = 24 * static_cast<size_t>(s.num_physical_experts);
+    const size_t L2P = LE * (s.num_physical_experts - 64 + 1);
+    eplb::ChurnPlanner serial;
+    serial.set_threads(1);
+    EXPECT_EQ(serial.threads(), 1);
+    std::vector<eplb::ChurnPlanner> parallel(std::size(thread_counts));
+    for (size_t k = 0; k < parallel.size(); ++k) parallel[k].set_threads(thread_counts[k]);
+    std::vector<int32_t> cur = eplb::InitialPlacement(s), next(LP), cnt(LE), l2p(L2P);
+    std::vector<int32_t> pnext(LP), pcnt(LE), pl2p(L2P);
+    std::vector<double> est(LE, 0.0);
+    bool first = true;
+    int32_t calls = 0, moved = 0;
+    for (int step = 0; step < t.num_steps(); ++step) {
+      eplb::UpdateLoadEstimate(LE, 0.9, t.step(step), est.data());
+      if (step % 10 != 9) continue;
+      eplb::ChurnOptions o;
+      o.load_estimate = est.data();
+      o.sticky_slack = v.sticky_slack;
+      o.single_moves = v.single_moves;
+      o.refresh_tolerance = v.refresh_tolerance;
+      if (first) o.max_moved_fraction = 1.0;
+      first = false;
+      const eplb::ChurnResult r =
+          serial.Plan(s, o, t.step(step), cur.data(), next.data(), cnt.data(), l2p.data());
+      for (size_t k = 0; k < parallel.size(); ++k) {
+        SCOPED_TRACE(testing::Message() << "threads " << thread_counts[k] << " step " << step);
+        std::fill(pnext.begin(), pnext.end(), -7);
+        const eplb::ChurnResult pr = parallel[k].Plan(s, o, t.step(step), cur.data(), pnext.data(),
+                                                      pcnt.data(), pl2p.data());
+        EXPECT_EQ(pnext, next);
+        EXPECT_EQ(pcnt, cnt);
+        EXPECT_EQ(pl2p, l2p);
+        EXPECT_EQ(pr.skipped, r.skipped);
+        EXPECT_EQ(pr.new_holdings, r.new_holdings);
+        EXPECT_EQ(pr.forced_holdings, r.forced_holdings);
+        EXPECT_EQ(pr.forced_layers, r.forced_layers);
+        EXPECT_EQ(pr.switched_layers, r.switched_layers);
+        EXPECT_EQ(pr.moves, r.moves);
+        EXPECT_EQ(pr.candidates_built, r.candidates_built);
+        // Bitwise: the sums over layers run in one order.
+        EXPECT_EQ(std::memcmp(&pr.predicted_before, &r.predicted_before, sizeof(double)), 0);
+        EXPECT_EQ(std::memcmp(&pr.predicted_after, &r.predicted_after, sizeof(double)), 0);
+      }
+      ++calls;
+      if (next != cur) ++moved;
+      cur = next;
+    }
+    EXPECT_EQ(calls, 12);
+    EXPECT_GT(moved, 1);  // the history exercised more than the warm-up
+  }
+  eplb::ChurnPlanner p;
+  EXPECT_THROW(p.set_threads(-1), eplb::Error);
+  EXPECT_EQ(p.threads(), 0);
 }
 
 TEST(ChurnPolicy, CApi) {
