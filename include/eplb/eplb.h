@@ -538,7 +538,9 @@ typedef struct {
  *                 worst case, P padded bundles of the largest layer.
  * h_device_bytes  optional output: device memory Create allocates for a
  *                 budget of *h_min_staging_bytes (staging plus descriptor
- *                 tables and the agreement-check word).
+ *                 tables and the agreement-check word; ncclMemAlloc may
+ *                 round the staging up to its allocation granularity,
+ *                 typically 2 MiB).
  *
  * Host only; blocks; thread safe. Errors: EPLB_ERROR_INVALID_ARGUMENT (NULL
  * output, a shape outside the limits, P % N != 0, a bad h_rank_node, a bad
@@ -556,8 +558,12 @@ EPLB_API eplbStatus_t eplbExchangeStagingQuery(const eplbExchangeConfig_t* confi
  * all device memory the exchange will ever use here: config->staging_bytes
  * of staging plus small tables; Run never allocates.
  *
+ * Staging comes from ncclMemAlloc and is registered with `comm`
+ * (ncclCommRegister; local, not collective), so `comm` must outlive the
+ * exchange: Destroy deregisters it.
+ *
  * Host; blocks (device allocation, stream and event creation); not
- * collective (no NCCL call). Errors: EPLB_ERROR_INVALID_ARGUMENT (NULL,
+ * collective (no NCCL collective). Errors: EPLB_ERROR_INVALID_ARGUMENT (NULL,
  * struct_size, shapes, rank/num_ranks/device different from the
  * communicator's, h_rank_node, staging_bytes == 0), EPLB_ERROR_CUDA,
  * EPLB_ERROR_NCCL,
