@@ -134,6 +134,12 @@ int32_t ThreadsArg(benchmark::State& st) {
   return t;
 }
 
+// Thread counts the per-call benchmarks run with (0 = the default), wall time.
+void ThreadCounts(benchmark::internal::Benchmark* b) {
+  b->ArgName("threads")->Arg(1)->Arg(2)->Arg(4)->Arg(0)->UseRealTime()->Unit(
+      benchmark::kMillisecond);
+}
+
 void BM_ChurnColdCall(benchmark::State& st) {
   Fixture& f = F();
   eplb::ChurnOptions o;
@@ -149,14 +155,7 @@ void BM_ChurnColdCall(benchmark::State& st) {
   }
   st.SetItemsProcessed(static_cast<int64_t>(st.iterations() * (1)));
 }
-BENCHMARK(BM_ChurnColdCall)
-    ->ArgName("threads")
-    ->Arg(1)
-    ->Arg(2)
-    ->Arg(4)
-    ->Arg(0)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ChurnColdCall)->Apply(ThreadCounts);
 
 void BM_ChurnWarmCalls(benchmark::State& st) {
   Fixture& f = F();
@@ -176,14 +175,7 @@ void BM_ChurnWarmCalls(benchmark::State& st) {
   }
   st.SetItemsProcessed(static_cast<int64_t>(st.iterations() * (f.calls() - 1)));
 }
-BENCHMARK(BM_ChurnWarmCalls)
-    ->ArgName("threads")
-    ->Arg(1)
-    ->Arg(2)
-    ->Arg(4)
-    ->Arg(0)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ChurnWarmCalls)->Apply(ThreadCounts);
 
 }  // namespace
 

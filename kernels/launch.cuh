@@ -12,9 +12,8 @@
 namespace eplb {
 namespace kernels {
 
-constexpr int kRouteThreads = 256;
-constexpr int kRouteItemsPerLane = 16;
-constexpr int64_t kRouteTileItems = int64_t{kRouteThreads} * kRouteItemsPerLane;  // 4096
+// Items one route+count block ranks together (EPLB_ROUTE_TILE_ITEMS).
+constexpr int64_t kRouteTileItems = 4096;
 constexpr int kRouteMaxSegments = 528;
 // From this many items (T*K) on, route+count takes the hash path.
 constexpr int64_t kRouteHashMinItems = int64_t{1} << 22;

@@ -45,6 +45,19 @@ void CheckInvariants(const eplb::PlanShape& s, const std::vector<int32_t>& pl,
   }
 }
 
+// A small synthetic history (64 experts in 8 groups) for the policy tests.
+eplb::SyntheticConfig SmallHistory(eplb::SyntheticMode mode, int32_t steps, int32_t layers,
+                                   double tokens_per_step) {
+  eplb::SyntheticConfig sc;
+  sc.mode = mode;
+  sc.num_steps = steps;
+  sc.num_layers = layers;
+  sc.num_logical_experts = 64;
+  sc.num_groups = 8;
+  sc.tokens_per_step = tokens_per_step;
+  return sc;
+}
+
 struct Case {
   eplb::PlanShape shape;
   bool hier;
@@ -54,13 +67,7 @@ struct Case {
 };
 
 TEST(ChurnPolicy, InvariantsBudgetAndSkipOnEveryCall) {
-  eplb::SyntheticConfig sc;
-  sc.mode = eplb::SyntheticMode::kShift;
-  sc.num_steps = 120;
-  sc.num_layers = 6;
-  sc.num_logical_experts = 64;
-  sc.num_groups = 8;
-  sc.tokens_per_step = 300;
+  eplb::SyntheticConfig sc = SmallHistory(eplb::SyntheticMode::kShift, 120, 6, 300);
   sc.shift_every = 40;
   const eplb::LoadTrace t = eplb::GenerateSynthetic(sc);
   std::vector<Case> cases;
@@ -118,13 +125,7 @@ TEST(ChurnPolicy, InvariantsBudgetAndSkipOnEveryCall) {
 // cold one; with refresh_tolerance < 0 a kept planner plans exactly as a
 // fresh planner per call (the result depends on the call alone).
 TEST(ChurnPolicy, CandidateReuse) {
-  eplb::SyntheticConfig sc;
-  sc.mode = eplb::SyntheticMode::kDrift;
-  sc.num_steps = 150;
-  sc.num_layers = 8;
-  sc.num_logical_experts = 64;
-  sc.num_groups = 8;
-  sc.tokens_per_step = 500;
+  eplb::SyntheticConfig sc = SmallHistory(eplb::SyntheticMode::kDrift, 150, 8, 500);
   sc.drift_steps = 60;
   const eplb::LoadTrace t = eplb::GenerateSynthetic(sc);
   const eplb::PlanShape s{8, 64, 80, 8, 2, 8};
@@ -179,13 +180,7 @@ TEST(ChurnPolicy, CandidateReuse) {
 // load (where averaging more steps predicts the next better).
 TEST(ChurnPolicy, AdaptiveForecastChoosesBySpeed) {
   for (auto mode : {eplb::SyntheticMode::kStationary, eplb::SyntheticMode::kDrift}) {
-    eplb::SyntheticConfig sc;
-    sc.mode = mode;
-    sc.num_steps = 200;
-    sc.num_layers = 4;
-    sc.num_logical_experts = 64;
-    sc.num_groups = 8;
-    sc.tokens_per_step = 2000;
+    eplb::SyntheticConfig sc = SmallHistory(mode, 200, 4, 2000);
     sc.drift_steps = 30;
     const eplb::LoadTrace t = eplb::GenerateSynthetic(sc);
     eplb::ForecastConfig fc;
@@ -219,13 +214,7 @@ TEST(ChurnPolicy, AdaptiveForecastChoosesBySpeed) {
 // whole per node, and no more new holdings than the planner's plan with its
 // own labels (the identity is one of the labellings the assignment weighs).
 TEST(ChurnPolicy, WarmUpRelabelsTheFreshPlan) {
-  eplb::SyntheticConfig sc;
-  sc.mode = eplb::SyntheticMode::kDrift;
-  sc.num_steps = 60;
-  sc.num_layers = 6;
-  sc.num_logical_experts = 64;
-  sc.num_groups = 8;
-  sc.tokens_per_step = 400;
+  eplb::SyntheticConfig sc = SmallHistory(eplb::SyntheticMode::kDrift, 60, 6, 400);
   const eplb::LoadTrace t = eplb::GenerateSynthetic(sc);
   for (const eplb::PlanShape& s :
        {eplb::PlanShape{6, 64, 80, 8, 2, 8}, eplb::PlanShape{6, 64, 96, 1, 1, 16}}) {
@@ -297,13 +286,8 @@ TEST(ChurnPolicy, WarmUpRelabelsTheFreshPlan) {
 // are exercised too), with and without sticky candidates and single moves,
 // hierarchical and global.
 TEST(ChurnPolicy, ThreadCountDoesNotChangeThePlan) {
-  eplb::SyntheticConfig sc;
-  sc.mode = eplb::SyntheticMode::kDrift;
-  sc.num_steps = 120;
-  sc.num_layers = 24;  // enough layers for several threads (>= 4 each)
-  sc.num_logical_experts = 64;
-  sc.num_groups = 8;
-  sc.tokens_per_step = 500;
+  eplb::SyntheticConfig sc = SmallHistory(eplb::SyntheticMode::kDrift, 120, 24,
+                                          500);  // enough layers for several threads (>= 4 each)
   sc.drift_steps = 50;
   const eplb::LoadTrace t = eplb::GenerateSynthetic(sc);
   struct Variant {
