@@ -6,6 +6,7 @@
 // replica depends on the data only, never on thread timing.
 #include <cuda_runtime.h>
 
+#include "eplb/eplb.h"
 #include "eplb/eplb_device.cuh"
 #include "launch.cuh"
 
@@ -18,13 +19,24 @@ namespace {
 // segments are one wave). Launches of few segments (decode sizes), where one
 // block's serial ranking of a whole segment would be the launch's whole
 // cost: each segment is split into sub-blocks of kSubItems items on their
-// own SMs (16 warps, one 32-item slice per warp); a sub-block first counts
-// the valid items of each expert in the part of its segment before it (a
-// commutative count, so exact and deterministic), then ranks its own items
-// from there. Ranks depend on item order only, never on the block shape.
+// own SMs (16 warps, one item per lane); a sub-block first counts the valid
+// items of each expert in the part of its segment before it (a commutative
+// count, so exact and deterministic), then ranks its own items from there.
+// Ranks depend on item order only, never on the block shape.
+//
+// At decode sizes the launch is latency-bound: what costs is the number of
+// dependent global-memory round trips. A sub-block therefore issues every
+// global load it will need at once, before its first barrier: its own ids,
+// the ids before it in the segment, logcnt, and the first kStageCols
+// columns of log2phy (staged in shared memory; an expert with more replicas
+// reads its further columns from global memory).
 constexpr int kSmallWarps = 8;
 constexpr int kSubWarps = 16;
 constexpr int64_t kSubItems = 32 * kSubWarps;  // 512
+constexpr int kStageCols = 4;
+// Ids before a sub-block that each thread loads up front (a segment is at
+// most one 4096-item tile long when sub-blocks are used: 7 suffice).
+constexpr int kPrePerThread = 8;
 
 __device__ __forceinline__ int64_t ValidItems(int64_t num_tokens, const int32_t* d_num_tokens,
                                               int32_t top_k) {
@@ -41,7 +53,18 @@ __device__ __forceinline__ unsigned long long WarpSum(unsigned long long v) {
   return v;
 }
 
+// Column j of expert e's log2phy row: from the staged columns when s_tab is
+// set and j < kStageCols, else from global memory.
+__device__ __forceinline__ int32_t TableEntry(const int32_t* s_tab,
+                                              const int32_t* __restrict__ log2phy, int32_t e,
+                                              int32_t j, int32_t max_rep) {
+  if (s_tab != nullptr && j < kStageCols) return s_tab[e * kStageCols + j];
+  return __ldg(log2phy + int64_t{e} * max_rep + j);
+}
+
 // 4 blocks of 256 per SM: the 528 segments are one wave on a 132-SM H100.
+// kWarps == kSubWarps: the sub-block shape (one 512-item tile per block,
+// staged table, prefetched prefix); else the segment shape.
 template <typename IdT, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
     RouteCountKernel(const IdT* __restrict__ ids, int64_t cap_items, int64_t num_tokens,
@@ -50,13 +73,16 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
                      int32_t num_e, int32_t key_bits, int32_t num_p, int32_t max_rep,
                      const int32_t* d_record, int32_t* __restrict__ out, int32_t* load_pass,
                      unsigned long long* d_invalid, int64_t seg_items, int64_t sub_items) {
-  constexpr int kItemsPerLane = static_cast<int>(kRouteTileItems / (32 * kWarps));
-  static_assert(kItemsPerLane * 32 * kWarps == kRouteTileItems, "a tile is 4096 items");
+  constexpr bool kSplit = kWarps == kSubWarps;
+  constexpr int kItemsPerLane = kSplit ? 1 : static_cast<int>(kRouteTileItems / (32 * kWarps));
+  constexpr int64_t kTile = int64_t{kItemsPerLane} * 32 * kWarps;
+  static_assert(kSplit ? kTile == kSubItems : kTile == kRouteTileItems, "tile sizes");
   extern __shared__ int32_t smem[];
-  int32_t* hist = smem;                       // [kWarps][E]: per-warp counts, then bases
-  int32_t* seg_base = smem + kWarps * num_e;  // [E]: ranks handed out so far in the segment
-  int32_t* s_cnt = seg_base + num_e;          // [E]: logcnt, staged once per block
-  int32_t* pre = s_cnt + num_e;               // [E]: ranks of the segment before this block
+  int32_t* hist = smem;                             // [kWarps][E]: per-warp counts, then bases
+  int32_t* seg_base = smem + kWarps * num_e;        // [E]: ranks handed out so far in the segment
+  int32_t* s_cnt = seg_base + num_e;                // [E]: logcnt, staged once per block
+  int32_t* pre = s_cnt + num_e;                     // [E]: ranks of the segment before this block
+  int32_t* s_tab = kSplit ? pre + num_e : nullptr;  // [E][kStageCols]
   __shared__ unsigned long long s_invalid;
 
   const int64_t n_valid = ValidItems(num_tokens, d_num_tokens, top_k);
@@ -66,7 +92,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
   if (seg_end > cap_items) seg_end = cap_items;
   // This block's items: the whole segment, or sub-block blockIdx.y of it.
   int64_t my_begin = seg_begin, my_end = seg_end;
-  if (sub_items > 0) {
+  if (kSplit) {
     my_begin = seg_begin + int64_t{blockIdx.y} * sub_items;
     if (my_begin + sub_items < my_end) my_end = my_begin + sub_items;
   }
@@ -74,17 +100,60 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
 
+  // The tile is split into kWarps contiguous chunks (so a short tile keeps
+  // every warp busy); ranks only depend on item order, not on the split.
+  int64_t chunk = 0, chunk_end = 0, chunk_len = 0;
+  IdT raw[kItemsPerLane];
+  auto load_tile = [&](int64_t tile) {
+    const int64_t tile_end = tile + kTile < my_end ? tile + kTile : my_end;
+    chunk_len = ((tile_end - tile + kWarps - 1) / kWarps + 31) / 32 * 32;
+    chunk = tile + int64_t{warp} * chunk_len;
+    chunk_end = chunk + chunk_len < tile_end ? chunk + chunk_len : tile_end;
+#pragma unroll
+    for (int j = 0; j < kItemsPerLane; ++j) {
+      const int64_t i = chunk + j * 32 + lane;
+      raw[j] = (i < chunk_end) ? __ldcs(ids + i) : IdT(-1);
+    }
+  };
+  // The sub-block shape loads its one tile now; the segment shape (many
+  // tiles, 16 ids per lane) loads each tile in the loop, which keeps it
+  // within its 64 registers.
+  if (kSplit) load_tile(my_begin);
+  IdT pre_raw[kSplit ? kPrePerThread : 1];
+  if (kSplit) {
+#pragma unroll
+    for (int k = 0; k < kPrePerThread; ++k) {
+      const int64_t i = seg_begin + threadIdx.x + int64_t{k} * blockDim.x;
+      pre_raw[k] = i < my_begin ? __ldg(ids + i) : IdT(-1);
+    }
+  }
+
   const bool record = (d_record == nullptr) || (*d_record != 0);
   for (int e = threadIdx.x; e < num_e; e += blockDim.x) {
     seg_base[e] = 0;
     s_cnt[e] = logcnt[e];
+    if (kSplit) {
+#pragma unroll
+      for (int j = 0; j < kStageCols; ++j)
+        s_tab[e * kStageCols + j] = j < max_rep ? __ldg(log2phy + int64_t{e} * max_rep + j) : -1;
+    }
   }
+  for (int x = threadIdx.x; x < kWarps * num_e; x += blockDim.x) hist[x] = 0;
   if (threadIdx.x == 0) s_invalid = 0;
   unsigned long long invalid = 0;
-  if (my_begin > seg_begin) {
+  __syncthreads();
+  if (kSplit && my_begin > seg_begin) {
     // Valid items of each expert earlier in the segment (order-free count).
-    __syncthreads();
-    for (int64_t i = seg_begin + threadIdx.x; i < my_begin; i += blockDim.x) {
+#pragma unroll
+    for (int k = 0; k < kPrePerThread; ++k) {
+      const int64_t i = seg_begin + threadIdx.x + int64_t{k} * blockDim.x;
+      const int32_t key = i < my_begin && i < n_valid
+                              ? EplbItemKey(static_cast<int64_t>(pre_raw[k]), num_e, s_cnt, max_rep)
+                              : -1;
+      if (key >= 0) atomicAdd(seg_base + key, 1);
+    }
+    for (int64_t i = seg_begin + threadIdx.x + int64_t{kPrePerThread} * blockDim.x; i < my_begin;
+         i += blockDim.x) {
       const int32_t key =
           i < n_valid ? EplbItemKey(static_cast<int64_t>(__ldg(ids + i)), num_e, s_cnt, max_rep)
                       : -1;
@@ -94,24 +163,16 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
   }
   for (int e = threadIdx.x; e < num_e; e += blockDim.x) pre[e] = seg_base[e];
 
-  for (int64_t tile = my_begin; tile < my_end; tile += kRouteTileItems) {
-    for (int x = threadIdx.x; x < kWarps * num_e; x += blockDim.x) hist[x] = 0;
-    __syncthreads();
+  for (int64_t tile = my_begin; tile < my_end; tile += kTile) {
+    if (tile != my_begin) {
+      __syncthreads();  // every warp is done with the last tile's hist
+      for (int x = threadIdx.x; x < kWarps * num_e; x += blockDim.x) hist[x] = 0;
+      __syncthreads();
+    }
+    if (!kSplit || tile != my_begin) load_tile(tile);
     int32_t* my_hist = hist + warp * num_e;
-    // The tile is split into kWarps contiguous chunks (so a short tile keeps
-    // every warp busy); ranks only depend on item order, not on the split.
-    const int64_t tile_end = tile + kRouteTileItems < my_end ? tile + kRouteTileItems : my_end;
-    const int64_t chunk_len = ((tile_end - tile + kWarps - 1) / kWarps + 31) / 32 * 32;
-    const int64_t chunk = tile + int64_t{warp} * chunk_len;
-    const int64_t chunk_end = chunk + chunk_len < tile_end ? chunk + chunk_len : tile_end;
     int32_t key[kItemsPerLane];
     int32_t rank[kItemsPerLane];
-    IdT raw[kItemsPerLane];
-#pragma unroll
-    for (int j = 0; j < kItemsPerLane; ++j) {
-      const int64_t i = chunk + j * 32 + lane;
-      raw[j] = (i < chunk_end) ? __ldcs(ids + i) : IdT(-1);
-    }
     // Keys first (the raw ids die here, which keeps the int64 path in 64
     // registers), then the warp ranks in item order.
 #pragma unroll
@@ -147,17 +208,22 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
     for (int j = 0; j < kItemsPerLane; ++j) {
       const int64_t i = chunk + j * 32 + lane;
       if (i < chunk_end) {
-        const int32_t base = key[j] >= 0 ? my_hist[key[j]] : 0;
-        const uint32_t r = static_cast<uint32_t>(base + rank[j]) + static_cast<uint32_t>(seg);
-        const int32_t slot = EplbReplicaSlot(key[j], r, log2phy, s_cnt, max_rep, num_p);
+        // EplbReplicaSlot, with the row read through the staged columns.
+        const int32_t k = key[j] >= 0 ? key[j] : 0;
+        const uint32_t c = key[j] >= 0 ? static_cast<uint32_t>(s_cnt[k]) : 1u;
+        const uint32_t r = static_cast<uint32_t>((key[j] >= 0 ? my_hist[k] : 0) + rank[j]) +
+                           static_cast<uint32_t>(seg);
+        const int32_t col = c <= 1u ? 0 : static_cast<int32_t>(r % c);
+        const int32_t v = TableEntry(s_tab, log2phy, k, col, max_rep);
+        const int32_t slot = (key[j] >= 0 && v >= 0 && v < num_p) ? v : -1;
         if (key[j] >= 0 && slot < 0) ++invalid;
         __stcs(out + i, slot);
       }
     }
-    __syncthreads();  // hist is zeroed again by the next tile
   }
 
   if (record) {
+    // seg_base[e] and pre[e] were written by this same thread.
     for (int e = threadIdx.x; e < num_e; e += blockDim.x) {
       // This block's items of e have ranks pre[e] .. seg_base[e] - 1.
       const int32_t n = seg_base[e] - pre[e];
@@ -165,7 +231,7 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
       const int32_t c = s_cnt[e];  // n > 0 implies c in [1, max_rep]
       const uint32_t offset = static_cast<uint32_t>(pre[e]) + static_cast<uint32_t>(seg);
       for (int j = 0; j < c; ++j) {
-        const int32_t slot = __ldg(log2phy + int64_t{e} * max_rep + j);
+        const int32_t slot = TableEntry(s_tab, log2phy, e, j, max_rep);
         EplbCountAdd(load_pass, slot, EplbReplicaShare(n, offset, c, j), num_p);
       }
     }
@@ -224,19 +290,72 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
                     const int32_t* __restrict__ logcnt, int32_t num_e, int32_t num_p,
                     int32_t max_rep, const int32_t* d_record, int32_t* __restrict__ out,
                     int32_t* load_pass, unsigned long long* d_invalid) {
-  extern __shared__ int32_t s_hist[];  // [P], then logcnt [E]
+  // Shared: [P] slot histogram, [E] logcnt, [E] row offsets, [P] the
+  // log2phy rows compacted (expert e's c slots at s_slots[s_off[e]]): a
+  // random gather from 2 KB of shared memory instead of from the 34 KB
+  // global table through L1, which was the kernel's limit.
+  extern __shared__ int32_t s_hist[];
   int32_t* s_cnt = s_hist + num_p;
+  int32_t* s_off = s_cnt + num_e;
+  int32_t* s_slots = s_off + num_e;
   __shared__ unsigned long long s_invalid;
+  __shared__ int32_t s_warp_total[kHashThreads / 32];
   const uint32_t n_valid = static_cast<uint32_t>(ValidItems(num_tokens, d_num_tokens, top_k));
   const bool record = (d_record == nullptr) || (*d_record != 0);
   for (int p = threadIdx.x; p < num_p; p += blockDim.x) s_hist[p] = 0;
-  for (int e = threadIdx.x; e < num_e; e += blockDim.x) s_cnt[e] = logcnt[e];
+  // Exclusive scan of the usable counts (1..max_rep; others 0: EplbItemKey
+  // rejects their items): thread t owns experts [kPer*t, kPer*t + kPer).
+  constexpr int kPer = (EPLB_MAX_LOGICAL_EXPERTS + kHashThreads - 1) / kHashThreads;
+  int32_t c_own[kPer];
+  int32_t own = 0;
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int e = kPer * threadIdx.x + k;
+    const int32_t c = e < num_e ? logcnt[e] : 0;
+    if (e < num_e) s_cnt[e] = c;
+    c_own[k] = (c >= 1 && c <= max_rep) ? c : 0;
+    own += c_own[k];
+  }
+  const int lane = threadIdx.x & 31;
+  int32_t incl = own;
+  for (int o = 1; o < 32; o <<= 1) {
+    const int32_t v = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += v;
+  }
+  if (lane == 31) s_warp_total[threadIdx.x >> 5] = incl;
   if (threadIdx.x == 0) s_invalid = 0;
+  __syncthreads();
+  int32_t before = incl - own, total = 0;
+  for (int w = 0; w < kHashThreads / 32; ++w) {
+    if (w < static_cast<int>(threadIdx.x >> 5)) before += s_warp_total[w];
+    total += s_warp_total[w];
+  }
+  const bool compact = total <= num_p;  // a consistent table sums to P
+  if (compact) {
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int e = kPer * threadIdx.x + k;
+      if (e < num_e) s_off[e] = before;
+      for (int j = 0; j < c_own[k]; ++j) s_slots[before + j] = log2phy[e * max_rep + j];
+      before += c_own[k];
+    }
+  }
   __syncthreads();
   uint32_t invalid = 0;
   auto route = [&](uint32_t i, int64_t id) {
     const int32_t key = i < n_valid ? EplbItemKey(id, num_e, s_cnt, max_rep) : -1;
-    const int32_t slot = EplbHashedSlot(key, EplbItemHash(i), log2phy, s_cnt, max_rep, num_p);
+    const uint32_t hash = EplbItemHash(i);
+    int32_t slot;
+    if (compact) {
+      // The same choice as EplbHashedSlot, read from the staged rows.
+      const int32_t k = key >= 0 ? key : 0;
+      const uint32_t c = key >= 0 ? static_cast<uint32_t>(s_cnt[k]) : 1u;
+      const int32_t v =
+          key >= 0 ? s_slots[s_off[k] + static_cast<int32_t>(EplbHashedReplica(hash, c))] : -1;
+      slot = (v >= 0 && v < num_p) ? v : -1;
+    } else {
+      slot = EplbHashedSlot(key, hash, log2phy, s_cnt, max_rep, num_p);
+    }
     if (i < n_valid) {
       if (slot < 0) {
         ++invalid;
@@ -360,7 +479,7 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     if (blocks > needed) blocks = needed;
     if (blocks < 1) blocks = 1;
     const size_t hsmem =
-        sizeof(int32_t) * static_cast<size_t>(num_physical_experts + num_logical_experts);
+        sizeof(int32_t) * static_cast<size_t>(2 * num_physical_experts + 2 * num_logical_experts);
     if (ids64) {
       RouteHashKernel<int64_t><<<static_cast<int>(blocks), kHashThreads, hsmem, stream>>>(
           static_cast<const int64_t*>(topk_logical), static_cast<uint32_t>(cap), num_tokens,
@@ -377,7 +496,7 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
   // Sub-blocks when the launch has fewer segments than an H100 has SMs and
   // their shared memory fits the default 48 KB.
   const size_t sub_smem =
-      sizeof(int32_t) * static_cast<size_t>(kSubWarps + 3) * num_logical_experts;
+      sizeof(int32_t) * static_cast<size_t>(kSubWarps + 3 + kStageCols) * num_logical_experts;
   const bool split = segs <= 132 && sub_smem <= 48 * 1024;
   const size_t smem =
       split ? sub_smem

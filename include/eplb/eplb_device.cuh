@@ -94,9 +94,15 @@ __device__ __forceinline__ int32_t EplbReplicaSlot(int32_t key, uint32_t rank,
   return (key >= 0 && slot >= 0 && slot < num_physical_experts) ? slot : -1;
 }
 
+// Replica index on the hash path for an expert with c >= 1 replicas:
+// floor(hash * c / 2^32), in [0, c) (a multiply and a shift rather than a
+// division, and as uniform as hash mod c).
+__host__ __device__ __forceinline__ uint32_t EplbHashedReplica(uint32_t hash, uint32_t c) {
+  return static_cast<uint32_t>((static_cast<uint64_t>(hash) * c) >> 32);
+}
+
 // Physical slot of an item of expert `key` (from EplbItemKey; -1 gives -1)
-// on the hash path: replica floor(hash * logcnt[key] / 2^32) (a multiply
-// and a shift rather than a division, and as uniform as hash mod count);
+// on the hash path: log2phy[key][EplbHashedReplica(hash, logcnt[key])];
 // -1 when that table entry is outside [0, P).
 __device__ __forceinline__ int32_t EplbHashedSlot(int32_t key, uint32_t hash,
                                                   const int32_t* log2phy, const int32_t* logcnt,
@@ -104,7 +110,7 @@ __device__ __forceinline__ int32_t EplbHashedSlot(int32_t key, uint32_t hash,
                                                   int32_t num_physical_experts) {
   const int32_t k = key >= 0 ? key : 0;
   const uint32_t c = key >= 0 ? static_cast<uint32_t>(logcnt[k]) : 1u;  // valid key: c in [1, R+1]
-  const uint32_t j = __umulhi(hash, c);
+  const uint32_t j = EplbHashedReplica(hash, c);
   const int32_t slot = log2phy[k * max_replicas + static_cast<int32_t>(j)];
   return (key >= 0 && slot >= 0 && slot < num_physical_experts) ? slot : -1;
 }
