@@ -10,7 +10,13 @@
 #endif
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define EPLB_PLANNER_X86_DISPATCH 1
+// GCC 12's AVX-512 shift intrinsics start from an intentionally undefined
+// vector, which -Wmaybe-uninitialized reports at the header's lines (GCC bug
+// 105593); the warning is silenced for the header only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #endif
 
 #include "assignment.h"
@@ -104,6 +110,16 @@ constexpr int32_t kFastLanes = 4;
 constexpr int32_t kFastPacks = 8;
 constexpr int32_t kFastItems = 128;  // the item index fits the low 7 key bits
 
+// acc - (k > b ? -1 : 0) per 32-bit lane, in place (GCC compiles the
+// intrinsic form in RankChunk with a register copy per accumulator and step).
+__attribute__((target("avx2"))) inline __m256i SubGt(__m256i acc, __m256i k, __m256i b) {
+  __m256i t;
+  asm("vpcmpgtd %[b], %[k], %[t]\n\tvpsubd %[t], %[acc], %[acc]"
+      : [acc] "+x"(acc), [t] "=&x"(t)
+      : [k] "x"(k), [b] "x"(b));
+  return acc;
+}
+
 // rank[i] = #{j < n : key[j] < key[i]} for the i in vectors [v0, v0 + K)
 // (8 keys each). Keys are distinct, so the ranks of all n keys form the
 // permutation that sorts them. Branch-free: n * K compares of 8 lanes.
@@ -117,29 +133,71 @@ __attribute__((target("avx2"))) inline void RankChunk(const int32_t* key, int32_
   }
   for (int32_t j = 0; j < n; ++j) {
     const __m256i b = _mm256_set1_epi32(key[j]);
-    for (int q = 0; q < K; ++q) acc[q] = _mm256_sub_epi32(acc[q], _mm256_cmpgt_epi32(k[q], b));
+    for (int q = 0; q < K; ++q) acc[q] = SubGt(acc[q], k[q], b);
   }
   for (int q = 0; q < K; ++q)
     _mm256_store_si256(reinterpret_cast<__m256i*>(rank + (v0 + q) * 8), acc[q]);
 }
 
-// ord[0, n) = 0..n-1 sorted by (it desc, index asc) (the README's stable
-// descending order), n <= kFastItems. The rank sort runs on 32-bit keys: the
-// top 25 bits of the descending load key (DescKey) above the 7-bit index, so
-// the keys are distinct and order by (truncated load key, index); runs of
-// equal truncated keys are then re-sorted by the exact comparison, as in
-// Scratch::SortDesc.
-__attribute__((target("avx2"))) void SortDescAvx2(const double* it, int32_t n, int32_t* ord) {
-  alignas(32) int32_t key[kFastItems];
-  alignas(32) int32_t rank[kFastItems];
-  uint32_t sorted[kFastItems];
-  const int32_t nv = (n + 7) / 8;
+// The 32-bit rank-sort keys of it[0, n) (n <= kFastItems) into key[0, n),
+// zero-padded to a multiple of 16: the top 25 bits of the descending load key
+// (DescKey) above the 7-bit index, so the keys are distinct and order by
+// (truncated load key, index). Stored with the sign bit flipped, so that
+// signed 32-bit compares order them like the unsigned keys.
+inline void BuildRankKeys(const double* it, int32_t n, int32_t* key) {
   for (int32_t i = 0; i < n; ++i) {
     const uint32_t u =
         static_cast<uint32_t>((DescKey(it[i]) >> 38) << 7) | static_cast<uint32_t>(i);
-    key[i] = static_cast<int32_t>(u ^ 0x80000000u);  // signed order == unsigned order of u
+    key[i] = static_cast<int32_t>(u ^ 0x80000000u);
   }
-  for (int32_t i = n; i < nv * 8; ++i) key[i] = 0;  // lanes past n: ranks ignored
+  for (int32_t i = n; i < ((n + 15) & ~15); ++i) key[i] = 0;  // lanes past n: ranks ignored
+}
+
+// ord[0, n) from the keys and their ranks (runs of equal truncated keys are
+// re-sorted by the exact comparison, as in Scratch::SortDesc), and the sorted
+// values sv[t] = it[ord[t]].
+inline void FinishRankSort(const double* it, int32_t n, const int32_t* key, const int32_t* rank,
+                           int32_t* ord, double* sv) {
+  uint32_t sorted[kFastItems];
+  for (int32_t i = 0; i < n; ++i) sorted[rank[i]] = static_cast<uint32_t>(key[i]) ^ 0x80000000u;
+  for (int32_t t = 0; t < n; ++t) {
+    ord[t] = static_cast<int32_t>(sorted[t] & 127u);
+    sv[t] = it[ord[t]];
+  }
+  // Runs of equal truncated keys are already in index order, which is the
+  // exact order unless a run mixes different loads; then two of its
+  // neighbours differ. Exact ties (the copies of a replicated expert) are
+  // common, mixed runs rare, so first test for them branch-free.
+  uint32_t mixed = 0;
+  for (int32_t t = 1; t < n; ++t)
+    mixed += (((sorted[t] ^ sorted[t - 1]) >> 7) == 0) & (sv[t] != sv[t - 1]);
+  if (mixed == 0) return;
+  for (int32_t t0 = 0; t0 < n;) {
+    int32_t t1 = t0 + 1;
+    while (t1 < n && ((sorted[t1] ^ sorted[t0]) >> 7) == 0) ++t1;
+    for (int32_t a = t0 + 1; a < t1; ++a) {
+      const int32_t x = ord[a];
+      int32_t b = a;
+      while (b > t0 && (it[ord[b - 1]] < it[x] || (it[ord[b - 1]] == it[x] && ord[b - 1] > x))) {
+        ord[b] = ord[b - 1];
+        --b;
+      }
+      ord[b] = x;
+    }
+    t0 = t1;
+  }
+  for (int32_t t = 0; t < n; ++t) sv[t] = it[ord[t]];
+}
+
+// ord[0, n) = 0..n-1 sorted by (it desc, index asc) (the README's stable
+// descending order), n <= kFastItems: a rank sort on the keys of
+// BuildRankKeys, then FinishRankSort (which also fills sv).
+__attribute__((target("avx2"))) void SortDescAvx2(const double* it, int32_t n, int32_t* ord,
+                                                  double* sv) {
+  alignas(64) int32_t key[kFastItems];
+  alignas(64) int32_t rank[kFastItems];
+  BuildRankKeys(it, n, key);
+  const int32_t nv = (n + 7) / 8;
   for (int32_t v0 = 0; v0 < nv;) {
     switch (std::min(nv - v0, 6)) {
       case 6:
@@ -168,49 +226,92 @@ __attribute__((target("avx2"))) void SortDescAvx2(const double* it, int32_t n, i
         break;
     }
   }
-  for (int32_t i = 0; i < n; ++i) sorted[rank[i]] = static_cast<uint32_t>(key[i]) ^ 0x80000000u;
-  for (int32_t t = 0; t < n; ++t) ord[t] = static_cast<int32_t>(sorted[t] & 127u);
-  // Runs of equal truncated keys are already in index order, which is the
-  // exact order unless a run mixes different loads; then two of its
-  // neighbours differ. Exact ties (the copies of a replicated expert) are
-  // common, mixed runs rare, so first test for them branch-free.
-  uint32_t mixed = 0;
-  for (int32_t t = 1; t < n; ++t)
-    mixed += (((sorted[t] ^ sorted[t - 1]) >> 7) == 0) & (it[ord[t]] != it[ord[t - 1]]);
-  if (mixed == 0) return;
-  for (int32_t t0 = 0; t0 < n;) {
-    int32_t t1 = t0 + 1;
-    while (t1 < n && ((sorted[t1] ^ sorted[t0]) >> 7) == 0) ++t1;
-    for (int32_t a = t0 + 1; a < t1; ++a) {
-      const int32_t x = ord[a];
-      int32_t b = a;
-      while (b > t0 && (it[ord[b - 1]] < it[x] || (it[ord[b - 1]] == it[x] && ord[b - 1] > x))) {
-        ord[b] = ord[b - 1];
-        --b;
-      }
-      ord[b] = x;
-    }
-    t0 = t1;
-  }
+  FinishRankSort(it, n, key, rank, ord, sv);
 }
 
-// Node n's items [rpn] (and their experts) in stable descending order into
-// lane n of sit / sexp ([rpn][kFastLanes]); lanes n >= M get +0.0 items.
-__attribute__((target("avx2"))) void GatherSorted(const double* items, const int32_t* rep_expert,
-                                                  int32_t M, int32_t rpn, double* sit,
-                                                  int32_t* sexp) {
-  int32_t ord[kFastItems];
-  for (int32_t n = 0; n < kFastLanes; ++n) {
+// acc + 1 in the lanes of m (32-bit lanes: D, 64-bit: Q), in place. GCC
+// compiles the intrinsic form (_mm512_mask_add_epi32(acc, m, acc, one)) in
+// the rank loops below with two register copies per accumulator and step,
+// which doubled the loops' instruction count.
+__attribute__((target("avx2,avx512f,avx512vl"))) inline __m512i MaskIncD(__m512i acc, __mmask16 m,
+                                                                         __m512i one) {
+  asm("vpaddd %[one], %[acc], %[acc]%{%[m]%}" : [acc] "+v"(acc) : [m] "Yk"(m), [one] "v"(one));
+  return acc;
+}
+__attribute__((target("avx2,avx512f,avx512vl"))) inline __m512i MaskIncQ(__m512i acc, __mmask8 m,
+                                                                         __m512i one) {
+  asm("vpaddq %[one], %[acc], %[acc]%{%[m]%}" : [acc] "+v"(acc) : [m] "Yk"(m), [one] "v"(one));
+  return acc;
+}
+
+// RankChunk with 16 keys per AVX-512 vector: the ranks of all K * 16 keys
+// (K <= 8, so every key of a node is in one pass).
+template <int K>
+__attribute__((target("avx2,avx512f,avx512vl"))) inline void RankChunk512(const int32_t* key,
+                                                                          int32_t n,
+                                                                          int32_t* rank) {
+  __m512i k[K], acc[K];
+  const __m512i one = _mm512_set1_epi32(1);
+  for (int q = 0; q < K; ++q) {
+    k[q] = _mm512_load_si512(key + q * 16);
+    acc[q] = _mm512_setzero_si512();
+  }
+  for (int32_t j = 0; j < n; ++j) {
+    const __m512i b = _mm512_set1_epi32(key[j]);
+    for (int q = 0; q < K; ++q) acc[q] = MaskIncD(acc[q], _mm512_cmpgt_epi32_mask(k[q], b), one);
+  }
+  for (int q = 0; q < K; ++q) _mm512_store_si512(rank + q * 16, acc[q]);
+}
+
+// SortDescAvx2 with the AVX-512 rank step (the same keys, hence the same
+// ranks and the same order).
+__attribute__((target("avx2,avx512f,avx512vl"))) void SortDescAvx512(const double* it, int32_t n,
+                                                                     int32_t* ord, double* sv) {
+  alignas(64) int32_t key[kFastItems];
+  alignas(64) int32_t rank[kFastItems];
+  BuildRankKeys(it, n, key);
+  switch ((n + 15) / 16) {
+    case 8:
+      RankChunk512<8>(key, n, rank);
+      break;
+    case 7:
+      RankChunk512<7>(key, n, rank);
+      break;
+    case 6:
+      RankChunk512<6>(key, n, rank);
+      break;
+    case 5:
+      RankChunk512<5>(key, n, rank);
+      break;
+    case 4:
+      RankChunk512<4>(key, n, rank);
+      break;
+    case 3:
+      RankChunk512<3>(key, n, rank);
+      break;
+    case 2:
+      RankChunk512<2>(key, n, rank);
+      break;
+    default:
+      RankChunk512<1>(key, n, rank);
+      break;
+  }
+  FinishRankSort(it, n, key, rank, ord, sv);
+}
+
+// Node n's items [rpn] in stable descending order: their values into lane n
+// of sit ([rpn][lanes]; lanes n >= M get +0.0 items), their indices into
+// sord[n * kFastItems, + rpn).
+inline void GatherSorted(const double* items, int32_t M, int32_t rpn, int32_t lanes,
+                         void (*sort)(const double*, int32_t, int32_t*, double*), double* sit,
+                         int32_t* sord) {
+  double sv[kFastItems];
+  for (int32_t n = 0; n < lanes; ++n) {
     if (n < M) {
-      const double* it = items + n * rpn;
-      const int32_t* re = rep_expert + n * rpn;
-      SortDescAvx2(it, rpn, ord);
-      for (int32_t t = 0; t < rpn; ++t) {
-        sit[t * kFastLanes + n] = it[ord[t]];
-        sexp[t * kFastLanes + n] = re[ord[t]];
-      }
+      sort(items + n * rpn, rpn, sord + n * kFastItems, sv);
+      for (int32_t t = 0; t < rpn; ++t) sit[t * lanes + n] = sv[t];
     } else {
-      for (int32_t t = 0; t < rpn; ++t) sit[t * kFastLanes + n] = 0.0;
+      for (int32_t t = 0; t < rpn; ++t) sit[t * lanes + n] = 0.0;
     }
   }
 }
@@ -229,8 +330,8 @@ __attribute__((target("avx2"))) void PackNodesAvx2(const double* items, const in
                                                    int32_t* phy2log) {
   alignas(32) double sit[kFastItems * kFastLanes];
   alignas(32) int64_t slot[kFastItems * kFastLanes];
-  int32_t sexp[kFastItems * kFastLanes];
-  GatherSorted(items, rep_expert, M, rpn, sit, sexp);
+  int32_t sord[kFastItems * kFastLanes];
+  GatherSorted(items, M, rpn, kFastLanes, SortDescAvx2, sit, sord);
   const __m256d inf = _mm256_set1_pd(std::numeric_limits<double>::infinity());
   // pl[k] is pack k's load while it has room and +inf once full: only the key
   // of a full pack matters (it is never chosen again), and the +0.0 that the
@@ -269,7 +370,9 @@ __attribute__((target("avx2"))) void PackNodesAvx2(const double* items, const in
   }
   for (int32_t n = 0; n < M; ++n) {
     int32_t* out = phy2log + n * rpn;
-    for (int32_t t = 0; t < rpn; ++t) out[slot[t * kFastLanes + n]] = sexp[t * kFastLanes + n];
+    const int32_t* re = rep_expert + n * rpn;
+    const int32_t* so = sord + n * kFastItems;
+    for (int32_t t = 0; t < rpn; ++t) out[slot[t * kFastLanes + n]] = re[so[t]];
   }
 }
 // Whether the AVX-512VL packing kernel runs: the AVX2 path is on, the CPU has
@@ -285,71 +388,173 @@ bool CpuHasAvx512() {
   return has;
 }
 
-// PackNodesAvx2 with AVX-512VL mask registers (same lanes, arguments and
-// result). The pack is chosen by a tournament on (key, pack index): the
-// higher-index side wins a pair only when its key is strictly smaller, so the
-// winner is the lowest index of the minimum key, the serial scan's choice.
-// Only the chosen pack's lane is updated (a masked add: the same single
-// float64 addition as the scalar code); its key turns +inf once it is full.
-// The state (8 loads, 8 slot counters) stays in the 32 vector registers.
+// The AVX-512 kernel packs up to this many nodes at once, one per lane of a
+// 512-bit vector (Plan feeds it two layers' nodes together).
+constexpr int32_t kWideLanes = 8;
+
+// PackNodesAvx2 with 512-bit vectors and mask registers: M <= kWideLanes
+// nodes (arguments and result as there, node n's items at n * rpn). The pack
+// is chosen by a tournament on (key, pack index): the higher-index side wins
+// a pair only when its key is strictly smaller, so the winner is the lowest
+// index of the minimum key, the serial scan's choice. Only the chosen pack's
+// lane is updated (a masked add: the same single float64 addition as the
+// scalar code); its key turns +inf once it is full. The greedy steps are a
+// latency-bound chain, so the extra lanes (a second layer) come almost free.
 __attribute__((target("avx2,avx512f,avx512vl"))) void PackNodesAvx512(const double* items,
                                                                       const int32_t* rep_expert,
                                                                       int32_t M, int32_t rpn,
                                                                       int32_t m, int32_t cap,
                                                                       int32_t* phy2log) {
-  alignas(32) double sit[kFastItems * kFastLanes];
-  alignas(32) int64_t slot[kFastItems * kFastLanes];
-  int32_t sexp[kFastItems * kFastLanes];
-  GatherSorted(items, rep_expert, M, rpn, sit, sexp);
-  const __m256d inf = _mm256_set1_pd(std::numeric_limits<double>::infinity());
-  const __m256i one = _mm256_set1_epi64x(1);
-  __m256d pl[kFastPacks];
-  __m256i so[kFastPacks];
-  for (int32_t k = 0; k < kFastPacks; ++k) {
-    // pl: load while the pack has room, +inf once full (packs k >= m start
-    // full); so: next slot (k * cap + items in the pack).
-    pl[k] = k < m ? _mm256_setzero_pd() : inf;
-    so[k] = _mm256_set1_epi64x(static_cast<int64_t>(k) * cap);
-  }
-  const __m256i c0 = _mm256_set1_epi64x(0), c1 = _mm256_set1_epi64x(1), c2 = _mm256_set1_epi64x(2),
-                c3 = _mm256_set1_epi64x(3), c4 = _mm256_set1_epi64x(4), c5 = _mm256_set1_epi64x(5),
-                c6 = _mm256_set1_epi64x(6), c7 = _mm256_set1_epi64x(7);
+  alignas(64) double sit[kFastItems * kWideLanes];
+  int32_t sord[kFastItems * kWideLanes];
+  GatherSorted(items, M, rpn, kWideLanes, SortDescAvx512, sit, sord);
+  // State per node lane: pl[k] is pack k's load while it has room and +inf
+  // once full (packs k >= m start full); cnt holds the 8 packs' item counts,
+  // one byte each (counts <= cap <= kFastItems fit a byte). The chosen pack
+  // gets the item added, or +inf instead when it becomes full (load + inf =
+  // +inf): one masked add per pack, the same single float64 addition as the
+  // scalar code for a pack that stays open.
+  const __m512d inf = _mm512_set1_pd(std::numeric_limits<double>::infinity());
+  __m512d pl[kFastPacks];
+  for (int32_t k = 0; k < kFastPacks; ++k) pl[k] = k < m ? _mm512_setzero_pd() : inf;
+  __m512i cnt = _mm512_setzero_si512();
+  const __m512i one = _mm512_set1_epi64(1), byte = _mm512_set1_epi64(0xff);
+  const __m512i last = _mm512_set1_epi64(cap - 1);
+  // Pack indices times 8: the bit offset of the pack's count byte.
+  const __m512i c0 = _mm512_set1_epi64(0), c1 = _mm512_set1_epi64(8), c2 = _mm512_set1_epi64(16),
+                c3 = _mm512_set1_epi64(24), c4 = _mm512_set1_epi64(32), c5 = _mm512_set1_epi64(40),
+                c6 = _mm512_set1_epi64(48), c7 = _mm512_set1_epi64(56);
+  alignas(64) int64_t pick[kFastItems * kWideLanes];  // chosen pack * 8
+  alignas(64) int64_t pos[kFastItems * kWideLanes];   // items already in it
   for (int32_t t = 0; t < rpn; ++t) {
-    const __m256d item = _mm256_load_pd(sit + t * kFastLanes);
-    const __mmask8 l01 = _mm256_cmp_pd_mask(pl[1], pl[0], _CMP_LT_OQ);
-    const __mmask8 l23 = _mm256_cmp_pd_mask(pl[3], pl[2], _CMP_LT_OQ);
-    const __mmask8 l45 = _mm256_cmp_pd_mask(pl[5], pl[4], _CMP_LT_OQ);
-    const __mmask8 l67 = _mm256_cmp_pd_mask(pl[7], pl[6], _CMP_LT_OQ);
-    const __m256d v01 = _mm256_mask_blend_pd(l01, pl[0], pl[1]);
-    const __m256d v23 = _mm256_mask_blend_pd(l23, pl[2], pl[3]);
-    const __m256d v45 = _mm256_mask_blend_pd(l45, pl[4], pl[5]);
-    const __m256d v67 = _mm256_mask_blend_pd(l67, pl[6], pl[7]);
-    const __m256i i01 = _mm256_mask_blend_epi64(l01, c0, c1);
-    const __m256i i23 = _mm256_mask_blend_epi64(l23, c2, c3);
-    const __m256i i45 = _mm256_mask_blend_epi64(l45, c4, c5);
-    const __m256i i67 = _mm256_mask_blend_epi64(l67, c6, c7);
-    const __mmask8 l03 = _mm256_cmp_pd_mask(v23, v01, _CMP_LT_OQ);
-    const __mmask8 l47 = _mm256_cmp_pd_mask(v67, v45, _CMP_LT_OQ);
-    const __m256d v03 = _mm256_mask_blend_pd(l03, v01, v23);
-    const __m256d v47 = _mm256_mask_blend_pd(l47, v45, v67);
-    const __m256i i03 = _mm256_mask_blend_epi64(l03, i01, i23);
-    const __m256i i47 = _mm256_mask_blend_epi64(l47, i45, i67);
-    const __mmask8 l07 = _mm256_cmp_pd_mask(v47, v03, _CMP_LT_OQ);
-    const __m256i idx = _mm256_mask_blend_epi64(l07, i03, i47);
-    __m256i s = _mm256_setzero_si256();
+    const __m512d item = _mm512_load_pd(sit + t * kWideLanes);
+    const __mmask8 l01 = _mm512_cmp_pd_mask(pl[1], pl[0], _CMP_LT_OQ);
+    const __mmask8 l23 = _mm512_cmp_pd_mask(pl[3], pl[2], _CMP_LT_OQ);
+    const __mmask8 l45 = _mm512_cmp_pd_mask(pl[5], pl[4], _CMP_LT_OQ);
+    const __mmask8 l67 = _mm512_cmp_pd_mask(pl[7], pl[6], _CMP_LT_OQ);
+    const __m512d v01 = _mm512_mask_blend_pd(l01, pl[0], pl[1]);
+    const __m512d v23 = _mm512_mask_blend_pd(l23, pl[2], pl[3]);
+    const __m512d v45 = _mm512_mask_blend_pd(l45, pl[4], pl[5]);
+    const __m512d v67 = _mm512_mask_blend_pd(l67, pl[6], pl[7]);
+    const __m512i i01 = _mm512_mask_blend_epi64(l01, c0, c1);
+    const __m512i i23 = _mm512_mask_blend_epi64(l23, c2, c3);
+    const __m512i i45 = _mm512_mask_blend_epi64(l45, c4, c5);
+    const __m512i i67 = _mm512_mask_blend_epi64(l67, c6, c7);
+    const __mmask8 l03 = _mm512_cmp_pd_mask(v23, v01, _CMP_LT_OQ);
+    const __mmask8 l47 = _mm512_cmp_pd_mask(v67, v45, _CMP_LT_OQ);
+    const __m512d v03 = _mm512_mask_blend_pd(l03, v01, v23);
+    const __m512d v47 = _mm512_mask_blend_pd(l47, v45, v67);
+    const __m512i i03 = _mm512_mask_blend_epi64(l03, i01, i23);
+    const __m512i i47 = _mm512_mask_blend_epi64(l47, i45, i67);
+    const __mmask8 l07 = _mm512_cmp_pd_mask(v47, v03, _CMP_LT_OQ);
+    const __m512i idx = _mm512_mask_blend_epi64(l07, i03, i47);
+    const __m512i cur = _mm512_and_si512(_mm512_srlv_epi64(cnt, idx), byte);
+    cnt = _mm512_add_epi64(cnt, _mm512_sllv_epi64(one, idx));
+    const __m512d add = _mm512_mask_blend_pd(_mm512_cmpeq_epi64_mask(cur, last), item, inf);
     for (int32_t k = 0; k < kFastPacks; ++k) {
-      const __mmask8 oh = _mm256_cmpeq_epi64_mask(idx, _mm256_set1_epi64x(k));
-      s = _mm256_mask_mov_epi64(s, oh, so[k]);
-      so[k] = _mm256_mask_add_epi64(so[k], oh, so[k], one);
-      const __mmask8 full = _mm256_mask_cmpeq_epi64_mask(
-          oh, so[k], _mm256_set1_epi64x(static_cast<int64_t>(k + 1) * cap));
-      pl[k] = _mm256_mask_mov_pd(_mm256_mask_add_pd(pl[k], oh, pl[k], item), full, inf);
+      const __mmask8 oh = _mm512_cmpeq_epi64_mask(idx, _mm512_set1_epi64(8 * k));
+      pl[k] = _mm512_mask_add_pd(pl[k], oh, pl[k], add);
     }
-    _mm256_store_si256(reinterpret_cast<__m256i*>(slot + t * kFastLanes), s);
+    _mm512_store_si512(pick + t * kWideLanes, idx);
+    _mm512_store_si512(pos + t * kWideLanes, cur);
   }
   for (int32_t n = 0; n < M; ++n) {
     int32_t* out = phy2log + n * rpn;
-    for (int32_t t = 0; t < rpn; ++t) out[slot[t * kFastLanes + n]] = sexp[t * kFastLanes + n];
+    const int32_t* re = rep_expert + n * rpn;
+    const int32_t* so = sord + n * kFastItems;
+    for (int32_t t = 0; t < rpn; ++t) {
+      const int64_t q = t * kWideLanes + n;
+      out[(pick[q] >> 3) * cap + pos[q]] = re[so[t]];
+    }
+  }
+}
+
+// Candidate selection (ReplicateLayer): rank[i] = #{j < n : key[j] >
+// key[i]} for n <= kSelectItems distinct int64 keys (key[] zero-padded to a
+// multiple of 8). Branch-free, 8 keys per compare.
+constexpr int32_t kSelectItems = 64;
+
+template <int K>
+__attribute__((target("avx2,avx512f,avx512vl"))) inline void RankSelectChunk(const int64_t* key,
+                                                                             int32_t n,
+                                                                             int64_t* r) {
+  __m512i k[K], acc[K];
+  const __m512i one = _mm512_set1_epi64(1);
+  for (int q = 0; q < K; ++q) {
+    k[q] = _mm512_load_si512(key + 8 * q);
+    acc[q] = _mm512_setzero_si512();
+  }
+  for (int32_t j = 0; j < n; ++j) {
+    const __m512i b = _mm512_set1_epi64(key[j]);
+    for (int q = 0; q < K; ++q) acc[q] = MaskIncQ(acc[q], _mm512_cmpgt_epi64_mask(b, k[q]), one);
+  }
+  for (int q = 0; q < K; ++q) _mm512_store_si512(r + 8 * q, acc[q]);
+}
+
+__attribute__((target("avx2,avx512f,avx512vl"))) void RankSelectAvx512(const int64_t* key,
+                                                                       int32_t n, int32_t* rank) {
+  alignas(64) int64_t r[kSelectItems];
+  switch ((n + 7) / 8) {  // 1..8 vectors
+    case 8:
+      RankSelectChunk<8>(key, n, r);
+      break;
+    case 7:
+      RankSelectChunk<7>(key, n, r);
+      break;
+    case 6:
+      RankSelectChunk<6>(key, n, r);
+      break;
+    case 5:
+      RankSelectChunk<5>(key, n, r);
+      break;
+    case 4:
+      RankSelectChunk<4>(key, n, r);
+      break;
+    case 3:
+      RankSelectChunk<3>(key, n, r);
+      break;
+    case 2:
+      RankSelectChunk<2>(key, n, r);
+      break;
+    default:
+      RankSelectChunk<1>(key, n, r);
+      break;
+  }
+  for (int32_t i = 0; i < n; ++i) rank[i] = static_cast<int32_t>(r[i]);
+}
+
+// The `red` replication candidates of a node (ReplicateLayer): the experts
+// among wl[0, epn) (epn <= kSelectItems; node positions) with fewer than
+// `red` experts ahead of them in (w desc, position asc) order, ascending by
+// position, into cand[0, red). Only experts with w >= thr can qualify (the
+// caller's exact prefilter, which leaves at least `red`). The key (w << 10) |
+// (1023 - position) (< 2^63 as w < 2^53 and position < 1024; distinct) is
+// larger exactly for the expert ahead, so "fewer than red ahead" is a rank
+// below red on these keys; exactly `red` qualify. Compression keeps position
+// order.
+__attribute__((target("avx2,avx512f,avx512vl"))) void SelectCandidatesAvx512(
+    const int64_t* wl, int32_t epn, int64_t thr, int32_t red, int32_t* cand) {
+  alignas(64) int64_t key[kSelectItems + 8];
+  int32_t rank[kSelectItems];
+  const __m512i vthr = _mm512_set1_epi64(thr);
+  const __m512i lane = _mm512_set_epi64(1016, 1017, 1018, 1019, 1020, 1021, 1022, 1023);
+  int32_t ns = 0;
+  for (int32_t base = 0; base < epn; base += 8) {
+    const __mmask8 valid =
+        epn - base >= 8 ? __mmask8{0xff} : static_cast<__mmask8>((1u << (epn - base)) - 1);
+    const __m512i w = _mm512_maskz_loadu_epi64(valid, wl + base);
+    const __mmask8 keep = _mm512_mask_cmpge_epi64_mask(valid, w, vthr);
+    const __m512i k =
+        _mm512_or_si512(_mm512_slli_epi64(w, 10), _mm512_sub_epi64(lane, _mm512_set1_epi64(base)));
+    _mm512_storeu_si512(key + ns, _mm512_maskz_compress_epi64(keep, k));
+    ns += __builtin_popcount(keep);
+  }
+  _mm512_storeu_si512(key + ns, _mm512_setzero_si512());  // padding
+  RankSelectAvx512(key, ns, rank);
+  int32_t nc = 0;
+  for (int32_t si = 0; si < ns; ++si) {
+    cand[nc] = 1023 - static_cast<int32_t>(key[si] & 1023);
+    nc += rank[si] < red;
   }
 }
 #endif  // EPLB_PLANNER_X86_DISPATCH
@@ -476,19 +681,36 @@ void ValidatePlacement(const PlanShape& s, const int32_t* phy2log, const char* n
 // ---------------------------------------------------------------------------
 // Helpers on placements
 
-void BuildLog2Phy(const PlanShape& s, const int32_t* phy2log, int32_t* log2phy) {
+namespace {
+// The two passes of BuildLog2Phy for layers [l0, l1): the -1 fill, and the
+// slots of each expert, ascending, at the start of its row.
+void FillLog2Phy(const PlanShape& s, int32_t l0, int32_t l1, int32_t* log2phy) {
+  const size_t E = static_cast<size_t>(s.num_logical_experts);
+  const size_t width = static_cast<size_t>(s.num_physical_experts) - E + 1;
+  std::fill(log2phy + static_cast<size_t>(l0) * E * width,
+            log2phy + static_cast<size_t>(l1) * E * width, -1);
+}
+void ScatterLog2Phy(const PlanShape& s, int32_t l0, int32_t l1, const int32_t* phy2log,
+                    int32_t* log2phy) {
   const int32_t E = s.num_logical_experts, P = s.num_physical_experts;
   const size_t width = static_cast<size_t>(P - E + 1);
   int32_t fill[kMaxLogicalExperts];
-  for (int32_t l = 0; l < s.num_layers; ++l) {
+  for (int32_t l = l0; l < l1; ++l) {
     const int32_t* row = phy2log + static_cast<size_t>(l) * P;
     int32_t* out = log2phy + static_cast<size_t>(l) * E * width;
-    std::fill(out, out + E * width, -1);
     std::memset(fill, 0, sizeof(int32_t) * static_cast<size_t>(E));
     for (int32_t p = 0; p < P; ++p) {
       const int32_t e = row[p];
       out[static_cast<size_t>(e) * width + static_cast<size_t>(fill[e]++)] = p;
     }
+  }
+}
+}  // namespace
+
+void BuildLog2Phy(const PlanShape& s, const int32_t* phy2log, int32_t* log2phy) {
+  for (int32_t l = 0; l < s.num_layers; ++l) {
+    FillLog2Phy(s, l, l + 1, log2phy);
+    ScatterLog2Phy(s, l, l + 1, phy2log, log2phy);
   }
 }
 
@@ -563,7 +785,11 @@ struct Planner::Scratch {
   // Replication.
   std::vector<int32_t> node_group, node_expert, rep_expert, rep_pos, cnt, rheap;
   std::vector<double> cur_load;
-  std::vector<int64_t> node_w;
+  std::vector<int64_t> node_w;  // [M][epn] node loads in node order (when have_node_w)
+  bool have_node_w = false;
+  // Two layers' replica loads and experts for PackNodesAvx512 (Plan).
+  std::vector<double> pair_items;
+  std::vector<int32_t> pair_rep;
 
   // Migration.
   std::vector<int32_t> hold_head, hold_gpu, hold_node, hold_cnt, hold_next, newcnt, first, nxt, out,
@@ -594,6 +820,8 @@ struct Planner::Scratch {
     Grow(rheap, E);
     Grow(cur_load, E);
     Grow(node_w, E);
+    Grow(pair_items, 2 * P);
+    Grow(pair_rep, 2 * P);
   }
 
   void ReserveMigration(const PlanShape& s) {
@@ -620,6 +848,45 @@ struct Planner::Scratch {
     Grow(block_nz, M * M);
     Grow(sigma, M);
     Grow(target, N);
+  }
+
+  // The replica loads of the replicated layer, node n's at items[n * rpn,
+  // (n + 1) * rpn), in the node's replica order (rep_expert).
+  void BuildPackItems(double* items) const {
+    // 3. Replicas onto the node's GPUs; replica load = w / final count.
+    // An expert of count 1 has load w (w / 1 == w exactly); an added replica
+    // and its expert's original (at node position rp) both get w / count, the
+    // same single division for each (branch-free: only the experts that got
+    // replicas divide). Node n's items live at [n * rpn, (n+1) * rpn).
+    const int32_t* c = cnt.data();
+    for (int32_t n = 0; n < M; ++n) {
+      const int32_t* re = rep_expert.data() + n * rpn;
+      const int32_t* rp = rep_pos.data() + n * rpn;
+      double* it = items + n * rpn;
+      if (have_node_w) {
+        const int64_t* wl = node_w.data() + n * epn;  // = load[re[j]], contiguous
+        for (int32_t j = 0; j < epn; ++j) it[j] = static_cast<double>(wl[j]);
+      } else {
+        for (int32_t j = 0; j < epn; ++j) it[j] = static_cast<double>(load[re[j]]);
+      }
+      for (int32_t j = epn; j < rpn; ++j) {
+        const int32_t e = re[j];
+        const double v = static_cast<double>(load[e]) / c[e];
+        it[rp[j]] = v;
+        it[j] = v;
+      }
+    }
+  }
+
+  // Whether PackNodesAvx512 can pack two layers of this (replicated) shape at
+  // once.
+  bool CanPackPair() const {
+#if defined(EPLB_PLANNER_X86_DISPATCH)
+    return spg > 1 && bs <= kFastPacks && 2 * M <= kWideLanes && rpn <= kFastItems &&
+           CpuHasAvx512();
+#else
+    return false;
+#endif
   }
 
   // order[0, n) = the item indices 0..n-1 sorted by (items[i] desc, i asc),
@@ -670,7 +937,9 @@ struct Planner::Scratch {
     if (src != a) std::memcpy(a, src, sizeof(uint64_t) * static_cast<size_t>(n));
   }
 
-  void SortDesc(int32_t n) { SortDesc(items.data(), order.data(), sort_key.data(), n); }
+  void SortDesc(int32_t n) {
+    SortDesc(items.data(), order.data(), sort_key.data(), n);
+  }
   static void SortDesc(const double* it, int32_t* ord, uint64_t* key, int32_t n) {
     int32_t sh = 1;
     while ((int32_t{1} << sh) < n) ++sh;
@@ -808,8 +1077,8 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
     for (int32_t i = 0; i < epg; ++i) sum += wg[i];
     items[g] = static_cast<double>(sum);
   }
-  s.Pack(G, M);
   int32_t* node_group = s.node_group.data();
+  s.Pack(G, M);
   for (int32_t g = 0; g < G; ++g) node_group[s.pack_of[g] * gpn + s.pos_of[g]] = g;
   int32_t* node_expert = s.node_expert.data();
   for (int32_t j = 0; j < G; ++j) {
@@ -825,11 +1094,12 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
   double* cur = s.cur_load.data();
   for (int32_t e = 0; e < E; ++e) cnt[e] = 1;  // every expert is on one node
   const bool use_cand = red <= kCandidateLimit && red < epn;
+  s.have_node_w = use_cand;
   // With candidates and few nodes, the picks of all nodes run in lockstep
   // (pick t of every node, then t + 1): each pick waits on the previous one
   // of its node (argmax, division), and interleaving overlaps the nodes.
   const bool lockstep = use_cand && M <= kInterleaveLimit;
-  int32_t cand_all[kInterleaveLimit][kCandidateLimit];
+  int32_t cand_all[kInterleaveLimit][kCandidateLimit + 1];
   double cl_all[kInterleaveLimit][kCandidateLimit];  // w / count of each candidate
   for (int32_t n = 0; n < M; ++n) {
     const int32_t* ne = node_expert + n * epn;
@@ -857,7 +1127,7 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
       // (branchy) insertion below. Both passes here are branch-free.
       // The node's loads, contiguous in node position order (its positions
       // are whole groups), so the passes below index them directly.
-      int64_t* wl = s.node_w.data();
+      int64_t* wl = s.node_w.data() + n * epn;
       for (int32_t j = 0; j < gpn; ++j)
         std::memcpy(wl + j * epg, load + node_group[n * gpn + j] * epg,
                     sizeof(int64_t) * static_cast<size_t>(epg));
@@ -871,32 +1141,39 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
         for (; i < end; ++i) mx = std::max(mx, wl[i]);
         thr = std::min(thr, mx);
       }
-      int32_t* sel = s.rheap.data();  // positions with w >= thr, ascending
-      int32_t ns = 0;
-      for (int32_t i = 0; i < epn; ++i) {
-        sel[ns] = i;
-        ns += wl[i] >= thr;
-      }
-      uint64_t top[kCandidateLimit];
-      int32_t nt = 0;
-      for (int32_t si = 0; si < ns; ++si) {
-        const int32_t i = sel[si];
-        const uint64_t k =
-            (static_cast<uint64_t>(kMaxLoad - 1 - wl[i]) << 11) | static_cast<uint64_t>(i);
-        if (nt == red && k >= top[red - 1]) continue;
-        int32_t b = nt < red ? nt++ : red - 1;
-        while (b > 0 && top[b - 1] > k) {
-          top[b] = top[b - 1];
-          --b;
-        }
-        top[b] = k;
-      }
-      int32_t cand_one[kCandidateLimit];
+      int32_t cand_one[kCandidateLimit + 1];  // + 1: the branch-free filter's spare
       double cl_one[kCandidateLimit];
       int32_t* cand = lockstep ? cand_all[n] : cand_one;
       double* cl = lockstep ? cl_all[n] : cl_one;
-      for (int32_t c = 0; c < red; ++c) cand[c] = static_cast<int32_t>(top[c] & 2047);
-      std::sort(cand, cand + red);
+#if defined(EPLB_PLANNER_X86_DISPATCH)
+      if (epn <= kSelectItems && CpuHasAvx512()) {
+        SelectCandidatesAvx512(wl, epn, thr, red, cand);
+      } else
+#endif
+      {
+        int32_t* sel = s.rheap.data();  // positions with w >= thr, ascending
+        int32_t ns = 0;
+        for (int32_t i = 0; i < epn; ++i) {
+          sel[ns] = i;
+          ns += wl[i] >= thr;
+        }
+        uint64_t top[kCandidateLimit];
+        int32_t nt = 0;
+        for (int32_t si = 0; si < ns; ++si) {
+          const int32_t i = sel[si];
+          const uint64_t k =
+              (static_cast<uint64_t>(kMaxLoad - 1 - wl[i]) << 11) | static_cast<uint64_t>(i);
+          if (nt == red && k >= top[red - 1]) continue;
+          int32_t b = nt < red ? nt++ : red - 1;
+          while (b > 0 && top[b - 1] > k) {
+            top[b] = top[b - 1];
+            --b;
+          }
+          top[b] = k;
+        }
+        for (int32_t c = 0; c < red; ++c) cand[c] = static_cast<int32_t>(top[c] & 2047);
+        std::sort(cand, cand + red);
+      }
       for (int32_t c = 0; c < red; ++c) cl[c] = static_cast<double>(wl[cand[c]]);  // w / 1
       if (lockstep) continue;
       for (int32_t t = 0; t < red; ++t) {
@@ -974,34 +1251,19 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
 
 void Planner::PackLayer(int32_t* phy2log) {
   Scratch& s = *s_;
-  const int32_t* cnt = s.cnt.data();
-  // 3. Replicas onto the node's GPUs; replica load = w / final count.
-  // An expert of count 1 has load w (w / 1 == w exactly); an added replica
-  // and its expert's original (at node position rp) both get w / count, the
-  // same single division for each (branch-free: only the experts that got
-  // replicas divide). Node n's items live at [n * rpn, (n+1) * rpn).
   double* items = s.items.data();
-  const int64_t* load = s.load;
-  for (int32_t n = 0; n < s.M; ++n) {
-    const int32_t* re = s.rep_expert.data() + n * s.rpn;
-    const int32_t* rp = s.rep_pos.data() + n * s.rpn;
-    double* it = items + n * s.rpn;
-    for (int32_t j = 0; j < s.epn; ++j) it[j] = static_cast<double>(load[re[j]]);
-    for (int32_t j = s.epn; j < s.rpn; ++j) {
-      const int32_t e = re[j];
-      const double v = static_cast<double>(load[e]) / cnt[e];
-      it[rp[j]] = v;
-      it[j] = v;
-    }
-  }
+  s.BuildPackItems(items);
   const int32_t cap = s.spg;
 #if defined(EPLB_PLANNER_X86_DISPATCH)
-  if (cap > 1 && s.bs <= kFastPacks && s.M <= kFastLanes && s.rpn <= kFastItems && CpuHasAvx2()) {
-    if (CpuHasAvx512())
+  if (cap > 1 && s.bs <= kFastPacks && s.rpn <= kFastItems && CpuHasAvx2()) {
+    if (CpuHasAvx512() && s.M <= kWideLanes) {
       PackNodesAvx512(items, s.rep_expert.data(), s.M, s.rpn, s.bs, cap, phy2log);
-    else
+      return;
+    }
+    if (s.M <= kFastLanes) {
       PackNodesAvx2(items, s.rep_expert.data(), s.M, s.rpn, s.bs, cap, phy2log);
-    return;
+      return;
+    }
   }
 #endif
   if (cap == 1 || s.bs > kLinearPackLimit || s.M > kInterleaveLimit) {
@@ -1323,19 +1585,49 @@ PlanResult Planner::Plan(const PlanShape& shape, Policy policy, Migration migrat
   EPLB_CHECK_ARG(logcnt != nullptr, "logcnt is NULL");
   const size_t E = static_cast<size_t>(shape.num_logical_experts);
   const size_t P = static_cast<size_t>(shape.num_physical_experts);
-  // log2phy is written layer by layer, right after the layer is planned: the
-  // stores (2 MB for the DeepSeek-V3 shape, bound by cache bandwidth) then
-  // drain while the next layer computes.
-  PlanShape one = shape;
-  one.num_layers = 1;
-  const size_t W = P - E + 1;
   int64_t moved = 0;
-  for (int32_t l = 0; l < shape.num_layers; ++l) {
+  Scratch& s = *s_;
+  for (int32_t l = 0; l < shape.num_layers;) {
     const size_t ul = static_cast<size_t>(l);
-    moved += PlanLayer(shape, p, migration, load + ul * E,
-                       old_phy2log != nullptr ? old_phy2log + ul * P : nullptr, phy2log + ul * P,
-                       logcnt + ul * E);
-    if (log2phy != nullptr) BuildLog2Phy(one, phy2log + ul * P, log2phy + ul * E * W);
+    int32_t nl = 1;
+    ReplicateLayer(shape, p, load + ul * E, logcnt + ul * E);
+#if defined(EPLB_PLANNER_X86_DISPATCH)
+    if (l + 1 < shape.num_layers && s.CanPackPair()) {
+      // Layers l and l + 1 packed together: their 2M nodes are independent,
+      // and PackNodesAvx512 performs each node's steps exactly as alone.
+      // Layer l + 1's nodes follow layer l's in items, experts and phy2log
+      // (P = M * rpn), so they are simply nodes M..2M-1.
+      s.BuildPackItems(s.pair_items.data());
+      std::memcpy(s.pair_rep.data(), s.rep_expert.data(), sizeof(int32_t) * P);
+      ReplicateLayer(shape, p, load + (ul + 1) * E, logcnt + (ul + 1) * E);
+      s.BuildPackItems(s.pair_items.data() + P);
+      std::memcpy(s.pair_rep.data() + P, s.rep_expert.data(), sizeof(int32_t) * P);
+      PackNodesAvx512(s.pair_items.data(), s.pair_rep.data(), 2 * s.M, s.rpn, s.bs, s.spg,
+                      phy2log + ul * P);
+      nl = 2;
+    } else {
+      PackLayer(phy2log + ul * P);
+    }
+#else
+    PackLayer(phy2log + ul * P);
+#endif
+    for (size_t k = ul; k < ul + static_cast<size_t>(nl); ++k) {
+      if (old_phy2log != nullptr) {
+        const int32_t* old = old_phy2log + k * P;
+        int32_t* out = phy2log + k * P;
+        MigrateLayer(migration, old, out);
+        for (size_t q = 0; q < P; ++q) moved += out[q] != old[q];
+      }
+    }
+    // log2phy is written layer by layer, right after the layer is planned:
+    // the stores (2 MB for the DeepSeek-V3 shape, bound by cache bandwidth)
+    // then drain while the next layer computes. (Measured: separating a
+    // layer's -1 fill from its slot stores by planning work is slower.)
+    for (int32_t k = l; k < l + nl && log2phy != nullptr; ++k) {
+      FillLog2Phy(shape, k, k + 1, log2phy);
+      ScatterLog2Phy(shape, k, k + 1, phy2log, log2phy);
+    }
+    l += nl;
   }
   PlanResult r;
   r.policy = p;
