@@ -79,15 +79,44 @@ struct ChurnPlanner::Work {
   AssignmentSolver assign;
   std::vector<int64_t> overlap, scaled;
   std::vector<int32_t> node_perm, rank_perm, perm_scratch;
-  std::vector<int32_t> old_start, old_slots, cursor, kept_slot;
-  std::vector<uint8_t> slot_used;
-  std::vector<int32_t> run, target_cnt, score_cnt, node_lo;
+  std::vector<int32_t> old_start, old_slots, old_rank, cursor, kept_slot, slot_used;
+  std::vector<int32_t> run, target_cnt, score_cnt;
+  std::vector<double> share;  // [E] w[e] / target_cnt[e]: a replica's load in the fresh plan
   std::vector<uint64_t> sort_a, sort_b;
-  std::vector<std::pair<double, int32_t>> items;
+  // The replicas to pack, largest first (PrepareSticky): load, expert, first
+  // rank of the expert's node.
+  std::vector<double> item_x;
+  std::vector<int32_t> item_e, item_lo;
+  int32_t num_items = 0;
   std::vector<int32_t> leftover, free, assign_rank, gnode;
-  std::vector<double> pack_load;
-  std::vector<int32_t> holding_stamp;
-  int32_t holding_epoch = 0;
+  std::vector<double> pack_load, eff;
+
+  // Sizes every buffer for a shape (no allocation once sized): the
+  // functions below write through raw pointers and never resize.
+  void Size(int32_t E, int32_t P, int32_t N, int32_t M, int32_t R, int32_t G) {
+    const size_t e = static_cast<size_t>(std::max(E, 1)), p = static_cast<size_t>(P);
+    const size_t n = static_cast<size_t>(N);
+    scaled.resize(e);
+    target_cnt.resize(e);
+    score_cnt.resize(e);
+    share.resize(e);
+    sort_a.resize(e);
+    sort_b.resize(e);
+    old_start.resize(e + 1);
+    cursor.resize(std::max(e, n));
+    for (std::vector<int32_t>* v : {&old_slots, &old_rank, &kept_slot, &slot_used, &run, &item_e,
+                                    &item_lo, &leftover, &assign_rank})
+      v->resize(p);
+    item_x.resize(p);
+    free.resize(n);
+    pack_load.resize(n);
+    eff.resize(n);
+    rank_perm.resize(n);
+    node_perm.resize(static_cast<size_t>(M));
+    perm_scratch.resize(static_cast<size_t>(R));
+    gnode.resize(static_cast<size_t>(std::max(G, 1)));
+    overlap.resize(std::max(static_cast<size_t>(M) * M, static_cast<size_t>(R) * R));
+  }
 };
 
 ChurnPlanner::ChurnPlanner() = default;
@@ -240,63 +269,153 @@ void ChurnPlanner::Rebuild(const PlanShape& s, Layer& ly, const double* w) const
 }
 
 // The layer's old placement `old` as lists: wk.old_slots holds, for each
-// expert, the old slots holding it (ascending), from wk.old_start[e]. Shared
-// by the relabelling and the sticky packings of one layer.
+// expert, the old slots holding it (ascending), from wk.old_start[e], and
+// wk.old_rank their ranks. Shared by the relabelling and the sticky packings
+// of one layer. The hot loops below read the Work's buffers through local
+// pointers: a byte or int store through a vector would otherwise make the
+// compiler reload every vector's data pointer (it may alias them).
 void ChurnPlanner::IndexOld(Work& wk, const PlanShape& s, const int32_t* old) const {
   const int32_t E = s.num_logical_experts, P = s.num_physical_experts;
-  wk.old_start.assign(static_cast<size_t>(E) + 1, 0);
-  for (int32_t p = 0; p < P; ++p) ++wk.old_start[old[p] + 1];
-  for (int32_t e = 0; e < E; ++e) wk.old_start[e + 1] += wk.old_start[e];
-  wk.cursor.assign(wk.old_start.begin(), wk.old_start.end() - 1);
-  wk.old_slots.resize(P);
-  for (int32_t p = 0; p < P; ++p) wk.old_slots[wk.cursor[old[p]]++] = p;
+  int32_t* start = wk.old_start.data();
+  int32_t* cur = wk.cursor.data();
+  int32_t* slots = wk.old_slots.data();
+  int32_t* ranks = wk.old_rank.data();
+  const int32_t* srank = slot_rank_.data();
+  std::fill(start, start + E + 1, 0);
+  for (int32_t p = 0; p < P; ++p) ++start[old[p] + 1];
+  for (int32_t e = 0; e < E; ++e) start[e + 1] += start[e];
+  std::copy(start, start + E, cur);
+  for (int32_t p = 0; p < P; ++p) {
+    const int32_t i = cur[old[p]]++;
+    slots[i] = p;
+    ranks[i] = srank[p];
+  }
 }
 
-// The replicas to pack (counts tcnt, group g on node gnode[g] when
-// hierarchical), largest first, ties by expert: a stable LSD radix sort on
-// the high 32 bits of the replica load (order preserving for doubles >= 0),
-// from the experts in ascending order. Why not std::sort: on 256 keys its
-// mispredicted branches cost about as much as a packing. Keys equal in
-// their high 32 bits (relative difference < 2^-20) count as ties; the order
-// is still a fixed function of the inputs.
-void ChurnPlanner::PrepareSticky(Work& wk, const PlanShape& s, const double* w,
-                                 const int32_t* gnode, const int32_t* tcnt) const {
+// The replicas to pack (counts tcnt, loads wk.share, group g on node
+// gnode[g] when hierarchical), largest first, ties by expert: a stable LSD
+// radix sort on the high 32 bits of the replica load (order preserving for
+// doubles >= 0), from the experts in ascending order; the four digit
+// histograms are counted in one pass, and a digit all keys share is skipped.
+// Why not std::sort: on 256 keys its mispredicted branches cost about as much
+// as a packing. Keys equal in their high 32 bits (relative difference <
+// 2^-20) count as ties; the order is still a fixed function of the inputs.
+void ChurnPlanner::PrepareSticky(Work& wk, const PlanShape& s, const int32_t* gnode,
+                                 const int32_t* tcnt) const {
   const int32_t E = s.num_logical_experts;
   const int32_t R = ranks_per_node_;
-  wk.sort_a.clear();
+  const double* share = wk.share.data();
+  uint64_t* a = wk.sort_a.data();
+  uint64_t* b = wk.sort_b.data();
+  uint32_t n = 0;
   for (int32_t e = 0; e < E; ++e) {
     if (tcnt[e] <= 0) continue;
-    const double x = w[e] / tcnt[e];
     uint64_t bits;
-    std::memcpy(&bits, &x, sizeof bits);
+    std::memcpy(&bits, &share[e], sizeof bits);
     const uint32_t key = ~static_cast<uint32_t>(bits >> 32);  // descending
-    wk.sort_a.push_back((static_cast<uint64_t>(key) << 32) | static_cast<uint32_t>(e));
+    a[n++] = (static_cast<uint64_t>(key) << 32) | static_cast<uint32_t>(e);
   }
-  wk.sort_b.resize(wk.sort_a.size());
-  const size_t n = wk.sort_a.size();
+  uint32_t hist[4][256];
+  std::memset(hist, 0, sizeof hist);
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint64_t k = a[i];
+    ++hist[0][(k >> 32) & 0xff];
+    ++hist[1][(k >> 40) & 0xff];
+    ++hist[2][(k >> 48) & 0xff];
+    ++hist[3][k >> 56];
+  }
   for (int32_t pass = 0; pass < 4 && n > 0; ++pass) {
     const int32_t shift = 32 + 8 * pass;
-    size_t count[257] = {0};
-    for (size_t i = 0; i < n; ++i) ++count[((wk.sort_a[i] >> shift) & 0xff) + 1];
-    if (count[((wk.sort_a[0] >> shift) & 0xff) + 1] == n) continue;  // one digit: no-op pass
-    for (int32_t d = 0; d < 256; ++d) count[d + 1] += count[d];
-    for (size_t i = 0; i < n; ++i)
-      wk.sort_b[count[(wk.sort_a[i] >> shift) & 0xff]++] = wk.sort_a[i];
-    wk.sort_a.swap(wk.sort_b);
+    uint32_t* h = hist[pass];
+    if (h[(a[0] >> shift) & 0xff] == n) continue;  // one digit: no-op pass
+    uint32_t sum = 0;
+    for (int32_t d = 0; d < 256; ++d) {
+      const uint32_t c = h[d];
+      h[d] = sum;
+      sum += c;
+    }
+    for (uint32_t i = 0; i < n; ++i) b[h[(a[i] >> shift) & 0xff]++] = a[i];
+    std::swap(a, b);
   }
-  wk.items.clear();
-  for (size_t i = 0; i < n; ++i) {
-    const int32_t e = static_cast<int32_t>(wk.sort_a[i] & 0xffffffffu);
-    const double x = w[e] / tcnt[e];
-    for (int32_t k = 0; k < tcnt[e]; ++k) wk.items.push_back({x, e});
+  double* ix = wk.item_x.data();
+  int32_t* ie = wk.item_e.data();
+  int32_t* ilo = wk.item_lo.data();
+  const int32_t* egroup = exp_group_.data();
+  int32_t m = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    const int32_t e = static_cast<int32_t>(a[i] & 0xffffffffu);
+    const double x = share[e];
+    // First rank of the expert's node (hierarchical).
+    const int32_t lo = hier_ ? gnode[egroup[e]] * R : 0;
+    for (int32_t k = 0; k < tcnt[e]; ++k, ++m) {
+      ix[m] = x;
+      ie[m] = e;
+      ilo[m] = lo;
+    }
   }
-  // First rank of each expert's node (hierarchical), without a division per
-  // replica.
-  wk.node_lo.assign(E, 0);
-  if (hier_)
-    for (int32_t g = 0, e = 0; e < E; ++g)
-      for (int32_t k = 0; k < experts_per_group_; ++k, ++e) wk.node_lo[e] = gnode[g] * R;
+  wk.num_items = m;
 }
+
+namespace {
+// Least loaded rank of [lo, lo + span) by eff (a full rank's is +inf), the
+// lowest on ties; written without data-dependent branches (the loads are
+// unpredictable). Eight ranks (a node of 8 GPUs) reduce as a tree: a shorter
+// dependency chain than the scan, with the same result (the right half wins
+// only when strictly less, so the lowest index among the minima wins).
+inline int32_t LeastLoaded(const double* eff, int32_t lo, int32_t span) {
+  if (span == 8) {
+    const double* v = eff + lo;
+    const bool c1 = v[1] < v[0], c3 = v[3] < v[2], c5 = v[5] < v[4], c7 = v[7] < v[6];
+    const int32_t i01 = c1 ? 1 : 0, i23 = c3 ? 3 : 2, i45 = c5 ? 5 : 4, i67 = c7 ? 7 : 6;
+    const double m01 = c1 ? v[1] : v[0], m23 = c3 ? v[3] : v[2];
+    const double m45 = c5 ? v[5] : v[4], m67 = c7 ? v[7] : v[6];
+    const bool c03 = m23 < m01, c47 = m67 < m45;
+    const int32_t i03 = c03 ? i23 : i01, i47 = c47 ? i67 : i45;
+    const double m03 = c03 ? m23 : m01, m47 = c47 ? m67 : m45;
+    return lo + (m47 < m03 ? i47 : i03);
+  }
+  int32_t best = lo;
+  double best_load = eff[lo];
+  for (int32_t r = lo + 1; r < lo + span; ++r) {
+    const double v = eff[r];
+    const bool better = v < best_load;
+    best = better ? r : best;
+    best_load = better ? v : best_load;
+  }
+  return best;
+}
+
+// An optimal permutation of the n x n assignment: when every row has a
+// strict maximum and those columns differ, that permutation is the unique
+// optimum (any other loses in some row and gains in none), which the exact
+// solver would return too; otherwise the solver. Why: relabelling a fresh
+// plan onto a placement it resembles mostly gives such matrices, and the
+// solver was a tenth of a call.
+void SolvePerm(AssignmentSolver& solver, int32_t n, const int64_t* w, int32_t* perm) {
+  if (n <= 64) {
+    uint64_t cols = 0;
+    bool ok = true;
+    for (int32_t i = 0; i < n && ok; ++i) {
+      const int64_t* row = w + static_cast<size_t>(i) * n;
+      int32_t best = 0;
+      bool unique = true;
+      for (int32_t j = 1; j < n; ++j) {
+        if (row[j] > row[best]) {
+          best = j;
+          unique = true;
+        } else if (row[j] == row[best]) {
+          unique = false;
+        }
+      }
+      ok = unique && ((cols >> best) & 1u) == 0;
+      cols |= uint64_t{1} << best;
+      perm[i] = best;
+    }
+    if (ok) return;
+  }
+  solver.SolveMax(n, w, perm);
+}
+}  // namespace
 
 // Packs the prepared replicas (largest first) keeping a replica on a rank
 // that held its expert in `old` (IndexOld) while that rank stays <= cap, the
@@ -313,101 +432,107 @@ void ChurnPlanner::StickyPlan(Work& wk, const PlanShape& s, const int32_t* old, 
   const int32_t P = s.num_physical_experts, N = s.num_ranks;
   const int32_t S = slots_per_rank_;
   const int32_t span = hier_ ? ranks_per_node_ : N;
-  wk.pack_load.assign(N, 0.0);
-  wk.free.assign(N, S);
-  wk.slot_used.assign(P, 0);
-  wk.assign_rank.resize(wk.items.size());
-  wk.kept_slot.resize(wk.items.size());
-  wk.leftover.clear();
-  // Least loaded rank of [lo, lo + span) with a free slot, lowest on ties
-  // (written without data-dependent branches: the loads are unpredictable).
+  const int32_t n = wk.num_items;
+  const double* ix = wk.item_x.data();
+  const int32_t* ie = wk.item_e.data();
+  const int32_t* ilo = wk.item_lo.data();
+  const int32_t* ostart = wk.old_start.data();
+  const int32_t* oslot = wk.old_slots.data();
+  const int32_t* orank = wk.old_rank.data();
+  double* load = wk.pack_load.data();
+  double* eff = wk.eff.data();  // load, or +inf once the rank is full
+  int32_t* fre = wk.free.data();
+  int32_t* used = wk.slot_used.data();
+  int32_t* arank = wk.assign_rank.data();
+  int32_t* kept = wk.kept_slot.data();
+  int32_t* left = wk.leftover.data();
   const double kFull = std::numeric_limits<double>::infinity();
-  auto least_free = [&](int32_t lo) {
-    int32_t best = -1;
-    double best_load = kFull;
-    for (int32_t r = lo; r < lo + span; ++r) {
-      const double v = wk.free[r] != 0 ? wk.pack_load[r] : kFull;
-      const bool better = v < best_load;
-      best = better ? r : best;
-      best_load = better ? v : best_load;
-    }
-    EPLB_ASSERT(best >= 0);  // a node's slots equal its groups' replicas
-    return best;
+  for (int32_t r = 0; r < N; ++r) {
+    load[r] = 0.0;
+    fre[r] = S;
+    eff[r] = S != 0 ? 0.0 : kFull;
+  }
+  std::fill(used, used + P, 0);
+  auto place = [&](int32_t r, double x) {
+    load[r] += x;
+    const int32_t f = --fre[r];
+    eff[r] = f != 0 ? load[r] : kFull;
   };
-  for (size_t k = 0; k < wk.items.size(); ++k) {
-    const int32_t e = wk.items[k].second;
-    const double x = wk.items[k].first;
-    const int32_t lo = wk.node_lo[e];
+  int32_t num_left = 0;
+  for (int32_t k = 0; k < n; ++k) {
+    const int32_t e = ie[k];
+    const double x = ix[k];
+    const int32_t lo = ilo[k];
     // The old slots of e, ascending: the first unused one of each rank is
     // the candidate (ranks outside the node cannot keep it).
-    int32_t best_slot = -1;
-    double best_load = std::numeric_limits<double>::infinity();
-    for (int32_t i = wk.old_start[e]; i < wk.old_start[e + 1]; ++i) {
-      const int32_t p = wk.old_slots[i], r = slot_rank_[p];
-      const double v = wk.pack_load[r];
+    int32_t best_slot = -1, best_rank = -1;
+    double best_load = kFull;
+    for (int32_t i = ostart[e]; i < ostart[e + 1]; ++i) {
+      const int32_t p = oslot[i], r = orank[i];
+      const double v = load[r];
       // Branch-free: whether a slot can keep its expert is unpredictable.
-      const bool ok = (wk.slot_used[p] == 0) &
+      const bool ok = (used[p] == 0) &
                       (static_cast<uint32_t>(r - lo) < static_cast<uint32_t>(span)) &
-                      (wk.free[r] != 0) & (v + x <= cap) & (v < best_load);
+                      (fre[r] != 0) & (v + x <= cap) & (v < best_load);
       best_slot = ok ? p : best_slot;
+      best_rank = ok ? r : best_rank;
       best_load = ok ? v : best_load;
     }
     if (best_slot >= 0) {
-      const int32_t r = slot_rank_[best_slot];
-      wk.slot_used[best_slot] = 1;
-      --wk.free[r];
-      wk.pack_load[r] += x;
-      wk.assign_rank[k] = r;
-      wk.kept_slot[k] = best_slot;
+      used[best_slot] = 1;
+      place(best_rank, x);
+      arank[k] = best_rank;
+      kept[k] = best_slot;
       continue;
     }
-    wk.kept_slot[k] = -1;
+    kept[k] = -1;
     if (!inline_leftover) {
-      wk.leftover.push_back(static_cast<int32_t>(k));
+      left[num_left++] = k;
       continue;
     }
-    const int32_t r = least_free(lo);
-    --wk.free[r];
-    wk.pack_load[r] += x;
-    wk.assign_rank[k] = r;
+    const int32_t r = LeastLoaded(eff, lo, span);
+    EPLB_ASSERT(eff[r] < kFull);  // a node's slots equal its groups' replicas
+    place(r, x);
+    arank[k] = r;
   }
-  for (int32_t k : wk.leftover) {
-    const int32_t r = least_free(wk.node_lo[wk.items[k].second]);
-    --wk.free[r];
-    wk.pack_load[r] += wk.items[k].first;
-    wk.assign_rank[k] = r;
+  for (int32_t j = 0; j < num_left; ++j) {
+    const int32_t k = left[j];
+    const int32_t r = LeastLoaded(eff, ilo[k], span);
+    EPLB_ASSERT(eff[r] < kFull);
+    place(r, ix[k]);
+    arank[k] = r;
   }
-  for (int32_t p = 0; p < P; ++p) out[p] = wk.slot_used[p] ? old[p] : -1;
+  for (int32_t p = 0; p < P; ++p) out[p] = used[p] ? old[p] : -1;
   // Free slots of each rank in slot order, filled in packing order. A
   // replica that did not keep a slot is a new holding unless its rank held
   // the expert or took another replica of it (replicas of an expert are
-  // adjacent in wk.items: `run` lists the ranks of the current expert's).
-  wk.cursor.resize(N);
-  for (int32_t r = 0; r < N; ++r) wk.cursor[r] = r * S;
+  // adjacent in the items: `run` lists the ranks of the current expert's).
+  int32_t* cur = wk.cursor.data();
+  int32_t* run = wk.run.data();
+  for (int32_t r = 0; r < N; ++r) cur[r] = r * S;
   int64_t holdings = 0;
   int32_t run_expert = -1, run_len = 0;
-  wk.run.resize(P);
-  for (size_t k = 0; k < wk.items.size(); ++k) {
-    const int32_t e = wk.items[k].second, r = wk.assign_rank[k];
+  for (int32_t k = 0; k < n; ++k) {
+    const int32_t e = ie[k], r = arank[k];
     if (e != run_expert) {
       run_expert = e;
       run_len = 0;
     }
     bool seen = false;
-    for (int32_t i = 0; i < run_len && !seen; ++i) seen = wk.run[i] == r;
-    if (!seen) wk.run[run_len++] = r;
-    if (wk.kept_slot[k] >= 0) continue;
-    int32_t& c = wk.cursor[r];
+    for (int32_t i = 0; i < run_len; ++i) seen |= run[i] == r;
+    if (!seen) run[run_len++] = r;
+    if (kept[k] >= 0) continue;
+    int32_t c = cur[r];
     while (out[c] >= 0) ++c;
     out[c] = e;
+    cur[r] = c;
     if (seen) continue;
     bool held = false;
-    for (int32_t i = wk.old_start[e]; i < wk.old_start[e + 1] && !held; ++i)
-      held = slot_rank_[wk.old_slots[i]] == r;
-    if (!held) ++holdings;
+    for (int32_t i = ostart[e]; i < ostart[e + 1]; ++i) held |= orank[i] == r;
+    holdings += held ? 0 : 1;
   }
   double mx = 0.0;
-  for (int32_t r = 0; r < N; ++r) mx = std::max(mx, wk.pack_load[r]);
+  for (int32_t r = 0; r < N; ++r) mx = std::max(mx, load[r]);
   *max_load = mx;
   *new_holdings = holdings;
 }
@@ -418,76 +543,97 @@ void ChurnPlanner::StickyPlan(Work& wk, const PlanShape& s, const int32_t* old, 
 // the old rank held keeps its old slot. The loads per rank are the fresh
 // plan's. Why not the planner's migration FULL: the same idea, but it also
 // fixes slot order by its own rules, and it was a quarter of a call. Writes
-// out[P]; wk.gnode receives the relabelled group -> node map.
+// out[P] and its new holdings (CountNewHoldings of the layer: per rank, the
+// distinct experts its old placement lacked); wk.gnode receives the
+// relabelled group -> node map.
 void ChurnPlanner::RelabelFresh(Work& wk, const PlanShape& s, const int32_t* fr, const int32_t* old,
-                                int32_t* out) const {
+                                int32_t* out, int64_t* new_holdings) const {
   const int32_t P = s.num_physical_experts, N = s.num_ranks, S = slots_per_rank_;
   const int32_t R = ranks_per_node_, M = hier_ ? s.num_nodes : 1;
   const int32_t G = hier_ ? s.num_groups : 1;
-  wk.gnode.assign(G, 0);
-  wk.node_perm.resize(M);
+  int32_t* gnode = wk.gnode.data();
+  int32_t* node_perm = wk.node_perm.data();
+  int32_t* rank_perm = wk.rank_perm.data();
+  int32_t* perm = wk.perm_scratch.data();
+  int64_t* ov = wk.overlap.data();
+  const int32_t* egroup = exp_group_.data();
+  const int32_t* snode = slot_node_.data();
+  const int32_t* ostart = wk.old_start.data();
+  const int32_t* oslot = wk.old_slots.data();
+  const int32_t* orank = wk.old_rank.data();
+  std::fill(gnode, gnode + G, 0);
   if (hier_) {
-    for (int32_t p = 0; p < P; ++p) wk.gnode[exp_group_[fr[p]]] = slot_node_[p];
-    wk.overlap.assign(static_cast<size_t>(M) * M, 0);
-    for (int32_t p = 0; p < P; ++p)
-      ++wk.overlap[static_cast<size_t>(wk.gnode[exp_group_[old[p]]]) * M + slot_node_[p]];
-    wk.assign.SolveMax(M, wk.overlap.data(), wk.node_perm.data());
-    for (int32_t g = 0; g < G; ++g) wk.gnode[g] = wk.node_perm[wk.gnode[g]];
+    for (int32_t p = 0; p < P; ++p) gnode[egroup[fr[p]]] = snode[p];
+    std::fill(ov, ov + static_cast<size_t>(M) * M, 0);
+    for (int32_t p = 0; p < P; ++p) ++ov[static_cast<size_t>(gnode[egroup[old[p]]]) * M + snode[p]];
+    SolvePerm(wk.assign, M, ov, node_perm);
+    for (int32_t g = 0; g < G; ++g) gnode[g] = node_perm[gnode[g]];
   } else {
-    wk.node_perm[0] = 0;
+    node_perm[0] = 0;
   }
-  // Per fresh node a (now node wk.node_perm[a]): overlap of its ranks with the
+  // Per fresh node a (now node node_perm[a]): overlap of its ranks with the
   // ranks of the target node, counted per slot of the fresh rank whose
   // expert the old rank holds.
-  wk.rank_perm.resize(N);
   for (int32_t a = 0; a < M; ++a) {
-    const int32_t b = wk.node_perm[a];
-    wk.overlap.assign(static_cast<size_t>(R) * R, 0);
+    const int32_t blo = node_perm[a] * R;
+    std::fill(ov, ov + static_cast<size_t>(R) * R, 0);
     for (int32_t i = 0; i < R; ++i) {
       const int32_t fr_rank = a * R + i;
+      int64_t* row = ov + static_cast<size_t>(i) * R;
       for (int32_t p = fr_rank * S; p < (fr_rank + 1) * S; ++p) {
         const int32_t e = fr[p];
         int32_t last = -1;
-        for (int32_t k = wk.old_start[e]; k < wk.old_start[e + 1]; ++k) {
-          const int32_t r = slot_rank_[wk.old_slots[k]];
-          if (r == last || r < b * R || r >= (b + 1) * R) continue;
+        for (int32_t k = ostart[e]; k < ostart[e + 1]; ++k) {
+          const int32_t r = orank[k];
+          if (r == last || static_cast<uint32_t>(r - blo) >= static_cast<uint32_t>(R)) continue;
           last = r;
-          ++wk.overlap[static_cast<size_t>(i) * R + (r - b * R)];
+          ++row[r - blo];
         }
       }
     }
-    wk.perm_scratch.resize(R);
-    wk.assign.SolveMax(R, wk.overlap.data(), wk.perm_scratch.data());
-    for (int32_t i = 0; i < R; ++i) wk.rank_perm[a * R + i] = b * R + wk.perm_scratch[i];
+    SolvePerm(wk.assign, R, ov, perm);
+    for (int32_t i = 0; i < R; ++i) rank_perm[a * R + i] = blo + perm[i];
   }
-  // Fresh rank f -> rank wk.rank_perm[f]: experts the old rank held keep a
+  // Fresh rank f -> rank rank_perm[f]: experts the old rank held keep a
   // slot holding them; the rest fill the free slots in fresh slot order.
-  wk.slot_used.assign(P, 0);
-  wk.kept_slot.assign(P, 0);  // per fresh slot: its replica kept an old slot
+  int32_t* used = wk.slot_used.data();
+  int32_t* kept = wk.kept_slot.data();  // per fresh slot: its replica kept an old slot
+  std::fill(used, used + P, 0);
+  std::fill(kept, kept + P, 0);
   for (int32_t p = 0; p < P; ++p) out[p] = -1;
+  int64_t holdings = 0;
   for (int32_t f = 0; f < N; ++f) {
-    const int32_t r = wk.rank_perm[f];
+    const int32_t r = rank_perm[f];
     for (int32_t p = f * S; p < (f + 1) * S; ++p) {
       const int32_t e = fr[p];
-      for (int32_t k = wk.old_start[e]; k < wk.old_start[e + 1]; ++k) {
-        const int32_t q = wk.old_slots[k];
-        if (slot_rank_[q] != r || wk.slot_used[q]) continue;
-        wk.slot_used[q] = 1;
+      bool held = false;
+      for (int32_t k = ostart[e]; k < ostart[e + 1]; ++k) {
+        if (orank[k] != r) continue;
+        held = true;
+        const int32_t q = oslot[k];
+        if (used[q]) continue;
+        used[q] = 1;
         out[q] = e;
-        wk.kept_slot[p] = 1;
+        kept[p] = 1;
         break;
       }
+      if (held) continue;
+      // New on r unless an earlier slot of this fresh rank holds e too.
+      bool dup = false;
+      for (int32_t q = f * S; q < p; ++q) dup |= fr[q] == e;
+      holdings += dup ? 0 : 1;
     }
   }
   for (int32_t f = 0; f < N; ++f) {
-    const int32_t r = wk.rank_perm[f];
+    const int32_t r = rank_perm[f];
     int32_t c = r * S;
     for (int32_t p = f * S; p < (f + 1) * S; ++p) {
-      if (wk.kept_slot[p]) continue;
+      if (kept[p]) continue;
       while (out[c] >= 0) ++c;
       out[c] = fr[p];
     }
   }
+  *new_holdings = holdings;
 }
 
 // Finds the layer's best single move (or the switch) by gain per new
@@ -692,36 +838,6 @@ double ChurnPlanner::MaxLoad(Work& wk, const PlanShape& s, const double* w,
   return mx;
 }
 
-// CountNewHoldings of one layer (pl, ol [P]) in O(P) with stamps: the
-// candidates are counted on every rebuild, and the quadratic per-rank scan
-// was 6% of a call.
-int64_t ChurnPlanner::LayerNewHoldings(Work& wk, const PlanShape& s, const int32_t* pl,
-                                       const int32_t* ol) const {
-  const int32_t E = s.num_logical_experts, N = s.num_ranks, S = slots_per_rank_;
-  if (wk.holding_stamp.size() != static_cast<size_t>(E)) {
-    wk.holding_stamp.assign(E, 0);
-    wk.holding_epoch = 0;
-  }
-  int64_t n = 0;
-  for (int32_t r = 0; r < N; ++r) {
-    if (wk.holding_epoch >= 0x7ffffff0) {
-      std::fill(wk.holding_stamp.begin(), wk.holding_stamp.end(), 0);
-      wk.holding_epoch = 0;
-    }
-    // old experts of r get `held`; a counted new expert gets `counted`.
-    const int32_t held = ++wk.holding_epoch, counted = ++wk.holding_epoch;
-    for (int32_t p = r * S; p < (r + 1) * S; ++p) wk.holding_stamp[ol[p]] = held;
-    for (int32_t p = r * S; p < (r + 1) * S; ++p) {
-      int32_t& st = wk.holding_stamp[pl[p]];
-      if (st != held && st != counted) {
-        st = counted;
-        ++n;
-      }
-    }
-  }
-  return n;
-}
-
 // Builds layer l's candidates on w from the layer's placement ol and stores
 // them in the layer's cache: the fresh plan of the base policy relabelled
 // onto ol, and two sticky packings of its replica counts and group -> node
@@ -742,10 +858,6 @@ void ChurnPlanner::BuildCandidates(Work& wk, const PlanShape& s, Policy base, co
     c.pl.resize(P);
     return c;
   };
-  auto finish_cand = [&](Layer::Cand& c) {
-    c.max = MaxLoad(wk, s, w, c.pl.data());
-    c.holdings = LayerNewHoldings(wk, s, c.pl.data(), ol);
-  };
   ly.built = true;
   IndexOld(wk, s, ol);
   if (total <= 0.0) {
@@ -759,8 +871,8 @@ void ChurnPlanner::BuildCandidates(Work& wk, const PlanShape& s, Policy base, co
       wk.planner.PlanLayer(s, base, Migration::kNone, wk.scaled.data(), nullptr, ly.fresh.data(),
                            wk.target_cnt.data());
       Layer::Cand& c = next_cand();
-      RelabelFresh(wk, s, ly.fresh.data(), ol, c.pl.data());
-      finish_cand(c);
+      RelabelFresh(wk, s, ly.fresh.data(), ol, c.pl.data(), &c.holdings);
+      c.max = MaxLoad(wk, s, w, c.pl.data());
     }
     return;
   }
@@ -768,15 +880,27 @@ void ChurnPlanner::BuildCandidates(Work& wk, const PlanShape& s, Policy base, co
   for (int32_t e = 0; e < E; ++e) wk.scaled[e] = static_cast<int64_t>(w[e] * scale);  // >= 0: floor
   wk.planner.PlanLayer(s, base, Migration::kNone, wk.scaled.data(), nullptr, ly.fresh.data(),
                        wk.target_cnt.data());
-  const double tmax = MaxLoad(wk, s, w, ly.fresh.data());
+  // A replica's load, then the fresh plan's max rank load (as MaxLoad: its
+  // counts are target_cnt).
+  const int32_t* tcnt = wk.target_cnt.data();
+  double* share = wk.share.data();
+  for (int32_t e = 0; e < E; ++e) share[e] = tcnt[e] > 0 ? w[e] / tcnt[e] : 0.0;
+  double tmax = 0.0;
+  {
+    const int32_t* fr = ly.fresh.data();
+    for (int32_t r = 0; r < s.num_ranks; ++r) {
+      double acc = 0.0;
+      for (int32_t p = r * slots_per_rank_; p < (r + 1) * slots_per_rank_; ++p) acc += share[fr[p]];
+      if (acc > tmax) tmax = acc;
+    }
+  }
   ly.fresh_max = tmax;
   ly.cand_bal = tmax > 0.0 ? ly.mean / tmax : 1.0;
   Layer::Cand& fresh = next_cand();
-  RelabelFresh(wk, s, ly.fresh.data(), ol, fresh.pl.data());
+  RelabelFresh(wk, s, ly.fresh.data(), ol, fresh.pl.data(), &fresh.holdings);
   fresh.max = tmax;  // relabelling keeps every rank's load
-  fresh.holdings = LayerNewHoldings(wk, s, fresh.pl.data(), ol);
   if (o.sticky_slack < 0.0 || ly.split) return;
-  PrepareSticky(wk, s, w, wk.gnode.data(), wk.target_cnt.data());
+  PrepareSticky(wk, s, wk.gnode.data(), tcnt);
   Layer::Cand& tight = next_cand();
   StickyPlan(wk, s, ol, tmax, true, tight.pl.data(), &tight.max, &tight.holdings);
   Layer::Cand& loose = next_cand();
@@ -856,10 +980,7 @@ ChurnResult ChurnPlanner::Plan(const PlanShape& s, const ChurnOptions& o, const 
                std::max<int32_t>(1, (L + kMinLayersPerThread - 1) / kMinLayersPerThread));
   while (work_.size() < static_cast<size_t>(threads)) work_.push_back(std::make_unique<Work>());
   for (int32_t t = 0; t < threads; ++t) {
-    Work& wk = *work_[static_cast<size_t>(t)];
-    wk.scaled.resize(E);
-    wk.target_cnt.resize(std::max(E, 1));
-    wk.score_cnt.resize(std::max(E, 1));
+    work_[static_cast<size_t>(t)]->Size(E, P, N, hier_ ? s.num_nodes : 1, ranks_per_node_, G);
   }
   ParallelRanges(L, threads, kMinLayersPerThread, [&](int32_t begin, int32_t end, int32_t t) {
     Work& wk = *work_[static_cast<size_t>(t)];

@@ -201,15 +201,13 @@ class ChurnPlanner {
   // on different layers.
   void Rebuild(const PlanShape& shape, Layer& ly, const double* w) const;
   void IndexOld(Work& wk, const PlanShape& shape, const int32_t* old) const;
-  void PrepareSticky(Work& wk, const PlanShape& shape, const double* w, const int32_t* gnode,
+  void PrepareSticky(Work& wk, const PlanShape& shape, const int32_t* gnode,
                      const int32_t* tcnt) const;
   void StickyPlan(Work& wk, const PlanShape& shape, const int32_t* old, double cap,
                   bool inline_leftover, int32_t* out, double* max_load,
                   int64_t* new_holdings) const;
   void RelabelFresh(Work& wk, const PlanShape& shape, const int32_t* fresh, const int32_t* old,
-                    int32_t* out) const;
-  int64_t LayerNewHoldings(Work& wk, const PlanShape& shape, const int32_t* pl,
-                           const int32_t* old_layer) const;
+                    int32_t* out, int64_t* new_holdings) const;
   double MaxLoad(Work& wk, const PlanShape& shape, const double* w, const int32_t* placement) const;
   void BuildCandidates(Work& wk, const PlanShape& shape, Policy base, const ChurnOptions& options,
                        int32_t layer, const double* w, double total, const int32_t* old_layer);
