@@ -6,6 +6,8 @@
 // replica depends on the data only, never on thread timing.
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 #include "eplb/eplb.h"
 #include "eplb/eplb_device.cuh"
 #include "launch.cuh"
@@ -252,34 +254,42 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
 // allow it, indices are 32-bit (T*K < 2^31 is validated), and nothing is
 // kept per item across steps (no register spills).
 constexpr int kHashThreads = 256;
-// Resident blocks per SM: all 8 (full occupancy) for int32 ids; int64 ids
-// need a few more registers (two 16-byte loads per vector).
+// Vectors of 4 ids each thread loads before routing any of them (4 per
+// step measured slower than 2 on an H200: fewer resident blocks), and the
+// resident blocks per SM: all 8 (full occupancy) for int32 ids; int64 ids
+// need a few more registers.
+constexpr int kHashVec = 2;
 template <typename IdT>
 constexpr int HashBlocksPerSm() {
   return sizeof(IdT) == 8 ? 6 : 8;
 }
 
+// 4 consecutive ids as loaded (one 16-byte access for int32, two for
+// int64); Get sign-extends one at its use, so the raw vector stays 4 (or 8)
+// registers.
 template <typename IdT>
 struct IdVec4;
 template <>
 struct IdVec4<int32_t> {
-  __device__ __forceinline__ static void Load(const int32_t* p, uint32_t v, int64_t (&x)[4]) {
-    const int4 q = __ldcs(reinterpret_cast<const int4*>(p) + v);
-    x[0] = q.x;
-    x[1] = q.y;
-    x[2] = q.z;
-    x[3] = q.w;
+  using Raw = int4;
+  __device__ __forceinline__ static void Load(const int32_t* p, uint32_t v, Raw& x) {
+    x = __ldcs(reinterpret_cast<const int4*>(p) + v);
+  }
+  __device__ __forceinline__ static int32_t Get(const Raw& x, int j) {
+    return j == 0 ? x.x : j == 1 ? x.y : j == 2 ? x.z : x.w;
   }
 };
 template <>
 struct IdVec4<int64_t> {
-  __device__ __forceinline__ static void Load(const int64_t* p, uint32_t v, int64_t (&x)[4]) {
-    const longlong2 a = __ldcs(reinterpret_cast<const longlong2*>(p) + 2 * v);
-    const longlong2 b = __ldcs(reinterpret_cast<const longlong2*>(p) + 2 * v + 1);
-    x[0] = a.x;
-    x[1] = a.y;
-    x[2] = b.x;
-    x[3] = b.y;
+  struct Raw {
+    longlong2 a, b;
+  };
+  __device__ __forceinline__ static void Load(const int64_t* p, uint32_t v, Raw& x) {
+    x.a = __ldcs(reinterpret_cast<const longlong2*>(p) + 2 * v);
+    x.b = __ldcs(reinterpret_cast<const longlong2*>(p) + 2 * v + 1);
+  }
+  __device__ __forceinline__ static int64_t Get(const Raw& x, int j) {
+    return j == 0 ? x.a.x : j == 1 ? x.a.y : j == 2 ? x.b.x : x.b.y;
   }
 };
 
@@ -290,19 +300,24 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
                     const int32_t* __restrict__ logcnt, int32_t num_e, int32_t num_p,
                     int32_t max_rep, const int32_t* d_record, int32_t* __restrict__ out,
                     int32_t* load_pass, unsigned long long* d_invalid) {
-  // Shared: [P] slot histogram, [E] logcnt, [E] row offsets, [P] the
-  // log2phy rows compacted (expert e's c slots at s_slots[s_off[e]]): a
-  // random gather from 2 KB of shared memory instead of from the 34 KB
-  // global table through L1, which was the kernel's limit.
+  // Shared: [P + 2] slot histogram (bin P counts invalid items, bin P + 1
+  // takes the items past the valid count and is never read), [E] logcnt,
+  // [E] per-expert descriptors, [P] the log2phy rows compacted: a random
+  // gather from 2 KB of shared memory instead of from the 34 KB global table
+  // through L1. Descriptor of expert e: c << 16 | off (c its usable replica
+  // count, 0 when its items are invalid; its slots at s_slots[off], an entry
+  // outside [0, P) stored as -1). With it an item costs two shared loads, one
+  // shared atomic and no branch: this loop is bound by instructions issued
+  // per item, not by DRAM (it had five shared accesses and four branches
+  // per item before).
   extern __shared__ int32_t s_hist[];
-  int32_t* s_cnt = s_hist + num_p;
-  int32_t* s_off = s_cnt + num_e;
-  int32_t* s_slots = s_off + num_e;
-  __shared__ unsigned long long s_invalid;
+  int32_t* s_cnt = s_hist + num_p + 2;
+  uint32_t* s_desc = reinterpret_cast<uint32_t*>(s_cnt + num_e);
+  int32_t* s_slots = s_cnt + 2 * num_e;
   __shared__ int32_t s_warp_total[kHashThreads / 32];
   const uint32_t n_valid = static_cast<uint32_t>(ValidItems(num_tokens, d_num_tokens, top_k));
   const bool record = (d_record == nullptr) || (*d_record != 0);
-  for (int p = threadIdx.x; p < num_p; p += blockDim.x) s_hist[p] = 0;
+  for (int p = threadIdx.x; p < num_p + 2; p += blockDim.x) s_hist[p] = 0;
   // Exclusive scan of the usable counts (1..max_rep; others 0: EplbItemKey
   // rejects their items): thread t owns experts [kPer*t, kPer*t + kPer).
   constexpr int kPer = (EPLB_MAX_LOGICAL_EXPERTS + kHashThreads - 1) / kHashThreads;
@@ -323,7 +338,6 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
     if (lane >= o) incl += v;
   }
   if (lane == 31) s_warp_total[threadIdx.x >> 5] = incl;
-  if (threadIdx.x == 0) s_invalid = 0;
   __syncthreads();
   int32_t before = incl - own, total = 0;
   for (int w = 0; w < kHashThreads / 32; ++w) {
@@ -335,73 +349,87 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
 #pragma unroll
     for (int k = 0; k < kPer; ++k) {
       const int e = kPer * threadIdx.x + k;
-      if (e < num_e) s_off[e] = before;
-      for (int j = 0; j < c_own[k]; ++j) s_slots[before + j] = log2phy[e * max_rep + j];
+      for (int j = 0; j < c_own[k]; ++j) {
+        const int32_t v = log2phy[e * max_rep + j];
+        s_slots[before + j] = (v >= 0 && v < num_p) ? v : -1;
+      }
+      // P <= 4096 and c <= P fit the descriptor's 16-bit fields.
+      if (e < num_e) s_desc[e] = static_cast<uint32_t>(c_own[k]) << 16 | before;
       before += c_own[k];
     }
   }
   __syncthreads();
-  uint32_t invalid = 0;
-  auto route = [&](uint32_t i, int64_t id) {
+  // Histogram bin of a slot: invalid items (slot -1) go to bin P, items past
+  // the valid count to bin P + 1.
+  const uint32_t bin_invalid = static_cast<uint32_t>(num_p);
+  auto bin = [&](uint32_t i, int32_t slot) {
+    return i < n_valid ? min(static_cast<uint32_t>(slot), bin_invalid) : bin_invalid + 1;
+  };
+  // The same choice as EplbItemKey + EplbHashedSlot, from the staged table.
+  // An invalid id reads descriptor 0 (c = 0: replica 0 of row 0, discarded).
+  auto route_compact = [&](uint32_t i, IdT id) {
+    const uint32_t d =
+        static_cast<typename std::make_unsigned<IdT>::type>(id) < static_cast<uint32_t>(num_e)
+            ? s_desc[static_cast<int32_t>(id)]
+            : 0u;
+    const uint32_t c = d >> 16;
+    const int32_t v = s_slots[(d & 0xffffu) + EplbHashedReplica(EplbItemHash(i), c)];
+    const int32_t slot = c != 0u ? v : -1;
+    atomicAdd(s_hist + bin(i, slot), 1);
+    return i < n_valid ? slot : -1;
+  };
+  // A broken table (its counts sum past P): the public functions on the
+  // global table.
+  auto route_table = [&](uint32_t i, IdT id) {
     const int32_t key = i < n_valid ? EplbItemKey(id, num_e, s_cnt, max_rep) : -1;
-    const uint32_t hash = EplbItemHash(i);
-    int32_t slot;
-    if (compact) {
-      // The same choice as EplbHashedSlot, read from the staged rows.
-      const int32_t k = key >= 0 ? key : 0;
-      const uint32_t c = key >= 0 ? static_cast<uint32_t>(s_cnt[k]) : 1u;
-      const int32_t v =
-          key >= 0 ? s_slots[s_off[k] + static_cast<int32_t>(EplbHashedReplica(hash, c))] : -1;
-      slot = (v >= 0 && v < num_p) ? v : -1;
-    } else {
-      slot = EplbHashedSlot(key, hash, log2phy, s_cnt, max_rep, num_p);
-    }
-    if (i < n_valid) {
-      if (slot < 0) {
-        ++invalid;
-      } else if (record) {
-        atomicAdd(s_hist + slot, 1);
-      }
-    }
+    const int32_t slot = EplbHashedSlot(key, EplbItemHash(i), log2phy, s_cnt, max_rep, num_p);
+    atomicAdd(s_hist + bin(i, slot), 1);
     return slot;
   };
   const uint32_t stride = gridDim.x * blockDim.x;
   const bool vec =
       ((reinterpret_cast<uintptr_t>(ids) | reinterpret_cast<uintptr_t>(out)) & 15) == 0;
   const uint32_t num_vec = vec ? cap_items / 4 : 0;
-  auto route4 = [&](uint32_t v, const int64_t(&x)[4]) {
-    int4 o;
-    o.x = route(4 * v, x[0]);
-    o.y = route(4 * v + 1, x[1]);
-    o.z = route(4 * v + 2, x[2]);
-    o.w = route(4 * v + 3, x[3]);
-    __stcs(reinterpret_cast<int4*>(out) + v, o);
+  using Vec = IdVec4<IdT>;
+  auto sweep = [&](auto route) {
+    auto route4 = [&](uint32_t v, const typename Vec::Raw& x) {
+      int4 o;
+      o.x = route(4 * v, Vec::Get(x, 0));
+      o.y = route(4 * v + 1, Vec::Get(x, 1));
+      o.z = route(4 * v + 2, Vec::Get(x, 2));
+      o.w = route(4 * v + 3, Vec::Get(x, 3));
+      __stcs(reinterpret_cast<int4*>(out) + v, o);
+    };
+    uint32_t v = blockIdx.x * blockDim.x + threadIdx.x;
+    // kHashVec vectors per step: every load is in flight before any is used.
+    for (; v + (kHashVec - 1) * stride < num_vec; v += kHashVec * stride) {
+      typename Vec::Raw x[kHashVec];
+#pragma unroll
+      for (int k = 0; k < kHashVec; ++k) Vec::Load(ids, v + k * stride, x[k]);
+#pragma unroll
+      for (int k = 0; k < kHashVec; ++k) route4(v + k * stride, x[k]);
+    }
+    for (; v < num_vec; v += stride) {
+      typename Vec::Raw x;
+      Vec::Load(ids, v, x);
+      route4(v, x);
+    }
+    // Unaligned buffers, and the last cap % 4 items: one item per thread.
+    for (uint32_t i = 4 * num_vec + blockIdx.x * blockDim.x + threadIdx.x; i < cap_items;
+         i += stride)
+      __stcs(out + i, route(i, __ldcs(ids + i)));
   };
-  uint32_t v = blockIdx.x * blockDim.x + threadIdx.x;
-  // Two vectors per step: both loads are in flight before either is used.
-  for (; v + stride < num_vec; v += 2 * stride) {
-    int64_t a[4], b[4];
-    IdVec4<IdT>::Load(ids, v, a);
-    IdVec4<IdT>::Load(ids, v + stride, b);
-    route4(v, a);
-    route4(v + stride, b);
-  }
-  if (v < num_vec) {
-    int64_t a[4];
-    IdVec4<IdT>::Load(ids, v, a);
-    route4(v, a);
-  }
-  // Unaligned buffers, and the last cap % 4 items: one item per thread.
-  for (uint32_t i = 4 * num_vec + blockIdx.x * blockDim.x + threadIdx.x; i < cap_items; i += stride)
-    __stcs(out + i, route(i, static_cast<int64_t>(__ldcs(ids + i))));
-  const unsigned long long inv = WarpSum(invalid);
-  if ((threadIdx.x & 31) == 0 && inv != 0) atomicAdd(&s_invalid, inv);
+  if (compact)
+    sweep(route_compact);
+  else
+    sweep(route_table);
   __syncthreads();
   if (record) {
     for (int p = threadIdx.x; p < num_p; p += blockDim.x)
       if (s_hist[p] != 0) atomicAdd(load_pass + p, s_hist[p]);
   }
-  if (threadIdx.x == 0 && d_invalid != nullptr && s_invalid != 0) atomicAdd(d_invalid, s_invalid);
+  if (threadIdx.x == 0 && d_invalid != nullptr && s_hist[num_p] != 0)
+    atomicAdd(d_invalid, static_cast<unsigned long long>(s_hist[num_p]));
 }
 
 constexpr int kCountThreads = 256;
@@ -474,23 +502,23 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
       err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (err != cudaSuccess) return err;
     const int64_t needed = (cap / 4 + kHashThreads - 1) / kHashThreads;
-    int64_t blocks =
-        int64_t{sms} * (ids64 ? HashBlocksPerSm<int64_t>() : HashBlocksPerSm<int32_t>());
-    if (blocks > needed) blocks = needed;
-    if (blocks < 1) blocks = 1;
-    const size_t hsmem =
-        sizeof(int32_t) * static_cast<size_t>(2 * num_physical_experts + 2 * num_logical_experts);
-    if (ids64) {
-      RouteHashKernel<int64_t><<<static_cast<int>(blocks), kHashThreads, hsmem, stream>>>(
-          static_cast<const int64_t*>(topk_logical), static_cast<uint32_t>(cap), num_tokens,
-          num_tokens_device, top_k, log2phy, logcnt, num_logical_experts, num_physical_experts,
-          max_rep, record, topk_physical, load_pass, invalid_count);
-    } else {
-      RouteHashKernel<int32_t><<<static_cast<int>(blocks), kHashThreads, hsmem, stream>>>(
-          static_cast<const int32_t*>(topk_logical), static_cast<uint32_t>(cap), num_tokens,
-          num_tokens_device, top_k, log2phy, logcnt, num_logical_experts, num_physical_experts,
-          max_rep, record, topk_physical, load_pass, invalid_count);
-    }
+    const size_t hsmem = sizeof(int32_t) * static_cast<size_t>(2 * num_physical_experts + 2 +
+                                                               2 * num_logical_experts);
+    auto launch = [&](auto kernel, const auto* ids, int per_sm) {
+      int64_t blocks = int64_t{sms} * per_sm;
+      if (blocks > needed) blocks = needed;
+      if (blocks < 1) blocks = 1;
+      kernel<<<static_cast<int>(blocks), kHashThreads, hsmem, stream>>>(
+          ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy, logcnt,
+          num_logical_experts, num_physical_experts, max_rep, record, topk_physical, load_pass,
+          invalid_count);
+    };
+    if (ids64)
+      launch(RouteHashKernel<int64_t>, static_cast<const int64_t*>(topk_logical),
+             HashBlocksPerSm<int64_t>());
+    else
+      launch(RouteHashKernel<int32_t>, static_cast<const int32_t*>(topk_logical),
+             HashBlocksPerSm<int32_t>());
     return cudaGetLastError();
   }
   // Sub-blocks when the launch has fewer segments than an H100 has SMs and
