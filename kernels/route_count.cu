@@ -361,13 +361,19 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
   __syncthreads();
   // Histogram bin of a slot: invalid items (slot -1) go to bin P, items past
   // the valid count to bin P + 1.
+  // Histogram bin of an item: invalid items (slot -1) go to bin P, items
+  // past the valid count to bin P + 1. Checked is std::false_type where the
+  // caller knows i < n_valid (whole vectors below the valid count: the
+  // check and its selects are a tenth of an item's instructions).
   const uint32_t bin_invalid = static_cast<uint32_t>(num_p);
-  auto bin = [&](uint32_t i, int32_t slot) {
-    return i < n_valid ? min(static_cast<uint32_t>(slot), bin_invalid) : bin_invalid + 1;
+  auto bin = [&](uint32_t i, int32_t slot, auto checked) {
+    const uint32_t b = min(static_cast<uint32_t>(slot), bin_invalid);
+    if constexpr (decltype(checked)::value) return i < n_valid ? b : bin_invalid + 1;
+    return b;
   };
   // The same choice as EplbItemKey + EplbHashedSlot, from the staged table.
   // An invalid id reads descriptor 0 (c = 0: replica 0 of row 0, discarded).
-  auto route_compact = [&](uint32_t i, IdT id) {
+  auto route_compact = [&](uint32_t i, IdT id, auto checked) {
     const uint32_t d =
         static_cast<typename std::make_unsigned<IdT>::type>(id) < static_cast<uint32_t>(num_e)
             ? s_desc[static_cast<int32_t>(id)]
@@ -375,49 +381,51 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
     const uint32_t c = d >> 16;
     const int32_t v = s_slots[(d & 0xffffu) + EplbHashedReplica(EplbItemHash(i), c)];
     const int32_t slot = c != 0u ? v : -1;
-    atomicAdd(s_hist + bin(i, slot), 1);
-    return i < n_valid ? slot : -1;
+    atomicAdd(s_hist + bin(i, slot, checked), 1);
+    if constexpr (decltype(checked)::value) return i < n_valid ? slot : -1;
+    return slot;
   };
   // A broken table (its counts sum past P): the public functions on the
   // global table.
-  auto route_table = [&](uint32_t i, IdT id) {
+  auto route_table = [&](uint32_t i, IdT id, auto checked) {
     const int32_t key = i < n_valid ? EplbItemKey(id, num_e, s_cnt, max_rep) : -1;
     const int32_t slot = EplbHashedSlot(key, EplbItemHash(i), log2phy, s_cnt, max_rep, num_p);
-    atomicAdd(s_hist + bin(i, slot), 1);
+    atomicAdd(s_hist + bin(i, slot, checked), 1);
     return slot;
   };
   const uint32_t stride = gridDim.x * blockDim.x;
   const bool vec =
       ((reinterpret_cast<uintptr_t>(ids) | reinterpret_cast<uintptr_t>(out)) & 15) == 0;
   const uint32_t num_vec = vec ? cap_items / 4 : 0;
+  const uint32_t num_full = min(num_vec, n_valid / 4);  // vectors of valid items only
   using Vec = IdVec4<IdT>;
   auto sweep = [&](auto route) {
-    auto route4 = [&](uint32_t v, const typename Vec::Raw& x) {
+    auto route4 = [&](uint32_t v, const typename Vec::Raw& x, auto checked) {
       int4 o;
-      o.x = route(4 * v, Vec::Get(x, 0));
-      o.y = route(4 * v + 1, Vec::Get(x, 1));
-      o.z = route(4 * v + 2, Vec::Get(x, 2));
-      o.w = route(4 * v + 3, Vec::Get(x, 3));
+      o.x = route(4 * v, Vec::Get(x, 0), checked);
+      o.y = route(4 * v + 1, Vec::Get(x, 1), checked);
+      o.z = route(4 * v + 2, Vec::Get(x, 2), checked);
+      o.w = route(4 * v + 3, Vec::Get(x, 3), checked);
       __stcs(reinterpret_cast<int4*>(out) + v, o);
     };
     uint32_t v = blockIdx.x * blockDim.x + threadIdx.x;
     // kHashVec vectors per step: every load is in flight before any is used.
-    for (; v + (kHashVec - 1) * stride < num_vec; v += kHashVec * stride) {
+    for (; v + (kHashVec - 1) * stride < num_full; v += kHashVec * stride) {
       typename Vec::Raw x[kHashVec];
 #pragma unroll
       for (int k = 0; k < kHashVec; ++k) Vec::Load(ids, v + k * stride, x[k]);
 #pragma unroll
-      for (int k = 0; k < kHashVec; ++k) route4(v + k * stride, x[k]);
+      for (int k = 0; k < kHashVec; ++k) route4(v + k * stride, x[k], std::false_type{});
     }
     for (; v < num_vec; v += stride) {
       typename Vec::Raw x;
       Vec::Load(ids, v, x);
-      route4(v, x);
+      route4(v, x, std::true_type{});
     }
     // Unaligned buffers, and the last cap % 4 items: one item per thread.
     for (uint32_t i = 4 * num_vec + blockIdx.x * blockDim.x + threadIdx.x; i < cap_items;
          i += stride)
-      __stcs(out + i, route(i, __ldcs(ids + i)));
+      __stcs(out + i, route(i, __ldcs(ids + i), std::true_type{}));
   };
   if (compact)
     sweep(route_compact);
