@@ -14,12 +14,7 @@ void RouteSegmentsRef(int64_t capacity_items, int32_t* num_segments, int64_t* se
 }
 
 uint32_t ItemHashRef(uint32_t i) {
-  i ^= i >> 16;
-  i *= 0x7feb352du;
-  i ^= i >> 15;
-  i *= 0x846ca68bu;
-  i ^= i >> 16;
-  return i;
+  return i * 0x9e3779b9u;
 }
 
 void RouteCountRef(const std::vector<int64_t>& ids, int64_t num_tokens, int64_t valid_tokens,

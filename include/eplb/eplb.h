@@ -327,10 +327,13 @@ typedef enum {
  *
  * Hash path, T*K >= EPLB_ROUTE_HASH_MIN_ITEMS (4 Mi items, e.g. 512 Ki
  * tokens x top-8): item i takes replica floor(EplbItemHash(i) * logcnt[e] /
- * 2^32) (a fixed 32-bit integer mix of i, eplb_device.cuh: EplbHashedSlot). No ranking, so it runs
- * at memory speed; each replica's share is binomial around count/replicas
- * (standard deviation about sqrt(count/replicas); the tests check every
- * expert within 6 of them).
+ * 2^32) with EplbItemHash(i) = i * 0x9e3779b9 mod 2^32 (Fibonacci hashing,
+ * eplb_device.cuh: EplbHashedSlot). No ranking, so it runs at memory speed;
+ * the items of an arithmetic progression (e.g. every item, or every K-th)
+ * are spread over the replicas within a few items of equal (the tests check
+ * within 8 items for strides 1-16 and 2-9 replicas), item sets unrelated to
+ * the sequence about as evenly as a binomial draw (standard deviation about
+ * sqrt(count/replicas); the tests check every expert within 6 of them).
  *
  * Rank path, T*K below that: the capacity
  * T * K is cut into S = max(1, min(ceil(T*K / EPLB_ROUTE_TILE_ITEMS),

@@ -182,6 +182,36 @@ TEST(RouteCountRef, HashPathFromThreshold) {
   EXPECT_EQ(load[1], 0);
 }
 
+TEST(RouteCountRef, HashPathArithmeticProgressions) {
+  // One expert at every stride-th item (k = off of K = stride items per
+  // token), the others invalid: Fibonacci hashing spreads such items over
+  // c replicas within 8 items of equal (4 Mi items; a random hash would be
+  // off by about sqrt(n / c), hundreds of items).
+  const int64_t n = eplb::kRouteHashMinItemsRef;
+  for (int32_t c = 2; c <= 9; ++c) {
+    // Expert 0 on slots 0..c-1, expert 1 on slot c (rows c wide).
+    const int32_t E = 2, P = c + 1;
+    std::vector<int32_t> log2phy(static_cast<size_t>(E) * c, -1), logcnt{c, 1};
+    for (int32_t j = 0; j < c; ++j) log2phy[static_cast<size_t>(j)] = j;
+    log2phy[static_cast<size_t>(c)] = c;
+    for (int32_t stride : {1, 2, 8, 16}) {
+      for (int32_t off = 0; off < std::min(stride, 3); ++off) {
+        std::vector<int64_t> ids(static_cast<size_t>(n), -1);
+        for (int64_t i = off; i < n; i += stride) ids[static_cast<size_t>(i)] = 0;
+        std::vector<int32_t> out(ids.size()), load(static_cast<size_t>(P), 0);
+        uint64_t invalid = 0;
+        eplb::RouteCountRef(ids, n / stride, n / stride, stride, log2phy.data(), logcnt.data(), E,
+                            P, true, out.data(), load.data(), &invalid);
+        const int64_t items = (n - off + stride - 1) / stride;
+        for (int32_t j = 0; j < c; ++j)
+          EXPECT_LE(std::abs(load[static_cast<size_t>(j)] * static_cast<double>(c) - items),
+                    8.0 * c)
+              << "c " << c << " stride " << stride << " off " << off << " replica " << j;
+      }
+    }
+  }
+}
+
 TEST(RouteCountRef, HashPathSpread) {
   // 4 Mi items, Zipf(1.2) over 256 experts on 288 slots: every expert's
   // replicas within 6 standard deviations (sqrt(count / replicas)) + 1.
