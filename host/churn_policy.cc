@@ -19,7 +19,7 @@ namespace {
 // an earlier move of this call or is a local copy): taken before any other.
 constexpr double kFreeRatio = 1e300;
 // Fewest layers a candidate-building thread takes: a layer whose candidates
-// are rebuilt costs ~50 us, a thread start ~20-50 us.
+// are rebuilt costs ~40 us, a thread start ~20-50 us.
 constexpr int32_t kMinLayersPerThread = 4;
 }  // namespace
 
@@ -80,7 +80,7 @@ struct ChurnPlanner::Work {
   std::vector<int64_t> overlap, scaled;
   std::vector<int32_t> node_perm, rank_perm, perm_scratch;
   std::vector<int32_t> old_start, old_slots, old_rank, cursor, kept_slot, slot_used;
-  std::vector<int32_t> run, target_cnt, score_cnt;
+  std::vector<int32_t> target_cnt, score_cnt;
   std::vector<double> share;  // [E] w[e] / target_cnt[e]: a replica's load in the fresh plan
   std::vector<uint64_t> sort_a, sort_b;
   // The replicas to pack, largest first (PrepareSticky): load, expert, first
@@ -90,6 +90,13 @@ struct ChurnPlanner::Work {
   int32_t num_items = 0;
   std::vector<int32_t> leftover, free, assign_rank, gnode;
   std::vector<double> pack_load, eff;
+  // Per rank, the experts its old placement holds (IndexOld): bit e % 64 of
+  // word [r][e / 64].
+  std::vector<uint64_t> old_bits;
+  // Per expert, the old ranks holding it (bit r), when N <= 64.
+  std::vector<uint64_t> old_holders;
+  int32_t words = 0;
+  std::vector<int32_t> mark, free_list, out_tmp, node_fill;
 
   // Sizes every buffer for a shape (no allocation once sized): the
   // functions below write through raw pointers and never resize.
@@ -104,15 +111,23 @@ struct ChurnPlanner::Work {
     sort_b.resize(e);
     old_start.resize(e + 1);
     cursor.resize(std::max(e, n));
-    for (std::vector<int32_t>* v : {&old_slots, &old_rank, &kept_slot, &slot_used, &run, &item_e,
-                                    &item_lo, &leftover, &assign_rank})
+    for (std::vector<int32_t>* v :
+         {&old_slots, &old_rank, &kept_slot, &item_e, &item_lo, &leftover, &assign_rank})
       v->resize(p);
     item_x.resize(p);
-    free.resize(n);
-    pack_load.resize(n);
-    eff.resize(n);
+    slot_used.resize(p + 1);
+    free_list.resize(p + 1);
+    out_tmp.resize(p + 1);
+    free.resize(n + 1);
+    pack_load.resize(n + 1);
+    eff.resize(n + 1);
+    mark.resize(n);
+    words = (std::max(E, 1) + 63) / 64;
+    old_bits.resize(n * static_cast<size_t>(words));
+    old_holders.resize(e);
     rank_perm.resize(n);
     node_perm.resize(static_cast<size_t>(M));
+    node_fill.resize(static_cast<size_t>(M) + 1);
     perm_scratch.resize(static_cast<size_t>(R));
     gnode.resize(static_cast<size_t>(std::max(G, 1)));
     overlap.resize(std::max(static_cast<size_t>(M) * M, static_cast<size_t>(R) * R));
@@ -270,9 +285,10 @@ void ChurnPlanner::Rebuild(const PlanShape& s, Layer& ly, const double* w) const
 
 // The layer's old placement `old` as lists: wk.old_slots holds, for each
 // expert, the old slots holding it (ascending), from wk.old_start[e], and
-// wk.old_rank their ranks. Shared by the relabelling and the sticky packings
-// of one layer. The hot loops below read the Work's buffers through local
-// pointers: a byte or int store through a vector would otherwise make the
+// wk.old_rank their ranks; wk.old_bits the experts of each old rank and
+// wk.old_holders (N <= 64) the old ranks of each expert. Shared
+// by the relabelling and the sticky packings of one layer. The hot loops below read the Work's
+// buffers through local pointers: a byte or int store through a vector would otherwise make the
 // compiler reload every vector's data pointer (it may alias them).
 void ChurnPlanner::IndexOld(Work& wk, const PlanShape& s, const int32_t* old) const {
   const int32_t E = s.num_logical_experts, P = s.num_physical_experts;
@@ -290,10 +306,21 @@ void ChurnPlanner::IndexOld(Work& wk, const PlanShape& s, const int32_t* old) co
     slots[i] = p;
     ranks[i] = srank[p];
   }
+  const int32_t W = wk.words;
+  uint64_t* bits = wk.old_bits.data();
+  std::fill(bits, bits + static_cast<size_t>(s.num_ranks) * W, 0);
+  for (int32_t p = 0; p < P; ++p)
+    bits[static_cast<size_t>(srank[p]) * W + (old[p] >> 6)] |= uint64_t{1} << (old[p] & 63);
+  if (s.num_ranks <= 64) {
+    uint64_t* holders = wk.old_holders.data();
+    std::fill(holders, holders + E, 0);
+    for (int32_t p = 0; p < P; ++p) holders[old[p]] |= uint64_t{1} << srank[p];
+  }
 }
 
 // The replicas to pack (counts tcnt, loads wk.share, group g on node
-// gnode[g] when hierarchical), largest first, ties by expert: a stable LSD
+// gnode[g] when hierarchical), by node, then largest first, ties by expert:
+// a stable LSD
 // radix sort on the high 32 bits of the replica load (order preserving for
 // doubles >= 0), from the experts in ascending order; the four digit
 // histograms are counted in one pass, and a digit all keys share is skipped.
@@ -341,18 +368,35 @@ void ChurnPlanner::PrepareSticky(Work& wk, const PlanShape& s, const int32_t* gn
   int32_t* ie = wk.item_e.data();
   int32_t* ilo = wk.item_lo.data();
   const int32_t* egroup = exp_group_.data();
-  int32_t m = 0;
+  // Grouped by node, largest first within a node: a packing keeps each
+  // replica in its expert's node, so the nodes pack independently and this
+  // order gives the same placement as the global one; consecutive replicas
+  // then update the same few ranks (predictable store-to-load forwarding
+  // instead of loads that may or may not alias the last placement).
+  const int32_t M = hier_ ? s.num_nodes : 1;
+  int32_t* fill = wk.node_fill.data();
+  std::fill(fill, fill + M + 1, 0);
+  if (hier_) {
+    for (uint32_t i = 0; i < n; ++i) {
+      const int32_t e = static_cast<int32_t>(a[i] & 0xffffffffu);
+      fill[gnode[egroup[e]] + 1] += tcnt[e];
+    }
+    for (int32_t j = 0; j < M; ++j) fill[j + 1] += fill[j];
+  }
   for (uint32_t i = 0; i < n; ++i) {
     const int32_t e = static_cast<int32_t>(a[i] & 0xffffffffu);
     const double x = share[e];
-    // First rank of the expert's node (hierarchical).
-    const int32_t lo = hier_ ? gnode[egroup[e]] * R : 0;
+    const int32_t node = hier_ ? gnode[egroup[e]] : 0;
+    const int32_t lo = node * R;  // first rank of the expert's node
+    int32_t m = fill[node];
     for (int32_t k = 0; k < tcnt[e]; ++k, ++m) {
       ix[m] = x;
       ie[m] = e;
       ilo[m] = lo;
     }
+    fill[node] = m;
   }
+  const int32_t m = fill[M - 1];  // the last node ends the items
   wk.num_items = m;
 }
 
@@ -384,6 +428,16 @@ inline int32_t LeastLoaded(const double* eff, int32_t lo, int32_t span) {
   }
   return best;
 }
+
+// v[b]: byte j is bit j of b (8 byte counters, one add per mask).
+struct SpreadBits {
+  uint64_t v[256];
+  constexpr SpreadBits() : v() {
+    for (int32_t b = 0; b < 256; ++b)
+      for (int32_t j = 0; j < 8; ++j) v[b] |= static_cast<uint64_t>((b >> j) & 1) << (8 * j);
+  }
+};
+constexpr SpreadBits kSpreadBits;
 
 // An optimal permutation of the n x n assignment: when every row has a
 // strict maximum and those columns differ, that permutation is the unique
@@ -417,7 +471,7 @@ void SolvePerm(AssignmentSolver& solver, int32_t n, const int64_t* w, int32_t* p
 }
 }  // namespace
 
-// Packs the prepared replicas (largest first) keeping a replica on a rank
+// Packs the prepared replicas (by node, largest first) keeping a replica on a rank
 // that held its expert in `old` (IndexOld) while that rank stays <= cap, the
 // least loaded such rank; otherwise onto the least loaded rank with a free
 // slot of the expert's node: at once (inline_leftover) or after every
@@ -433,26 +487,31 @@ void ChurnPlanner::StickyPlan(Work& wk, const PlanShape& s, const int32_t* old, 
   const int32_t S = slots_per_rank_;
   const int32_t span = hier_ ? ranks_per_node_ : N;
   const int32_t n = wk.num_items;
+  const int32_t W = wk.words;
   const double* ix = wk.item_x.data();
   const int32_t* ie = wk.item_e.data();
   const int32_t* ilo = wk.item_lo.data();
   const int32_t* ostart = wk.old_start.data();
   const int32_t* oslot = wk.old_slots.data();
   const int32_t* orank = wk.old_rank.data();
-  double* load = wk.pack_load.data();
-  double* eff = wk.eff.data();  // load, or +inf once the rank is full
-  int32_t* fre = wk.free.data();
-  int32_t* used = wk.slot_used.data();
+  const uint64_t* obits = wk.old_bits.data();
+  // Rank N and slot P are sinks: the loops below write a replica that does
+  // not take a rank (deferred) or a slot (kept) there instead of branching
+  // on whether it does (which is unpredictable).
+  double* load = wk.pack_load.data();   // [N + 1]
+  double* eff = wk.eff.data();          // [N + 1] load, or +inf once the rank is full
+  int32_t* fre = wk.free.data();        // [N + 1]
+  int32_t* used = wk.slot_used.data();  // [P + 1]
   int32_t* arank = wk.assign_rank.data();
   int32_t* kept = wk.kept_slot.data();
   int32_t* left = wk.leftover.data();
   const double kFull = std::numeric_limits<double>::infinity();
-  for (int32_t r = 0; r < N; ++r) {
+  for (int32_t r = 0; r <= N; ++r) {
     load[r] = 0.0;
     fre[r] = S;
     eff[r] = S != 0 ? 0.0 : kFull;
   }
-  std::fill(used, used + P, 0);
+  std::fill(used, used + P + 1, 0);
   auto place = [&](int32_t r, double x) {
     load[r] += x;
     const int32_t f = --fre[r];
@@ -464,34 +523,34 @@ void ChurnPlanner::StickyPlan(Work& wk, const PlanShape& s, const int32_t* old, 
     const double x = ix[k];
     const int32_t lo = ilo[k];
     // The old slots of e, ascending: the first unused one of each rank is
-    // the candidate (ranks outside the node cannot keep it).
-    int32_t best_slot = -1, best_rank = -1;
+    // the candidate (ranks outside the node cannot keep it). A full rank's
+    // eff is +inf, which fails the cap.
+    int32_t best_slot = -1, best_rank = N;
     double best_load = kFull;
     for (int32_t i = ostart[e]; i < ostart[e + 1]; ++i) {
       const int32_t p = oslot[i], r = orank[i];
-      const double v = load[r];
+      const double v = eff[r];
       // Branch-free: whether a slot can keep its expert is unpredictable.
       const bool ok = (used[p] == 0) &
                       (static_cast<uint32_t>(r - lo) < static_cast<uint32_t>(span)) &
-                      (fre[r] != 0) & (v + x <= cap) & (v < best_load);
+                      (v + x <= cap) & (v < best_load);
       best_slot = ok ? p : best_slot;
       best_rank = ok ? r : best_rank;
       best_load = ok ? v : best_load;
     }
-    if (best_slot >= 0) {
-      used[best_slot] = 1;
-      place(best_rank, x);
-      arank[k] = best_rank;
-      kept[k] = best_slot;
-      continue;
+    const bool keep = best_slot >= 0;
+    used[keep ? best_slot : P] = 1;
+    kept[k] = best_slot;
+    int32_t r = best_rank;  // N (the sink) when not kept
+    if (inline_leftover && !keep) {
+      // A branch: predicted, it keeps the least loaded rank off the chain
+      // of the replicas that stay.
+      r = LeastLoaded(eff, lo, span);
+      EPLB_ASSERT(eff[r] < kFull);  // a node's slots equal its groups' replicas
+    } else if (!inline_leftover) {
+      left[num_left] = k;
+      num_left += keep ? 0 : 1;
     }
-    kept[k] = -1;
-    if (!inline_leftover) {
-      left[num_left++] = k;
-      continue;
-    }
-    const int32_t r = LeastLoaded(eff, lo, span);
-    EPLB_ASSERT(eff[r] < kFull);  // a node's slots equal its groups' replicas
     place(r, x);
     arank[k] = r;
   }
@@ -502,35 +561,40 @@ void ChurnPlanner::StickyPlan(Work& wk, const PlanShape& s, const int32_t* old, 
     place(r, ix[k]);
     arank[k] = r;
   }
-  for (int32_t p = 0; p < P; ++p) out[p] = used[p] ? old[p] : -1;
-  // Free slots of each rank in slot order, filled in packing order. A
-  // replica that did not keep a slot is a new holding unless its rank held
-  // the expert or took another replica of it (replicas of an expert are
-  // adjacent in the items: `run` lists the ranks of the current expert's).
+  // Free slots of each rank in slot order (flist from r * S), filled in
+  // packing order. A replica that did not keep a slot is a new holding
+  // unless its rank held the expert or took another replica of it (the
+  // replicas of an expert are adjacent in the items: mark[r] is the expert
+  // rank r last took).
+  int32_t* tmp = wk.out_tmp.data();      // [P + 1]
+  int32_t* flist = wk.free_list.data();  // [P + 1]
   int32_t* cur = wk.cursor.data();
-  int32_t* run = wk.run.data();
-  for (int32_t r = 0; r < N; ++r) cur[r] = r * S;
+  int32_t* mark = wk.mark.data();
+  for (int32_t r = 0; r < N; ++r) {
+    int32_t c = r * S;
+    for (int32_t p = r * S; p < (r + 1) * S; ++p) {
+      flist[c] = p;
+      c += used[p] ^ 1;
+    }
+    cur[r] = r * S;
+    mark[r] = -1;
+  }
+  flist[P] = P;  // read (not used) by a kept replica of a rank whose free slots are taken
+  for (int32_t p = 0; p < P; ++p) tmp[p] = used[p] ? old[p] : -1;
   int64_t holdings = 0;
-  int32_t run_expert = -1, run_len = 0;
   for (int32_t k = 0; k < n; ++k) {
     const int32_t e = ie[k], r = arank[k];
-    if (e != run_expert) {
-      run_expert = e;
-      run_len = 0;
-    }
-    bool seen = false;
-    for (int32_t i = 0; i < run_len; ++i) seen |= run[i] == r;
-    if (!seen) run[run_len++] = r;
-    if (kept[k] >= 0) continue;
-    int32_t c = cur[r];
-    while (out[c] >= 0) ++c;
-    out[c] = e;
-    cur[r] = c;
-    if (seen) continue;
-    bool held = false;
-    for (int32_t i = ostart[e]; i < ostart[e + 1]; ++i) held |= orank[i] == r;
-    holdings += held ? 0 : 1;
+    const int32_t keep = kept[k] >= 0;
+    const int32_t seen = mark[r] == e;
+    mark[r] = e;
+    const int32_t c = cur[r];
+    cur[r] = c + (keep ^ 1);
+    tmp[keep ? P : flist[c]] = e;
+    const int32_t held =
+        static_cast<int32_t>((obits[static_cast<size_t>(r) * W + (e >> 6)] >> (e & 63)) & 1u);
+    holdings += (keep | seen | held) ^ 1;
   }
+  std::copy(tmp, tmp + P, out);
   double mx = 0.0;
   for (int32_t r = 0; r < N; ++r) mx = std::max(mx, load[r]);
   *max_load = mx;
@@ -574,8 +638,27 @@ void ChurnPlanner::RelabelFresh(Work& wk, const PlanShape& s, const int32_t* fr,
   // Per fresh node a (now node node_perm[a]): overlap of its ranks with the
   // ranks of the target node, counted per slot of the fresh rank whose
   // expert the old rank holds.
+  // Up to 8 ranks per node, 64 ranks and 255 slots per rank: a fresh rank's
+  // row is 8 byte counters in one word, each slot adding the byte-spread
+  // mask of the target node's ranks that held its expert (wk.old_holders).
+  const bool packed = R <= 8 && N <= 64 && S <= 255;
+  const uint64_t* holders = wk.old_holders.data();
   for (int32_t a = 0; a < M; ++a) {
     const int32_t blo = node_perm[a] * R;
+    if (packed) {
+      const uint64_t node_mask = (uint64_t{1} << R) - 1;
+      for (int32_t i = 0; i < R; ++i) {
+        const int32_t fr_rank = a * R + i;
+        uint64_t acc = 0;
+        for (int32_t p = fr_rank * S; p < (fr_rank + 1) * S; ++p)
+          acc += kSpreadBits.v[(holders[fr[p]] >> blo) & node_mask];
+        int64_t* row = ov + static_cast<size_t>(i) * R;
+        for (int32_t j = 0; j < R; ++j) row[j] = static_cast<int64_t>((acc >> (8 * j)) & 0xffu);
+      }
+      SolvePerm(wk.assign, R, ov, perm);
+      for (int32_t i = 0; i < R; ++i) rank_perm[a * R + i] = blo + perm[i];
+      continue;
+    }
     std::fill(ov, ov + static_cast<size_t>(R) * R, 0);
     for (int32_t i = 0; i < R; ++i) {
       const int32_t fr_rank = a * R + i;
