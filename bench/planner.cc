@@ -9,8 +9,11 @@
 // EPLB_PLANNER_NO_AVX2=1 the portable code. All give the same plans.
 // Phases of BM_Dsv3_Plan/no_old_all_outputs: replication (BM_Dsv3_Replicate),
 // packing (ReplicateAndPack minus Replicate: the per-node sort of the replica
-// loads, then the greedy steps), log2phy (Plan writes it layer by layer; its
-// 2 MB of stores are bound by cache bandwidth) and load validation. On the
+// loads, mostly its rank step, then the greedy steps), log2phy (Plan writes
+// it layer by layer; its 2 MB of stores are bound by cache bandwidth and cost
+// Plan about BM_Dsv3_Log2Phy: writing the rows between the packing kernel's
+// greedy steps, or each row once with 64-byte stores instead of memset plus
+// scatter, measured no faster) and load validation (small). On the
 // AVX-512 path Plan packs two layers per kernel call (8 node lanes), while
 // the phase benchmarks pack one layer per call, so there the packing phase
 // reads somewhat higher than its share of Plan.

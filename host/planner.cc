@@ -88,6 +88,42 @@ inline int32_t FirstMin(const double* key, int32_t m4) {
 #endif
 }
 
+// Small loops of ReplicateLayer in explicit SSE2 (baseline x86-64), so that
+// their speed does not depend on the optimization level's vectorizer.
+// SumInt64: the exact int64 sum of w[0, n) (no overflow: loads are
+// validated; integer addition is associative, so the lane order does not
+// change the sum).
+inline int64_t SumInt64(const int64_t* w, int32_t n) {
+  int32_t i = 0;
+  int64_t sum = 0;
+#if defined(__SSE2__)
+  __m128i a = _mm_setzero_si128(), b = _mm_setzero_si128();
+  for (; i + 4 <= n; i += 4) {
+    a = _mm_add_epi64(a, _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
+    b = _mm_add_epi64(b, _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i + 2)));
+  }
+  alignas(16) int64_t lane[2];
+  _mm_store_si128(reinterpret_cast<__m128i*>(lane), _mm_add_epi64(a, b));
+  sum = lane[0] + lane[1];
+#endif
+  for (; i < n; ++i) sum += w[i];
+  return sum;
+}
+
+// p[i] = v + step * i for i < n (step 0: a fill, 1: consecutive ids).
+inline void FillStep(int32_t* p, int32_t n, int32_t v, int32_t step) {
+  int32_t i = 0;
+#if defined(__SSE2__)
+  __m128i x = _mm_set_epi32(v + 3 * step, v + 2 * step, v + step, v);
+  const __m128i inc = _mm_set1_epi32(4 * step);
+  for (; i + 4 <= n; i += 4) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i), x);
+    x = _mm_add_epi32(x, inc);
+  }
+#endif
+  for (; i < n; ++i) p[i] = v + step * i;
+}
+
 #if defined(EPLB_PLANNER_X86_DISPATCH)
 // AVX2 is chosen at run time (the build targets baseline x86-64). Both paths
 // below compute exactly what the portable code computes: the sort is on
@@ -264,7 +300,8 @@ __attribute__((target("avx2,avx512f,avx512vl"))) inline void RankChunk512(const 
 }
 
 // SortDescAvx2 with the AVX-512 rank step (the same keys, hence the same
-// ranks and the same order).
+// ranks and the same order); ord and sv are written by scatters, and
+// FinishRankSort runs only where the truncated keys mixed loads.
 __attribute__((target("avx2,avx512f,avx512vl"))) void SortDescAvx512(const double* it, int32_t n,
                                                                      int32_t* ord, double* sv) {
   alignas(64) int32_t key[kFastItems];
@@ -296,7 +333,31 @@ __attribute__((target("avx2,avx512f,avx512vl"))) void SortDescAvx512(const doubl
       RankChunk512<1>(key, n, rank);
       break;
   }
-  FinishRankSort(it, n, key, rank, ord, sv);
+  // FinishRankSort by scatters: item i goes to position rank[i]. The order
+  // is exact unless a run of equal truncated keys (in index order) mixes
+  // different loads; then, and only then, some neighbours ascend (across
+  // runs the loads descend strictly, and equal loads are in index order), and
+  // FinishRankSort redoes the order from the keys.
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  for (int32_t i = 0; i < n; i += 16) {
+    const __mmask16 m =
+        n - i >= 16 ? __mmask16{0xffff} : static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_i32scatter_epi32(ord, m, _mm512_load_si512(rank + i),
+                                 _mm512_add_epi32(lane, _mm512_set1_epi32(i)), 4);
+  }
+  for (int32_t i = 0; i < n; i += 8) {
+    const __mmask8 m = n - i >= 8 ? __mmask8{0xff} : static_cast<__mmask8>((1u << (n - i)) - 1);
+    _mm512_mask_i32scatter_pd(sv, m, _mm256_load_si256(reinterpret_cast<const __m256i*>(rank + i)),
+                              _mm512_maskz_loadu_pd(m, it + i), 8);
+  }
+  __mmask8 up = 0;
+  for (int32_t t = 0; t + 1 < n; t += 8) {
+    const int32_t k = std::min(8, n - 1 - t);  // pairs (t + j, t + j + 1), j < k
+    const __mmask8 m = static_cast<__mmask8>((1u << k) - 1);
+    up |= _mm512_mask_cmp_pd_mask(m, _mm512_maskz_loadu_pd(m, sv + t),
+                                  _mm512_maskz_loadu_pd(m, sv + t + 1), _CMP_LT_OQ);
+  }
+  if (up != 0) FinishRankSort(it, n, key, rank, ord, sv);
 }
 
 // Node n's items [rpn] in stable descending order: their values into lane n
@@ -557,6 +618,29 @@ __attribute__((target("avx2,avx512f,avx512vl"))) void SelectCandidatesAvx512(
     nc += rank[si] < red;
   }
 }
+
+// The replication prefilter's bound (ReplicateLayer) for 1 <= red <= 8 and
+// red < n: the smallest over b < red of max{wl[i] : i % red == b} (every
+// block is nonempty as n > red). Masked-off lanes load 0, which leaves a
+// block maximum of loads >= 0 unchanged.
+__attribute__((target("avx2,avx512f,avx512vl"))) int64_t StridedBoundAvx512(const int64_t* wl,
+                                                                            int32_t n,
+                                                                            int32_t red) {
+  __m512i mx = _mm512_setzero_si512();
+  for (int32_t i = 0; i < n; i += red) {
+    const int32_t k = std::min(red, n - i);
+    mx = _mm512_max_epi64(mx,
+                          _mm512_maskz_loadu_epi64(static_cast<__mmask8>((1u << k) - 1), wl + i));
+  }
+  // A store and a scalar loop: GCC 12's reduce intrinsics draw
+  // -Wuninitialized from their undefined start vector (GCC bug 105593).
+  alignas(64) int64_t lane[8];
+  _mm512_store_si512(lane, mx);
+  int64_t thr = lane[0];
+  for (int32_t b = 1; b < red; ++b) thr = std::min(thr, lane[b]);
+  return thr;
+}
+
 #endif  // EPLB_PLANNER_X86_DISPATCH
 
 }  // namespace
@@ -1071,28 +1155,19 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
   // 1. Groups onto nodes. Group loads are exact int64 sums (< 2^53, so exact
   // as doubles too, and their float64 pack sums are exact).
   double* items = s.items.data();
-  for (int32_t g = 0; g < G; ++g) {
-    const int64_t* wg = load + g * epg;
-    int64_t sum = 0;
-    for (int32_t i = 0; i < epg; ++i) sum += wg[i];
-    items[g] = static_cast<double>(sum);
-  }
+  for (int32_t g = 0; g < G; ++g) items[g] = static_cast<double>(SumInt64(load + g * epg, epg));
   int32_t* node_group = s.node_group.data();
   s.Pack(G, M);
   for (int32_t g = 0; g < G; ++g) node_group[s.pack_of[g] * gpn + s.pos_of[g]] = g;
   int32_t* node_expert = s.node_expert.data();
-  for (int32_t j = 0; j < G; ++j) {
-    const int32_t base = node_group[j] * epg;
-    int32_t* ne = node_expert + j * epg;
-    for (int32_t i = 0; i < epg; ++i) ne[i] = base + i;
-  }
+  for (int32_t j = 0; j < G; ++j) FillStep(node_expert + j * epg, epg, node_group[j] * epg, 1);
 
   // 2. Replication per node: each added replica goes to the expert of largest
   // w / count, the first in node-local order on exact equality.
   const int32_t red = rpn - epn;
   int32_t* cnt = s.cnt.data();
   double* cur = s.cur_load.data();
-  for (int32_t e = 0; e < E; ++e) cnt[e] = 1;  // every expert is on one node
+  FillStep(cnt, E, 1, 0);  // every expert is on one node
   const bool use_cand = red <= kCandidateLimit && red < epn;
   s.have_node_w = use_cand;
   // With candidates and few nodes, the picks of all nodes run in lockstep
@@ -1105,7 +1180,7 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
     const int32_t* ne = node_expert + n * epn;
     int32_t* re = s.rep_expert.data() + n * rpn;
     int32_t* rp = s.rep_pos.data() + n * rpn;
-    for (int32_t i = 0; i < epn; ++i) re[i] = ne[i];  // rp is read only past epn
+    std::memcpy(re, ne, sizeof(int32_t) * static_cast<size_t>(epn));  // rp is read only past epn
     if (!use_cand)
       for (int32_t i = 0; i < epn; ++i) cur[i] = static_cast<double>(load[ne[i]]);  // w / 1
     if (use_cand) {
@@ -1131,15 +1206,25 @@ void Planner::ReplicateLayer(const PlanShape& shape, Policy policy, const int64_
       for (int32_t j = 0; j < gpn; ++j)
         std::memcpy(wl + j * epg, load + node_group[n * gpn + j] * epg,
                     sizeof(int64_t) * static_cast<size_t>(epg));
-      // Any split into `red` nonempty blocks gives a valid bound; this one
-      // needs no division per block.
-      const int32_t bq = red > 0 ? epn / red : 0, br = red > 0 ? epn % red : 0;
+      // Any split into `red` nonempty blocks gives a valid bound, and the
+      // selection below is exact for any valid bound, so the split does not
+      // change the candidates: the AVX-512 path takes the positions i with
+      // i % red == b as block b (a lane-wise max of vectors), the others
+      // consecutive runs (no division per block).
       int64_t thr = kMaxLoad;
-      for (int32_t b = 0, i = 0; b < red; ++b) {
-        const int32_t end = i + bq + (b < br);
-        int64_t mx = -1;
-        for (; i < end; ++i) mx = std::max(mx, wl[i]);
-        thr = std::min(thr, mx);
+#if defined(EPLB_PLANNER_X86_DISPATCH)
+      if (red >= 1 && red <= 8 && CpuHasAvx512()) {
+        thr = StridedBoundAvx512(wl, epn, red);
+      } else
+#endif
+      {
+        const int32_t bq = red > 0 ? epn / red : 0, br = red > 0 ? epn % red : 0;
+        for (int32_t b = 0, i = 0; b < red; ++b) {
+          const int32_t end = i + bq + (b < br);
+          int64_t mx = -1;
+          for (; i < end; ++i) mx = std::max(mx, wl[i]);
+          thr = std::min(thr, mx);
+        }
       }
       int32_t cand_one[kCandidateLimit + 1];  // + 1: the branch-free filter's spare
       double cl_one[kCandidateLimit];
@@ -1619,10 +1704,13 @@ PlanResult Planner::Plan(const PlanShape& shape, Policy policy, Migration migrat
         for (size_t q = 0; q < P; ++q) moved += out[q] != old[q];
       }
     }
-    // log2phy is written layer by layer, right after the layer is planned:
-    // the stores (2 MB for the DeepSeek-V3 shape, bound by cache bandwidth)
-    // then drain while the next layer computes. (Measured: separating a
-    // layer's -1 fill from its slot stores by planning work is slower.)
+    // log2phy is written layer by layer, right after the layer is planned.
+    // The stores (2 MB for the DeepSeek-V3 shape, bound by cache bandwidth)
+    // cost Plan about their standalone time (BM_Dsv3_Log2Phy). Measured no
+    // faster: separating a layer's -1 fill from its slot stores by planning
+    // work; writing the previous pair's rows in pieces between the packing
+    // kernel's greedy steps; each row written once, or the fill done with
+    // 64-byte stores instead of memset.
     for (int32_t k = l; k < l + nl && log2phy != nullptr; ++k) {
       FillLog2Phy(shape, k, k + 1, log2phy);
       ScatterLog2Phy(shape, k, k + 1, phy2log, log2phy);
