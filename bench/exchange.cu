@@ -496,7 +496,7 @@ int main(int argc, char** argv) {
       {"stream_priorities", kTuning.max_copy_blocks, kTuning.chunk_target_bytes, false, true, true},
       {"blocks32_target128MB", 32, size_t{128} << 20, false, true},
       {"blocks16_target512MB", 16, size_t{512} << 20, false, true},
-      {"blocks64_target512MB", 64, size_t{512} << 20, false, true}};
+      {"blocks32_target512MB", 32, size_t{512} << 20, false, true}};
   // EPLB_BENCH_N=2|4 and EPLB_BENCH_WORKLOAD=full|big select one case (one
   // process per case keeps each case's GPU memory to itself).
   const char* env_n = std::getenv("EPLB_BENCH_N");
