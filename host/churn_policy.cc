@@ -655,22 +655,20 @@ void ChurnPlanner::RelabelFresh(Work& wk, const PlanShape& s, const int32_t* fr,
         int64_t* row = ov + static_cast<size_t>(i) * R;
         for (int32_t j = 0; j < R; ++j) row[j] = static_cast<int64_t>((acc >> (8 * j)) & 0xffu);
       }
-      SolvePerm(wk.assign, R, ov, perm);
-      for (int32_t i = 0; i < R; ++i) rank_perm[a * R + i] = blo + perm[i];
-      continue;
-    }
-    std::fill(ov, ov + static_cast<size_t>(R) * R, 0);
-    for (int32_t i = 0; i < R; ++i) {
-      const int32_t fr_rank = a * R + i;
-      int64_t* row = ov + static_cast<size_t>(i) * R;
-      for (int32_t p = fr_rank * S; p < (fr_rank + 1) * S; ++p) {
-        const int32_t e = fr[p];
-        int32_t last = -1;
-        for (int32_t k = ostart[e]; k < ostart[e + 1]; ++k) {
-          const int32_t r = orank[k];
-          if (r == last || static_cast<uint32_t>(r - blo) >= static_cast<uint32_t>(R)) continue;
-          last = r;
-          ++row[r - blo];
+    } else {
+      std::fill(ov, ov + static_cast<size_t>(R) * R, 0);
+      for (int32_t i = 0; i < R; ++i) {
+        const int32_t fr_rank = a * R + i;
+        int64_t* row = ov + static_cast<size_t>(i) * R;
+        for (int32_t p = fr_rank * S; p < (fr_rank + 1) * S; ++p) {
+          const int32_t e = fr[p];
+          int32_t last = -1;
+          for (int32_t k = ostart[e]; k < ostart[e + 1]; ++k) {
+            const int32_t r = orank[k];
+            if (r == last || static_cast<uint32_t>(r - blo) >= static_cast<uint32_t>(R)) continue;
+            last = r;
+            ++row[r - blo];
+          }
         }
       }
     }

@@ -299,6 +299,41 @@ __attribute__((target("avx2,avx512f,avx512vl"))) inline void RankChunk512(const 
   for (int q = 0; q < K; ++q) _mm512_store_si512(rank + q * 16, acc[q]);
 }
 
+// Calls fn.Run<K>() with K = v for v in [1, 8] (the vector count, a template
+// argument so that a rank kernel keeps its K accumulators in registers).
+template <typename Fn>
+__attribute__((target("avx2,avx512f,avx512vl"))) inline void ByVectorCount(int32_t v,
+                                                                           const Fn& fn) {
+  switch (v) {
+    case 8:
+      return fn.template Run<8>();
+    case 7:
+      return fn.template Run<7>();
+    case 6:
+      return fn.template Run<6>();
+    case 5:
+      return fn.template Run<5>();
+    case 4:
+      return fn.template Run<4>();
+    case 3:
+      return fn.template Run<3>();
+    case 2:
+      return fn.template Run<2>();
+    default:
+      return fn.template Run<1>();
+  }
+}
+
+struct RankChunk512Fn {
+  const int32_t* key;
+  int32_t n;
+  int32_t* rank;
+  template <int K>
+  __attribute__((target("avx2,avx512f,avx512vl"))) void Run() const {
+    RankChunk512<K>(key, n, rank);
+  }
+};
+
 // SortDescAvx2 with the AVX-512 rank step (the same keys, hence the same
 // ranks and the same order); ord and sv are written by scatters, and
 // FinishRankSort runs only where the truncated keys mixed loads.
@@ -307,32 +342,7 @@ __attribute__((target("avx2,avx512f,avx512vl"))) void SortDescAvx512(const doubl
   alignas(64) int32_t key[kFastItems];
   alignas(64) int32_t rank[kFastItems];
   BuildRankKeys(it, n, key);
-  switch ((n + 15) / 16) {
-    case 8:
-      RankChunk512<8>(key, n, rank);
-      break;
-    case 7:
-      RankChunk512<7>(key, n, rank);
-      break;
-    case 6:
-      RankChunk512<6>(key, n, rank);
-      break;
-    case 5:
-      RankChunk512<5>(key, n, rank);
-      break;
-    case 4:
-      RankChunk512<4>(key, n, rank);
-      break;
-    case 3:
-      RankChunk512<3>(key, n, rank);
-      break;
-    case 2:
-      RankChunk512<2>(key, n, rank);
-      break;
-    default:
-      RankChunk512<1>(key, n, rank);
-      break;
-  }
+  ByVectorCount((n + 15) / 16, RankChunk512Fn{key, n, rank});
   // FinishRankSort by scatters: item i goes to position rank[i]. The order
   // is exact unless a run of equal truncated keys (in index order) mixes
   // different loads; then, and only then, some neighbours ascend (across
@@ -552,35 +562,20 @@ __attribute__((target("avx2,avx512f,avx512vl"))) inline void RankSelectChunk(con
   for (int q = 0; q < K; ++q) _mm512_store_si512(r + 8 * q, acc[q]);
 }
 
+struct RankSelectChunkFn {
+  const int64_t* key;
+  int32_t n;
+  int64_t* r;
+  template <int K>
+  __attribute__((target("avx2,avx512f,avx512vl"))) void Run() const {
+    RankSelectChunk<K>(key, n, r);
+  }
+};
+
 __attribute__((target("avx2,avx512f,avx512vl"))) void RankSelectAvx512(const int64_t* key,
                                                                        int32_t n, int32_t* rank) {
   alignas(64) int64_t r[kSelectItems];
-  switch ((n + 7) / 8) {  // 1..8 vectors
-    case 8:
-      RankSelectChunk<8>(key, n, r);
-      break;
-    case 7:
-      RankSelectChunk<7>(key, n, r);
-      break;
-    case 6:
-      RankSelectChunk<6>(key, n, r);
-      break;
-    case 5:
-      RankSelectChunk<5>(key, n, r);
-      break;
-    case 4:
-      RankSelectChunk<4>(key, n, r);
-      break;
-    case 3:
-      RankSelectChunk<3>(key, n, r);
-      break;
-    case 2:
-      RankSelectChunk<2>(key, n, r);
-      break;
-    default:
-      RankSelectChunk<1>(key, n, r);
-      break;
-  }
+  ByVectorCount((n + 7) / 8, RankSelectChunkFn{key, n, r});
   for (int32_t i = 0; i < n; ++i) rank[i] = static_cast<int32_t>(r[i]);
 }
 
