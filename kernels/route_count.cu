@@ -1,8 +1,8 @@
-// Route + count and count-only kernels. The route kernel ranks the items of
-// each expert inside a segment (one block, or sub-blocks that first count
-// what precedes them) in ascending item order with EplbWarpRank (public,
-// eplb_device.cuh) and per-warp shared counters, then adds per-replica
-// totals once per block: no per-item global atomics, and the choice of
+// Route + count and count-only kernels. On the rank path the items of each
+// expert inside a segment get ranks in ascending item order (warp peer sets
+// from EplbWarpPeers / EplbWarpRank, public in eplb_device.cuh, and per-warp
+// shared counts), and per-replica totals are added with EplbReplicaShare
+// once per run of equal keys: no per-item global atomics, and the choice of
 // replica depends on the data only, never on thread timing.
 #include <cuda_runtime.h>
 
@@ -16,29 +16,27 @@ namespace eplb {
 namespace kernels {
 namespace {
 
-// Two block shapes. Launches of many segments: one block of 8 warps per
-// segment (16 items per lane per 4096-item tile; 4 blocks per SM, so 528
-// segments are one wave). Launches of few segments (decode sizes), where one
-// block's serial ranking of a whole segment would be the launch's whole
-// cost: each segment is split into sub-blocks of kSubItems items on their
-// own SMs (16 warps, one item per lane); a sub-block first counts the valid
-// items of each expert in the part of its segment before it (a commutative
-// count, so exact and deterministic), then ranks its own items from there.
-// Ranks depend on item order only, never on the block shape.
-//
-// At decode sizes the launch is latency-bound: what costs is the number of
-// dependent global-memory round trips. A sub-block therefore issues every
-// global load it will need at once, before its first barrier: its own ids,
-// the ids before it in the segment, logcnt, and the first kStageCols
-// columns of log2phy (staged in shared memory; an expert with more replicas
-// reads its further columns from global memory).
-constexpr int kSmallWarps = 8;
+// Two kernels on the rank path. Launches of many segments: one block of 8
+// warps per segment (16 items per lane per 4096-item tile; 4 blocks per SM,
+// so 528 segments are one wave). Launches of few segments (decode sizes):
+// each segment is split into sub-blocks of kSubItems items on their own SMs,
+// one item per thread.
+constexpr int kSegWarps = 8;
 constexpr int kSubWarps = 16;
-constexpr int64_t kSubItems = 32 * kSubWarps;  // 512
+constexpr int kSubThreads = 32 * kSubWarps;
+constexpr uint32_t kSubItems = kSubThreads;  // 512
+// log2phy columns a sub-block stages in shared memory (an expert with more
+// replicas reads its further columns from global memory).
 constexpr int kStageCols = 4;
-// Ids before a sub-block that each thread loads up front (a segment is at
-// most one 4096-item tile long when sub-blocks are used: 7 suffice).
-constexpr int kPrePerThread = 8;
+// Ids before a sub-block in its segment that each thread counts (a segment
+// is at most one 4096-item tile when sub-blocks are used).
+constexpr int kPrePerThread = static_cast<int>(kRouteTileItems / kSubItems) - 1;
+// Experts each thread stages (the launcher takes this shape only for
+// E <= kSubExpertsPerThread * kSubThreads).
+constexpr int kSubExpertsPerThread = 2;
+// Up to this many blocks, a sub-block launch adds its counts to load_pass
+// per run of equal keys; more blocks aggregate per block first.
+constexpr unsigned kSubDirectBlocks = 8;
 
 __device__ __forceinline__ int64_t ValidItems(int64_t num_tokens, const int32_t* d_num_tokens,
                                               int32_t top_k) {
@@ -55,36 +53,24 @@ __device__ __forceinline__ unsigned long long WarpSum(unsigned long long v) {
   return v;
 }
 
-// Column j of expert e's log2phy row: from the staged columns when s_tab is
-// set and j < kStageCols, else from global memory.
-__device__ __forceinline__ int32_t TableEntry(const int32_t* s_tab,
-                                              const int32_t* __restrict__ log2phy, int32_t e,
-                                              int32_t j, int32_t max_rep) {
-  if (s_tab != nullptr && j < kStageCols) return s_tab[e * kStageCols + j];
-  return __ldg(log2phy + int64_t{e} * max_rep + j);
-}
-
-// 4 blocks of 256 per SM: the 528 segments are one wave on a 132-SM H100.
-// kWarps == kSubWarps: the sub-block shape (one 512-item tile per block,
-// staged table, prefetched prefix); else the segment shape.
-template <typename IdT, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
+// Segment shape: 4 blocks of 256 per SM, so the 528 segments are one wave
+// on a 132-SM H100.
+template <typename IdT>
+__global__ void __launch_bounds__(kSegWarps * 32, 4)
     RouteCountKernel(const IdT* __restrict__ ids, int64_t cap_items, int64_t num_tokens,
                      const int32_t* d_num_tokens, int32_t top_k,
                      const int32_t* __restrict__ log2phy, const int32_t* __restrict__ logcnt,
                      int32_t num_e, int32_t key_bits, int32_t num_p, int32_t max_rep,
                      const int32_t* d_record, int32_t* __restrict__ out, int32_t* load_pass,
-                     unsigned long long* d_invalid, int64_t seg_items, int64_t sub_items) {
-  constexpr bool kSplit = kWarps == kSubWarps;
-  constexpr int kItemsPerLane = kSplit ? 1 : static_cast<int>(kRouteTileItems / (32 * kWarps));
+                     unsigned long long* d_invalid, int64_t seg_items) {
+  constexpr int kWarps = kSegWarps;
+  constexpr int kItemsPerLane = static_cast<int>(kRouteTileItems / (32 * kWarps));
   constexpr int64_t kTile = int64_t{kItemsPerLane} * 32 * kWarps;
-  static_assert(kSplit ? kTile == kSubItems : kTile == kRouteTileItems, "tile sizes");
+  static_assert(kTile == kRouteTileItems, "tile size");
   extern __shared__ int32_t smem[];
-  int32_t* hist = smem;                             // [kWarps][E]: per-warp counts, then bases
-  int32_t* seg_base = smem + kWarps * num_e;        // [E]: ranks handed out so far in the segment
-  int32_t* s_cnt = seg_base + num_e;                // [E]: logcnt, staged once per block
-  int32_t* pre = s_cnt + num_e;                     // [E]: ranks of the segment before this block
-  int32_t* s_tab = kSplit ? pre + num_e : nullptr;  // [E][kStageCols]
+  int32_t* hist = smem;                       // [kWarps][E]: per-warp counts, then bases
+  int32_t* seg_base = smem + kWarps * num_e;  // [E]: ranks handed out so far in the segment
+  int32_t* s_cnt = seg_base + num_e;          // [E]: logcnt, staged once per block
   __shared__ unsigned long long s_invalid;
 
   const int64_t n_valid = ValidItems(num_tokens, d_num_tokens, top_k);
@@ -92,86 +78,32 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
   const int64_t seg_begin = int64_t{seg} * seg_items;
   int64_t seg_end = seg_begin + seg_items;
   if (seg_end > cap_items) seg_end = cap_items;
-  // This block's items: the whole segment, or sub-block blockIdx.y of it.
-  int64_t my_begin = seg_begin, my_end = seg_end;
-  if (kSplit) {
-    my_begin = seg_begin + int64_t{blockIdx.y} * sub_items;
-    if (my_begin + sub_items < my_end) my_end = my_begin + sub_items;
-  }
-  if (my_begin >= my_end) return;
+  if (seg_begin >= seg_end) return;
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
-
-  // The tile is split into kWarps contiguous chunks (so a short tile keeps
-  // every warp busy); ranks only depend on item order, not on the split.
-  int64_t chunk = 0, chunk_end = 0, chunk_len = 0;
-  IdT raw[kItemsPerLane];
-  auto load_tile = [&](int64_t tile) {
-    const int64_t tile_end = tile + kTile < my_end ? tile + kTile : my_end;
-    chunk_len = ((tile_end - tile + kWarps - 1) / kWarps + 31) / 32 * 32;
-    chunk = tile + int64_t{warp} * chunk_len;
-    chunk_end = chunk + chunk_len < tile_end ? chunk + chunk_len : tile_end;
-#pragma unroll
-    for (int j = 0; j < kItemsPerLane; ++j) {
-      const int64_t i = chunk + j * 32 + lane;
-      raw[j] = (i < chunk_end) ? __ldcs(ids + i) : IdT(-1);
-    }
-  };
-  // The sub-block shape loads its one tile now; the segment shape (many
-  // tiles, 16 ids per lane) loads each tile in the loop, which keeps it
-  // within its 64 registers.
-  if (kSplit) load_tile(my_begin);
-  IdT pre_raw[kSplit ? kPrePerThread : 1];
-  if (kSplit) {
-#pragma unroll
-    for (int k = 0; k < kPrePerThread; ++k) {
-      const int64_t i = seg_begin + threadIdx.x + int64_t{k} * blockDim.x;
-      pre_raw[k] = i < my_begin ? __ldg(ids + i) : IdT(-1);
-    }
-  }
 
   const bool record = (d_record == nullptr) || (*d_record != 0);
   for (int e = threadIdx.x; e < num_e; e += blockDim.x) {
     seg_base[e] = 0;
     s_cnt[e] = logcnt[e];
-    if (kSplit) {
-#pragma unroll
-      for (int j = 0; j < kStageCols; ++j)
-        s_tab[e * kStageCols + j] = j < max_rep ? __ldg(log2phy + int64_t{e} * max_rep + j) : -1;
-    }
   }
   for (int x = threadIdx.x; x < kWarps * num_e; x += blockDim.x) hist[x] = 0;
   if (threadIdx.x == 0) s_invalid = 0;
   unsigned long long invalid = 0;
   __syncthreads();
-  if (kSplit && my_begin > seg_begin) {
-    // Valid items of each expert earlier in the segment (order-free count).
-#pragma unroll
-    for (int k = 0; k < kPrePerThread; ++k) {
-      const int64_t i = seg_begin + threadIdx.x + int64_t{k} * blockDim.x;
-      const int32_t key = i < my_begin && i < n_valid
-                              ? EplbItemKey(static_cast<int64_t>(pre_raw[k]), num_e, s_cnt, max_rep)
-                              : -1;
-      if (key >= 0) atomicAdd(seg_base + key, 1);
-    }
-    for (int64_t i = seg_begin + threadIdx.x + int64_t{kPrePerThread} * blockDim.x; i < my_begin;
-         i += blockDim.x) {
-      const int32_t key =
-          i < n_valid ? EplbItemKey(static_cast<int64_t>(__ldg(ids + i)), num_e, s_cnt, max_rep)
-                      : -1;
-      if (key >= 0) atomicAdd(seg_base + key, 1);
-    }
-    __syncthreads();
-  }
-  for (int e = threadIdx.x; e < num_e; e += blockDim.x) pre[e] = seg_base[e];
 
-  for (int64_t tile = my_begin; tile < my_end; tile += kTile) {
-    if (tile != my_begin) {
+  for (int64_t tile = seg_begin; tile < seg_end; tile += kTile) {
+    if (tile != seg_begin) {
       __syncthreads();  // every warp is done with the last tile's hist
       for (int x = threadIdx.x; x < kWarps * num_e; x += blockDim.x) hist[x] = 0;
       __syncthreads();
     }
-    if (!kSplit || tile != my_begin) load_tile(tile);
+    // The tile is split into kWarps contiguous chunks (so a short tile keeps
+    // every warp busy); ranks only depend on item order, not on the split.
+    const int64_t tile_end = tile + kTile < seg_end ? tile + kTile : seg_end;
+    const int64_t chunk_len = ((tile_end - tile + kWarps - 1) / kWarps + 31) / 32 * 32;
+    const int64_t chunk = tile + int64_t{warp} * chunk_len;
+    const int64_t chunk_end = chunk + chunk_len < tile_end ? chunk + chunk_len : tile_end;
     int32_t* my_hist = hist + warp * num_e;
     int32_t key[kItemsPerLane];
     int32_t rank[kItemsPerLane];
@@ -181,9 +113,12 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
     for (int j = 0; j < kItemsPerLane; ++j) {
       const int64_t i = chunk + j * 32 + lane;
       key[j] = -1;
-      if (i < n_valid && i < chunk_end) {
-        key[j] = EplbItemKey(static_cast<int64_t>(raw[j]), num_e, s_cnt, max_rep);
-        if (key[j] < 0) ++invalid;
+      if (i < chunk_end) {
+        const IdT raw = __ldcs(ids + i);
+        if (i < n_valid) {
+          key[j] = EplbItemKey(static_cast<int64_t>(raw), num_e, s_cnt, max_rep);
+          if (key[j] < 0) ++invalid;
+        }
       }
     }
 #pragma unroll
@@ -210,14 +145,9 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
     for (int j = 0; j < kItemsPerLane; ++j) {
       const int64_t i = chunk + j * 32 + lane;
       if (i < chunk_end) {
-        // EplbReplicaSlot, with the row read through the staged columns.
-        const int32_t k = key[j] >= 0 ? key[j] : 0;
-        const uint32_t c = key[j] >= 0 ? static_cast<uint32_t>(s_cnt[k]) : 1u;
-        const uint32_t r = static_cast<uint32_t>((key[j] >= 0 ? my_hist[k] : 0) + rank[j]) +
-                           static_cast<uint32_t>(seg);
-        const int32_t col = c <= 1u ? 0 : static_cast<int32_t>(r % c);
-        const int32_t v = TableEntry(s_tab, log2phy, k, col, max_rep);
-        const int32_t slot = (key[j] >= 0 && v >= 0 && v < num_p) ? v : -1;
+        const int32_t slot = EplbReplicaSlot(
+            key[j], static_cast<uint32_t>((key[j] >= 0 ? my_hist[key[j]] : 0) + rank[j] + seg),
+            log2phy, s_cnt, max_rep, num_p);
         if (key[j] >= 0 && slot < 0) ++invalid;
         __stcs(out + i, slot);
       }
@@ -225,16 +155,15 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
   }
 
   if (record) {
-    // seg_base[e] and pre[e] were written by this same thread.
+    // seg_base[e] was written by this same thread: the segment's items of e
+    // have ranks 0 .. seg_base[e] - 1.
     for (int e = threadIdx.x; e < num_e; e += blockDim.x) {
-      // This block's items of e have ranks pre[e] .. seg_base[e] - 1.
-      const int32_t n = seg_base[e] - pre[e];
+      const int32_t n = seg_base[e];
       if (n == 0) continue;
       const int32_t c = s_cnt[e];  // n > 0 implies c in [1, max_rep]
-      const uint32_t offset = static_cast<uint32_t>(pre[e]) + static_cast<uint32_t>(seg);
       for (int j = 0; j < c; ++j) {
-        const int32_t slot = TableEntry(s_tab, log2phy, e, j, max_rep);
-        EplbCountAdd(load_pass, slot, EplbReplicaShare(n, offset, c, j), num_p);
+        const int32_t slot = log2phy[int64_t{e} * max_rep + j];
+        EplbCountAdd(load_pass, slot, EplbReplicaShare(n, static_cast<uint32_t>(seg), c, j), num_p);
       }
     }
   }
@@ -243,6 +172,154 @@ __global__ void __launch_bounds__(kWarps * 32, kWarps == kSmallWarps ? 4 : 2)
     if (lane == 0 && invalid != 0) atomicAdd(&s_invalid, invalid);
     __syncthreads();
     if (threadIdx.x == 0 && s_invalid != 0) atomicAdd(d_invalid, s_invalid);
+  }
+}
+
+// Sub-block shape (decode sizes): block (s, b) routes items
+// [s*Z + 512*b, ...) of segment s, one per thread. The launch is
+// latency-bound, so the kernel is built for the fewest dependent steps:
+//   1. every global load it needs is issued at once (its ids, the ids
+//      before it in the segment, logcnt, the first kStageCols columns of
+//      log2phy), then one barrier;
+//   2. each warp finds the runs of equal keys among its 32 items
+//      (EplbWarpPeers); the first lane of a run stores the run's length in
+//      its warp's row of `hist`, and the items before the sub-block are
+//      counted per expert (an order-free count, so exact and
+//      deterministic); one barrier;
+//   3. an item's rank is the segment's earlier count of its expert, plus
+//      the lengths of its expert's runs in lower warps, plus its lane's
+//      place in its run; the first lane of each run adds the run's
+//      per-replica shares (EplbReplicaShare) to load_pass, and each warp
+//      adds its invalid items to the invalid counter itself.
+// No per-expert pass over the block and no third barrier: at 64 tokens x
+// top-8 the kernel used to spend ~6300 SM cycles (ncu, H200) on a
+// per-expert scan and flush behind four barriers.
+template <typename IdT>
+__global__ void __launch_bounds__(kSubThreads)
+    RouteSubKernel(const IdT* __restrict__ ids, uint32_t cap_items, int64_t num_tokens,
+                   const int32_t* d_num_tokens, int32_t top_k, const int32_t* __restrict__ log2phy,
+                   const int32_t* __restrict__ logcnt, int32_t num_e, int32_t key_bits,
+                   int32_t num_p, int32_t max_rep, const int32_t* d_record,
+                   int32_t* __restrict__ out, int32_t* load_pass, unsigned long long* d_invalid,
+                   uint32_t seg_items) {
+  extern __shared__ int4 smem4[];
+  int32_t* hist = reinterpret_cast<int32_t*>(smem4);  // [kSubWarps][E]: run lengths per warp
+  int32_t* pre = hist + kSubWarps * num_e;            // [E]: items earlier in the segment
+  int32_t* s_cnt = pre + num_e;                       // [E]: logcnt
+  int32_t* s_tab = s_cnt + num_e;                     // [E][kStageCols]: log2phy columns
+  int32_t* s_load = s_tab + kStageCols * num_e;       // [P]: counts, when aggregated
+  // Launches of many blocks add their counts up in shared memory and flush
+  // them once per block: thousands of runs adding to the same hot slots in
+  // global memory would queue on its atomic unit (measured 3x slower at
+  // 8192 tokens x top-8 with Zipf ids); a few blocks add per run directly.
+  const bool aggregate = gridDim.x * gridDim.y > kSubDirectBlocks;
+  const uint32_t seg = blockIdx.x;
+  const uint32_t seg_begin = seg * seg_items;
+  const uint32_t seg_end = min(seg_begin + seg_items, cap_items);
+  const uint32_t my_begin = seg_begin + blockIdx.y * kSubItems;
+  if (my_begin >= seg_end) return;
+  const uint32_t my_end = min(my_begin + kSubItems, seg_end);
+  const uint32_t i = my_begin + threadIdx.x;
+  const int warp = threadIdx.x >> 5;
+  const unsigned lane = threadIdx.x & 31u;
+
+  // 1. Loads, all in flight together.
+  const uint32_t n_valid = static_cast<uint32_t>(ValidItems(num_tokens, d_num_tokens, top_k));
+  const bool record = (d_record == nullptr) || (*d_record != 0);
+  const IdT raw = i < my_end ? __ldcs(ids + i) : IdT(-1);
+  IdT pre_raw[kPrePerThread];
+#pragma unroll
+  for (int k = 0; k < kPrePerThread; ++k) {
+    const uint32_t j = seg_begin + threadIdx.x + k * kSubThreads;
+    pre_raw[k] = j < my_begin ? __ldg(ids + j) : IdT(-1);
+  }
+  // Into registers first, then into shared memory: a store between two
+  // loads would make the second wait for the first.
+  int32_t cnt_r[kSubExpertsPerThread], tab_r[kSubExpertsPerThread][kStageCols];
+#pragma unroll
+  for (int k = 0; k < kSubExpertsPerThread; ++k) {
+    const int e = threadIdx.x + k * kSubThreads;
+    cnt_r[k] = e < num_e ? logcnt[e] : 0;
+#pragma unroll
+    for (int j = 0; j < kStageCols; ++j)
+      tab_r[k][j] = e < num_e && j < max_rep ? __ldg(log2phy + e * max_rep + j) : -1;
+  }
+#pragma unroll
+  for (int k = 0; k < kSubExpertsPerThread; ++k) {
+    const int e = threadIdx.x + k * kSubThreads;
+    if (e < num_e) {
+      s_cnt[e] = cnt_r[k];
+      pre[e] = 0;
+#pragma unroll
+      for (int j = 0; j < kStageCols; ++j) s_tab[e * kStageCols + j] = tab_r[k][j];
+    }
+  }
+  for (int x = threadIdx.x; x < kSubWarps * num_e / 4; x += kSubThreads)
+    smem4[x] = make_int4(0, 0, 0, 0);
+  if (aggregate)
+    for (int p = threadIdx.x; p < num_p; p += kSubThreads) s_load[p] = 0;
+  __syncthreads();
+
+  // 2. Runs of equal keys in each warp; the segment's earlier items.
+  const bool valid_item = i < my_end && i < n_valid;
+  const int32_t key =
+      valid_item ? EplbItemKey(static_cast<int64_t>(raw), num_e, s_cnt, max_rep) : -1;
+  const int32_t c = key >= 0 ? s_cnt[key] : 1;  // key >= 0: c in [1, max_rep]
+  const unsigned peers = EplbWarpPeers(key, key_bits);
+  const unsigned lower = peers & ((1u << lane) - 1u);
+  const bool first_of_run = key >= 0 && lower == 0u;
+  if (first_of_run) hist[warp * num_e + key] = __popc(peers);
+#pragma unroll
+  for (int k = 0; k < kPrePerThread; ++k) {
+    const uint32_t j = seg_begin + threadIdx.x + k * kSubThreads;
+    const int32_t pk = j < my_begin && j < n_valid
+                           ? EplbItemKey(static_cast<int64_t>(pre_raw[k]), num_e, s_cnt, max_rep)
+                           : -1;
+    if (pk >= 0) atomicAdd(pre + pk, 1);
+  }
+  __syncthreads();
+
+  // 3. Rank, slot, counts.
+  int32_t slot = -1;
+  if (key >= 0) {
+    uint32_t before = static_cast<uint32_t>(pre[key]);
+#pragma unroll
+    for (int w = 0; w < kSubWarps - 1; ++w)
+      if (w < warp) before += static_cast<uint32_t>(hist[w * num_e + key]);
+    const uint32_t r = before + __popc(lower) + seg;
+    const int32_t col = c <= 1 ? 0 : static_cast<int32_t>(r % static_cast<uint32_t>(c));
+    auto entry = [&](int32_t j) {
+      return j < kStageCols ? s_tab[key * kStageCols + j] : __ldg(log2phy + key * max_rep + j);
+    };
+    const int32_t v = entry(col);
+    slot = (v >= 0 && v < num_p) ? v : -1;
+    if (record && first_of_run) {
+      // The run's n items have ranks before .. before + n - 1 (plus seg):
+      // replica (before + seg + t) mod c takes n / c items, plus one for
+      // t < n mod c (EplbReplicaShare, walked from the run's first replica
+      // so that a run shorter than c touches only the replicas it hits).
+      const int32_t n = __popc(peers);
+      const int32_t q = n / c, m = n - q * c;
+      int32_t j = col;  // the run's first item is this lane's
+      for (int32_t t = 0; t < min(n, c); ++t) {
+        const int32_t sj = entry(j);
+        if (!aggregate)
+          EplbCountAdd(load_pass, sj, q + (t < m ? 1 : 0), num_p);
+        else if (sj >= 0 && sj < num_p)
+          atomicAdd(s_load + sj, q + (t < m ? 1 : 0));
+        j = j + 1 == c ? 0 : j + 1;
+      }
+    }
+  }
+  if (i < my_end) __stcs(out + i, slot);
+  if (aggregate && record) {
+    __syncthreads();
+    for (int p = threadIdx.x; p < num_p; p += kSubThreads)
+      if (s_load[p] != 0) atomicAdd(load_pass + p, s_load[p]);
+  }
+  if (d_invalid != nullptr) {
+    const unsigned bad = __ballot_sync(0xffffffffu, valid_item && slot < 0);
+    if (lane == 0 && bad != 0u) atomicAdd(d_invalid, static_cast<unsigned long long>(__popc(bad)));
   }
 }
 
@@ -532,35 +609,37 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
   }
   // Sub-blocks when the launch has fewer segments than an H100 has SMs and
   // their shared memory fits the default 48 KB.
+  const int32_t key_bits = EplbKeyBits(num_logical_experts);
   const size_t sub_smem =
-      sizeof(int32_t) * static_cast<size_t>(kSubWarps + 3 + kStageCols) * num_logical_experts;
-  const bool split = segs <= 132 && sub_smem <= 48 * 1024;
-  const size_t smem =
-      split ? sub_smem
-            : sizeof(int32_t) * static_cast<size_t>(kSmallWarps + 3) * num_logical_experts;
-  const int threads = 32 * (split ? kSubWarps : kSmallWarps);
-  const int64_t subs = split ? (seg_items + kSubItems - 1) / kSubItems : 1;
-  const dim3 grid(static_cast<unsigned>(segs), static_cast<unsigned>(subs));
-  const int64_t sub_items = split ? kSubItems : 0;
-  auto launch = [&](auto kernel, const auto* ids) {
-    kernel<<<grid, threads, smem, stream>>>(
-        ids, cap, num_tokens, num_tokens_device, top_k, log2phy, logcnt, num_logical_experts,
-        EplbKeyBits(num_logical_experts), num_physical_experts, max_rep, record, topk_physical,
-        load_pass, invalid_count, seg_items, sub_items);
-  };
-  const auto* ids64p = static_cast<const int64_t*>(topk_logical);
-  const auto* ids32p = static_cast<const int32_t*>(topk_logical);
-  if (ids64) {
-    if (split)
-      launch(RouteCountKernel<int64_t, kSubWarps>, ids64p);
+      sizeof(int32_t) * (static_cast<size_t>(kSubWarps + 2 + kStageCols) * num_logical_experts +
+                         static_cast<size_t>(num_physical_experts));
+  if (segs <= 132 && sub_smem <= 48 * 1024 &&
+      num_logical_experts <= kSubExpertsPerThread * kSubThreads) {
+    const dim3 grid(static_cast<unsigned>(segs),
+                    static_cast<unsigned>((seg_items + kSubItems - 1) / kSubItems));
+    auto launch = [&](auto kernel, const auto* ids) {
+      kernel<<<grid, kSubThreads, sub_smem, stream>>>(
+          ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy, logcnt,
+          num_logical_experts, key_bits, num_physical_experts, max_rep, record, topk_physical,
+          load_pass, invalid_count, static_cast<uint32_t>(seg_items));
+    };
+    if (ids64)
+      launch(RouteSubKernel<int64_t>, static_cast<const int64_t*>(topk_logical));
     else
-      launch(RouteCountKernel<int64_t, kSmallWarps>, ids64p);
-  } else {
-    if (split)
-      launch(RouteCountKernel<int32_t, kSubWarps>, ids32p);
-    else
-      launch(RouteCountKernel<int32_t, kSmallWarps>, ids32p);
+      launch(RouteSubKernel<int32_t>, static_cast<const int32_t*>(topk_logical));
+    return cudaGetLastError();
   }
+  const size_t smem = sizeof(int32_t) * static_cast<size_t>(kSegWarps + 2) * num_logical_experts;
+  auto launch = [&](auto kernel, const auto* ids) {
+    kernel<<<segs, kSegWarps * 32, smem, stream>>>(
+        ids, cap, num_tokens, num_tokens_device, top_k, log2phy, logcnt, num_logical_experts,
+        key_bits, num_physical_experts, max_rep, record, topk_physical, load_pass, invalid_count,
+        seg_items);
+  };
+  if (ids64)
+    launch(RouteCountKernel<int64_t>, static_cast<const int64_t*>(topk_logical));
+  else
+    launch(RouteCountKernel<int32_t>, static_cast<const int32_t*>(topk_logical));
   return cudaGetLastError();
 }
 

@@ -32,29 +32,37 @@ __device__ __forceinline__ int32_t EplbItemKey(int64_t id, int32_t num_logical_e
   return (in && c >= 1 && c <= max_replicas) ? static_cast<int32_t>(id) : -1;
 }
 
-// Warp-cooperative rank (all 32 lanes call it, full mask). Returns, for a
-// lane with key >= 0, hist[key] (items of that key earlier in the run) plus
-// the number of lower lanes with the same key, then advances hist[key] by
-// the number of lanes holding key. Lanes with key < 0 get 0 and touch
-// nothing. hist is this warp's private counter row (shared memory).
-// key_bits: bits that tell valid keys apart, ceil(log2(E)) (EplbKeyBits).
-// The peer set comes from one ballot per key bit, so its cost does not depend
-// on how many distinct keys the warp holds (unlike __match_any_sync, which
-// was slower on uniform ids over 256 experts in our H100 runs).
+// Bits that tell the keys 0 .. E-1 apart: ceil(log2(E)).
 __host__ __device__ __forceinline__ int32_t EplbKeyBits(int32_t num_logical_experts) {
   int32_t b = 0;
   while ((int64_t{1} << b) < num_logical_experts) ++b;
   return b;
 }
 
-__device__ __forceinline__ int32_t EplbWarpRank(int32_t key, int32_t* hist, int32_t key_bits) {
-  const bool valid = key >= 0;
-  unsigned peers = __ballot_sync(0xffffffffu, valid);
+// Lanes of the calling warp whose key equals this lane's (this lane
+// included), as a mask; 0 for key < 0. All 32 lanes call it (full mask).
+// key_bits: EplbKeyBits(E). One ballot per key bit, so the cost does not
+// depend on how many distinct keys the warp holds (unlike __match_any_sync,
+// which was slower on uniform ids over 256 experts in our H100 runs).
+__device__ __forceinline__ unsigned EplbWarpPeers(int32_t key, int32_t key_bits) {
+  unsigned peers = __ballot_sync(0xffffffffu, key >= 0);
   for (int32_t b = 0; b < key_bits; ++b) {
     const bool bit = (key >> b) & 1;
     const unsigned ones = __ballot_sync(0xffffffffu, bit);
     peers &= bit ? ones : ~ones;
   }
+  return key >= 0 ? peers : 0u;
+}
+
+// Warp-cooperative rank (all 32 lanes call it, full mask). Returns, for a
+// lane with key >= 0, hist[key] (items of that key earlier in the run) plus
+// the number of lower lanes with the same key, then advances hist[key] by
+// the number of lanes holding key. Lanes with key < 0 get 0 and touch
+// nothing. hist is this warp's private counter row (shared memory).
+// key_bits: EplbKeyBits(E). The peer set is EplbWarpPeers.
+__device__ __forceinline__ int32_t EplbWarpRank(int32_t key, int32_t* hist, int32_t key_bits) {
+  const bool valid = key >= 0;
+  const unsigned peers = EplbWarpPeers(key, key_bits);
   const unsigned lane = threadIdx.x & 31u;
   const unsigned lower = peers & ((1u << lane) - 1u);
   int32_t rank = 0;
