@@ -136,7 +136,7 @@ int32_t ThreadsArg(benchmark::State& st) {
 
 // Thread counts the per-call benchmarks run with (0 = the default), wall time.
 void ThreadCounts(benchmark::internal::Benchmark* b) {
-  b->ArgName("threads")->Arg(1)->Arg(2)->Arg(4)->Arg(0)->UseRealTime()->Unit(
+  b->ArgName("threads")->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(0)->UseRealTime()->Unit(
       benchmark::kMillisecond);
 }
 

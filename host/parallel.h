@@ -15,9 +15,12 @@ namespace eplb {
 int32_t DefaultHostThreads();
 
 // Calls fn(begin, end, worker) on contiguous ranges that cover [0, n) once,
-// on up to max_threads threads (the calling thread runs worker 0), with at
-// least min_per_thread indices per range. Blocks until all are done; if any
-// call throws, rethrows the exception of the lowest range after joining.
+// on up to max_threads threads (the calling thread runs worker 0; the others
+// come from a pool kept for the process's lifetime), with at least
+// min_per_thread indices per range where n allows. A worker index is used by
+// one thread at a time, and may get several ranges (up to twice as many
+// ranges as workers). Blocks until all are done; if any call throws,
+// rethrows the exception of the lowest range after all have ended.
 void ParallelRanges(int32_t n, int32_t max_threads, int32_t min_per_thread,
                     const std::function<void(int32_t, int32_t, int32_t)>& fn);
 
