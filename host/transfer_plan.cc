@@ -91,88 +91,111 @@ LayerTransfer PlanLayerTransfer(const TransferShape& s, const int32_t* old_p,
   const int32_t S = P / N;
   auto node = [&](int32_t r) { return s.rank_node.empty() ? 0 : s.rank_node[r]; };
 
-  // holders[e]: ranks holding e in the old placement, ascending, each once.
-  std::vector<std::vector<int32_t>> holders(static_cast<size_t>(P));
+  // Flat scratch, one allocation (a vector per expert was most of a call).
+  // Expert ids are < P (validated).
+  //   hstart/hrank/hslot: for each expert, the ranks holding it in the old
+  //     placement, ascending, each once, with the lowest old local slot of
+  //     the expert there;
+  //   per rank, by expert (reset after each rank): its old local slot, its
+  //     index in local_rows, and the peer and index it is received from.
+  const size_t uP = static_cast<size_t>(P);
+  std::vector<int32_t> scratch(7 * uP + 1);
+  int32_t* hstart = scratch.data();     // [P + 1]
+  int32_t* hrank = hstart + uP + 1;     // [P]
+  int32_t* hslot = hrank + uP;          // [P]
+  int32_t* local_src = hslot + uP;      // [P]
+  int32_t* local_idx = local_src + uP;  // [P]
+  int32_t* recv_peer = local_idx + uP;  // [P]
+  int32_t* recv_idx = recv_peer + uP;   // [P]
+  std::fill(local_src, local_src + 4 * uP, -1);
+  // Counting pass: a rank counts once per expert it holds (its slots are
+  // contiguous, so "last rank seen", kept in recv_peer, tells a new one).
   for (int32_t p = 0; p < P; ++p) {
-    auto& h = holders[static_cast<size_t>(old_p[p])];
-    int32_t r = p / S;
-    if (h.empty() || h.back() != r) h.push_back(r);
+    const int32_t e = old_p[p], r = p / S;
+    if (recv_peer[e] != r) {
+      recv_peer[e] = r;
+      ++hstart[e + 1];
+    }
   }
-  // The lowest old local slot of expert e on rank q (scan of q's slots).
-  auto slot_on = [&](int32_t q, int32_t e) {
-    for (int32_t i = 0; i < S; ++i)
-      if (old_p[q * S + i] == e) return i;
-    return -1;
-  };
+  for (int32_t e = 0; e < P; ++e) hstart[e + 1] += hstart[e];
+  for (int32_t p = 0; p < P; ++p) recv_peer[old_p[p]] = -1;
+  for (int32_t p = 0; p < P; ++p) {
+    const int32_t e = old_p[p], r = p / S;
+    if (recv_peer[e] != r) {
+      recv_peer[e] = r;
+      const int32_t k = hstart[e] + ++local_idx[e];  // local_idx counts from -1
+      hrank[k] = r;
+      hslot[k] = p - r * S;
+    }
+  }
+  for (int32_t p = 0; p < P; ++p) recv_peer[old_p[p]] = local_idx[old_p[p]] = -1;
 
   LayerTransfer out(static_cast<size_t>(N));
   for (auto& t : out) {
-    t.send_rows.assign(static_cast<size_t>(N), {});
-    t.recv_rows.assign(static_cast<size_t>(N), {});
+    t.send_rows.resize(static_cast<size_t>(N));
+    t.recv_rows.resize(static_cast<size_t>(N));
   }
   std::vector<int64_t> sent(static_cast<size_t>(N), 0);
 
-  // Per-rank scratch indexed by expert, reset after each rank.
-  std::vector<int32_t> local_src(static_cast<size_t>(P), -1);  // old local slot of e
-  std::vector<int32_t> local_idx(static_cast<size_t>(P), -1);  // index in local_rows
-  std::vector<int32_t> recv_peer(static_cast<size_t>(P), -1);  // peer e comes from
-  std::vector<int32_t> recv_idx(static_cast<size_t>(P), -1);   // index in recv_rows[peer]
-
   for (int32_t r = 0; r < N; ++r) {
     RankTransfer& t = out[static_cast<size_t>(r)];
-    for (int32_t i = S - 1; i >= 0; --i) local_src[static_cast<size_t>(old_p[r * S + i])] = i;
+    t.kept_slots.reserve(static_cast<size_t>(S));
+    const int32_t* old_r = old_p + r * S;
+    const int32_t* new_r = new_p + r * S;
+    for (int32_t i = S - 1; i >= 0; --i) local_src[old_r[i]] = i;
     for (int32_t i = 0; i < S; ++i) {
-      const int32_t e = new_p[r * S + i];
-      const size_t ue = static_cast<size_t>(e);
-      if (old_p[r * S + i] == e) {
+      const int32_t e = new_r[i];
+      if (old_r[i] == e) {
         t.kept_slots.push_back(i);
-      } else if (local_src[ue] >= 0) {
-        if (local_idx[ue] < 0) {
-          local_idx[ue] = static_cast<int32_t>(t.local_rows.size());
+      } else if (local_src[e] >= 0) {
+        if (local_idx[e] < 0) {
+          local_idx[e] = static_cast<int32_t>(t.local_rows.size());
           RankTransfer::Local l;
           l.expert = e;
-          l.src_slot = local_src[ue];
-          t.local_rows.push_back(l);
+          l.src_slot = local_src[e];
+          t.local_rows.push_back(std::move(l));
         }
-        t.local_rows[static_cast<size_t>(local_idx[ue])].dst_slots.push_back(i);
-      } else if (recv_peer[ue] >= 0) {
-        t.recv_rows[static_cast<size_t>(recv_peer[ue])][static_cast<size_t>(recv_idx[ue])]
+        t.local_rows[static_cast<size_t>(local_idx[e])].dst_slots.push_back(i);
+      } else if (recv_peer[e] >= 0) {
+        t.recv_rows[static_cast<size_t>(recv_peer[e])][static_cast<size_t>(recv_idx[e])]
             .dst_slots.push_back(i);
       } else {
-        const auto& h = holders[ue];
-        EPLB_ASSERT(!h.empty());
+        // The sender: among the holders (on this rank's node when any is),
+        // the one that has sent the fewest rows so far, then the nearest
+        // after this rank in ring order.
+        const int32_t h0 = hstart[e], h1 = hstart[e + 1];
+        EPLB_ASSERT(h1 > h0);
         bool any_same_node = false;
-        for (int32_t q : h) any_same_node = any_same_node || node(q) == node(r);
-        int32_t best = -1;
-        for (int32_t q : h) {
+        for (int32_t k = h0; k < h1; ++k)
+          any_same_node = any_same_node || node(hrank[k]) == node(r);
+        int32_t best = -1, best_k = -1;
+        for (int32_t k = h0; k < h1; ++k) {
+          const int32_t q = hrank[k];
           if (any_same_node && node(q) != node(r)) continue;
-          if (best < 0) {
-            best = q;
-            continue;
+          if (best >= 0) {
+            const int64_t a = sent[static_cast<size_t>(q)], b = sent[static_cast<size_t>(best)];
+            const int32_t da = (q - r + N) % N, db = (best - r + N) % N;
+            if (!(a < b || (a == b && da < db))) continue;
           }
-          const int64_t a = sent[static_cast<size_t>(q)], b = sent[static_cast<size_t>(best)];
-          const int32_t da = (q - r + N) % N, db = (best - r + N) % N;
-          if (a < b || (a == b && da < db)) best = q;
+          best = q;
+          best_k = k;
         }
         EPLB_ASSERT(best >= 0 && best != r);
-        const int32_t src = slot_on(best, e);
-        EPLB_ASSERT(src >= 0);
         sent[static_cast<size_t>(best)] += 1;
-        out[static_cast<size_t>(best)].send_rows[static_cast<size_t>(r)].push_back(src);
+        out[static_cast<size_t>(best)].send_rows[static_cast<size_t>(r)].push_back(hslot[best_k]);
         auto& rows = t.recv_rows[static_cast<size_t>(best)];
-        recv_peer[ue] = best;
-        recv_idx[ue] = static_cast<int32_t>(rows.size());
+        recv_peer[e] = best;
+        recv_idx[e] = static_cast<int32_t>(rows.size());
         RankTransfer::Recv rv;
         rv.expert = e;
         rv.dst_slots.push_back(i);
-        rows.push_back(rv);
+        rows.push_back(std::move(rv));
       }
     }
     for (int32_t i = 0; i < S; ++i) {
-      const size_t uo = static_cast<size_t>(old_p[r * S + i]);
-      const size_t un = static_cast<size_t>(new_p[r * S + i]);
-      local_src[uo] = local_idx[uo] = recv_peer[uo] = recv_idx[uo] = -1;
-      local_src[un] = local_idx[un] = recv_peer[un] = recv_idx[un] = -1;
+      const int32_t o = old_r[i], n = new_r[i];
+      local_src[o] = local_idx[o] = recv_peer[o] = recv_idx[o] = -1;
+      local_src[n] = local_idx[n] = recv_peer[n] = recv_idx[n] = -1;
     }
   }
   return out;
