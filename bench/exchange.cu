@@ -299,14 +299,14 @@ class Bench {
   }
 
   // Exchanges of every rank with `tuning` (the staging budget as above).
-  void CreateExchanges(const eplb::cuda::ExchangeTuning& tuning) {
+  void CreateExchanges(const eplb::cuda::ExchangeTuning& tuning, size_t staging) {
     workers_.Each([&](int r) {
       RankCtx& c = ranks_[r];
       c.ex.reset();
       eplbExchangeConfig_t rc = cfg_;
       rc.rank = r;
       rc.device = r;
-      rc.staging_bytes = staging_;
+      rc.staging_bytes = staging;
       try {
         c.ex = std::make_unique<eplb::cuda::Exchange>(rc, c.comm, tuning);
         for (int32_t l = 0; l < wl_.L; ++l) {
@@ -415,8 +415,9 @@ class Bench {
 };
 
 void BM_Exchange(benchmark::State& state, Bench* b, eplb::cuda::ExchangeTuning tuning,
-                 bool per_tensor) {
-  b->CreateExchanges(tuning);
+                 bool per_tensor, bool min_staging) {
+  const size_t staging = min_staging ? b->min_staging_ : b->staging_;
+  b->CreateExchanges(tuning, staging);
   // Warm-up: NCCL connects peers lazily on the first send/recv.
   b->Packed();
   const bool have_reg = b->HaveRegistered();
@@ -457,7 +458,7 @@ void BM_Exchange(benchmark::State& state, Bench* b, eplb::cuda::ExchangeTuning t
     state.counters["per_tensor_ms"] = t_per / it * 1e3;
   }
   state.counters["sent_GB_busiest"] = static_cast<double>(b->max_sent_) / 1e9;
-  state.counters["staging_MB"] = static_cast<double>(b->staging_) / 1e6;
+  state.counters["staging_MB"] = static_cast<double>(staging) / 1e6;
   state.counters["min_staging_MB"] = static_cast<double>(b->min_staging_) / 1e6;
 }
 
@@ -486,17 +487,23 @@ int main(int argc, char** argv) {
     size_t target;
     bool per_tensor;
     bool registered;
-    bool priorities = true;
+    bool priorities = false;
+    int32_t rounds = 4;
+    bool min_staging = false;  // the smallest budget the workload allows
   };
   const eplb::cuda::ExchangeTuning kTuning;
-  const Variant kDefault = {"default", kTuning.max_copy_blocks,  kTuning.chunk_target_bytes,
-                            true,      kTuning.register_staging, kTuning.stream_priorities};
+  const Variant kDefault = {"default",
+                            kTuning.max_copy_blocks,
+                            kTuning.chunk_target_bytes,
+                            true,
+                            kTuning.register_staging,
+                            kTuning.stream_priorities,
+                            kTuning.ring_rounds};
+  const size_t MB = size_t{1} << 20;
   const std::vector<Variant> kVariants = {
-      {"unregistered_staging", 64, size_t{128} << 20, false, false},
-      {"stream_priorities", kTuning.max_copy_blocks, kTuning.chunk_target_bytes, false, true, true},
-      {"blocks32_target128MB", 32, size_t{128} << 20, false, true},
-      {"blocks16_target512MB", 16, size_t{512} << 20, false, true},
-      {"blocks32_target512MB", 32, size_t{512} << 20, false, true}};
+      {"rounds4", 64, 512 * MB, false, true, false, 4},
+      {"min_staging", 64, 512 * MB, false, true, false, kTuning.ring_rounds, true},
+      {"min_staging_rounds4", 64, 512 * MB, false, true, false, 4, true}};
   // EPLB_BENCH_N=2|4 and EPLB_BENCH_WORKLOAD=full|big select one case (one
   // process per case keeps each case's GPU memory to itself).
   const char* env_n = std::getenv("EPLB_BENCH_N");
@@ -514,9 +521,11 @@ int main(int argc, char** argv) {
         tuning.chunk_target_bytes = v.target;
         tuning.register_staging = v.registered;
         tuning.stream_priorities = v.priorities;
+        tuning.ring_rounds = v.rounds;
         std::string name =
             std::string("Exchange/N=") + std::to_string(n) + "/" + wl->name + "/" + v.name;
-        benchmark::RegisterBenchmark(name.c_str(), BM_Exchange, b, tuning, v.per_tensor)
+        benchmark::RegisterBenchmark(name.c_str(), BM_Exchange, b, tuning, v.per_tensor,
+                                     v.min_staging)
             ->UseManualTime()
             ->Unit(benchmark::kMillisecond)
             ->Iterations(5);

@@ -96,7 +96,9 @@ size_t ExchangeDeviceBytes(int32_t L, int32_t P, int32_t N, size_t staging_bytes
 
 Exchange::Exchange(const eplbExchangeConfig_t& c, ncclComm_t comm, const ExchangeTuning& tuning)
     : tuning_(tuning) {
-  EPLB_CHECK_ARG(tuning.max_copy_blocks >= 0 && tuning.chunk_target_bytes > 0, "bad tuning");
+  EPLB_CHECK_ARG(
+      tuning.max_copy_blocks >= 0 && tuning.chunk_target_bytes > 0 && tuning.ring_rounds >= 1,
+      "bad tuning");
   shape_ = ValidateExchangeConfig(c, true);
   EPLB_CHECK_NOT_NULL(comm);
   int count = 0, user_rank = 0;
@@ -381,7 +383,8 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
     // own, so that staging holds the three rounds in flight (packing, on the
     // wire, unpacking) and they overlap.
     const size_t target = std::max<size_t>(
-        kExchangeRowAlign, std::min(staging_bytes_ / 4, tuning_.chunk_target_bytes));
+        kExchangeRowAlign, std::min(staging_bytes_ / static_cast<size_t>(tuning_.ring_rounds),
+                                    tuning_.chunk_target_bytes));
     const std::vector<int32_t> layer_chunks = ChunkLayers(global_need, target);
 
     // The previous Run's descriptor upload must be done before h_rows_ changes.

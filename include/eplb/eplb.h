@@ -455,14 +455,14 @@ EPLB_API eplbStatus_t eplbPlanComputeGpu(const eplbPlanConfig_t* config, const i
  * else. Rows going to one peer are packed into one contiguous staging region
  * and sent with one ncclSend per peer (one ncclRecv per peer) inside
  * ncclGroupStart/End; layers are processed in rounds that fit the staging
- * budget (small layers share a round; a layer larger than a quarter of the
+ * budget (small layers share a round; a layer larger than a third of the
  * budget, or than an internal round target, moves in column slices: slice k
  * of every row, a complete exchange of those bytes); packing, sending and
  * unpacking of successive rounds overlap on internal streams. Staging comes
  * from ncclMemAlloc and is registered with the communicator
  * (ncclCommRegister), so NCCL moves it between GPUs of a node without its
  * own intermediate copies; the budget therefore also decides how much of
- * the transfer can overlap: four times the largest layer's need lets every
+ * the transfer can overlap: three times the largest layer's need lets every
  * layer move as one round beside its neighbours.
  *
  * Collective contract: every rank of the communicator calls Create, Run and
