@@ -17,7 +17,7 @@ int32_t DefaultHostThreads() {
     if (v >= 1) return static_cast<int32_t>(std::min<long>(v, 64));
   }
   const unsigned hw = std::thread::hardware_concurrency();
-  return static_cast<int32_t>(std::clamp<unsigned>(hw, 1u, 4u));
+  return static_cast<int32_t>(std::clamp<unsigned>(hw / 2, 1u, 8u));
 }
 
 namespace {
