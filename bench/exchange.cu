@@ -490,6 +490,7 @@ int main(int argc, char** argv) {
     bool priorities = false;
     int32_t rounds = 4;
     bool min_staging = false;  // the smallest budget the workload allows
+    bool dual_comm = false;
   };
   const eplb::cuda::ExchangeTuning kTuning;
   const Variant kDefault = {"default",
@@ -498,12 +499,14 @@ int main(int argc, char** argv) {
                             true,
                             kTuning.register_staging,
                             kTuning.stream_priorities,
-                            kTuning.ring_rounds};
+                            kTuning.ring_rounds,
+                            false,
+                            kTuning.dual_comm};
   const size_t MB = size_t{1} << 20;
   const std::vector<Variant> kVariants = {
-      {"rounds4", 64, 512 * MB, false, true, false, 4},
       {"min_staging", 64, 512 * MB, false, true, false, kTuning.ring_rounds, true},
-      {"min_staging_rounds4", 64, 512 * MB, false, true, false, 4, true}};
+      {"dual_comm", 64, 512 * MB, false, true, false, kTuning.ring_rounds, false, true},
+      {"min_staging_dual_comm", 64, 512 * MB, false, true, false, kTuning.ring_rounds, true, true}};
   // EPLB_BENCH_N=2|4 and EPLB_BENCH_WORKLOAD=full|big select one case (one
   // process per case keeps each case's GPU memory to itself).
   const char* env_n = std::getenv("EPLB_BENCH_N");
@@ -522,6 +525,7 @@ int main(int argc, char** argv) {
         tuning.register_staging = v.registered;
         tuning.stream_priorities = v.priorities;
         tuning.ring_rounds = v.rounds;
+        tuning.dual_comm = v.dual_comm;
         std::string name =
             std::string("Exchange/N=") + std::to_string(n) + "/" + wl->name + "/" + v.name;
         benchmark::RegisterBenchmark(name.c_str(), BM_Exchange, b, tuning, v.per_tensor,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 
@@ -94,6 +95,11 @@ size_t ExchangeDeviceBytes(int32_t L, int32_t P, int32_t N, size_t staging_bytes
   return staging_bytes + tables;
 }
 
+bool ExchangeTuning::DualCommFromEnv() {
+  const char* v = std::getenv("EPLB_EXCHANGE_DUAL_COMM");
+  return v != nullptr && v[0] == '1';
+}
+
 Exchange::Exchange(const eplbExchangeConfig_t& c, ncclComm_t comm, const ExchangeTuning& tuning)
     : tuning_(tuning) {
   EPLB_CHECK_ARG(
@@ -151,6 +157,7 @@ Exchange::Exchange(const eplbExchangeConfig_t& c, ncclComm_t comm, const Exchang
     if (!tuning_.stream_priorities) least = greatest = 0;
     EPLB_CUDA_CHECK(cudaStreamCreateWithPriority(&pack_stream_, cudaStreamNonBlocking, least));
     EPLB_CUDA_CHECK(cudaStreamCreateWithPriority(&comm_stream_, cudaStreamNonBlocking, greatest));
+    EPLB_CUDA_CHECK(cudaStreamCreateWithPriority(&comm2_stream_, cudaStreamNonBlocking, greatest));
     EPLB_CUDA_CHECK(cudaStreamCreateWithPriority(&unpack_stream_, cudaStreamNonBlocking, least));
     for (cudaEvent_t* e : {&ev_fork_, &ev_upload_, &ev_join_, &ev_packed_, &ev_comm_})
       EPLB_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
@@ -180,7 +187,7 @@ Exchange::~Exchange() {
 }
 
 void Exchange::Release() noexcept {
-  for (cudaStream_t s : {pack_stream_, comm_stream_, unpack_stream_})
+  for (cudaStream_t s : {pack_stream_, comm_stream_, comm2_stream_, unpack_stream_})
     if (s) (void)cudaStreamSynchronize(s);
   for (cudaEvent_t e : {ev_fork_, ev_upload_, ev_join_, ev_packed_, ev_comm_})
     if (e) (void)cudaEventDestroy(e);
@@ -191,11 +198,17 @@ void Exchange::Release() noexcept {
   for (cudaEvent_t e : {ev_t0_, ev_t1_})
     if (e) (void)cudaEventDestroy(e);
   ev_t0_ = ev_t1_ = nullptr;
-  for (cudaStream_t s : {pack_stream_, comm_stream_, unpack_stream_})
+  for (cudaStream_t s : {pack_stream_, comm_stream_, comm2_stream_, unpack_stream_})
     if (s) (void)cudaStreamDestroy(s);
-  pack_stream_ = comm_stream_ = unpack_stream_ = nullptr;
+  pack_stream_ = comm_stream_ = comm2_stream_ = unpack_stream_ = nullptr;
   if (staging_reg_) (void)ncclCommDeregister(comm_, staging_reg_);
   staging_reg_ = nullptr;
+  if (staging_reg2_) (void)ncclCommDeregister(comm2_, staging_reg2_);
+  staging_reg2_ = nullptr;
+  // Abort, not Destroy: the streams are idle, and Destroy would wait for
+  // the other ranks to tear down theirs (a global quiescence point).
+  if (comm2_) (void)ncclCommAbort(comm2_);
+  comm2_ = nullptr;
   if (d_staging_) {
     if (staging_from_nccl_)
       (void)ncclMemFree(d_staging_);
@@ -216,7 +229,7 @@ void Exchange::Release() noexcept {
 }
 
 void Exchange::WaitIdle() {
-  for (cudaStream_t s : {pack_stream_, comm_stream_, unpack_stream_})
+  for (cudaStream_t s : {pack_stream_, comm_stream_, comm2_stream_, unpack_stream_})
     EPLB_CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
@@ -571,6 +584,22 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
   // 5. Enqueue. Errors from here on leave the layers of finished chunks moved
   // and the others untouched; stats say which.
   try {
+    // The second communicator, once, in the first Run that gets here: every
+    // rank passed the agreement check, so every rank gets here in the same
+    // Run (ncclCommSplit is a collective of comm_).
+    if (tuning_.dual_comm && comm2_ == nullptr && shape_.num_ranks > 1) {
+      ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+      ncclResult_t res = ncclCommSplit(comm_, 0, rank_, &comm2_, &config);
+      // A non-blocking parent makes the split non-blocking too: wait for it.
+      while (res == ncclInProgress) {
+        ncclResult_t state = ncclSuccess;
+        if (ncclCommGetAsyncError(comm2_, &state) != ncclSuccess) state = ncclInternalError;
+        res = state;
+      }
+      EPLB_NCCL_CHECK(res);
+      if (staging_from_nccl_)
+        EPLB_NCCL_CHECK(ncclCommRegister(comm2_, d_staging_, staging_bytes_, &staging_reg2_));
+    }
     if (row > 0) {
       EPLB_CUDA_CHECK(cudaEventRecord(ev_fork_, stream));
       EPLB_CUDA_CHECK(cudaStreamWaitEvent(pack_stream_, ev_fork_, 0));
@@ -586,7 +615,8 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
       };
       std::deque<InFlight> in_flight;
       size_t head = 0, next_event = 0;
-      for (const Chunk& c : chunks) {
+      for (size_t ci = 0; ci < chunks.size(); ++ci) {
+        const Chunk& c = chunks[ci];
         if (c.bytes > 0) {
           if (head + c.bytes > staging_bytes_) head = 0;
           const size_t rb = head, re = head + c.bytes;
@@ -607,21 +637,25 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
               c.num_slices, c.slice_bundle, tuning_.max_copy_blocks, pack_stream_));
           EPLB_CUDA_CHECK(cudaEventRecord(ev_packed_, pack_stream_));
           if (c.any_peer) {
-            EPLB_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, ev_packed_, 0));
+            // Odd chunks on the second communicator (when there is one): the
+            // chunk index, the same on every rank, not this rank's count of
+            // rounds (a rank idle in a chunk would shift its parity).
+            const bool second = comm2_ != nullptr && (ci & 1) != 0;
+            ncclComm_t comm = second ? comm2_ : comm_;
+            cudaStream_t cs = second ? comm2_stream_ : comm_stream_;
+            EPLB_CUDA_CHECK(cudaStreamWaitEvent(cs, ev_packed_, 0));
             EPLB_NCCL_CHECK(ncclGroupStart());
             ncclResult_t res = ncclSuccess;
             for (int32_t q = 0; q < N && res == ncclSuccess; ++q) {
               if (c.send_bytes[q] > 0)
-                res = ncclSend(region + c.send_off[q], c.send_bytes[q], ncclInt8, q, comm_,
-                               comm_stream_);
+                res = ncclSend(region + c.send_off[q], c.send_bytes[q], ncclInt8, q, comm, cs);
               if (res == ncclSuccess && c.recv_bytes[q] > 0)
-                res = ncclRecv(region + c.recv_off[q], c.recv_bytes[q], ncclInt8, q, comm_,
-                               comm_stream_);
+                res = ncclRecv(region + c.recv_off[q], c.recv_bytes[q], ncclInt8, q, comm, cs);
             }
             ncclResult_t end_res = ncclGroupEnd();
             EPLB_NCCL_CHECK(res);
             EPLB_NCCL_CHECK(end_res);
-            EPLB_CUDA_CHECK(cudaEventRecord(ev_comm_, comm_stream_));
+            EPLB_CUDA_CHECK(cudaEventRecord(ev_comm_, cs));
             EPLB_CUDA_CHECK(cudaStreamWaitEvent(unpack_stream_, ev_comm_, 0));
             st.num_chunks += 1;
           } else {

@@ -64,6 +64,18 @@ struct ExchangeTuning {
   // on H100 (2 and 4 GPUs, two runs each) it measured 1-4% slower than
   // equal priorities; kept for the benchmark's comparison.
   bool stream_priorities = false;
+  // Alternate rounds between the caller's communicator and a second one
+  // split from it at the first Run that gets past the agreement check
+  // (ncclCommSplit, so on every rank at the same point), each on its own
+  // stream: round k + 1's NCCL kernel starts (its handshake, and the links
+  // round k has left idle) while round k's still moves bytes. On 4x H200
+  // it lifts the exchange from 0.857 to 0.909 of raw NCCL (4 GPUs) and from
+  // 0.879 to 0.942 (2 GPUs). Off by default: with it, the multi-GPU test
+  // that re-creates the exchange every iteration (exact minimum budget)
+  // hung on 2 and 4 GPUs; until that is understood it is for the benchmark
+  // and for EPLB_EXCHANGE_DUAL_COMM=1 (testing) only.
+  bool dual_comm = DualCommFromEnv();
+  static bool DualCommFromEnv();
 };
 
 class Exchange {
@@ -123,6 +135,10 @@ class Exchange {
   size_t staging_bytes_ = 0;
   int32_t host_threads_ = 1;  // for the per-layer transfer planning
   ncclComm_t comm_ = nullptr;
+  // tuning_.dual_comm: split from comm_ at the first Run that moves bytes;
+  // owned (destroyed with the exchange), its staging registration with it.
+  ncclComm_t comm2_ = nullptr;
+  void* staging_reg2_ = nullptr;
   std::vector<LayerBundle> layers_;
 
   // Device memory (all allocated by the constructor).
@@ -138,6 +154,7 @@ class Exchange {
   size_t row_capacity_ = 0;
 
   cudaStream_t pack_stream_ = nullptr, comm_stream_ = nullptr, unpack_stream_ = nullptr;
+  cudaStream_t comm2_stream_ = nullptr;  // comm2_'s rounds
   cudaEvent_t ev_fork_ = nullptr, ev_upload_ = nullptr, ev_join_ = nullptr;
   cudaEvent_t ev_packed_ = nullptr, ev_comm_ = nullptr;
   std::vector<cudaEvent_t> ev_chunk_done_;  // pool, reused round robin
