@@ -191,6 +191,9 @@ static void* RankMain(void* arg) {
         "rearrangements %ld", rearrangements);
   {
     eplbStepBalance_t bal;
+    /* The last pass's reduction is enqueued on `stream` (non-blocking: a
+     * plain cudaMemcpy would not wait for it). */
+    MUST(cudaStreamSynchronize(stream) == cudaSuccess, "sync");
     MUST(cudaMemcpy(&bal, maps.d_step_balance, sizeof(bal), cudaMemcpyDeviceToHost) == cudaSuccess,
          "copy balance");
     /* The last EPLB_STEP_STATS pass is loop step 110, step index 111 (the
