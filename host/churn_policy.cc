@@ -210,32 +210,48 @@ void UpdateForecastState(int32_t L, int32_t E, const ForecastConfig& c, const in
   const size_t LE = static_cast<size_t>(L) * E;
   double* err = state + static_cast<size_t>(K) * LE;
   const double err_decay = std::pow(0.5, 1.0 / c.error_half_life);
-  for (int32_t k = 0; k < K; ++k) {
-    double* est = state + static_cast<size_t>(k) * LE;
-    const double decay = std::pow(0.5, 1.0 / c.half_lives[k]);
-    for (int32_t l = 0; l < L; ++l) {
+  double decay[kMaxForecastHalfLives];
+  for (int32_t k = 0; k < K; ++k) decay[k] = std::pow(0.5, 1.0 / c.half_lives[k]);
+  // Per layer, the sums of the step and of the K estimates, then the K
+  // errors, each in ascending expert order as always; the K + 1 sums (then
+  // the K errors) advance side by side in one pass, so that the adds of
+  // different sums overlap instead of each sum waiting on its own chain.
+  // Layers are independent: a few threads take contiguous ranges (each
+  // layer's arithmetic is the same whichever thread runs it).
+  ParallelRanges(L, DefaultHostThreads(), 8, [&](int32_t lo, int32_t hi, int32_t) {
+    double* f[kMaxForecastHalfLives];
+    for (int32_t l = lo; l < hi; ++l) {
       const int64_t* a = load + static_cast<size_t>(l) * E;
-      double* f = est + static_cast<size_t>(l) * E;
-      double atot = 0.0, ftot = 0.0;
+      for (int32_t k = 0; k < K; ++k)
+        f[k] = state + static_cast<size_t>(k) * LE + static_cast<size_t>(l) * E;
+      double atot = 0.0, ftot[kMaxForecastHalfLives] = {}, sq[kMaxForecastHalfLives] = {};
       for (int32_t e = 0; e < E; ++e) {
         atot += static_cast<double>(a[e]);
-        ftot += f[e];
+        for (int32_t k = 0; k < K; ++k) ftot[k] += f[k][e];
       }
-      // Error of the estimate before it sees the step (a step without load
-      // says nothing about the distribution).
       if (atot > 0.0) {
-        double sq = 0.0;
+        // Error of each estimate before it sees the step (a step without
+        // load says nothing about the distribution), and its update: each
+        // element's update needs only its own old value.
         for (int32_t e = 0; e < E; ++e) {
-          const double fe = ftot > 0.0 ? f[e] / ftot : 1.0 / E;
-          const double d = fe - static_cast<double>(a[e]) / atot;
-          sq += d * d;
+          const double share = static_cast<double>(a[e]) / atot;
+          for (int32_t k = 0; k < K; ++k) {
+            const double fe = ftot[k] > 0.0 ? f[k][e] / ftot[k] : 1.0 / E;
+            const double d = fe - share;
+            sq[k] += d * d;
+            f[k][e] = decay[k] * f[k][e] + static_cast<double>(a[e]);
+          }
         }
-        double& x = err[static_cast<size_t>(k) * L + l];
-        x = err_decay * x + sq;
+        for (int32_t k = 0; k < K; ++k) {
+          double& x = err[static_cast<size_t>(k) * L + l];
+          x = err_decay * x + sq[k];
+        }
+      } else {
+        for (int32_t k = 0; k < K; ++k)
+          for (int32_t e = 0; e < E; ++e) f[k][e] = decay[k] * f[k][e] + static_cast<double>(a[e]);
       }
-      for (int32_t e = 0; e < E; ++e) f[e] = decay * f[e] + static_cast<double>(a[e]);
     }
-  }
+  });
 }
 
 void ForecastFromState(int32_t L, int32_t E, const ForecastConfig& c, const double* state,
