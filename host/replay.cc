@@ -111,11 +111,11 @@ ReplayResult RunReplay(const LoadTrace& trace, const ReplayConfig& c) {
   }
 
   const int32_t total_points = S / I - 1;
-  double plan_seconds = 0.0;
+  double plan_seconds = 0.0, forecast_seconds = 0.0;
   for (int32_t t = I; t + I <= S; t += I) {
     bool skipped = false;
     double predicted = 0.0;
-    const auto t0 = std::chrono::steady_clock::now();
+    auto t0 = std::chrono::steady_clock::now();
     switch (c.policy) {
       case ReplayPolicy::kReference:
       case ReplayPolicy::kStatic:
@@ -145,6 +145,9 @@ ReplayResult RunReplay(const LoadTrace& trace, const ReplayConfig& c) {
         } else {
           for (; fed < t; ++fed) UpdateLoadEstimate(LE, decay, trace.step(fed), estimate.data());
         }
+        const auto t1 = std::chrono::steady_clock::now();
+        forecast_seconds += std::chrono::duration<double>(t1 - t0).count();
+        t0 = t1;
         AddSteps(trace, t - I, t, &plan_load);
         churn.load_estimate = estimate.data();
         // Warm-up: the first point leaves the arbitrary initial placement (its
@@ -183,6 +186,7 @@ ReplayResult RunReplay(const LoadTrace& trace, const ReplayConfig& c) {
   res.forward_balancedness = bsum / res.rearrangements;
   res.churn = res.rearrangements > 1 ? csum / (res.rearrangements - 1) : 0.0;
   res.plan_seconds_mean = plan_seconds / res.rearrangements;
+  res.forecast_seconds_mean = forecast_seconds / res.rearrangements;
   return res;
 }
 
@@ -326,13 +330,14 @@ LoadTrace GenerateSynthetic(const SyntheticConfig& c) {
 
 void PrintReplayTable(std::ostream& out, const std::vector<ReplayResult>& rs) {
   char buf[256];
-  std::snprintf(buf, sizeof(buf), "%-12s %10s %8s %7s %7s %12s %12s\n", "policy", "fwd-balance",
-                "churn", "points", "skipped", "plan-ms", "bytes-moved");
+  std::snprintf(buf, sizeof(buf), "%-12s %10s %8s %7s %7s %9s %12s %12s\n", "policy", "fwd-balance",
+                "churn", "points", "skipped", "plan-ms", "forecast-ms", "bytes-moved");
   out << buf;
   for (const ReplayResult& r : rs) {
-    std::snprintf(buf, sizeof(buf), "%-12s %10.4f %8.4f %7d %7d %12.3f %12lld\n", r.policy.c_str(),
-                  r.forward_balancedness, r.churn, r.rearrangements, r.skipped,
-                  r.plan_seconds_mean * 1e3, static_cast<long long>(r.bytes_moved));
+    std::snprintf(buf, sizeof(buf), "%-12s %10.4f %8.4f %7d %7d %9.3f %12.3f %12lld\n",
+                  r.policy.c_str(), r.forward_balancedness, r.churn, r.rearrangements, r.skipped,
+                  r.plan_seconds_mean * 1e3, r.forecast_seconds_mean * 1e3,
+                  static_cast<long long>(r.bytes_moved));
     out << buf;
   }
 }
@@ -384,6 +389,7 @@ void WriteReplayJson(std::ostream& out, const ReplayResult& r) {
   out << ",\n  \"rearrangements\": " << r.rearrangements;
   out << ",\n  \"skipped\": " << r.skipped;
   out << ",\n  \"plan_ms_mean\": " << Num(r.plan_seconds_mean * 1e3);
+  out << ",\n  \"forecast_ms_mean\": " << Num(r.forecast_seconds_mean * 1e3);
   out << ",\n  \"bytes_per_expert\": " << r.bytes_per_expert;
   out << ",\n  \"bytes_moved\": " << r.bytes_moved;
   out << ",\n  \"per_rearrangement\": {\n    \"step\": ";

@@ -75,7 +75,10 @@ struct ReplayResult {
   double churn = 0.0;                 // mean over points but the first
   int32_t rearrangements = 0;
   int32_t skipped = 0;
-  double plan_seconds_mean = 0.0;  // wall time per policy call
+  double plan_seconds_mean = 0.0;  // wall time per planning call
+  // Churn-aware: wall time per point folding the steps since the last one
+  // into the forecast (an engine folds each step as it comes); else 0.
+  double forecast_seconds_mean = 0.0;
   int64_t bytes_per_expert = 0;
   int64_t bytes_moved = 0;             // sum of new holdings * bytes_per_expert (all points)
   std::vector<int32_t> step;           // [R] rearrangement point t
