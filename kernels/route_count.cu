@@ -1,9 +1,10 @@
 // Route + count and count-only kernels. On the rank path the items of each
 // expert inside a segment get ranks in ascending item order (warp peer sets
 // from EplbWarpPeers / EplbWarpRank, public in eplb_device.cuh, and per-warp
-// shared counts), and per-replica totals are added with EplbReplicaShare
-// once per run of equal keys: no per-item global atomics, and the choice of
-// replica depends on the data only, never on thread timing.
+// shared counts), and per-replica totals are added once per block and
+// expert (segment kernel) or once per warp run of equal keys (sub-block
+// kernel), as EplbReplicaShare counts them: no per-item global atomics, and
+// the choice of replica depends on the data only, never on thread timing.
 #include <cuda_runtime.h>
 
 #include <type_traits>
