@@ -13,9 +13,9 @@
 //   BM_ChurnColdCall/threads:t   the first call of a fresh planner alone
 //   BM_ChurnWarmCalls/threads:t  calls 2..28 (the cold call untimed)
 // t: threads building the layers' candidates (ChurnPlanner::set_threads;
-// 0 = the default, DefaultHostThreads(): EPLB_HOST_THREADS or min(4,
-// hardware threads); the counter `threads` shows it). The sequences use
-// the default. More threads than cores only adds thread starts.
+// 0 = the default, DefaultHostThreads(): EPLB_HOST_THREADS or half the
+// hardware threads, 1 to 8; the counter `threads` shows it). The sequences
+// use the default. More threads than cores only adds contention.
 // items_per_second counts policy calls: the time per call is its inverse;
 // compare it with the reference's of the same run (the machine may be
 // loaded). Wall time (UseRealTime): the CPU time is the calling thread's

@@ -18,8 +18,9 @@ namespace {
 // Ratio given to a move that gains balance without a new holding (it undoes
 // an earlier move of this call or is a local copy): taken before any other.
 constexpr double kFreeRatio = 1e300;
-// Fewest layers a candidate-building thread takes: a layer whose candidates
-// are rebuilt costs ~40 us, a thread start ~20-50 us.
+// Fewest layers a range of candidate building takes (a layer whose
+// candidates are rebuilt costs ~40 us; handing a range to a pool thread
+// costs a wake-up).
 constexpr int32_t kMinLayersPerThread = 4;
 }  // namespace
 

@@ -95,40 +95,40 @@ LayerTransfer PlanLayerTransfer(const TransferShape& s, const int32_t* old_p,
   // Expert ids are < P (validated).
   //   hstart/hrank/hslot: for each expert, the ranks holding it in the old
   //     placement, ascending, each once, with the lowest old local slot of
-  //     the expert there;
+  //     the expert there (hfill: the next free entry while filling);
+  //   first[p]: slot p holds the first copy of its expert on its rank;
   //   per rank, by expert (reset after each rank): its old local slot, its
   //     index in local_rows, and the peer and index it is received from.
   const size_t uP = static_cast<size_t>(P);
-  std::vector<int32_t> scratch(7 * uP + 1);
+  std::vector<int32_t> scratch(9 * uP + 1);
   int32_t* hstart = scratch.data();     // [P + 1]
   int32_t* hrank = hstart + uP + 1;     // [P]
   int32_t* hslot = hrank + uP;          // [P]
-  int32_t* local_src = hslot + uP;      // [P]
+  int32_t* hfill = hslot + uP;          // [P]
+  int32_t* first = hfill + uP;          // [P]
+  int32_t* local_src = first + uP;      // [P]
   int32_t* local_idx = local_src + uP;  // [P]
   int32_t* recv_peer = local_idx + uP;  // [P]
   int32_t* recv_idx = recv_peer + uP;   // [P]
   std::fill(local_src, local_src + 4 * uP, -1);
-  // Counting pass: a rank counts once per expert it holds (its slots are
-  // contiguous, so "last rank seen", kept in recv_peer, tells a new one).
-  for (int32_t p = 0; p < P; ++p) {
-    const int32_t e = old_p[p], r = p / S;
-    if (recv_peer[e] != r) {
-      recv_peer[e] = r;
-      ++hstart[e + 1];
+  for (int32_t r = 0; r < N; ++r) {
+    // Stamp the rank's experts in slot order (local_src: rank r's stamp).
+    for (int32_t p = r * S; p < (r + 1) * S; ++p) {
+      const int32_t e = old_p[p];
+      first[p] = local_src[e] != r;
+      local_src[e] = r;
+      hstart[e + 1] += first[p];
     }
   }
   for (int32_t e = 0; e < P; ++e) hstart[e + 1] += hstart[e];
-  for (int32_t p = 0; p < P; ++p) recv_peer[old_p[p]] = -1;
+  std::copy(hstart, hstart + uP, hfill);
   for (int32_t p = 0; p < P; ++p) {
-    const int32_t e = old_p[p], r = p / S;
-    if (recv_peer[e] != r) {
-      recv_peer[e] = r;
-      const int32_t k = hstart[e] + ++local_idx[e];  // local_idx counts from -1
-      hrank[k] = r;
-      hslot[k] = p - r * S;
-    }
+    if (!first[p]) continue;
+    const int32_t e = old_p[p], r = p / S, k = hfill[e]++;
+    hrank[k] = r;
+    hslot[k] = p - r * S;
   }
-  for (int32_t p = 0; p < P; ++p) recv_peer[old_p[p]] = local_idx[old_p[p]] = -1;
+  for (int32_t p = 0; p < P; ++p) local_src[old_p[p]] = -1;
 
   LayerTransfer out(static_cast<size_t>(N));
   for (auto& t : out) {
