@@ -14,7 +14,8 @@
 // aware); every iteration moves A -> B and back B -> A. Expert bundle: the
 // DeepSeek-V3 FP8 shape (gate/up 2*7168*2048, down 7168*2048, block scales):
 // 44 MB, or scaled by 1/16 so that 58 layers fit. One thread per GPU (each
-// Run blocks in its agreement check), communicators from ncclCommInitAll.
+// Run blocks in its agreement check), communicators from ncclCommInitAll
+// and, for the overlap_comm variants, a second one split from each.
 // Time: per phase the max over ranks of CUDA-event time on the rank's stream.
 // Counters: vs_raw = raw_nccl time / exchange time (1.0 = link speed),
 // vs_per_tensor = per_tensor time / exchange time, GB/s of payload sent by
@@ -139,6 +140,7 @@ std::vector<int64_t> SkewedLoad(std::mt19937_64& rng, int32_t L, int32_t E,
 
 struct RankCtx {
   ncclComm_t comm = nullptr;
+  ncclComm_t comm2 = nullptr;  // split from comm: the overlap variants' second communicator
   cudaStream_t stream = nullptr;
   cudaEvent_t a = nullptr, b = nullptr;
   std::vector<std::array<char*, kT>> w;  // [L] slot arrays
@@ -221,6 +223,9 @@ class Bench {
     workers_.Each([&](int r) {
       RankCtx& c = ranks_[r];
       c.comm = comms[r];
+      // Collective over the ranks' threads, once per process (an engine
+      // makes its second communicator once, at start-up).
+      NK(ncclCommSplit(c.comm, 0, r, &c.comm2, nullptr));
       CK(cudaStreamCreateWithFlags(&c.stream, cudaStreamNonBlocking));
       CK(cudaEventCreate(&c.a));
       CK(cudaEventCreate(&c.b));
@@ -278,6 +283,7 @@ class Bench {
       cudaEventDestroy(c.a);
       cudaEventDestroy(c.b);
       cudaStreamDestroy(c.stream);
+      ncclCommDestroy(c.comm2);
       ncclCommDestroy(c.comm);
     });
   }
@@ -299,7 +305,7 @@ class Bench {
   }
 
   // Exchanges of every rank with `tuning` (the staging budget as above).
-  void CreateExchanges(const eplb::cuda::ExchangeTuning& tuning, size_t staging) {
+  void CreateExchanges(const eplb::cuda::ExchangeTuning& tuning, size_t staging, bool overlap) {
     workers_.Each([&](int r) {
       RankCtx& c = ranks_[r];
       c.ex.reset();
@@ -307,6 +313,7 @@ class Bench {
       rc.rank = r;
       rc.device = r;
       rc.staging_bytes = staging;
+      rc.overlap_comm = overlap ? c.comm2 : nullptr;
       try {
         c.ex = std::make_unique<eplb::cuda::Exchange>(rc, c.comm, tuning);
         for (int32_t l = 0; l < wl_.L; ++l) {
@@ -415,9 +422,9 @@ class Bench {
 };
 
 void BM_Exchange(benchmark::State& state, Bench* b, eplb::cuda::ExchangeTuning tuning,
-                 bool per_tensor, bool min_staging) {
+                 bool per_tensor, bool min_staging, bool overlap) {
   const size_t staging = min_staging ? b->min_staging_ : b->staging_;
-  b->CreateExchanges(tuning, staging);
+  b->CreateExchanges(tuning, staging, overlap);
   // Warm-up: NCCL connects peers lazily on the first send/recv.
   b->Packed();
   const bool have_reg = b->HaveRegistered();
@@ -490,7 +497,7 @@ int main(int argc, char** argv) {
     bool priorities = false;
     int32_t rounds = 4;
     bool min_staging = false;  // the smallest budget the workload allows
-    bool dual_comm = false;
+    bool overlap = false;      // eplbExchangeConfig_t.overlap_comm given
   };
   const eplb::cuda::ExchangeTuning kTuning;
   const Variant kDefault = {"default",
@@ -501,12 +508,13 @@ int main(int argc, char** argv) {
                             kTuning.stream_priorities,
                             kTuning.ring_rounds,
                             false,
-                            kTuning.dual_comm};
+                            false};
   const size_t MB = size_t{1} << 20;
   const std::vector<Variant> kVariants = {
       {"min_staging", 64, 512 * MB, false, true, false, kTuning.ring_rounds, true},
-      {"dual_comm", 64, 512 * MB, false, true, false, kTuning.ring_rounds, false, true},
-      {"min_staging_dual_comm", 64, 512 * MB, false, true, false, kTuning.ring_rounds, true, true}};
+      {"overlap_comm", 64, 512 * MB, false, true, false, kTuning.ring_rounds, false, true},
+      {"min_staging_overlap_comm", 64, 512 * MB, false, true, false, kTuning.ring_rounds, true,
+       true}};
   // EPLB_BENCH_N=2|4 and EPLB_BENCH_WORKLOAD=full|big select one case (one
   // process per case keeps each case's GPU memory to itself).
   const char* env_n = std::getenv("EPLB_BENCH_N");
@@ -517,7 +525,10 @@ int main(int argc, char** argv) {
       if (env_wl && std::string(env_wl) != (wl == &kFull ? "full" : "big")) continue;
       Bench* b = new Bench(n, *wl);
       std::vector<Variant> vs = {kDefault};
-      if (wl == &kFull) vs.insert(vs.end(), kVariants.begin(), kVariants.end());
+      if (wl == &kFull)
+        vs.insert(vs.end(), kVariants.begin(), kVariants.end());
+      else
+        vs.push_back(kVariants[1]);  // overlap_comm
       for (const Variant& v : vs) {
         eplb::cuda::ExchangeTuning tuning;
         tuning.max_copy_blocks = v.blocks;
@@ -525,11 +536,10 @@ int main(int argc, char** argv) {
         tuning.register_staging = v.registered;
         tuning.stream_priorities = v.priorities;
         tuning.ring_rounds = v.rounds;
-        tuning.dual_comm = v.dual_comm;
         std::string name =
             std::string("Exchange/N=") + std::to_string(n) + "/" + wl->name + "/" + v.name;
         benchmark::RegisterBenchmark(name.c_str(), BM_Exchange, b, tuning, v.per_tensor,
-                                     v.min_staging)
+                                     v.min_staging, v.overlap)
             ->UseManualTime()
             ->Unit(benchmark::kMillisecond)
             ->Iterations(5);

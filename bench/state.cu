@@ -16,6 +16,8 @@
 //                  cudaMalloc, and again from registered ncclMemAlloc
 //                  buffers as the exchange's staging is). Targets:
 //                  exchange <= 1.15x raw, everything else <= 2 ms for 58 layers.
+//                  overlap:1 gives the state a second communicator
+//                  (eplbStateConfig_t.overlap_comm), split once at set-up.
 // Shape: L = 58, E = 256, P = 288, G = 8, one node; the expert bundle is the
 // DeepSeek-V3 FP8 expert scaled by 1/16 (2.75 MB) so that 58 layers fit.
 #include <benchmark/benchmark.h>
@@ -217,6 +219,7 @@ class Barrier {
 
 struct RankCtx {
   ncclComm_t comm = nullptr;
+  ncclComm_t comm2 = nullptr;  // overlap_comm, split from comm (the /overlap:1 runs)
   cudaStream_t s = nullptr;
   eplbState_t st = nullptr;
   std::vector<void*> weights;
@@ -236,6 +239,7 @@ constexpr int32_t kWindow = 8;
 
 void BM_Rearrange(benchmark::State& state) {
   const int n = static_cast<int>(state.range(0));
+  const bool overlap = state.range(1) != 0;
   const int32_t S = kP / n;
   std::vector<RankCtx> ranks(n);
   std::vector<ncclComm_t> comms(n);
@@ -255,9 +259,11 @@ void BM_Rearrange(benchmark::State& state) {
   };
   each([&](int r, RankCtx& c) {
     c.comm = comms[r];
+    if (overlap) NK(ncclCommSplit(c.comm, 0, r, &c.comm2, nullptr));
     CK(cudaStreamCreateWithFlags(&c.s, cudaStreamNonBlocking));
     eplbStateConfig_t cfg = MakeConfig(n, r, kWindow, 1 << 30);
     cfg.staging_bytes = staging;
+    cfg.overlap_comm = c.comm2;
     EK(eplbStateCreate(&cfg, c.comm, &c.st));
     RegisterWeights(c.st, n, /*tiny=*/false, &c.weights);
     EK(eplbStateGetDeviceMaps(c.st, &c.maps));
@@ -404,6 +410,7 @@ void BM_Rearrange(benchmark::State& state) {
     CK(cudaEventDestroy(c.e0));
     CK(cudaEventDestroy(c.e1));
     CK(cudaStreamDestroy(c.s));
+    if (c.comm2) NK(ncclCommDestroy(c.comm2));
     NK(ncclCommDestroy(c.comm));
   });
   (void)S;
@@ -426,8 +433,10 @@ int main(int argc, char** argv) {
       ->Iterations(20);
   for (int n : {2, 4}) {
     if (n > gpus) continue;
-    benchmark::RegisterBenchmark("Rearrange/L58_expert2.75MB/N", BM_Rearrange)
-        ->Arg(n)
+    benchmark::RegisterBenchmark("Rearrange/L58_expert2.75MB", BM_Rearrange)
+        ->ArgNames({"N", "overlap"})
+        ->Args({n, 0})
+        ->Args({n, 1})
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond)
         ->Iterations(4);

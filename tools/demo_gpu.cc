@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -126,6 +127,16 @@ void RunRank(int rank, int num_ranks, ncclComm_t comm, RankResult* out) {
   cfg.window_size = kInterval;
   cfg.step_interval = kInterval;
   cfg.staging_bytes = 2 * min_staging;
+  // A second communicator for the weight exchange, made once here as an
+  // engine would at start-up (collective over the ranks' threads).
+  ncclComm_t comm2 = nullptr;
+  if (num_ranks > 1) {
+    if (ncclCommSplit(comm, 0, rank, &comm2, nullptr) != ncclSuccess) {
+      std::fprintf(stderr, "ncclCommSplit failed\n");
+      std::exit(1);
+    }
+  }
+  cfg.overlap_comm = comm2;
   eplbState_t state = nullptr;
   Eplb(eplbStateCreate(&cfg, comm, &state), "eplbStateCreate");
 
@@ -172,6 +183,7 @@ void RunRank(int rank, int num_ranks, ncclComm_t comm, RankResult* out) {
     }
   }
   Eplb(eplbStateDestroy(state), "eplbStateDestroy");
+  if (comm2 != nullptr) ncclCommDestroy(comm2);  // this rank's collectives are all done
   for (void* d : weights) cudaFree(d);
   for (int32_t* d : d_ids) cudaFree(d);
   cudaFree(d_phys);

@@ -95,11 +95,6 @@ size_t ExchangeDeviceBytes(int32_t L, int32_t P, int32_t N, size_t staging_bytes
   return staging_bytes + tables;
 }
 
-bool ExchangeTuning::DualCommFromEnv() {
-  const char* v = std::getenv("EPLB_EXCHANGE_DUAL_COMM");
-  return v != nullptr && v[0] == '1';
-}
-
 Exchange::Exchange(const eplbExchangeConfig_t& c, ncclComm_t comm, const ExchangeTuning& tuning)
     : tuning_(tuning) {
   EPLB_CHECK_ARG(
@@ -122,6 +117,19 @@ Exchange::Exchange(const eplbExchangeConfig_t& c, ncclComm_t comm, const Exchang
   EPLB_CHECK_ARG(device_ == comm_device,
                  "config->device (%d) differs from the communicator's device (%d)", device_,
                  comm_device);
+  if (c.overlap_comm != nullptr) {
+    EPLB_CHECK_ARG(c.overlap_comm != comm,
+                   "config->overlap_comm must be a second communicator, not `comm` itself");
+    int count2 = 0, rank2 = 0, device2 = 0;
+    EPLB_NCCL_CHECK(ncclCommCount(c.overlap_comm, &count2));
+    EPLB_NCCL_CHECK(ncclCommUserRank(c.overlap_comm, &rank2));
+    EPLB_NCCL_CHECK(ncclCommCuDevice(c.overlap_comm, &device2));
+    EPLB_CHECK_ARG(count2 == count && rank2 == user_rank && device2 == comm_device,
+                   "config->overlap_comm (size %d, rank %d, device %d) must match the "
+                   "communicator (size %d, rank %d, device %d)",
+                   count2, rank2, device2, count, user_rank, comm_device);
+    comm2_ = c.overlap_comm;
+  }
   num_layers_ = c.num_layers;
   rank_ = c.rank;
   slots_per_rank_ = c.num_physical_experts / c.num_ranks;
@@ -140,6 +148,8 @@ Exchange::Exchange(const eplbExchangeConfig_t& c, ncclComm_t comm, const Exchang
       d_staging_ = static_cast<char*>(p);
       staging_from_nccl_ = true;
       EPLB_NCCL_CHECK(ncclCommRegister(comm_, d_staging_, staging_bytes_, &staging_reg_));
+      if (comm2_ != nullptr)
+        EPLB_NCCL_CHECK(ncclCommRegister(comm2_, d_staging_, staging_bytes_, &staging_reg2_));
     } else {
       EPLB_CUDA_CHECK(cudaMalloc(&d_staging_, staging_bytes_));
     }
@@ -205,10 +215,6 @@ void Exchange::Release() noexcept {
   staging_reg_ = nullptr;
   if (staging_reg2_) (void)ncclCommDeregister(comm2_, staging_reg2_);
   staging_reg2_ = nullptr;
-  // Abort, not Destroy: the streams are idle, and Destroy would wait for
-  // the other ranks to tear down theirs (a global quiescence point).
-  if (comm2_) (void)ncclCommAbort(comm2_);
-  comm2_ = nullptr;
   if (d_staging_) {
     if (staging_from_nccl_)
       (void)ncclMemFree(d_staging_);
@@ -278,13 +284,14 @@ void Exchange::RegisterLayer(int32_t layer, const eplbTensorDesc_t* tensors, int
 uint64_t Exchange::InputHash(const int32_t* old_p, const int32_t* new_p, int32_t first,
                              int32_t n) const {
   Hasher h;
-  h.Value(uint32_t{0x65706c62});  // format tag: bump when the hashed fields change
+  h.Value(uint32_t{0x65706c63});  // format tag: bump when the hashed fields change
   h.Value(shape_.num_ranks);
   h.Value(shape_.num_physical_experts);
   h.Value(num_layers_);
   h.Value(static_cast<uint64_t>(staging_bytes_));
   h.Value(first);
   h.Value(n);
+  h.Value(static_cast<int32_t>(comm2_ != nullptr));  // both or neither: the rounds' parity
   for (int32_t r = 0; r < shape_.num_ranks; ++r)
     h.Value(shape_.rank_node.empty() ? 0 : shape_.rank_node[static_cast<size_t>(r)]);
   const size_t P = static_cast<size_t>(shape_.num_physical_experts);
@@ -584,22 +591,6 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
   // 5. Enqueue. Errors from here on leave the layers of finished chunks moved
   // and the others untouched; stats say which.
   try {
-    // The second communicator, once, in the first Run that gets here: every
-    // rank passed the agreement check, so every rank gets here in the same
-    // Run (ncclCommSplit is a collective of comm_).
-    if (tuning_.dual_comm && comm2_ == nullptr && shape_.num_ranks > 1) {
-      ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-      ncclResult_t res = ncclCommSplit(comm_, 0, rank_, &comm2_, &config);
-      // A non-blocking parent makes the split non-blocking too: wait for it.
-      while (res == ncclInProgress) {
-        ncclResult_t state = ncclSuccess;
-        if (ncclCommGetAsyncError(comm2_, &state) != ncclSuccess) state = ncclInternalError;
-        res = state;
-      }
-      EPLB_NCCL_CHECK(res);
-      if (staging_from_nccl_)
-        EPLB_NCCL_CHECK(ncclCommRegister(comm2_, d_staging_, staging_bytes_, &staging_reg2_));
-    }
     if (row > 0) {
       EPLB_CUDA_CHECK(cudaEventRecord(ev_fork_, stream));
       EPLB_CUDA_CHECK(cudaStreamWaitEvent(pack_stream_, ev_fork_, 0));

@@ -4,10 +4,11 @@
 // ncclSend/ncclRecv per peer per chunk of layers. The C API
 // (host/capi/exchange_api.cc) is a thin shim over this class.
 //
-// Streams: work forks from the caller's stream into three internal streams
-// (pack, comm, unpack) and joins back, so that chunk c+1 is packed while
-// chunk c is on the wire and chunk c-1 is unpacked; staging is a ring, and a
-// chunk waits only for the earlier chunks whose staging bytes it reuses.
+// Streams: work forks from the caller's stream into internal streams (pack,
+// comm, unpack, and comm2 for the odd chunks when the caller gave a second
+// communicator) and joins back, so that chunk c+1 is packed while chunk c is
+// on the wire and chunk c-1 is unpacked; staging is a ring, and a chunk waits
+// only for the earlier chunks whose staging bytes it reuses.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -64,18 +65,6 @@ struct ExchangeTuning {
   // on H100 (2 and 4 GPUs, two runs each) it measured 1-4% slower than
   // equal priorities; kept for the benchmark's comparison.
   bool stream_priorities = false;
-  // Alternate rounds between the caller's communicator and a second one
-  // split from it at the first Run that gets past the agreement check
-  // (ncclCommSplit, so on every rank at the same point), each on its own
-  // stream: round k + 1's NCCL kernel starts (its handshake, and the links
-  // round k has left idle) while round k's still moves bytes. On 4x H200
-  // it lifts the exchange from 0.857 to 0.909 of raw NCCL (4 GPUs) and from
-  // 0.879 to 0.942 (2 GPUs). Off by default: with it, the multi-GPU test
-  // that re-creates the exchange every iteration (exact minimum budget)
-  // hung on 2 and 4 GPUs; until that is understood it is for the benchmark
-  // and for EPLB_EXCHANGE_DUAL_COMM=1 (testing) only.
-  bool dual_comm = DualCommFromEnv();
-  static bool DualCommFromEnv();
 };
 
 class Exchange {
@@ -135,8 +124,8 @@ class Exchange {
   size_t staging_bytes_ = 0;
   int32_t host_threads_ = 1;  // for the per-layer transfer planning
   ncclComm_t comm_ = nullptr;
-  // tuning_.dual_comm: split from comm_ at the first Run that moves bytes;
-  // owned (destroyed with the exchange), its staging registration with it.
+  // config.overlap_comm (the caller's; may be null): odd rounds go to it, on
+  // comm2_stream_. The staging is registered with it too.
   ncclComm_t comm2_ = nullptr;
   void* staging_reg2_ = nullptr;
   std::vector<LayerBundle> layers_;

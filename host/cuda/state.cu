@@ -153,6 +153,7 @@ CudaState::CudaState(const eplbStateConfig_t& c, ncclComm_t comm) : comm_(comm) 
     ValidateStateConfig(config_);
     EPLB_CHECK_ARG(c.staging_bytes > 0, "config->staging_bytes is 0");
     staging_bytes_ = c.staging_bytes;
+    overlap_comm_ = c.overlap_comm;  // checked by the exchange's Create
     const int32_t N = c.num_ranks, M = c.num_nodes;
     rank_node_.resize(N);
     for (int32_t r = 0; r < N; ++r) {
@@ -180,6 +181,7 @@ CudaState::CudaState(const eplbStateConfig_t& c, ncclComm_t comm) : comm_(comm) 
     h.Value(static_cast<uint64_t>(c.staging_bytes));
     h.Value(static_cast<int32_t>(c.policy));
     h.Value(static_cast<int32_t>(c.migration));
+    h.Value(static_cast<int32_t>(c.overlap_comm != nullptr));
     h.Bytes(rank_node_.data(), rank_node_.size() * sizeof(int32_t));
     h.Bytes(initial.data(), initial.size() * sizeof(int32_t));
     digest = h.digest();
@@ -248,6 +250,7 @@ void CudaState::Allocate() {
   xc.h_rank_node = rank_node_.data();
   xc.staging_bytes = staging_bytes_;
   xc.device = device_;
+  xc.overlap_comm = overlap_comm_;
   CallEplb(eplbExchangeCreate(&xc, comm_, &exchange_));
 
   // Initial maps and zeroed counters, window and stats (synchronously: Create

@@ -60,6 +60,7 @@ class CudaState final : public StateBackend {
 
   StateConfig config_;
   ncclComm_t comm_ = nullptr;
+  ncclComm_t overlap_comm_ = nullptr;  // the caller's second communicator, or null
   int32_t device_ = 0;
   size_t staging_bytes_ = 0;
   std::vector<int32_t> rank_node_;

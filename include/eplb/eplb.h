@@ -495,9 +495,21 @@ typedef struct {
    * Twice the largest layer's traffic or more lets chunks overlap. */
   size_t staging_bytes;
   int32_t device; /* CUDA device ordinal of this rank; -1 = the current device */
+  /* Optional second communicator over the same ranks, in the same order and
+   * on the same devices as `comm` (e.g. ncclCommSplit(comm, 0, rank, &c,
+   * NULL), made once by the caller), owned by the caller and kept alive
+   * until Destroy; NULL on every rank or given on every rank (Run checks).
+   * Successive rounds alternate between the two communicators, each on its
+   * own internal stream, so that one round's NCCL kernel starts while the
+   * previous one still moves bytes (the README has the measured gain).
+   * The staging is registered with it too. eplb never creates or
+   * destroys communicators: tearing one down inside a library call can
+   * block on the other GPUs of the process while their ranks wait in a
+   * collective for this one. */
+  ncclComm_t overlap_comm;
 } eplbExchangeConfig_t;
 
-#define EPLB_EXCHANGE_CONFIG_INIT {sizeof(eplbExchangeConfig_t), 0, 0, 0, 0, NULL, 0, -1}
+#define EPLB_EXCHANGE_CONFIG_INIT {sizeof(eplbExchangeConfig_t), 0, 0, 0, 0, NULL, 0, -1, NULL}
 
 /* One tensor of a layer's bundle on this rank. */
 typedef struct {
@@ -568,7 +580,8 @@ EPLB_API eplbStatus_t eplbExchangeStagingQuery(const eplbExchangeConfig_t* confi
  * Host; blocks (device allocation, stream and event creation); not
  * collective (no NCCL collective). Errors: EPLB_ERROR_INVALID_ARGUMENT (NULL,
  * struct_size, shapes, rank/num_ranks/device different from the
- * communicator's, h_rank_node, staging_bytes == 0), EPLB_ERROR_CUDA,
+ * communicator's, h_rank_node, staging_bytes == 0, an overlap_comm equal to
+ * `comm` or whose size, rank or device differ from it), EPLB_ERROR_CUDA,
  * EPLB_ERROR_NCCL,
  * EPLB_ERROR_OUT_OF_MEMORY; *out untouched on error. */
 EPLB_API eplbStatus_t eplbExchangeCreate(const eplbExchangeConfig_t* config, ncclComm_t comm,
@@ -697,11 +710,17 @@ typedef struct {
    * every rank (checked). */
   const int32_t* h_initial_phy2log; /* [L][P] */
   const int64_t* h_initial_load;    /* [L][E]: planned with config's policy */
+  /* Optional second communicator for the weight exchange
+   * (eplbExchangeConfig_t.overlap_comm): NULL or a communicator over the
+   * same ranks and devices as the state's, on every rank alike; owned by the
+   * caller and kept alive until Destroy. Recommended: it shortens the
+   * exchange, the longest phase of a rearrangement. */
+  ncclComm_t overlap_comm;
 } eplbStateConfig_t;
 
 #define EPLB_STATE_CONFIG_INIT                                                              \
   {sizeof(eplbStateConfig_t), 0, 0, 0, 1, 1, 0, 0, 1000, 3000, 0, NULL, EPLB_POLICY_AUTO, \
-   EPLB_MIGRATION_FULL, NULL, NULL}
+   EPLB_MIGRATION_FULL, NULL, NULL, NULL}
 
 /* Balancedness of one pass, reduced over ranks (device struct, written by a
  * step with EPLB_STEP_STATS). Tokens are (token, k) items counted by route +

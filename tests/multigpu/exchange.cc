@@ -87,15 +87,24 @@ class Rank {
       for (void* p : l)
         if (p) cudaFree(p);
     if (stream_) cudaStreamDestroy(stream_);
+    if (small_comm_) ncclCommDestroy(small_comm_);
+    if (comm2_) ncclCommDestroy(comm2_);
     if (comm_) ncclCommDestroy(comm_);
   }
 
   // Device, communicator (collective: call on every rank concurrently),
-  // stream and weights.
-  std::string Init(const ncclUniqueId& id) {
+  // stream and weights; with `overlap`, also a second communicator split
+  // from the first (once: an engine makes it at start-up), which the
+  // exchanges created from then on get as their overlap_comm.
+  std::string Init(const ncclUniqueId& id, bool overlap = false) {
     CUDA_OR_RETURN(cudaSetDevice(rank_));
     ncclResult_t r = ncclCommInitRank(&comm_, s_.N, id, rank_);
     RETURN_IF(r != ncclSuccess, "ncclCommInitRank: %s", ncclGetErrorString(r));
+    if (overlap) {
+      r = ncclCommSplit(comm_, 0, rank_, &comm2_, nullptr);
+      RETURN_IF(r != ncclSuccess, "ncclCommSplit: %s", ncclGetErrorString(r));
+      overlap_ = comm2_;
+    }
     CUDA_OR_RETURN(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     d_.assign(s_.L, {});
     for (int32_t l = 0; l < s_.L; ++l)
@@ -114,6 +123,7 @@ class Rank {
     cfg.h_rank_node = s_.rank_node.empty() ? nullptr : s_.rank_node.data();
     cfg.staging_bytes = staging_bytes;
     cfg.device = rank_;
+    cfg.overlap_comm = overlap_;
     eplbStatus_t st = eplbExchangeCreate(&cfg, comm_, &ex_);
     RETURN_IF(st != EPLB_SUCCESS, "eplbExchangeCreate: %s", eplbGetLastErrorDetail());
     for (int32_t l = 0; l < s_.L; ++l) {
@@ -169,11 +179,23 @@ class Rank {
   }
 
   int32_t rank() const { return rank_; }
+  ncclComm_t comm() const { return comm_; }
+  ncclComm_t comm2() const { return comm2_; }
+  // The overlap_comm of the exchanges created from now on (may be any
+  // communicator, to test the checks).
+  void SetOverlap(ncclComm_t c) { overlap_ = c; }
+  // A communicator kept until the rank is destroyed (after every thread has
+  // joined: tearing one down while the other ranks of this process wait in
+  // a collective can block).
+  void Keep(ncclComm_t c) { small_comm_ = c; }
 
  private:
   Shape s_;
   int32_t rank_;
   ncclComm_t comm_ = nullptr;
+  ncclComm_t comm2_ = nullptr;       // split from comm_ when Init(.., true)
+  ncclComm_t overlap_ = nullptr;     // the exchanges' overlap_comm
+  ncclComm_t small_comm_ = nullptr;  // see Keep
   cudaStream_t stream_ = nullptr;
   eplbExchange_t ex_ = nullptr;
   std::vector<std::array<void*, kNumTensors>> d_;
@@ -409,9 +431,55 @@ std::string MismatchScenario(Rank& rank, const Shape& s) {
   return rank.Verify(next);
 }
 
+// The second communicator's checks and agreement: one the exchange must
+// refuse at Create (the communicator itself, one of another size), one rank
+// with it and the others without (every rank refuses the Run, nothing
+// moves), then every rank with it.
+std::string OverlapScenario(Rank& rank, const Shape& s) {
+  std::mt19937_64 rng(4711);
+  std::vector<int32_t> cur = RandomPlacement(rng, s);
+  std::vector<int32_t> next = RandomPlacement(rng, s);
+  std::string err = rank.Fill(cur);
+  if (!err.empty()) return err;
+  const size_t budget = QueryBudget(s, nullptr, nullptr);
+  rank.SetOverlap(rank.comm());
+  err = rank.CreateExchange(budget);
+  RETURN_IF(err.find("overlap_comm must be a second communicator") == std::string::npos,
+            "overlap_comm == comm accepted or wrong message: '%s'", err.c_str());
+  // Rank 0 alone in a communicator of its own (collective split; the other
+  // ranks get none).
+  ncclComm_t small = nullptr;
+  ncclResult_t r =
+      ncclCommSplit(rank.comm(), rank.rank() == 0 ? 0 : NCCL_SPLIT_NOCOLOR, 0, &small, nullptr);
+  RETURN_IF(r != ncclSuccess, "ncclCommSplit: %s", ncclGetErrorString(r));
+  rank.Keep(small);
+  if (rank.rank() == 0) {
+    rank.SetOverlap(small);
+    err = rank.CreateExchange(budget);
+    RETURN_IF(err.find("must match the communicator") == std::string::npos,
+              "overlap_comm of size 1 accepted or wrong message: '%s'", err.c_str());
+  }
+  // Disagreement: only rank 0 alternates communicators.
+  rank.SetOverlap(rank.rank() == 0 ? rank.comm2() : nullptr);
+  err = rank.CreateExchange(budget);
+  if (!err.empty()) return err;
+  eplbStatus_t st = rank.Run(cur, next, 0, s.L, nullptr);
+  RETURN_IF(st != EPLB_ERROR_MISMATCH, "overlap on rank 0 only: status %d (%s)", st,
+            eplbGetLastErrorDetail());
+  err = rank.Verify(cur);
+  if (!err.empty()) return "after overlap mismatch: " + err;
+  rank.SetOverlap(rank.comm2());
+  err = rank.CreateExchange(budget);
+  if (!err.empty()) return err;
+  st = rank.Run(cur, next, 0, s.L, nullptr);
+  RETURN_IF(st != EPLB_SUCCESS, "overlap on every rank: %s", eplbGetLastErrorDetail());
+  return rank.Verify(next);
+}
+
 // Threads: one per GPU.
 void RunThreaded(int32_t N, bool two_nodes,
-                 const std::function<std::string(Rank&, const Shape&)>& scenario) {
+                 const std::function<std::string(Rank&, const Shape&)>& scenario,
+                 bool overlap = false) {
   Shape s = MakeShape(N, two_nodes);
   ncclUniqueId id;
   ASSERT_EQ(ncclGetUniqueId(&id), ncclSuccess);
@@ -421,7 +489,7 @@ void RunThreaded(int32_t N, bool two_nodes,
     owned.push_back(std::make_unique<Rank>(s, r));
     ranks.push_back(owned.back().get());
   }
-  std::string init = Join(OnAllRanks(ranks, [&](Rank& r) { return r.Init(id); }));
+  std::string init = Join(OnAllRanks(ranks, [&](Rank& r) { return r.Init(id, overlap); }));
   ASSERT_TRUE(init.empty()) << init;
   std::string errs = Join(OnAllRanks(ranks, [&](Rank& r) { return scenario(r, s); }));
   EXPECT_TRUE(errs.empty()) << errs;
@@ -471,6 +539,42 @@ TEST(ExchangeThreads, InputMismatchMovesNothing) {
   RunThreaded(RanksForTest(), false, MismatchScenario);
 }
 
+// The same scenarios with a second communicator (overlap_comm). The exact
+// minimum one re-creates the exchange several times per iteration while the
+// other ranks' threads are already in their next Run's collective.
+TEST(ExchangeThreads, OverlapCommExactMinimumBudget) {
+  EPLB_REQUIRE_GPUS(2);
+  RunThreaded(
+      RanksForTest(), false,
+      [](Rank& r, const Shape& s) {
+        return RandomRearrangements(r, s, 778, 60, Budget::kExactMin);
+      },
+      true);
+}
+
+TEST(ExchangeThreads, OverlapCommLargeBudgetPipelined) {
+  EPLB_REQUIRE_GPUS(2);
+  RunThreaded(
+      RanksForTest(), false,
+      [](Rank& r, const Shape& s) { return RandomRearrangements(r, s, 4243, 60, Budget::kLarge); },
+      true);
+}
+
+TEST(ExchangeThreads, OverlapCommFourRanksAsTwoNodes) {
+  EPLB_REQUIRE_GPUS(4);
+  RunThreaded(
+      4, true,
+      [](Rank& r, const Shape& s) {
+        return RandomRearrangements(r, s, 31338, 60, Budget::kWorstCase);
+      },
+      true);
+}
+
+TEST(ExchangeThreads, OverlapCommChecksAndAgreement) {
+  EPLB_REQUIRE_GPUS(2);
+  RunThreaded(RanksForTest(), false, OverlapScenario, true);
+}
+
 // ---- one process per GPU ----
 
 constexpr const char* kChildEnv = "EPLB_EXCHANGE_TEST_CHILD";  // "rank:N:idfile"
@@ -493,9 +597,11 @@ void MaybeRunChild() {
   {
     Shape s = MakeShape(n, false);
     Rank r(s, rank);
-    err = r.Init(id);
+    err = r.Init(id, /*overlap=*/true);
     if (err.empty()) err = RandomRearrangements(r, s, 2024, 60, Budget::kWorstCase);
     if (err.empty()) err = MismatchScenario(r, s);
+    if (err.empty()) err = OverlapScenario(r, s);  // ends with the second communicator set
+    if (err.empty()) err = RandomRearrangements(r, s, 2025, 30, Budget::kExactMin);
   }
   if (!err.empty()) std::fprintf(stderr, "[child rank %d] %s\n", rank, err.c_str());
   std::fflush(stderr);

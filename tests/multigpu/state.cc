@@ -32,8 +32,9 @@ std::vector<RankResult> RunThreads(int n, const LoopConfig& c) {
   return res;
 }
 
-void LoopTest(int n) {
+void LoopTest(int n, bool overlap = false) {
   LoopConfig c;
+  c.overlap = overlap;
   std::vector<RankResult> a = RunThreads(n, c);
   const int32_t first = c.interval - c.interval / 4;
   EXPECT_EQ(a[0].rearrangements, 1 + (c.steps - first) / c.interval);
@@ -67,6 +68,17 @@ TEST(StateMultiGpu, LoopTwoGpus) {
 TEST(StateMultiGpu, LoopFourGpus) {
   EPLB_REQUIRE_GPUS(4);
   LoopTest(4);
+}
+
+// With a second communicator for the exchange (eplbStateConfig_t.overlap_comm).
+TEST(StateMultiGpu, LoopTwoGpusOverlapComm) {
+  EPLB_REQUIRE_GPUS(2);
+  LoopTest(2, true);
+}
+
+TEST(StateMultiGpu, LoopFourGpusOverlapComm) {
+  EPLB_REQUIRE_GPUS(4);
+  LoopTest(4, true);
 }
 
 void MismatchTest(int n) {

@@ -66,6 +66,7 @@ struct LoopConfig {
   int32_t window = 20, interval = 40, steps = 300;
   int32_t tokens = 256, top_k = 4;
   int rank_to_tamper = -1;  // forces a plan mismatch at the first rearrangement
+  bool overlap = false;     // give the state a second communicator (overlap_comm)
 };
 
 struct RankResult {
@@ -175,6 +176,9 @@ inline void RankLoop(int rank, int N, ncclComm_t comm, const LoopConfig& c, Rank
     STATE_OK(eplbExchangeStagingQuery(&xc, tb.data(), nullptr, nullptr, &min_bytes, nullptr));
     cfg.staging_bytes = 2 * min_bytes;
   }
+  ncclComm_t comm2 = nullptr;
+  if (c.overlap) STATE_NK(ncclCommSplit(comm, 0, rank, &comm2, nullptr));
+  cfg.overlap_comm = comm2;
   eplbState_t st = nullptr;
   STATE_OK(eplbStateCreate(&cfg, comm, &st));
   if (rank == c.rank_to_tamper) {
@@ -383,6 +387,9 @@ inline void RankLoop(int rank, int N, ncclComm_t comm, const LoopConfig& c, Rank
   EXPECT_GT(invalid, 0u);
 
   STATE_OK(eplbStateDestroy(st));
+  // This rank's collectives are all done: destroying the communicator now
+  // cannot wait on a peer that waits for this rank.
+  if (comm2) STATE_NK(ncclCommDestroy(comm2));
   for (void* d : d_w) STATE_CK(cudaFree(d));
   STATE_CK(cudaFree(d_ids));
   STATE_CK(cudaFree(d_phys));

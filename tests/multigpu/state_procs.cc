@@ -90,6 +90,9 @@ TEST(StateProcs, DISABLED_Child) {
   eplb_state_test::LoopConfig c;
   c.rank_to_tamper = tamper;
   if (tamper >= 0) c.steps = 120;
+  // Four processes give the state a second communicator, two do not: the
+  // process-per-GPU path is covered with and without it.
+  c.overlap = n == 4;
   eplb_state_test::RankResult res;
   eplb_state_test::RankLoop(rank, n, comm, c, &res);
   EXPECT_EQ(res.placements.size(), tamper >= 0 ? 2u : 7u);
