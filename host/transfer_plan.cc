@@ -201,6 +201,159 @@ LayerTransfer PlanLayerTransfer(const TransferShape& s, const int32_t* old_p,
   return out;
 }
 
+void PlanRankTransfer(const TransferShape& s, const int32_t* old_p, const int32_t* new_p,
+                      int32_t rank, RankTransferFlat* out) {
+  // The same walk as PlanLayerTransfer (receivers in rank order, their slots
+  // in order, the same sender choice), keeping every rank's counters but only
+  // this rank's rows; comments there.
+  const int32_t P = s.num_physical_experts;
+  const int32_t N = s.num_ranks;
+  const int32_t S = P / N;
+  auto node = [&](int32_t r) { return s.rank_node.empty() ? 0 : s.rank_node[r]; };
+  const size_t uP = static_cast<size_t>(P), uN = static_cast<size_t>(N);
+  RankTransferFlat& o = *out;
+  o.scratch.assign(9 * uP + 1, 0);
+  int32_t* hstart = o.scratch.data();   // [P + 1]
+  int32_t* hrank = hstart + uP + 1;     // [P]
+  int32_t* hslot = hrank + uP;          // [P]
+  int32_t* hfill = hslot + uP;          // [P]
+  int32_t* first = hfill + uP;          // [P]
+  int32_t* local_src = first + uP;      // [P]
+  int32_t* local_idx = local_src + uP;  // [P] (this rank: its local row; others: a mark)
+  int32_t* recv_peer = local_idx + uP;  // [P]
+  int32_t* recv_idx = recv_peer + uP;   // [P] (this rank: its receive row)
+  std::fill(local_src, local_src + 4 * uP, -1);
+  for (int32_t r = 0; r < N; ++r) {
+    for (int32_t p = r * S; p < (r + 1) * S; ++p) {
+      const int32_t e = old_p[p];
+      first[p] = local_src[e] != r;
+      local_src[e] = r;
+      hstart[e + 1] += first[p];
+    }
+  }
+  for (int32_t e = 0; e < P; ++e) hstart[e + 1] += hstart[e];
+  std::copy(hstart, hstart + uP, hfill);
+  for (int32_t p = 0; p < P; ++p) {
+    if (!first[p]) continue;
+    const int32_t e = old_p[p], r = p / S, k = hfill[e]++;
+    hrank[k] = r;
+    hslot[k] = p - r * S;
+  }
+  for (int32_t p = 0; p < P; ++p) local_src[old_p[p]] = -1;
+
+  o.sent.assign(uN, 0);
+  o.staging_rows.assign(uN, 0);
+  o.send_begin.assign(uN + 1, 0);
+  o.send_slot.clear();
+  o.local_src.clear();
+  o.row_peer.clear();
+  o.pair_row.clear();
+  o.pair_slot.clear();
+  o.local_pair_row.clear();
+  o.local_pair_slot.clear();
+  o.kept = 0;
+  for (int32_t r = 0; r < N; ++r) {
+    const bool mine = r == rank;
+    o.send_begin[static_cast<size_t>(r)] = static_cast<int32_t>(o.send_slot.size());
+    const int32_t* old_r = old_p + r * S;
+    const int32_t* new_r = new_p + r * S;
+    for (int32_t i = S - 1; i >= 0; --i) local_src[old_r[i]] = i;
+    int64_t staged = 0;  // rank r's local sources and received rows
+    for (int32_t i = 0; i < S; ++i) {
+      const int32_t e = new_r[i];
+      if (old_r[i] == e) {
+        o.kept += mine;
+      } else if (local_src[e] >= 0) {
+        if (local_idx[e] < 0) {
+          local_idx[e] = mine ? static_cast<int32_t>(o.local_src.size()) : 0;
+          if (mine) o.local_src.push_back(local_src[e]);
+          ++staged;
+        }
+        if (mine) {
+          o.local_pair_row.push_back(local_idx[e]);
+          o.local_pair_slot.push_back(i);
+        }
+      } else if (recv_peer[e] >= 0) {
+        if (mine) {
+          o.pair_row.push_back(recv_idx[e]);
+          o.pair_slot.push_back(i);
+        }
+      } else {
+        const int32_t h0 = hstart[e], h1 = hstart[e + 1];
+        EPLB_ASSERT(h1 > h0);
+        bool any_same_node = false;
+        for (int32_t k = h0; k < h1; ++k)
+          any_same_node = any_same_node || node(hrank[k]) == node(r);
+        int32_t best = -1, best_k = -1;
+        for (int32_t k = h0; k < h1; ++k) {
+          const int32_t q = hrank[k];
+          if (any_same_node && node(q) != node(r)) continue;
+          if (best >= 0) {
+            const int64_t a = o.sent[static_cast<size_t>(q)], b = o.sent[static_cast<size_t>(best)];
+            const int32_t da = (q - r + N) % N, db = (best - r + N) % N;
+            if (!(a < b || (a == b && da < db))) continue;
+          }
+          best = q;
+          best_k = k;
+        }
+        EPLB_ASSERT(best >= 0 && best != r);
+        o.sent[static_cast<size_t>(best)] += 1;
+        o.staging_rows[static_cast<size_t>(best)] += 1;
+        if (best == rank) o.send_slot.push_back(hslot[best_k]);
+        recv_peer[e] = best;
+        recv_idx[e] = mine ? static_cast<int32_t>(o.row_peer.size()) : 0;
+        ++staged;
+        if (mine) {
+          o.row_peer.push_back(best);
+          o.pair_row.push_back(recv_idx[e]);
+          o.pair_slot.push_back(i);
+        }
+      }
+    }
+    o.staging_rows[static_cast<size_t>(r)] += staged;
+    for (int32_t i = 0; i < S; ++i) {
+      const int32_t od = old_r[i], nw = new_r[i];
+      local_src[od] = local_idx[od] = recv_peer[od] = recv_idx[od] = -1;
+      local_src[nw] = local_idx[nw] = recv_peer[nw] = recv_idx[nw] = -1;
+    }
+  }
+  o.send_begin[uN] = static_cast<int32_t>(o.send_slot.size());
+
+  // This rank's received rows grouped by peer (creation order kept), then
+  // their destination lists (pairs are in slot order, so each list ascends).
+  const size_t rows = o.row_peer.size();
+  o.recv_begin.assign(uN + 1, 0);
+  for (int32_t q : o.row_peer) ++o.recv_begin[static_cast<size_t>(q) + 1];
+  for (size_t q = 0; q < uN; ++q) o.recv_begin[q + 1] += o.recv_begin[q];
+  o.row_of.resize(rows);
+  {
+    int32_t* next = hfill;  // reused: [N] <= [P] cursor per peer
+    for (size_t q = 0; q < uN; ++q) next[q] = o.recv_begin[q];
+    for (size_t k = 0; k < rows; ++k) o.row_of[k] = next[o.row_peer[k]]++;
+  }
+  o.recv_dst_begin.assign(rows + 1, 0);
+  for (int32_t k : o.pair_row) ++o.recv_dst_begin[static_cast<size_t>(o.row_of[k]) + 1];
+  for (size_t k = 0; k < rows; ++k) o.recv_dst_begin[k + 1] += o.recv_dst_begin[k];
+  o.recv_dst.resize(o.pair_slot.size());
+  {
+    int32_t* next = first;  // reused: [rows] <= [P] cursor per row
+    for (size_t k = 0; k < rows; ++k) next[k] = o.recv_dst_begin[k];
+    for (size_t j = 0; j < o.pair_slot.size(); ++j)
+      o.recv_dst[static_cast<size_t>(next[o.row_of[o.pair_row[j]]]++)] = o.pair_slot[j];
+  }
+  const size_t locals = o.local_src.size();
+  o.local_dst_begin.assign(locals + 1, 0);
+  for (int32_t k : o.local_pair_row) ++o.local_dst_begin[static_cast<size_t>(k) + 1];
+  for (size_t k = 0; k < locals; ++k) o.local_dst_begin[k + 1] += o.local_dst_begin[k];
+  o.local_dst.resize(o.local_pair_slot.size());
+  {
+    int32_t* next = first;
+    for (size_t k = 0; k < locals; ++k) next[k] = o.local_dst_begin[k];
+    for (size_t j = 0; j < o.local_pair_slot.size(); ++j)
+      o.local_dst[static_cast<size_t>(next[o.local_pair_row[j]]++)] = o.local_pair_slot[j];
+  }
+}
+
 size_t PaddedBundleBytes(const size_t* tensor_bytes, int32_t num_tensors) {
   size_t total = 0;
   for (int32_t t = 0; t < num_tensors; ++t) {
@@ -214,8 +367,11 @@ size_t PaddedBundleBytes(const size_t* tensor_bytes, int32_t num_tensors) {
 }
 
 size_t LayerStagingBytes(const RankTransfer& t, size_t padded_bundle_bytes) {
-  return CheckedMul(static_cast<size_t>(t.NumStagingRows()), padded_bundle_bytes,
-                    "staging bytes of a layer");
+  return StagingRowsBytes(t.NumStagingRows(), padded_bundle_bytes);
+}
+
+size_t StagingRowsBytes(int64_t rows, size_t padded_bundle_bytes) {
+  return CheckedMul(static_cast<size_t>(rows), padded_bundle_bytes, "staging bytes of a layer");
 }
 
 size_t MinStagingBytes(const TransferShape& s, int32_t num_layers, const int32_t* old_p,

@@ -83,6 +83,48 @@ using LayerTransfer = std::vector<RankTransfer>;
 LayerTransfer PlanLayerTransfer(const TransferShape& shape, const int32_t* old_phy2log,
                                 const int32_t* new_phy2log);
 
+// One rank's part of one layer in flat arrays (what the exchange executes),
+// with every rank's staging row count: the same plan as PlanLayerTransfer
+// gives for that rank, built without a heap allocation per row. An object
+// reused across calls keeps its capacity, so that planning a layer again
+// allocates nothing (the exchange plans 58 layers on several threads per
+// rank, where the allocations of the vector form cost more than the work).
+struct RankTransferFlat {
+  // Rows sent: send_slot[send_begin[q] .. send_begin[q + 1]) are the local
+  // slots whose old rows go to peer q, in the peer's order.
+  std::vector<int32_t> send_begin;  // [N + 1]
+  std::vector<int32_t> send_slot;
+  // Rows received: rows recv_begin[q] .. recv_begin[q + 1] - 1 come from
+  // peer q, in the sender's order; row k fills the local slots
+  // recv_dst[recv_dst_begin[k] .. recv_dst_begin[k + 1]) (ascending).
+  std::vector<int32_t> recv_begin;      // [N + 1]
+  std::vector<int32_t> recv_dst_begin;  // [rows + 1]
+  std::vector<int32_t> recv_dst;
+  // Local copies, in order of their first destination slot: row k reads
+  // local slot local_src[k] and fills local_dst[local_dst_begin[k] ..
+  // local_dst_begin[k + 1]) (ascending, never local_src[k]).
+  std::vector<int32_t> local_src;
+  std::vector<int32_t> local_dst_begin;  // [local rows + 1]
+  std::vector<int32_t> local_dst;
+  int32_t kept = 0;  // slots whose expert does not change
+  // [N] rows each rank stages for this layer (sent + received + local
+  // sources): RankTransfer::NumStagingRows of every rank.
+  std::vector<int64_t> staging_rows;
+
+  int32_t NumRecvRows() const { return static_cast<int32_t>(recv_dst_begin.size()) - 1; }
+  int32_t NumLocalRows() const { return static_cast<int32_t>(local_src.size()); }
+
+  // Scratch of PlanRankTransfer (kept for its capacity).
+  std::vector<int32_t> scratch;
+  std::vector<int32_t> row_peer, row_of, pair_row, pair_slot, local_pair_row, local_pair_slot;
+  std::vector<int64_t> sent;
+};
+
+// Plans one layer (placements [P], validated by ValidateTransferLayer first)
+// for rank `rank` into `out` (reused). Equal to PlanLayerTransfer(...)[rank].
+void PlanRankTransfer(const TransferShape& shape, const int32_t* old_phy2log,
+                      const int32_t* new_phy2log, int32_t rank, RankTransferFlat* out);
+
 // Bytes of one bundle in staging: each tensor's row rounded up to
 // kExchangeRowAlign. tensor_bytes[num_tensors], zeros skipped.
 size_t PaddedBundleBytes(const size_t* tensor_bytes, int32_t num_tensors);
@@ -90,6 +132,10 @@ size_t PaddedBundleBytes(const size_t* tensor_bytes, int32_t num_tensors);
 // Staging bytes one rank needs for one layer, with checked arithmetic
 // (throws kInvalidArgument on overflow).
 size_t LayerStagingBytes(const RankTransfer& t, size_t padded_bundle_bytes);
+
+// rows * padded_bundle_bytes with checked arithmetic (the staging bytes of
+// RankTransferFlat::staging_rows).
+size_t StagingRowsBytes(int64_t rows, size_t padded_bundle_bytes);
 
 // Largest staging need of any rank for any layer of a plan pair:
 // placements [num_layers][P], padded_bundle_bytes [num_layers]. Validates.

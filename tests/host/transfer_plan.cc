@@ -199,6 +199,69 @@ TEST(TransferPlan, RandomPlacementsExecuteCorrectly) {
   EXPECT_GT(total_local, 1000);
 }
 
+// The flat per-rank form the exchange executes equals the vector form, rank
+// by rank, on thousands of random pairs (one object reused throughout, so
+// that stale contents from a larger earlier call would show).
+bool FlatEqualsRank(const eplb::RankTransferFlat& f, const LayerTransfer& plan, int32_t rank) {
+  const RankTransfer& t = plan[static_cast<size_t>(rank)];
+  const size_t N = plan.size();
+  if (f.send_begin.size() != N + 1 || f.recv_begin.size() != N + 1) return false;
+  if (f.kept != static_cast<int32_t>(t.kept_slots.size())) return false;
+  for (size_t r = 0; r < N; ++r)
+    if (f.staging_rows[r] != plan[r].NumStagingRows()) return false;
+  for (size_t q = 0; q < N; ++q) {
+    std::vector<int32_t> send(f.send_slot.begin() + f.send_begin[q],
+                              f.send_slot.begin() + f.send_begin[q + 1]);
+    if (send != t.send_rows[q]) return false;
+    if (f.recv_begin[q + 1] - f.recv_begin[q] != static_cast<int32_t>(t.recv_rows[q].size()))
+      return false;
+    for (size_t j = 0; j < t.recv_rows[q].size(); ++j) {
+      const size_t k = static_cast<size_t>(f.recv_begin[q]) + j;
+      std::vector<int32_t> dst(f.recv_dst.begin() + f.recv_dst_begin[k],
+                               f.recv_dst.begin() + f.recv_dst_begin[k + 1]);
+      if (dst != t.recv_rows[q][j].dst_slots) return false;
+    }
+  }
+  if (f.NumLocalRows() != static_cast<int32_t>(t.local_rows.size())) return false;
+  for (size_t k = 0; k < t.local_rows.size(); ++k) {
+    if (f.local_src[k] != t.local_rows[k].src_slot) return false;
+    std::vector<int32_t> dst(f.local_dst.begin() + f.local_dst_begin[k],
+                             f.local_dst.begin() + f.local_dst_begin[k + 1]);
+    if (dst != t.local_rows[k].dst_slots) return false;
+  }
+  return true;
+}
+
+TEST(TransferPlan, FlatRankPlanEqualsVectorPlan) {
+  std::mt19937_64 rng(777);
+  const int32_t kRanks[] = {1, 2, 3, 4, 8, 16, 32};
+  eplb::RankTransferFlat flat;
+  int64_t checked_rows = 0;
+  for (int iter = 0; iter < 4000; ++iter) {
+    TransferShape s;
+    s.num_ranks = kRanks[iter % 7];
+    const int32_t S = 1 + static_cast<int32_t>(rng() % 16);
+    s.num_physical_experts = s.num_ranks * S;
+    const int32_t E =
+        1 + static_cast<int32_t>(rng() % static_cast<uint64_t>(s.num_physical_experts));
+    if (iter % 3 == 1) {
+      const int32_t M = 1 + static_cast<int32_t>(rng() % static_cast<uint64_t>(s.num_ranks));
+      for (int32_t r = 0; r < s.num_ranks; ++r) s.rank_node.push_back(5 * (r % M));
+    }
+    std::vector<int32_t> old_p = RandomPlacement(rng, E, s.num_physical_experts);
+    std::vector<int32_t> new_p = iter % 4 == 3   ? old_p
+                                 : iter % 2 == 1 ? Perturb(rng, old_p, E)
+                                                 : RandomPlacement(rng, E, s.num_physical_experts);
+    const LayerTransfer plan = eplb::PlanLayerTransfer(s, old_p.data(), new_p.data());
+    for (int32_t r = 0; r < s.num_ranks; ++r) {
+      eplb::PlanRankTransfer(s, old_p.data(), new_p.data(), r, &flat);
+      ASSERT_TRUE(FlatEqualsRank(flat, plan, r)) << "iteration " << iter << " rank " << r;
+      checked_rows += plan[static_cast<size_t>(r)].NumStagingRows();
+    }
+  }
+  EXPECT_GT(checked_rows, 100000);
+}
+
 TEST(TransferPlan, IdentityMovesNothing) {
   TransferShape s;
   s.num_ranks = 4;
