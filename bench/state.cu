@@ -34,6 +34,7 @@
 #include <thread>
 #include <vector>
 
+#include "cuda/state.h"
 #include "eplb/eplb.h"
 #include "transfer_plan.h"
 #include "bench_check.h"
@@ -358,6 +359,7 @@ void BM_Rearrange(benchmark::State& state) {
   iteration(0);  // warm-up (also moves away from the initial placement)
   double t_stall = 0, t_raw = 0, t_raw_reg = 0, t_exchange = 0, t_other = 0, slots = 0, sent = 0;
   double phase[EPLB_STATE_NUM_PHASES] = {0}, host_phase[EPLB_STATE_NUM_PHASES] = {0};
+  double x_finish = 0, x_enqueue = 0, x_gpu = 0;  // rank 0's exchange
   int64_t it = 0;
   for (auto _ : state) {
     iteration(static_cast<int>((it + 1) % 2));
@@ -379,6 +381,10 @@ void BM_Rearrange(benchmark::State& state) {
       phase[p] += ranks[0].stats.last_device_ms[p];
       host_phase[p] += ranks[0].stats.last_host_ms[p];
     }
+    const eplb::cuda::Exchange::Profile xp = ranks[0].st->impl->ExchangeProfile();
+    x_finish += xp.host_finish_ms;
+    x_enqueue += xp.host_enqueue_ms;
+    x_gpu += xp.gpu_ms;
     ++it;
     state.SetIterationTime(stall * 1e-3);
   }
@@ -390,6 +396,13 @@ void BM_Rearrange(benchmark::State& state) {
   state.counters["plan_host_ms"] = host_phase[EPLB_STATE_PHASE_PLAN] / it;
   state.counters["check_host_ms"] = host_phase[EPLB_STATE_PHASE_CHECK] / it;
   state.counters["exchange_host_ms"] = host_phase[EPLB_STATE_PHASE_EXCHANGE] / it;
+  // Inside them, rank 0's exchange: the serial end of its transfer planning
+  // (rounds and descriptors, in the plan phase; the per-layer plans run on
+  // the planner's threads beside the placement); enqueueing and GPU time
+  // from the first copy to the join (the exchange phase).
+  state.counters["xfer_finish_ms"] = x_finish / it;
+  state.counters["xfer_enqueue_ms"] = x_enqueue / it;
+  state.counters["xfer_gpu_ms"] = x_gpu / it;
   state.counters["stall_ms"] = t_stall / it;
   state.counters["exchange_max_ms"] = t_exchange / it;
   state.counters["raw_nccl_ms"] = t_raw / it;

@@ -226,6 +226,7 @@ void StateLogic::Rearrange() {
 
   mark(StatePhase::kPlan);
   uint64_t digest = 0;
+  int64_t slots_moved = 0;
   PlanBuffers plan;
   if (!local_failed) {
     try {
@@ -236,6 +237,20 @@ void StateLogic::Rearrange() {
       const size_t E = static_cast<size_t>(s.num_logical_experts);
       const size_t P = static_cast<size_t>(s.num_physical_experts);
       const size_t W = P - E + 1;  // log2phy row width
+      // The exchange's transfer plans, before the check: its hash joins the
+      // plan's, so one agreement covers both (and a refusal, the same on
+      // every rank whose inputs agree, fails the check before anything
+      // moves). Each worker plans its layers' transfers right after their
+      // placement (one pass over the threads, the rows still in cache).
+      auto refused = [](const Error& e) {
+        return Error(e.status(),
+                     std::string("exchange refused the plan; nothing moved: ") + e.what());
+      };
+      try {
+        backend_->BeginExchangePrepare(phy2log_.data(), plan.phy2log);
+      } catch (const Error& e) {
+        throw refused(e);
+      }
       ParallelRanges(L, static_cast<int32_t>(planners_.size()), 8,
                      [&](int32_t lo, int32_t hi, int32_t w) {
                        PlanShape part = s;
@@ -245,20 +260,42 @@ void StateLogic::Rearrange() {
                            part, policy, config_.migration, load_.data() + ul * E,
                            phy2log_.data() + ul * P, plan.phy2log + ul * P, plan.logcnt + ul * E,
                            plan.log2phy != nullptr ? plan.log2phy + ul * E * W : nullptr);
+                       if (plan_hook_) return;  // planned below, after the hook
+                       try {
+                         backend_->PrepareExchangeLayers(lo, hi);
+                       } catch (const Error& e) {
+                         throw refused(e);
+                       }
                      });
       if (plan_hook_) {
         plan_hook_(plan.phy2log);
         ValidatePlacement(s, plan.phy2log, "plan (after the test hook)");
         BuildLogCnt(s, plan.phy2log, plan.logcnt);
         BuildLog2Phy(s, plan.phy2log, plan.log2phy);
+        try {
+          backend_->PrepareExchangeLayers(0, L);
+        } catch (const Error& e) {
+          throw refused(e);
+        }
+      }
+      slots_moved = CountMovedSlots(s, plan.phy2log, phy2log_.data());
+      uint64_t exchange_hash = 0;
+      if (slots_moved > 0) {
+        try {
+          exchange_hash = backend_->FinishExchangePrepare();
+        } catch (const Error& e) {
+          throw refused(e);
+        }
       }
       // Everything the exchange and commit depend on: the load, the old and
-      // the new placement, and where this rearrangement sits in the sequence.
+      // the new placement, where this rearrangement sits in the sequence, and
+      // the exchange's inputs (shapes, budget, tensor sizes).
       Hasher h;
       h.Value(num_rearrangements_);
       h.Bytes(load_.data(), load_.size() * sizeof(int64_t));
       h.Bytes(phy2log_.data(), phy2log_.size() * sizeof(int32_t));
       h.Bytes(plan.phy2log, phy2log_.size() * sizeof(int32_t));
+      h.Value(exchange_hash);
       digest = h.digest();
     } catch (const Error& e) {
       note(e);
@@ -286,13 +323,13 @@ void StateLogic::Rearrange() {
       Evaluate(s, load_.data(), phy2log_.data(), nullptr, nullptr).balancedness;
   report_.balancedness_after =
       Evaluate(s, load_.data(), plan.phy2log, nullptr, nullptr).balancedness;
-  report_.slots_moved = CountMovedSlots(s, plan.phy2log, phy2log_.data());
+  report_.slots_moved = slots_moved;
 
   mark(StatePhase::kExchange);
   ExchangeOutcome ex;
   if (report_.slots_moved > 0) {
     try {
-      ex = backend_->Exchange(phy2log_.data(), plan.phy2log);
+      ex = backend_->Exchange();
     } catch (const Error& e) {
       // The backend reports exchange errors in the outcome; a throw means it
       // failed around the exchange (e.g. forking its streams) and cannot say

@@ -118,9 +118,19 @@ class StateBackend {
   // Buffers the next plan goes into; blocks until the last commit no longer
   // reads them.
   virtual PlanBuffers AcquirePlanBuffers() = 0;
-  // Collective: moves the weights from old to new ([L][P] host each). Errors
-  // of the exchange are returned in the outcome, not thrown.
-  virtual ExchangeOutcome Exchange(const int32_t* old_phy2log, const int32_t* new_phy2log) = 0;
+  // The weight exchange from old to new ([L][P] host each), validated and
+  // planned on the host before the plan check, whose hash folds in the
+  // exchange's (one agreement for both). Local (no collective). Begin keeps
+  // the pointers (new's rows may still be written); PrepareExchangeLayers
+  // plans layers [lo, hi) once their rows are final (thread safe for
+  // disjoint ranges; every layer once); Finish returns the hash. Any step
+  // throws when the exchange would refuse (nothing prepared).
+  virtual void BeginExchangePrepare(const int32_t* old_phy2log, const int32_t* new_phy2log) = 0;
+  virtual void PrepareExchangeLayers(int32_t lo, int32_t hi) = 0;
+  virtual uint64_t FinishExchangePrepare() = 0;
+  // Collective: moves the weights as prepared last (every rank passed the
+  // check). Errors of the exchange are returned in the outcome, not thrown.
+  virtual ExchangeOutcome Exchange() = 0;
   // Enqueue: the maps of layers [first, first + count) from `plan` (the
   // buffers of AcquirePlanBuffers), ordered after the exchange.
   virtual void CommitMaps(int32_t first_layer, int32_t num_layers, const PlanBuffers& plan) = 0;

@@ -7,10 +7,6 @@
 #include "cuda/exchange.h"
 #include "transfer_plan.h"
 
-struct eplbExchange_s {
-  std::unique_ptr<eplb::cuda::Exchange> impl;
-};
-
 extern "C" {
 
 EPLB_API eplbStatus_t eplbExchangeStagingQuery(

@@ -328,69 +328,90 @@ Exchange::Profile Exchange::LastProfile() {
   return p;
 }
 
-void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, int32_t n,
-                   eplbExchangeStats_t* stats, cudaStream_t stream) {
+namespace {
+using Clock = std::chrono::steady_clock;
+double MsSince(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+}  // namespace
+
+uint64_t Exchange::Prepare(const int32_t* old_p, const int32_t* new_p, int32_t first, int32_t n) {
+  BeginPrepare(old_p, new_p, first, n);
+  // Layers are independent: validate and plan them on a few threads (each
+  // layer's plan is the same whichever thread computes it; the error
+  // reported is the lowest invalid layer's, as in a serial loop).
+  ParallelRanges(n, host_threads_, 8,
+                 [&](int32_t lo, int32_t hi, int32_t) { PrepareLayers(lo, hi); });
+  return FinishPrepare();
+}
+
+void Exchange::BeginPrepare(const int32_t* old_p, const int32_t* new_p, int32_t first, int32_t n) {
+  prepared_ = Prepared();  // nothing prepared until FinishPrepare succeeds
+  prep_ = Preparing();
+  EPLB_CHECK_NOT_NULL(old_p);
+  EPLB_CHECK_NOT_NULL(new_p);
+  EPLB_CHECK_ARG(first >= 0 && first < num_layers_, "first_layer (%d) must be in [0, %d)", first,
+                 num_layers_);
+  EPLB_CHECK_ARG(n >= 0 && n <= num_layers_ - first,
+                 "num_layers (%d) must be in [0, %d] for first_layer %d", n, num_layers_ - first,
+                 first);
+  prep_.start = Clock::now();
+  prep_.old_p = old_p;
+  prep_.new_p = new_p;
+  prep_.first = first;
+  prep_.n = n;
+  if (plan_scratch_.size() < static_cast<size_t>(n)) plan_scratch_.resize(static_cast<size_t>(n));
+  prep_.global_need.assign(static_cast<size_t>(n), 0);
+  prep_.my_need.assign(static_cast<size_t>(n), 0);
+  prep_.begun = true;
+}
+
+void Exchange::PrepareLayers(int32_t lo, int32_t hi) {
+  EPLB_ASSERT(prep_.begun && lo >= 0 && hi <= prep_.n);
+  // Validation, then this rank's part of the layer's plan in flat form
+  // (PlanRankTransfer), in per-layer objects kept across calls: in steady
+  // state planning allocates nothing (the vector form's allocations, on
+  // several threads of several ranks of a process, cost more than the
+  // planning itself); and the staging the layer needs on every rank.
+  const size_t P = static_cast<size_t>(shape_.num_physical_experts);
+  const int32_t N = shape_.num_ranks, first = prep_.first;
+  const int32_t* old_p = prep_.old_p;
+  const int32_t* new_p = prep_.new_p;
+  for (int32_t l = lo; l < hi; ++l) {
+    EPLB_CHECK_ARG(layers_[static_cast<size_t>(first + l)].registered,
+                   "layer %d is not registered (eplbExchangeRegisterLayer)", first + l);
+    ValidateTransferLayer(shape_, old_p + l * P, new_p + l * P, first + l);
+    RankTransferFlat& plan = plan_scratch_[static_cast<size_t>(l)];
+    PlanRankTransfer(shape_, old_p + l * P, new_p + l * P, rank_, &plan);
+    const size_t pb = layers_[static_cast<size_t>(first + l)].padded_bytes;
+    size_t global = 0;
+    for (int32_t r = 0; r < N; ++r) {
+      const size_t need = StagingRowsBytes(plan.staging_rows[r], pb);
+      global = std::max(global, need);
+      if (r == rank_) prep_.my_need[static_cast<size_t>(l)] = need;
+    }
+    prep_.global_need[static_cast<size_t>(l)] = global;
+  }
+}
+
+uint64_t Exchange::FinishPrepare() {
+  if (!prep_.begun) Throw(Status::kInvalidUsage, "FinishPrepare without BeginPrepare");
   DeviceGuard guard(device_);
-  using Clock = std::chrono::steady_clock;
-  auto ms_since = [](Clock::time_point t) {
-    return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
-  };
-  Profile prof;
-  auto t_phase = Clock::now();
+  const auto t_finish = Clock::now();
   const size_t P = static_cast<size_t>(shape_.num_physical_experts);
   const int32_t N = shape_.num_ranks;
-
-  // 1. Validation and planning (host). Planning runs before the agreement check so that it overlaps
-  // the GPU work still in flight (the check waits for it). Any failure here still takes part in the
-  // check, with a hash no valid input has, so that no rank is left waiting in the collective.
-  struct Chunk {
-    int32_t begin = 0, end = 0;  // layers, relative to first
-    int32_t slice = 0, num_slices = 1;
-    uint64_t slice_bundle = 0;  // 0: whole rows at byte offsets
-    size_t bytes = 0;           // this rank's staging
-    size_t pack_row0 = 0, num_pack = 0, unpack_row0 = 0, num_unpack = 0;  // in h_rows_
-    std::vector<size_t> send_off, send_bytes, recv_off, recv_bytes;       // within the region
-    int32_t max_tensors = 0;
-    uint64_t max_tensor_bytes = 0;
-    bool any_peer = false;
-  };
+  const int32_t first = prep_.first, n = prep_.n;
+  const int32_t* old_p = prep_.old_p;
+  const int32_t* new_p = prep_.new_p;
+  prep_.begun = false;
+  std::vector<RankTransferFlat>& plans = plan_scratch_;
+  const std::vector<size_t>& global_need = prep_.global_need;
+  const std::vector<size_t>& my_need = prep_.my_need;
   std::vector<Chunk> chunks;
   eplbExchangeStats_t st = EPLB_EXCHANGE_STATS_INIT;
   size_t row = 0;
-  Status local_status = Status::kSuccess;
-  std::string local_error;
-  try {
-    EPLB_CHECK_NOT_NULL(old_p);
-    EPLB_CHECK_NOT_NULL(new_p);
-    EPLB_CHECK_ARG(first >= 0 && first < num_layers_, "first_layer (%d) must be in [0, %d)", first,
-                   num_layers_);
-    EPLB_CHECK_ARG(n >= 0 && n <= num_layers_ - first,
-                   "num_layers (%d) must be in [0, %d] for first_layer %d", n, num_layers_ - first,
-                   first);
-    EPLB_CHECK_ARG(stats == nullptr || stats->struct_size == sizeof(eplbExchangeStats_t),
-                   "h_stats->struct_size (%zu) must be sizeof(eplbExchangeStats_t) (%zu)",
-                   stats ? stats->struct_size : 0, sizeof(eplbExchangeStats_t));
-    for (int32_t l = 0; l < n; ++l) {
-      EPLB_CHECK_ARG(layers_[static_cast<size_t>(first + l)].registered,
-                     "layer %d is not registered (eplbExchangeRegisterLayer)", first + l);
-      ValidateTransferLayer(shape_, old_p + l * P, new_p + l * P, first + l);
-    }
-    // Plans (identical on every rank) and the staging each layer needs.
-    // Layers are independent: plan them on a few threads (each layer's plan
-    // is the same whichever thread computes it).
-    std::vector<LayerTransfer> plans(static_cast<size_t>(n));
-    std::vector<size_t> global_need(static_cast<size_t>(n)), my_need(static_cast<size_t>(n));
-    ParallelRanges(n, host_threads_, 8, [&](int32_t lo, int32_t hi, int32_t) {
-      for (int32_t l = lo; l < hi; ++l) {
-        plans[l] = PlanLayerTransfer(shape_, old_p + l * P, new_p + l * P);
-        const size_t pb = layers_[static_cast<size_t>(first + l)].padded_bytes;
-        for (int32_t r = 0; r < N; ++r) {
-          const size_t need = LayerStagingBytes(plans[l][r], pb);
-          global_need[l] = std::max(global_need[l], need);
-          if (r == rank_) my_need[l] = need;
-        }
-      }
-    });
+  (void)P;
+  {
     for (int32_t l = 0; l < n; ++l) {
       if (global_need[l] > staging_bytes_)
         Throw(Status::kInvalidUsage,
@@ -458,24 +479,29 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
       size_t local_rows = 0;
       for (int32_t l = begin; l < end; ++l) {
         const LayerBundle& b = layers_[static_cast<size_t>(first + l)];
-        const RankTransfer& t = plans[l][rank_];
+        const RankTransferFlat& t = plans[l];
         for (int32_t q = 0; q < N; ++q) {
-          send_rows[q] += t.send_rows[q].size();
-          recv_rows[q] += t.recv_rows[q].size();
-          c.send_bytes[q] += t.send_rows[q].size() * b.padded_bytes;
-          c.recv_bytes[q] += t.recv_rows[q].size() * b.padded_bytes;
+          const size_t ns = static_cast<size_t>(t.send_begin[q + 1] - t.send_begin[q]);
+          const size_t nr = static_cast<size_t>(t.recv_begin[q + 1] - t.recv_begin[q]);
+          send_rows[q] += ns;
+          recv_rows[q] += nr;
+          c.send_bytes[q] += ns * b.padded_bytes;
+          c.recv_bytes[q] += nr * b.padded_bytes;
         }
-        local_rows += t.local_rows.size();
+        local_rows += static_cast<size_t>(t.NumLocalRows());
         c.max_tensors = std::max(c.max_tensors, b.num_tensors);
         c.max_tensor_bytes = std::max(c.max_tensor_bytes, b.max_tensor_bytes);
-        st.rows_sent += t.NumSendRows();
-        st.rows_received += t.NumRecvRows();
-        st.bytes_sent += t.NumSendRows() * static_cast<int64_t>(b.payload_bytes);
-        st.bytes_received += t.NumRecvRows() * static_cast<int64_t>(b.payload_bytes);
-        st.slots_received += t.NumRecvSlots();
-        st.slots_copied_local += t.NumLocalSlots();
-        st.bytes_copied_local += t.NumLocalSlots() * static_cast<int64_t>(b.payload_bytes);
-        st.slots_kept += static_cast<int64_t>(t.kept_slots.size());
+        const int64_t sent_rows = static_cast<int64_t>(t.send_slot.size());
+        const int64_t recv_rows_l = t.NumRecvRows();
+        const int64_t local_slots = static_cast<int64_t>(t.local_dst.size());
+        st.rows_sent += sent_rows;
+        st.rows_received += recv_rows_l;
+        st.bytes_sent += sent_rows * static_cast<int64_t>(b.payload_bytes);
+        st.bytes_received += recv_rows_l * static_cast<int64_t>(b.payload_bytes);
+        st.slots_received += static_cast<int64_t>(t.recv_dst.size());
+        st.slots_copied_local += local_slots;
+        st.bytes_copied_local += local_slots * static_cast<int64_t>(b.payload_bytes);
+        st.slots_kept += t.kept;
       }
       // Region layout: [sends to peer 0..N-1][receives from 0..N-1][local
       // sources]; whole chunks address rows in bytes, sliced ones by index.
@@ -500,31 +526,42 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
       c.pack_row0 = row;
       std::vector<size_t> cursor = send_at;
       for (int32_t q = 0; q < N; ++q)
-        for (int32_t l = begin; l < end; ++l)
-          for (int32_t slot : plans[l][rank_].send_rows[q]) {
-            push_row(first + l, slot, cursor[q]);
+        for (int32_t l = begin; l < end; ++l) {
+          const RankTransferFlat& t = plans[l];
+          for (int32_t j = t.send_begin[q]; j < t.send_begin[q + 1]; ++j) {
+            push_row(first + l, t.send_slot[static_cast<size_t>(j)], cursor[q]);
             cursor[q] += unit(l);
           }
-      std::vector<std::vector<size_t>> local_pos(static_cast<size_t>(end - begin));
-      for (int32_t l = begin; l < end; ++l)
-        for (const auto& lr : plans[l][rank_].local_rows) {
-          local_pos[l - begin].push_back(local_at);
-          push_row(first + l, lr.src_slot, local_at);
+        }
+      // Each layer's local sources sit consecutively from local_first[l].
+      std::vector<size_t> local_first(static_cast<size_t>(end - begin));
+      for (int32_t l = begin; l < end; ++l) {
+        local_first[static_cast<size_t>(l - begin)] = local_at;
+        for (int32_t src : plans[l].local_src) {
+          push_row(first + l, src, local_at);
           local_at += unit(l);
         }
+      }
       c.num_pack = row - c.pack_row0;
       c.unpack_row0 = row;
       cursor = recv_at;
       for (int32_t q = 0; q < N; ++q)
-        for (int32_t l = begin; l < end; ++l)
-          for (const auto& rv : plans[l][rank_].recv_rows[q]) {
-            for (int32_t d : rv.dst_slots) push_row(first + l, d, cursor[q]);
+        for (int32_t l = begin; l < end; ++l) {
+          const RankTransferFlat& t = plans[l];
+          for (int32_t k = t.recv_begin[q]; k < t.recv_begin[q + 1]; ++k) {
+            for (int32_t j = t.recv_dst_begin[k]; j < t.recv_dst_begin[k + 1]; ++j)
+              push_row(first + l, t.recv_dst[static_cast<size_t>(j)], cursor[q]);
             cursor[q] += unit(l);
           }
+        }
       for (int32_t l = begin; l < end; ++l) {
-        const auto& locals = plans[l][rank_].local_rows;
-        for (size_t k = 0; k < locals.size(); ++k)
-          for (int32_t d : locals[k].dst_slots) push_row(first + l, d, local_pos[l - begin][k]);
+        const RankTransferFlat& t = plans[l];
+        size_t at_k = local_first[static_cast<size_t>(l - begin)];
+        for (int32_t k = 0; k < t.NumLocalRows(); ++k) {
+          for (int32_t j = t.local_dst_begin[k]; j < t.local_dst_begin[k + 1]; ++j)
+            push_row(first + l, t.local_dst[static_cast<size_t>(j)], at_k);
+          at_k += unit(l);
+        }
       }
       c.num_unpack = row - c.unpack_row0;
       if (!sliced) {
@@ -566,29 +603,73 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
       }
       begin = end;
     }
+  }
+  prepared_.chunks = std::move(chunks);
+  prepared_.rows = row;
+  prepared_.stats = st;
+  prepared_.first = first;
+  prepared_.num_layers = n;
+  prepared_.hash = InputHash(old_p, new_p, first, n);
+  prepared_.finish_ms = MsSince(t_finish);
+  prepared_.plan_ms = MsSince(prep_.start);
+  prepared_.valid = true;
+  return prepared_.hash;
+}
+
+void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, int32_t n,
+                   eplbExchangeStats_t* stats, cudaStream_t stream) {
+  // 1. Validation and planning (host). Planning runs before the agreement
+  // check so that it overlaps the GPU work still in flight (the check waits
+  // for it). Any failure here still takes part in the check, with a hash no
+  // valid input has, so that no rank is left waiting in the collective.
+  Status local_status = Status::kSuccess;
+  std::string local_error;
+  uint64_t hash = kPoisonHash;
+  try {
+    EPLB_CHECK_ARG(stats == nullptr || stats->struct_size == sizeof(eplbExchangeStats_t),
+                   "h_stats->struct_size (%zu) must be sizeof(eplbExchangeStats_t) (%zu)",
+                   stats ? stats->struct_size : 0, sizeof(eplbExchangeStats_t));
+    hash = Prepare(old_p, new_p, first, n);
   } catch (const Error& e) {
+    prepared_ = Prepared();
     local_status = e.status();
     local_error = e.what();
   }
-
   // 2. Agreement check: blocks until every rank's hash is known.
-  prof.host_plan_ms = ms_since(t_phase);
-  t_phase = Clock::now();
-  const uint64_t hash =
-      local_status == Status::kSuccess ? InputHash(old_p, new_p, first, n) : kPoisonHash;
+  DeviceGuard guard(device_);
+  const auto t_check = Clock::now();
   const bool agree = AgreementCheck(hash, stream);
   if (local_status != Status::kSuccess) Throw(local_status, "%s", local_error.c_str());
-  if (!agree)
+  if (!agree) {
+    prepared_ = Prepared();
     Throw(Status::kMismatch,
           "ranks disagree on the exchange inputs of layers [%d, %d) (shapes, staging budget, "
           "tensor sizes or phy2log differ, or another rank's input was invalid); nothing moved",
           first, first + n);
+  }
+  const double check_ms = MsSince(t_check);
+  Execute(stats, stream);
+  profile_.host_check_ms = check_ms;
+}
 
-  prof.host_check_ms = ms_since(t_phase);
-  t_phase = Clock::now();
+void Exchange::Execute(eplbExchangeStats_t* stats, cudaStream_t stream) {
+  if (!prepared_.valid)
+    Throw(Status::kInvalidUsage, "no exchange prepared (or it was already executed)");
+  DeviceGuard guard(device_);
+  const auto t_enqueue = Clock::now();
+  const Prepared prep = std::move(prepared_);
+  prepared_ = Prepared();
+  const std::vector<Chunk>& chunks = prep.chunks;
+  const size_t row = prep.rows;
+  eplbExchangeStats_t st = prep.stats;
+  const int32_t N = shape_.num_ranks;
+  const int32_t n = prep.num_layers;
+  Profile prof;
+  prof.host_plan_ms = prep.plan_ms;
+  prof.host_finish_ms = prep.finish_ms;
   profile_gpu_ = false;
 
-  // 5. Enqueue. Errors from here on leave the layers of finished chunks moved
+  // Enqueue. Errors from here on leave the layers of finished chunks moved
   // and the others untouched; stats say which.
   try {
     if (row > 0) {
@@ -681,7 +762,7 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
     if (stats) *stats = st;
     throw;
   }
-  prof.host_enqueue_ms = ms_since(t_phase);
+  prof.host_enqueue_ms = MsSince(t_enqueue);
   profile_ = prof;
   if (stats) *stats = st;
 }

@@ -14,7 +14,9 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -87,17 +89,73 @@ class Exchange {
   // enqueued copy to the join (blocks until that work is done; 0 when the
   // Run moved nothing). For benchmarks and tuning.
   struct Profile {
-    double host_plan_ms = 0, host_check_ms = 0, host_enqueue_ms = 0;
+    double host_plan_ms = 0;    // BeginPrepare to the end of FinishPrepare
+    double host_finish_ms = 0;  // of which FinishPrepare (rounds, descriptors, hash)
+    double host_check_ms = 0;   // Run's agreement check (0 after a bare Execute)
+    double host_enqueue_ms = 0;
     float gpu_ms = 0;
   };
   Profile LastProfile();
 
-  // See eplbExchangeRun. Throws eplb::Error; `stats` (may be null) is
-  // written on success and on failures after the agreement check.
+  // See eplbExchangeRun: Prepare, the agreement check on `stream`, Execute.
+  // Throws eplb::Error; `stats` (may be null) is written on success and on
+  // failures after the agreement check.
   void Run(const int32_t* old_phy2log, const int32_t* new_phy2log, int32_t first_layer,
            int32_t num_layers, eplbExchangeStats_t* stats, cudaStream_t stream);
 
+  // The two halves of Run for a caller that runs its own agreement (the
+  // state machine folds the hash into its plan check, one collective for
+  // both). Prepare: validation, transfer plans and descriptors on the host;
+  // local (no collective, no GPU work; may wait for the previous Run's
+  // descriptor upload). Returns the hash every rank must agree on before
+  // Execute. Throws on invalid input (kInvalidArgument; kInvalidUsage for a
+  // budget too small, the same verdict on every rank whose inputs agree),
+  // leaving nothing prepared. Execute: enqueues the prepared exchange (as
+  // Run's step 3) and consumes it; collective. The caller must have
+  // established that every rank's Prepare returned the same hash; kInvalidUsage
+  // when nothing is prepared.
+  uint64_t Prepare(const int32_t* old_phy2log, const int32_t* new_phy2log, int32_t first_layer,
+                   int32_t num_layers);
+  void Execute(eplbExchangeStats_t* stats, cudaStream_t stream);
+
+  // Prepare in three steps, for a caller that computes new_phy2log layer by
+  // layer on its own threads and plans each layer's transfers as soon as it
+  // has it: BeginPrepare checks the range and keeps the two pointers (both
+  // must stay valid until FinishPrepare; new_phy2log's rows may still be
+  // written); PrepareLayers(lo, hi) plans layers [lo, hi) of the range
+  // (relative; thread safe for disjoint ranges, after those rows are final;
+  // every layer exactly once); FinishPrepare builds the rounds and
+  // descriptors and returns the hash. A throw from any step leaves nothing
+  // prepared.
+  void BeginPrepare(const int32_t* old_phy2log, const int32_t* new_phy2log, int32_t first_layer,
+                    int32_t num_layers);
+  void PrepareLayers(int32_t lo, int32_t hi);
+  uint64_t FinishPrepare();
+
  private:
+  // One round of staging (a chunk of layers, or a column slice of one).
+  struct Chunk {
+    int32_t begin = 0, end = 0;  // layers, relative to first
+    int32_t slice = 0, num_slices = 1;
+    uint64_t slice_bundle = 0;  // 0: whole rows at byte offsets
+    size_t bytes = 0;           // this rank's staging
+    size_t pack_row0 = 0, num_pack = 0, unpack_row0 = 0, num_unpack = 0;  // in h_rows_
+    std::vector<size_t> send_off, send_bytes, recv_off, recv_bytes;       // within the region
+    int32_t max_tensors = 0;
+    uint64_t max_tensor_bytes = 0;
+    bool any_peer = false;
+  };
+  // What Prepare computed for Execute (the descriptors are in h_rows_).
+  struct Prepared {
+    bool valid = false;
+    int32_t first = 0, num_layers = 0;
+    std::vector<Chunk> chunks;
+    size_t rows = 0;  // descriptors in h_rows_
+    eplbExchangeStats_t stats = EPLB_EXCHANGE_STATS_INIT;
+    uint64_t hash = 0;
+    double plan_ms = 0, finish_ms = 0;
+  };
+
   struct LayerBundle {
     bool registered = false;
     int32_t num_tensors = 0;
@@ -151,7 +209,26 @@ class Exchange {
   cudaEvent_t ev_t0_ = nullptr, ev_t1_ = nullptr;  // timing: first copy, join
   Profile profile_;
   bool profile_gpu_ = false;  // ev_t0_/ev_t1_ bracket the last Run
+  Prepared prepared_;
+  // A preparation in progress (BeginPrepare .. FinishPrepare).
+  struct Preparing {
+    bool begun = false;
+    const int32_t* old_p = nullptr;
+    const int32_t* new_p = nullptr;
+    int32_t first = 0, n = 0;
+    std::vector<size_t> global_need, my_need;  // [n] staging per layer: max over ranks, this rank
+    std::chrono::steady_clock::time_point start;
+  };
+  Preparing prep_;
+  // Prepare's per-layer transfer plans (this rank's part), reused.
+  std::vector<RankTransferFlat> plan_scratch_;
 };
 
 }  // namespace cuda
 }  // namespace eplb
+
+// The C handle of an exchange (host/capi/exchange_api.cc); the state machine
+// reaches the class through it.
+struct eplbExchange_s {
+  std::unique_ptr<eplb::cuda::Exchange> impl;
+};

@@ -1,9 +1,11 @@
 #include "cuda/state.h"
 
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "capi/api_common.h"
+#include "cuda/exchange.h"
 #include "planner.h"
 #include "transfer_plan.h"
 
@@ -497,18 +499,34 @@ PlanBuffers CudaState::AcquirePlanBuffers() {
   return h_plan_;
 }
 
-ExchangeOutcome CudaState::Exchange(const int32_t* old_phy2log, const int32_t* new_phy2log) {
+void CudaState::BeginExchangePrepare(const int32_t* old_phy2log, const int32_t* new_phy2log) {
+  exchange_->impl->BeginPrepare(old_phy2log, new_phy2log, 0, config_.shape.num_layers);
+}
+
+void CudaState::PrepareExchangeLayers(int32_t lo, int32_t hi) {
+  exchange_->impl->PrepareLayers(lo, hi);
+}
+
+uint64_t CudaState::FinishExchangePrepare() {
+  return exchange_->impl->FinishPrepare();
+}
+
+ExchangeOutcome CudaState::Exchange() {
   eplbExchangeStats_t st = EPLB_EXCHANGE_STATS_INIT;
   st.num_layers_done = -1;  // left at -1 when the exchange refuses before moving
   ExchangeOutcome out;
-  const eplbStatus_t status = eplbExchangeRun(exchange_, old_phy2log, new_phy2log, 0,
-                                              config_.shape.num_layers, &st, stream_);
-  out.status = static_cast<Status>(status);
-  if (status == EPLB_SUCCESS) {
+  try {
+    exchange_->impl->Execute(&st, stream_);
     out.started = true;
     out.layers_done = config_.shape.num_layers;
-  } else {
-    out.message = eplbGetLastErrorDetail();
+  } catch (const Error& e) {
+    out.status = e.status();
+    out.message = e.what();
+    out.started = st.num_layers_done >= 0;
+    out.layers_done = out.started ? st.num_layers_done : 0;
+  } catch (const std::bad_alloc&) {
+    out.status = Status::kOutOfMemory;
+    out.message = "host allocation failed";
     out.started = st.num_layers_done >= 0;
     out.layers_done = out.started ? st.num_layers_done : 0;
   }

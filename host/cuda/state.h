@@ -17,6 +17,7 @@
 #include <memory>
 #include <vector>
 
+#include "cuda/exchange.h"
 #include "eplb/eplb.h"
 #include "state_logic.h"
 
@@ -41,6 +42,8 @@ class CudaState final : public StateBackend {
 
   // For tests (fault injection through the logic's hook).
   StateLogic& logic() { return *logic_; }
+  // Where the last exchange's time went (benchmarks; blocks for its GPU time).
+  Exchange::Profile ExchangeProfile() { return exchange_->impl->LastProfile(); }
   int32_t device() const { return device_; }
 
   // StateBackend.
@@ -50,7 +53,10 @@ class CudaState final : public StateBackend {
   void AllReduceLoad(int64_t* h_load) override;
   bool AgreeOnDigest(uint64_t digest, bool poison) override;
   PlanBuffers AcquirePlanBuffers() override;
-  ExchangeOutcome Exchange(const int32_t* old_phy2log, const int32_t* new_phy2log) override;
+  void BeginExchangePrepare(const int32_t* old_phy2log, const int32_t* new_phy2log) override;
+  void PrepareExchangeLayers(int32_t lo, int32_t hi) override;
+  uint64_t FinishExchangePrepare() override;
+  ExchangeOutcome Exchange() override;
   void CommitMaps(int32_t first_layer, int32_t num_layers, const PlanBuffers& plan) override;
 
  private:

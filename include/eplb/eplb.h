@@ -756,9 +756,9 @@ typedef struct {
 typedef enum {
   EPLB_STATE_PHASE_READOUT = 0,   /* window sum -> logical load */
   EPLB_STATE_PHASE_ALLREDUCE = 1, /* ncclAllReduce of the load + copy to host */
-  EPLB_STATE_PHASE_PLAN = 2,      /* host planner */
-  EPLB_STATE_PHASE_CHECK = 3,     /* cross-rank agreement on the plan */
-  EPLB_STATE_PHASE_EXCHANGE = 4,  /* eplbExchangeRun */
+  EPLB_STATE_PHASE_PLAN = 2,      /* host planner, then the exchange's transfer plans */
+  EPLB_STATE_PHASE_CHECK = 3,     /* cross-rank agreement on the plan and exchange inputs */
+  EPLB_STATE_PHASE_EXCHANGE = 4,  /* the weight exchange, enqueued and run */
   EPLB_STATE_PHASE_COMMIT = 5     /* new maps copied to the device */
 } eplbStatePhase_t;
 #define EPLB_STATE_NUM_PHASES 6
@@ -845,10 +845,12 @@ EPLB_API eplbStatus_t eplbStateStep(eplbState_t state, uint32_t flags, cudaStrea
  * pass's route + count). Collective. Phases, in this order on every rank:
  * read-out of the window on `stream`; ncclAllReduce of the logical load; the
  * host BLOCKS until `stream` gets there and copies the load; host planning
- * (migration-aware against the placement in force); cross-rank check that
- * every rank planned the same (one ncclAllReduce, the host blocks on it);
- * weight exchange (eplbExchangeRun; its own check blocks again, the moves are
- * enqueued); commit: the new maps are copied to the device on `stream` after
+ * (migration-aware against the placement in force, then the exchange's
+ * transfer plans: the validation and planning of eplbExchangeRun);
+ * cross-rank check that every rank planned the same and has the same
+ * exchange inputs (one ncclAllReduce for both, the host blocks on it);
+ * weight exchange (the moves are enqueued, without a second check);
+ * commit: the new maps are copied to the device on `stream` after
  * the weights, so work enqueued after this call sees new weights and new
  * maps together. Returns once all that is enqueued. Resets the periodic
  * counter (the next periodic rearrangement is step_interval steps away).

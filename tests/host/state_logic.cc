@@ -219,20 +219,34 @@ class HostBackend : public StateBackend {
   PlanBuffers AcquirePlanBuffers() override {
     return {plan_phy2log_.data(), plan_log2phy_.data(), plan_logcnt_.data()};
   }
-  ExchangeOutcome Exchange(const int32_t* old_phy2log, const int32_t* new_phy2log) override {
+  // Like the real exchange: a local verdict (the real one reaches the same
+  // verdict on every rank whose inputs agree), no collective.
+  void BeginExchangePrepare(const int32_t* old_phy2log, const int32_t* new_phy2log) override {
+    begin_old_ = old_phy2log;
+    begin_new_ = new_phy2log;
+    layers_prepared_.assign(static_cast<size_t>(shape_.num_layers), 0);
+  }
+  void PrepareExchangeLayers(int32_t lo, int32_t hi) override {
+    for (int32_t l = lo; l < hi; ++l) ++layers_prepared_[static_cast<size_t>(l)];  // disjoint
+  }
+  uint64_t FinishExchangePrepare() override {
+    ++prepares;
+    for (int c : layers_prepared_) EXPECT_EQ(c, 1) << "every layer planned exactly once";
+    if (refuse_exchange) Throw(Status::kInvalidUsage, "injected: staging budget too small");
+    const size_t LP = static_cast<size_t>(shape_.num_layers) * shape_.num_physical_experts;
+    prepared_old_.assign(begin_old_, begin_old_ + LP);
+    prepared_new_.assign(begin_new_, begin_new_ + LP);
+    uint64_t h = 1469598103934665603ull;
+    for (int32_t v : prepared_new_) h = (h ^ static_cast<uint32_t>(v)) * 1099511628211ull;
+    return h;
+  }
+  ExchangeOutcome Exchange() override {
     const int32_t L = shape_.num_layers, P = shape_.num_physical_experts;
     const int32_t S = P / shape_.num_ranks;
     ExchangeOutcome out;
-    // The real exchange refuses bad plans on every rank before moving.
-    bool refuse = refuse_exchange;
-    uint8_t r8 = refuse ? 1 : 0;
-    auto all = fabric_->AllGather(rank_, &r8, 1);
-    for (auto& v : all) refuse = refuse || v[0] != 0;
-    if (refuse) {
-      out.status = Status::kInvalidUsage;
-      out.message = "injected: staging budget too small";
-      return out;
-    }
+    EXPECT_FALSE(prepared_new_.empty()) << "Exchange without FinishExchangePrepare";
+    const int32_t* old_phy2log = prepared_old_.data();
+    const int32_t* new_phy2log = prepared_new_.data();
     world_->snapshot[rank_] = world_->weights[rank_];
     fabric_->Barrier();
     out.started = true;
@@ -287,6 +301,7 @@ class HostBackend : public StateBackend {
   bool fail_readout = false;
   bool refuse_exchange = false;
   int32_t fail_exchange_at_layer = -1;
+  int prepares = 0;  // FinishExchangePrepare calls
 
  private:
   // Old slot the receiver gets expert e from: its own when it has one, else
@@ -307,6 +322,10 @@ class HostBackend : public StateBackend {
   int32_t pos_ = 0;
   std::vector<int64_t> dev_load_;
   std::vector<int32_t> plan_phy2log_, plan_logcnt_, plan_log2phy_;
+  std::vector<int32_t> prepared_old_, prepared_new_;  // the prepared exchange's inputs
+  const int32_t* begin_old_ = nullptr;
+  const int32_t* begin_new_ = nullptr;
+  std::vector<int> layers_prepared_;  // PrepareExchangeLayers calls per layer
 };
 
 // ---- a cluster of rank threads ------------------------------------------------
@@ -659,15 +678,32 @@ TEST(StateLogic, LocalFailureBeforeCheckFailsEverywhere) {
   });
 }
 
+// The exchange refuses the plan on every rank (what a staging budget too
+// small gives: the same verdict everywhere), then on one rank only (its own
+// status there, a mismatch on the others); nothing moves, the state stays
+// usable, and the refusal comes before the plan check (no exchange runs).
 TEST(StateLogic, ExchangeRefusedNothingMovesStateUsable) {
   StateConfig c = MakeConfig(2, 8, 12, 4, 2, 4, 4, 8);
   Cluster cl(c);
-  cl.ranks[3].backend->refuse_exchange = true;
+  for (auto& rk : cl.ranks) rk.backend->refuse_exchange = true;
   cl.Run([&](int r) {
     StateLogic& logic = *cl.ranks[r].logic;
     WarmUp(cl, r);
     const std::vector<int32_t> before = logic.placement();
-    EXPECT_EQ(StatusOf([&] { logic.Step(0); }), Status::kInvalidUsage);
+    std::string msg;
+    EXPECT_EQ(StatusOf([&] { logic.Step(0); }, &msg), Status::kInvalidUsage);
+    EXPECT_NE(msg.find("exchange refused the plan; nothing moved"), std::string::npos) << msg;
+    EXPECT_GT(cl.ranks[r].backend->prepares, 0);
+    EXPECT_EQ(logic.placement(), before);
+    EXPECT_EQ(cl.ranks[r].backend->dev_phy2log, before);
+    EXPECT_FALSE(logic.broken());
+    cl.fabric.Barrier();
+    EXPECT_EQ(cl.world.BadBytes(r, before), 0);
+    cl.fabric.Barrier();
+    if (r != 3) cl.ranks[r].backend->refuse_exchange = false;
+    cl.fabric.Barrier();
+    EXPECT_EQ(StatusOf([&] { logic.Rearrange(); }),
+              r == 3 ? Status::kInvalidUsage : Status::kMismatch);
     EXPECT_EQ(logic.placement(), before);
     EXPECT_EQ(cl.ranks[r].backend->dev_phy2log, before);
     EXPECT_FALSE(logic.broken());
