@@ -84,51 +84,98 @@ int64_t RankTransfer::NumStagingRows() const {
   return NumSendRows() + NumRecvRows() + static_cast<int64_t>(local_rows.size());
 }
 
+namespace {
+
+// Flat scratch of a layer's planning (one allocation; a vector per expert
+// was most of a call). Expert ids are < P (validated).
+//   hstart/hrank/hslot: for each expert, the ranks holding it in the old
+//     placement, ascending, each once, with the lowest old local slot of the
+//     expert there (hfill: the next free entry while filling);
+//   first[p]: slot p holds the first copy of its expert on its rank;
+//   per rank, by expert (reset after each rank, -1 when unset): its old local
+//     slot, its local row, and the peer and row it is received from.
+struct PlanScratch {
+  int32_t *hstart, *hrank, *hslot, *hfill, *first;
+  int32_t *local_src, *local_idx, *recv_peer, *recv_idx;
+};
+
+// Lays the tables out in `buf` (resized to 9P + 1) and fills the holders.
+PlanScratch BuildHolders(const TransferShape& s, const int32_t* old_p, std::vector<int32_t>* buf) {
+  const int32_t P = s.num_physical_experts, N = s.num_ranks, S = P / N;
+  const size_t uP = static_cast<size_t>(P);
+  buf->assign(9 * uP + 1, 0);
+  PlanScratch t;
+  t.hstart = buf->data();          // [P + 1]
+  t.hrank = t.hstart + uP + 1;     // [P]
+  t.hslot = t.hrank + uP;          // [P]
+  t.hfill = t.hslot + uP;          // [P]
+  t.first = t.hfill + uP;          // [P]
+  t.local_src = t.first + uP;      // [P]
+  t.local_idx = t.local_src + uP;  // [P]
+  t.recv_peer = t.local_idx + uP;  // [P]
+  t.recv_idx = t.recv_peer + uP;   // [P]
+  std::fill(t.local_src, t.local_src + 4 * uP, -1);
+  for (int32_t r = 0; r < N; ++r) {
+    // Stamp the rank's experts in slot order (local_src: rank r's stamp).
+    for (int32_t p = r * S; p < (r + 1) * S; ++p) {
+      const int32_t e = old_p[p];
+      t.first[p] = t.local_src[e] != r;
+      t.local_src[e] = r;
+      t.hstart[e + 1] += t.first[p];
+    }
+  }
+  for (int32_t e = 0; e < P; ++e) t.hstart[e + 1] += t.hstart[e];
+  std::copy(t.hstart, t.hstart + uP, t.hfill);
+  for (int32_t p = 0; p < P; ++p) {
+    if (!t.first[p]) continue;
+    const int32_t e = old_p[p], r = p / S, k = t.hfill[e]++;
+    t.hrank[k] = r;
+    t.hslot[k] = p - r * S;
+  }
+  for (int32_t p = 0; p < P; ++p) t.local_src[old_p[p]] = -1;
+  return t;
+}
+
+// The sender of expert e to rank r: among its holders (on r's node when any
+// is), the one that has sent the fewest rows so far, then the nearest after r
+// in ring order. Returns the holder entry (hrank/hslot index).
+int32_t ChooseSender(const TransferShape& s, const PlanScratch& t, int32_t e, int32_t r,
+                     const int64_t* sent) {
+  const int32_t N = s.num_ranks;
+  auto node = [&](int32_t q) { return s.rank_node.empty() ? 0 : s.rank_node[q]; };
+  const int32_t h0 = t.hstart[e], h1 = t.hstart[e + 1];
+  EPLB_ASSERT(h1 > h0);
+  bool any_same_node = false;
+  for (int32_t k = h0; k < h1; ++k) any_same_node = any_same_node || node(t.hrank[k]) == node(r);
+  int32_t best = -1, best_k = -1;
+  for (int32_t k = h0; k < h1; ++k) {
+    const int32_t q = t.hrank[k];
+    if (any_same_node && node(q) != node(r)) continue;
+    if (best >= 0) {
+      const int64_t a = sent[q], b = sent[best];
+      const int32_t da = (q - r + N) % N, db = (best - r + N) % N;
+      if (!(a < b || (a == b && da < db))) continue;
+    }
+    best = q;
+    best_k = k;
+  }
+  EPLB_ASSERT(best >= 0 && best != r);
+  return best_k;
+}
+
+}  // namespace
+
 LayerTransfer PlanLayerTransfer(const TransferShape& s, const int32_t* old_p,
                                 const int32_t* new_p) {
   const int32_t P = s.num_physical_experts;
   const int32_t N = s.num_ranks;
   const int32_t S = P / N;
-  auto node = [&](int32_t r) { return s.rank_node.empty() ? 0 : s.rank_node[r]; };
-
-  // Flat scratch, one allocation (a vector per expert was most of a call).
-  // Expert ids are < P (validated).
-  //   hstart/hrank/hslot: for each expert, the ranks holding it in the old
-  //     placement, ascending, each once, with the lowest old local slot of
-  //     the expert there (hfill: the next free entry while filling);
-  //   first[p]: slot p holds the first copy of its expert on its rank;
-  //   per rank, by expert (reset after each rank): its old local slot, its
-  //     index in local_rows, and the peer and index it is received from.
-  const size_t uP = static_cast<size_t>(P);
-  std::vector<int32_t> scratch(9 * uP + 1);
-  int32_t* hstart = scratch.data();     // [P + 1]
-  int32_t* hrank = hstart + uP + 1;     // [P]
-  int32_t* hslot = hrank + uP;          // [P]
-  int32_t* hfill = hslot + uP;          // [P]
-  int32_t* first = hfill + uP;          // [P]
-  int32_t* local_src = first + uP;      // [P]
-  int32_t* local_idx = local_src + uP;  // [P]
-  int32_t* recv_peer = local_idx + uP;  // [P]
-  int32_t* recv_idx = recv_peer + uP;   // [P]
-  std::fill(local_src, local_src + 4 * uP, -1);
-  for (int32_t r = 0; r < N; ++r) {
-    // Stamp the rank's experts in slot order (local_src: rank r's stamp).
-    for (int32_t p = r * S; p < (r + 1) * S; ++p) {
-      const int32_t e = old_p[p];
-      first[p] = local_src[e] != r;
-      local_src[e] = r;
-      hstart[e + 1] += first[p];
-    }
-  }
-  for (int32_t e = 0; e < P; ++e) hstart[e + 1] += hstart[e];
-  std::copy(hstart, hstart + uP, hfill);
-  for (int32_t p = 0; p < P; ++p) {
-    if (!first[p]) continue;
-    const int32_t e = old_p[p], r = p / S, k = hfill[e]++;
-    hrank[k] = r;
-    hslot[k] = p - r * S;
-  }
-  for (int32_t p = 0; p < P; ++p) local_src[old_p[p]] = -1;
+  std::vector<int32_t> buf;
+  const PlanScratch t0 = BuildHolders(s, old_p, &buf);
+  int32_t* local_src = t0.local_src;
+  int32_t* local_idx = t0.local_idx;
+  int32_t* recv_peer = t0.recv_peer;
+  int32_t* recv_idx = t0.recv_idx;
 
   LayerTransfer out(static_cast<size_t>(N));
   for (auto& t : out) {
@@ -160,29 +207,11 @@ LayerTransfer PlanLayerTransfer(const TransferShape& s, const int32_t* old_p,
         t.recv_rows[static_cast<size_t>(recv_peer[e])][static_cast<size_t>(recv_idx[e])]
             .dst_slots.push_back(i);
       } else {
-        // The sender: among the holders (on this rank's node when any is),
-        // the one that has sent the fewest rows so far, then the nearest
-        // after this rank in ring order.
-        const int32_t h0 = hstart[e], h1 = hstart[e + 1];
-        EPLB_ASSERT(h1 > h0);
-        bool any_same_node = false;
-        for (int32_t k = h0; k < h1; ++k)
-          any_same_node = any_same_node || node(hrank[k]) == node(r);
-        int32_t best = -1, best_k = -1;
-        for (int32_t k = h0; k < h1; ++k) {
-          const int32_t q = hrank[k];
-          if (any_same_node && node(q) != node(r)) continue;
-          if (best >= 0) {
-            const int64_t a = sent[static_cast<size_t>(q)], b = sent[static_cast<size_t>(best)];
-            const int32_t da = (q - r + N) % N, db = (best - r + N) % N;
-            if (!(a < b || (a == b && da < db))) continue;
-          }
-          best = q;
-          best_k = k;
-        }
-        EPLB_ASSERT(best >= 0 && best != r);
+        const int32_t best_k = ChooseSender(s, t0, e, r, sent.data());
+        const int32_t best = t0.hrank[best_k];
         sent[static_cast<size_t>(best)] += 1;
-        out[static_cast<size_t>(best)].send_rows[static_cast<size_t>(r)].push_back(hslot[best_k]);
+        out[static_cast<size_t>(best)].send_rows[static_cast<size_t>(r)].push_back(
+            t0.hslot[best_k]);
         auto& rows = t.recv_rows[static_cast<size_t>(best)];
         recv_peer[e] = best;
         recv_idx[e] = static_cast<int32_t>(rows.size());
@@ -205,41 +234,17 @@ void PlanRankTransfer(const TransferShape& s, const int32_t* old_p, const int32_
                       int32_t rank, RankTransferFlat* out) {
   // The same walk as PlanLayerTransfer (receivers in rank order, their slots
   // in order, the same sender choice), keeping every rank's counters but only
-  // this rank's rows; comments there.
+  // this rank's rows.
   const int32_t P = s.num_physical_experts;
   const int32_t N = s.num_ranks;
   const int32_t S = P / N;
-  auto node = [&](int32_t r) { return s.rank_node.empty() ? 0 : s.rank_node[r]; };
-  const size_t uP = static_cast<size_t>(P), uN = static_cast<size_t>(N);
+  const size_t uN = static_cast<size_t>(N);
   RankTransferFlat& o = *out;
-  o.scratch.assign(9 * uP + 1, 0);
-  int32_t* hstart = o.scratch.data();   // [P + 1]
-  int32_t* hrank = hstart + uP + 1;     // [P]
-  int32_t* hslot = hrank + uP;          // [P]
-  int32_t* hfill = hslot + uP;          // [P]
-  int32_t* first = hfill + uP;          // [P]
-  int32_t* local_src = first + uP;      // [P]
-  int32_t* local_idx = local_src + uP;  // [P] (this rank: its local row; others: a mark)
-  int32_t* recv_peer = local_idx + uP;  // [P]
-  int32_t* recv_idx = recv_peer + uP;   // [P] (this rank: its receive row)
-  std::fill(local_src, local_src + 4 * uP, -1);
-  for (int32_t r = 0; r < N; ++r) {
-    for (int32_t p = r * S; p < (r + 1) * S; ++p) {
-      const int32_t e = old_p[p];
-      first[p] = local_src[e] != r;
-      local_src[e] = r;
-      hstart[e + 1] += first[p];
-    }
-  }
-  for (int32_t e = 0; e < P; ++e) hstart[e + 1] += hstart[e];
-  std::copy(hstart, hstart + uP, hfill);
-  for (int32_t p = 0; p < P; ++p) {
-    if (!first[p]) continue;
-    const int32_t e = old_p[p], r = p / S, k = hfill[e]++;
-    hrank[k] = r;
-    hslot[k] = p - r * S;
-  }
-  for (int32_t p = 0; p < P; ++p) local_src[old_p[p]] = -1;
+  const PlanScratch t0 = BuildHolders(s, old_p, &o.scratch);
+  int32_t* local_src = t0.local_src;
+  int32_t* local_idx = t0.local_idx;  // this rank: its local row; others: a mark
+  int32_t* recv_peer = t0.recv_peer;
+  int32_t* recv_idx = t0.recv_idx;  // this rank: its receive row
 
   o.sent.assign(uN, 0);
   o.staging_rows.assign(uN, 0);
@@ -279,27 +284,11 @@ void PlanRankTransfer(const TransferShape& s, const int32_t* old_p, const int32_
           o.pair_slot.push_back(i);
         }
       } else {
-        const int32_t h0 = hstart[e], h1 = hstart[e + 1];
-        EPLB_ASSERT(h1 > h0);
-        bool any_same_node = false;
-        for (int32_t k = h0; k < h1; ++k)
-          any_same_node = any_same_node || node(hrank[k]) == node(r);
-        int32_t best = -1, best_k = -1;
-        for (int32_t k = h0; k < h1; ++k) {
-          const int32_t q = hrank[k];
-          if (any_same_node && node(q) != node(r)) continue;
-          if (best >= 0) {
-            const int64_t a = o.sent[static_cast<size_t>(q)], b = o.sent[static_cast<size_t>(best)];
-            const int32_t da = (q - r + N) % N, db = (best - r + N) % N;
-            if (!(a < b || (a == b && da < db))) continue;
-          }
-          best = q;
-          best_k = k;
-        }
-        EPLB_ASSERT(best >= 0 && best != r);
+        const int32_t best_k = ChooseSender(s, t0, e, r, o.sent.data());
+        const int32_t best = t0.hrank[best_k];
         o.sent[static_cast<size_t>(best)] += 1;
         o.staging_rows[static_cast<size_t>(best)] += 1;
-        if (best == rank) o.send_slot.push_back(hslot[best_k]);
+        if (best == rank) o.send_slot.push_back(t0.hslot[best_k]);
         recv_peer[e] = best;
         recv_idx[e] = mine ? static_cast<int32_t>(o.row_peer.size()) : 0;
         ++staged;
@@ -327,7 +316,7 @@ void PlanRankTransfer(const TransferShape& s, const int32_t* old_p, const int32_
   for (size_t q = 0; q < uN; ++q) o.recv_begin[q + 1] += o.recv_begin[q];
   o.row_of.resize(rows);
   {
-    int32_t* next = hfill;  // reused: [N] <= [P] cursor per peer
+    int32_t* next = t0.hfill;  // reused: [N] <= [P] cursor per peer
     for (size_t q = 0; q < uN; ++q) next[q] = o.recv_begin[q];
     for (size_t k = 0; k < rows; ++k) o.row_of[k] = next[o.row_peer[k]]++;
   }
@@ -336,7 +325,7 @@ void PlanRankTransfer(const TransferShape& s, const int32_t* old_p, const int32_
   for (size_t k = 0; k < rows; ++k) o.recv_dst_begin[k + 1] += o.recv_dst_begin[k];
   o.recv_dst.resize(o.pair_slot.size());
   {
-    int32_t* next = first;  // reused: [rows] <= [P] cursor per row
+    int32_t* next = t0.first;  // reused: [rows] <= [P] cursor per row
     for (size_t k = 0; k < rows; ++k) next[k] = o.recv_dst_begin[k];
     for (size_t j = 0; j < o.pair_slot.size(); ++j)
       o.recv_dst[static_cast<size_t>(next[o.row_of[o.pair_row[j]]]++)] = o.pair_slot[j];
@@ -347,7 +336,7 @@ void PlanRankTransfer(const TransferShape& s, const int32_t* old_p, const int32_
   for (size_t k = 0; k < locals; ++k) o.local_dst_begin[k + 1] += o.local_dst_begin[k];
   o.local_dst.resize(o.local_pair_slot.size());
   {
-    int32_t* next = first;
+    int32_t* next = t0.first;
     for (size_t k = 0; k < locals; ++k) next[k] = o.local_dst_begin[k];
     for (size_t j = 0; j < o.local_pair_slot.size(); ++j)
       o.local_dst[static_cast<size_t>(next[o.local_pair_row[j]]++)] = o.local_pair_slot[j];

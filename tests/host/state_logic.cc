@@ -690,26 +690,24 @@ TEST(StateLogic, ExchangeRefusedNothingMovesStateUsable) {
     StateLogic& logic = *cl.ranks[r].logic;
     WarmUp(cl, r);
     const std::vector<int32_t> before = logic.placement();
+    auto nothing_moved = [&] {
+      EXPECT_EQ(logic.placement(), before);
+      EXPECT_EQ(cl.ranks[r].backend->dev_phy2log, before);
+      EXPECT_FALSE(logic.broken());
+      cl.fabric.Barrier();
+      EXPECT_EQ(cl.world.BadBytes(r, before), 0);
+      cl.fabric.Barrier();
+    };
     std::string msg;
     EXPECT_EQ(StatusOf([&] { logic.Step(0); }, &msg), Status::kInvalidUsage);
     EXPECT_NE(msg.find("exchange refused the plan; nothing moved"), std::string::npos) << msg;
     EXPECT_GT(cl.ranks[r].backend->prepares, 0);
-    EXPECT_EQ(logic.placement(), before);
-    EXPECT_EQ(cl.ranks[r].backend->dev_phy2log, before);
-    EXPECT_FALSE(logic.broken());
-    cl.fabric.Barrier();
-    EXPECT_EQ(cl.world.BadBytes(r, before), 0);
-    cl.fabric.Barrier();
+    nothing_moved();
     if (r != 3) cl.ranks[r].backend->refuse_exchange = false;
     cl.fabric.Barrier();
     EXPECT_EQ(StatusOf([&] { logic.Rearrange(); }),
               r == 3 ? Status::kInvalidUsage : Status::kMismatch);
-    EXPECT_EQ(logic.placement(), before);
-    EXPECT_EQ(cl.ranks[r].backend->dev_phy2log, before);
-    EXPECT_FALSE(logic.broken());
-    cl.fabric.Barrier();
-    EXPECT_EQ(cl.world.BadBytes(r, before), 0);
-    cl.fabric.Barrier();
+    nothing_moved();
     if (r == 3) cl.ranks[r].backend->refuse_exchange = false;
     EXPECT_EQ(StatusOf([&] { logic.Rearrange(); }), Status::kSuccess);
     cl.fabric.Barrier();
