@@ -234,6 +234,36 @@ void Exchange::Release() noexcept {
   h_check_ = nullptr;
 }
 
+void Exchange::Warmup() {
+  const int32_t N = shape_.num_ranks;
+  if (N == 1) return;
+  DeviceGuard guard(device_);
+  const size_t per_peer =
+      std::min<size_t>(size_t{1} << 20, staging_bytes_ / (2 * static_cast<size_t>(N))) /
+      kExchangeRowAlign * kExchangeRowAlign;
+  if (per_peer == 0) return;  // the same decision on every rank (same budget)
+  WaitIdle();
+  for (int k = 0; k < 2; ++k) {
+    ncclComm_t comm = k == 0 ? comm_ : comm2_;
+    cudaStream_t cs = k == 0 ? comm_stream_ : comm2_stream_;
+    if (comm == nullptr) continue;
+    EPLB_NCCL_CHECK(ncclGroupStart());
+    ncclResult_t res = ncclSuccess;
+    for (int32_t q = 0; q < N && res == ncclSuccess; ++q) {
+      if (q == rank_) continue;
+      res =
+          ncclSend(d_staging_ + static_cast<size_t>(q) * per_peer, per_peer, ncclInt8, q, comm, cs);
+      if (res == ncclSuccess)
+        res = ncclRecv(d_staging_ + static_cast<size_t>(N + q) * per_peer, per_peer, ncclInt8, q,
+                       comm, cs);
+    }
+    const ncclResult_t end_res = ncclGroupEnd();
+    EPLB_NCCL_CHECK(res);
+    EPLB_NCCL_CHECK(end_res);
+  }
+  WaitIdle();
+}
+
 void Exchange::WaitIdle() {
   for (cudaStream_t s : {pack_stream_, comm_stream_, comm2_stream_, unpack_stream_})
     EPLB_CUDA_CHECK(cudaStreamSynchronize(s));

@@ -118,6 +118,14 @@ class Exchange {
                    int32_t num_layers);
   void Execute(eplbExchangeStats_t* stats, cudaStream_t stream);
 
+  // Collective (every rank, in the same order as its other collectives),
+  // blocks: a round of 1 MiB (less when the staging is small) between every
+  // pair of ranks on each communicator, from and into the staging, so that
+  // NCCL connects the peers and maps each peer's registered staging now
+  // rather than inside the first Run (hundreds of ms on the first
+  // rearrangement otherwise). Moves no weights.
+  void Warmup();
+
   // Prepare in three steps, for a caller that computes new_phy2log layer by
   // layer on its own threads and plans each layer's transfers as soon as it
   // has it: BeginPrepare checks the range and keeps the two pointers (both

@@ -217,6 +217,14 @@ CudaState::CudaState(const eplbStateConfig_t& c, ncclComm_t comm) : comm_(comm) 
           "the ranks passed different configs or initial placements (or another rank failed "
           "to create its state)");
   }
+  // Every rank got here: connect the exchange's peers now, not in the first
+  // rearrangement.
+  try {
+    exchange_->impl->Warmup();
+  } catch (...) {
+    Release();
+    throw;
+  }
 }
 
 void CudaState::Allocate() {

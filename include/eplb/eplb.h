@@ -796,7 +796,10 @@ typedef struct {
  * buffers; Step and Rearrange never allocate.
  *
  * Collective: one small ncclAllReduce checks that every rank passed the same
- * config and initial placement. Host; blocks. Errors: EPLB_ERROR_INVALID_ARGUMENT
+ * config and initial placement; then one small send/recv round between every
+ * pair of ranks on each communicator, from and into the staging, connects
+ * NCCL's peers here instead of in the first rearrangement. Host; blocks.
+ * Errors: EPLB_ERROR_INVALID_ARGUMENT
  * (NULL, struct_size, shapes outside the limits or the policy table,
  * EPLB_POLICY_CHURN_AWARE, window_size / step_interval < 1, staging_bytes ==
  * 0, rank / num_ranks different from the communicator's, a bad initial
