@@ -368,10 +368,11 @@ size_t MinStagingBytes(const TransferShape& s, int32_t num_layers, const int32_t
   ValidateTransferShape(s);
   const size_t P = static_cast<size_t>(s.num_physical_experts);
   size_t best = 0;
+  RankTransferFlat flat;  // every rank's staging rows, whichever rank it is for
   for (int32_t l = 0; l < num_layers; ++l) {
     ValidateTransferLayer(s, old_p + l * P, new_p + l * P, l);
-    LayerTransfer lt = PlanLayerTransfer(s, old_p + l * P, new_p + l * P);
-    for (const auto& t : lt) best = std::max(best, LayerStagingBytes(t, padded[l]));
+    PlanRankTransfer(s, old_p + l * P, new_p + l * P, 0, &flat);
+    for (int64_t rows : flat.staging_rows) best = std::max(best, StagingRowsBytes(rows, padded[l]));
   }
   return best;
 }
