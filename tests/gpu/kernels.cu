@@ -157,7 +157,9 @@ TEST(RouteCount, RandomMatchesReference) {
                {777, 1, 8, 8, 0.0},
                // Hash path (T*K >= EPLB_ROUTE_HASH_MIN_ITEMS), at and above the threshold.
                {(1 << 22) / 8, 8, 256, 288, 1.2},
-               {(1 << 22) / 6 + 7, 6, 64, 80, 0.0}};
+               {(1 << 22) / 6 + 7, 6, 64, 80, 0.0},
+               // Hash path with the largest tables (E = 1024, P = 4096).
+               {(1 << 22) / 2, 2, 1024, 4096, 0.5}};
   for (const C& c : cases) {
     SCOPED_TRACE(c.T);
     const Table t = RandomTable(rng, c.E, c.P);
