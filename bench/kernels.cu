@@ -2,9 +2,8 @@
 // same process on the same stream (CUDA events, UseManualTime):
 //   route+count on 64 Mi ids vs a device-to-device cudaMemcpy of the same
 //   bytes (ids read + physical ids written); decode-size route+count inside a
-//   CUDA graph vs a graph of empty kernels (plain, and launched early as
-//   eplb's per-step kernels are); one 58-layer decode step (58 route+count +
-//   window update) vs a graph of 59 empty kernels (the same two); window
+//   CUDA graph vs a graph of empty kernels; one 58-layer decode step (58
+//   route+count + window update) vs a graph of 59 empty kernels; window
 //   update / read-out / reduce at W=1000, 58 x 256; the GPU planner on the
 //   DeepSeek-V3 shape vs the host planner.
 // Counters: GB/s, and ratio counters (vs_memcpy, us_over_empty, vs_host).
@@ -55,33 +54,6 @@ struct Ctx {
 };
 
 __global__ void EmptyKernel() {}
-
-// The cheapest kernel that keeps stream order when launched early
-// (programmatic dependent launch, as eplb's per-step kernels are): it lets
-// the next kernel launch and waits for the previous one. The second
-// baseline of the decode benchmarks: what any engine kernel written that way
-// costs.
-__global__ void EmptyEarlyKernel() {
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-}
-
-void LaunchEmpty(bool early, cudaStream_t stream) {
-  if (!early) {
-    EmptyKernel<<<1, 32, 0, stream>>>();
-    return;
-  }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(1);
-  cfg.blockDim = dim3(32);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr = {};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  CK(cudaLaunchKernelEx(&cfg, EmptyEarlyKernel));
-}
 
 struct Placement {
   std::vector<int32_t> phy2log, log2phy, logcnt;
@@ -197,14 +169,13 @@ void BM_RouteCountDecodeGraph(benchmark::State& state) {
   CK(cudaMalloc(&d_out, n * 4));
   CK(cudaMalloc(&d_load, P * 4));
   CK(cudaMemset(d_load, 0, P * 4));
-  // empty: 0 route+count, 1 empty kernels, 2 empty kernels launched early.
-  auto capture = [&](int empty) {
+  auto capture = [&](bool empty) {
     cudaGraph_t g;
     cudaGraphExec_t x;
     CK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeThreadLocal));
     for (int i = 0; i < reps; ++i) {
-      if (empty != 0) {
-        LaunchEmpty(empty == 2, c.stream);
+      if (empty) {
+        EmptyKernel<<<1, 32, 0, c.stream>>>();
       } else {
         EK(eplbRouteCount(d_ids, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
                           d_load, nullptr, c.stream));
@@ -215,9 +186,8 @@ void BM_RouteCountDecodeGraph(benchmark::State& state) {
     CK(cudaGraphDestroy(g));
     return x;
   };
-  cudaGraphExec_t gr = capture(0), ge = capture(1), gx = capture(2);
+  cudaGraphExec_t gr = capture(false), ge = capture(true);
   const double t_empty = c.Mean([&] { CK(cudaGraphLaunch(ge, c.stream)); }, 50);
-  const double t_early = c.Mean([&] { CK(cudaGraphLaunch(gx, c.stream)); }, 50);
   double total = 0;
   int64_t iters = 0;
   c.Mean([&] { CK(cudaGraphLaunch(gr, c.stream)); }, 3);
@@ -231,10 +201,8 @@ void BM_RouteCountDecodeGraph(benchmark::State& state) {
   state.counters["us_per_launch"] = t_route / reps * 1e6;
   state.counters["us_empty_launch"] = t_empty / reps * 1e6;
   state.counters["us_over_empty"] = (t_route - t_empty) / reps * 1e6;
-  state.counters["us_over_empty_early"] = (t_route - t_early) / reps * 1e6;
   cudaGraphExecDestroy(gr);
   cudaGraphExecDestroy(ge);
-  cudaGraphExecDestroy(gx);
   for (void* p : {(void*)d_ids, (void*)d_out, (void*)d_load, (void*)d_l2p, (void*)d_cnt,
                   (void*)d_valid, (void*)d_rec})
     cudaFree(p);
@@ -271,14 +239,13 @@ void BM_DecodeStepGraph(benchmark::State& state) {
   CK(cudaMemset(d_sum, 0, static_cast<size_t>(L) * E * 8));
   CK(cudaMemset(d_state, 0, 8));
   const int32_t R1 = P - E + 1;
-  // empty: 0 the step, 1 empty kernels, 2 empty kernels launched early.
-  auto capture = [&](int empty) {
+  auto capture = [&](bool empty) {
     cudaGraph_t g;
     cudaGraphExec_t x;
     CK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeThreadLocal));
     for (int32_t l = 0; l < L; ++l) {
-      if (empty != 0) {
-        LaunchEmpty(empty == 2, c.stream);
+      if (empty) {
+        EmptyKernel<<<1, 32, 0, c.stream>>>();
       } else {
         EK(eplbRouteCount(d_ids + n * l, EPLB_ID_INT32, T, d_valid, K,
                           d_l2p + static_cast<size_t>(l) * E * R1,
@@ -286,8 +253,8 @@ void BM_DecodeStepGraph(benchmark::State& state) {
                           d_pass + static_cast<size_t>(l) * P, nullptr, c.stream));
       }
     }
-    if (empty != 0) {
-      LaunchEmpty(empty == 2, c.stream);
+    if (empty) {
+      EmptyKernel<<<1, 32, 0, c.stream>>>();
     } else {
       EK(eplbWindowUpdate(d_p2l, d_pass, L, E, P, W, d_win, d_sum, d_state, c.stream));
     }
@@ -296,9 +263,8 @@ void BM_DecodeStepGraph(benchmark::State& state) {
     CK(cudaGraphDestroy(g));
     return x;
   };
-  cudaGraphExec_t gr = capture(0), ge = capture(1), gx = capture(2);
+  cudaGraphExec_t gr = capture(false), ge = capture(true);
   const double t_empty = c.Mean([&] { CK(cudaGraphLaunch(ge, c.stream)); }, 50);
-  const double t_early = c.Mean([&] { CK(cudaGraphLaunch(gx, c.stream)); }, 50);
   c.Mean([&] { CK(cudaGraphLaunch(gr, c.stream)); }, 3);
   double total = 0;
   int64_t iters = 0;
@@ -311,11 +277,8 @@ void BM_DecodeStepGraph(benchmark::State& state) {
   state.counters["us_step"] = total / iters * 1e6;
   state.counters["us_empty59"] = t_empty * 1e6;
   state.counters["ratio_vs_empty"] = (total / iters) / t_empty;
-  state.counters["us_empty59_early"] = t_early * 1e6;
-  state.counters["ratio_vs_empty_early"] = (total / iters) / t_early;
   cudaGraphExecDestroy(gr);
   cudaGraphExecDestroy(ge);
-  cudaGraphExecDestroy(gx);
   for (void* p :
        {(void*)d_ids, (void*)d_out, (void*)d_pass, (void*)d_win, (void*)d_state, (void*)d_sum,
         (void*)d_l2p, (void*)d_cnt, (void*)d_p2l, (void*)d_valid, (void*)d_rec})

@@ -10,7 +10,6 @@
 #include <type_traits>
 
 #include "eplb/eplb.h"
-#include "early_launch.cuh"
 #include "eplb/eplb_device.cuh"
 #include "launch.cuh"
 
@@ -39,12 +38,6 @@ constexpr int kSubExpertsPerThread = 2;
 // Up to this many blocks, a sub-block launch adds its counts to load_pass
 // per run of equal keys; more blocks aggregate per block first.
 constexpr unsigned kSubDirectBlocks = 8;
-// Up to this many blocks, a sub-block launch lets the next kernel launch
-// (early) as soon as it starts. Measured on an H200 in a graph of 64
-// launches, per launch over an empty kernel: 64 tokens x top-8 (1 block)
-// 2.08 us with, 2.48 without; 1024 tokens (16 blocks) 2.92 / 3.19; but 8192
-// tokens (128 blocks) 4.48 with, 3.43 without.
-constexpr unsigned kSubTriggerBlocks = 32;
 
 __device__ __forceinline__ int64_t ValidItems(int64_t num_tokens, const int32_t* d_num_tokens,
                                               int32_t top_k) {
@@ -81,6 +74,7 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
   int32_t* s_cnt = seg_base + num_e;          // [E]: logcnt, staged once per block
   __shared__ unsigned long long s_invalid;
 
+  const int64_t n_valid = ValidItems(num_tokens, d_num_tokens, top_k);
   const int32_t seg = blockIdx.x;
   const int64_t seg_begin = int64_t{seg} * seg_items;
   int64_t seg_end = seg_begin + seg_items;
@@ -88,8 +82,6 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
   if (seg_begin >= seg_end) return;
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
-  WaitForPriorGrids();
-  const int64_t n_valid = ValidItems(num_tokens, d_num_tokens, top_k);
 
   const bool record = (d_record == nullptr) || (*d_record != 0);
   for (int e = threadIdx.x; e < num_e; e += blockDim.x) {
@@ -232,15 +224,6 @@ __global__ void __launch_bounds__(kSubThreads)
   const int warp = threadIdx.x >> 5;
   const unsigned lane = threadIdx.x & 31u;
 
-  // 0. Shared memory cleared while the kernel before this one finishes
-  //    (early launch), then the wait for it.
-  if (gridDim.x * gridDim.y <= kSubTriggerBlocks) AllowNextLaunch();
-  for (int x = threadIdx.x; x < kSubWarps * num_e / 4; x += kSubThreads)
-    smem4[x] = make_int4(0, 0, 0, 0);
-  if (aggregate)
-    for (int p = threadIdx.x; p < num_p; p += kSubThreads) s_load[p] = 0;
-  WaitForPriorGrids();
-
   // 1. Loads, all in flight together.
   const uint32_t n_valid = static_cast<uint32_t>(ValidItems(num_tokens, d_num_tokens, top_k));
   const bool record = (d_record == nullptr) || (*d_record != 0);
@@ -272,6 +255,10 @@ __global__ void __launch_bounds__(kSubThreads)
       for (int j = 0; j < kStageCols; ++j) s_tab[e * kStageCols + j] = tab_r[k][j];
     }
   }
+  for (int x = threadIdx.x; x < kSubWarps * num_e / 4; x += kSubThreads)
+    smem4[x] = make_int4(0, 0, 0, 0);
+  if (aggregate)
+    for (int p = threadIdx.x; p < num_p; p += kSubThreads) s_load[p] = 0;
   __syncthreads();
 
   // 2. Runs of equal keys in each warp; the segment's earlier items.
@@ -402,19 +389,19 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
   // per item this kernel moved 0.75 of the D2D copy's bytes per second on
   // an H200, now 0.87. Tried without moving it further: a cheaper hash; more
   // loads in flight per thread (4 vectors, or the next step's loaded before
-  // this step is routed); L2 bulk prefetch ahead of the loads (slower); and
-  // 32 lane copies of the histogram and descriptors, one bank per lane,
-  // which halved the shared-memory wavefronts (ncu: L1 data pipe 88% -> 50%
-  // busy, DRAM 71% -> 74%) at 0.875-0.88 all the same.
+  // this step is routed); L2 bulk prefetch ahead of the loads (slower); 512-
+  // or 1024-thread blocks; no count flush at all; and 32 lane copies of the
+  // histogram and descriptors, one bank per lane, which halved the
+  // shared-memory wavefronts (ncu: L1 data pipe 88% -> 50% busy, DRAM
+  // 71% -> 74%) at 0.875-0.88 all the same.
   extern __shared__ int32_t s_hist[];
   int32_t* s_cnt = s_hist + num_p + 2;
   uint32_t* s_desc = reinterpret_cast<uint32_t*>(s_cnt + num_e);
   int32_t* s_slots = s_cnt + 2 * num_e;
   __shared__ int32_t s_warp_total[kHashThreads / 32];
-  for (int p = threadIdx.x; p < num_p + 2; p += blockDim.x) s_hist[p] = 0;
-  WaitForPriorGrids();
   const uint32_t n_valid = static_cast<uint32_t>(ValidItems(num_tokens, d_num_tokens, top_k));
   const bool record = (d_record == nullptr) || (*d_record != 0);
+  for (int p = threadIdx.x; p < num_p + 2; p += blockDim.x) s_hist[p] = 0;
   // Exclusive scan of the usable counts (1..max_rep; others 0: EplbItemKey
   // rejects their items): thread t owns experts [kPer*t, kPer*t + kPer).
   constexpr int kPer = (EPLB_MAX_LOGICAL_EXPERTS + kHashThreads - 1) / kHashThreads;
@@ -547,11 +534,10 @@ __global__ void __launch_bounds__(kCountThreads)
                 unsigned long long* d_invalid) {
   extern __shared__ int32_t s_hist[];  // [P]
   __shared__ unsigned long long s_invalid;
-  for (int p = threadIdx.x; p < num_p; p += blockDim.x) s_hist[p] = 0;
-  if (threadIdx.x == 0) s_invalid = 0;
-  WaitForPriorGrids();
   const int64_t n = ValidItems(num_tokens, d_num_tokens, top_k);
   const bool record = (d_record == nullptr) || (*d_record != 0);
+  for (int p = threadIdx.x; p < num_p; p += blockDim.x) s_hist[p] = 0;
+  if (threadIdx.x == 0) s_invalid = 0;
   __syncthreads();
   unsigned long long invalid = 0;
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
@@ -614,16 +600,18 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
       int64_t blocks = int64_t{sms} * per_sm;
       if (blocks > needed) blocks = needed;
       if (blocks < 1) blocks = 1;
-      return LaunchEarly(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kHashThreads), hsmem,
-                         stream, ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device,
-                         top_k, log2phy, logcnt, num_logical_experts, num_physical_experts, max_rep,
-                         record, topk_physical, load_pass, invalid_count);
+      kernel<<<static_cast<int>(blocks), kHashThreads, hsmem, stream>>>(
+          ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy, logcnt,
+          num_logical_experts, num_physical_experts, max_rep, record, topk_physical, load_pass,
+          invalid_count);
     };
     if (ids64)
-      return launch(RouteHashKernel<int64_t>, static_cast<const int64_t*>(topk_logical),
-                    HashBlocksPerSm<int64_t>());
-    return launch(RouteHashKernel<int32_t>, static_cast<const int32_t*>(topk_logical),
-                  HashBlocksPerSm<int32_t>());
+      launch(RouteHashKernel<int64_t>, static_cast<const int64_t*>(topk_logical),
+             HashBlocksPerSm<int64_t>());
+    else
+      launch(RouteHashKernel<int32_t>, static_cast<const int32_t*>(topk_logical),
+             HashBlocksPerSm<int32_t>());
+    return cudaGetLastError();
   }
   // Sub-blocks when the launch has fewer segments than an H100 has SMs and
   // their shared memory fits the default 48 KB.
@@ -636,24 +624,29 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     const dim3 grid(static_cast<unsigned>(segs),
                     static_cast<unsigned>((seg_items + kSubItems - 1) / kSubItems));
     auto launch = [&](auto kernel, const auto* ids) {
-      return LaunchEarly(kernel, grid, dim3(kSubThreads), sub_smem, stream, ids,
-                         static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy,
-                         logcnt, num_logical_experts, key_bits, num_physical_experts, max_rep,
-                         record, topk_physical, load_pass, invalid_count,
-                         static_cast<uint32_t>(seg_items));
+      kernel<<<grid, kSubThreads, sub_smem, stream>>>(
+          ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy, logcnt,
+          num_logical_experts, key_bits, num_physical_experts, max_rep, record, topk_physical,
+          load_pass, invalid_count, static_cast<uint32_t>(seg_items));
     };
-    if (ids64) return launch(RouteSubKernel<int64_t>, static_cast<const int64_t*>(topk_logical));
-    return launch(RouteSubKernel<int32_t>, static_cast<const int32_t*>(topk_logical));
+    if (ids64)
+      launch(RouteSubKernel<int64_t>, static_cast<const int64_t*>(topk_logical));
+    else
+      launch(RouteSubKernel<int32_t>, static_cast<const int32_t*>(topk_logical));
+    return cudaGetLastError();
   }
   const size_t smem = sizeof(int32_t) * static_cast<size_t>(kSegWarps + 2) * num_logical_experts;
   auto launch = [&](auto kernel, const auto* ids) {
-    return LaunchEarly(kernel, dim3(static_cast<unsigned>(segs)), dim3(kSegWarps * 32), smem,
-                       stream, ids, cap, num_tokens, num_tokens_device, top_k, log2phy, logcnt,
-                       num_logical_experts, key_bits, num_physical_experts, max_rep, record,
-                       topk_physical, load_pass, invalid_count, seg_items);
+    kernel<<<segs, kSegWarps * 32, smem, stream>>>(
+        ids, cap, num_tokens, num_tokens_device, top_k, log2phy, logcnt, num_logical_experts,
+        key_bits, num_physical_experts, max_rep, record, topk_physical, load_pass, invalid_count,
+        seg_items);
   };
-  if (ids64) return launch(RouteCountKernel<int64_t>, static_cast<const int64_t*>(topk_logical));
-  return launch(RouteCountKernel<int32_t>, static_cast<const int32_t*>(topk_logical));
+  if (ids64)
+    launch(RouteCountKernel<int64_t>, static_cast<const int64_t*>(topk_logical));
+  else
+    launch(RouteCountKernel<int32_t>, static_cast<const int32_t*>(topk_logical));
+  return cudaGetLastError();
 }
 
 cudaError_t LaunchCount(const void* topk_physical, bool ids64, int64_t num_tokens,
@@ -665,14 +658,16 @@ cudaError_t LaunchCount(const void* topk_physical, bool ids64, int64_t num_token
   int64_t blocks = (cap + 4095) / 4096;
   if (blocks > kCountMaxBlocks) blocks = kCountMaxBlocks;
   const size_t smem = sizeof(int32_t) * static_cast<size_t>(num_physical_experts);
-  const dim3 grid(static_cast<unsigned>(blocks));
-  if (ids64)
-    return LaunchEarly(CountKernel<int64_t>, grid, dim3(kCountThreads), smem, stream,
-                       static_cast<const int64_t*>(topk_physical), num_tokens, num_tokens_device,
-                       top_k, num_physical_experts, record, load_pass, invalid_count);
-  return LaunchEarly(CountKernel<int32_t>, grid, dim3(kCountThreads), smem, stream,
-                     static_cast<const int32_t*>(topk_physical), num_tokens, num_tokens_device,
-                     top_k, num_physical_experts, record, load_pass, invalid_count);
+  if (ids64) {
+    CountKernel<int64_t><<<static_cast<int>(blocks), kCountThreads, smem, stream>>>(
+        static_cast<const int64_t*>(topk_physical), num_tokens, num_tokens_device, top_k,
+        num_physical_experts, record, load_pass, invalid_count);
+  } else {
+    CountKernel<int32_t><<<static_cast<int>(blocks), kCountThreads, smem, stream>>>(
+        static_cast<const int32_t*>(topk_physical), num_tokens, num_tokens_device, top_k,
+        num_physical_experts, record, load_pass, invalid_count);
+  }
+  return cudaGetLastError();
 }
 
 }  // namespace kernels

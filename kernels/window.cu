@@ -3,7 +3,6 @@
 // full-ring reduction that the running sum is tested against.
 #include <cuda_runtime.h>
 
-#include "early_launch.cuh"
 #include "launch.cuh"
 
 namespace eplb {
@@ -22,10 +21,8 @@ __global__ void __launch_bounds__(kWindowThreads)
                        int32_t* ring_state) {
   extern __shared__ unsigned long long s_load[];  // [E]
   const int32_t layer = blockIdx.x;
-  AllowNextLaunch();
-  for (int e = threadIdx.x; e < num_e; e += blockDim.x) s_load[e] = 0;
-  WaitForPriorGrids();
   const int32_t pos = *reinterpret_cast<volatile int32_t*>(ring_state);
+  for (int e = threadIdx.x; e < num_e; e += blockDim.x) s_load[e] = 0;
   __syncthreads();
   const int64_t lp = int64_t{layer} * num_p;
   for (int p = threadIdx.x; p < num_p; p += blockDim.x) {
@@ -88,10 +85,10 @@ cudaError_t LaunchWindowUpdate(const int32_t* phy2log, int32_t* load_pass, int32
                                int32_t window_size, int32_t* window, int64_t* window_sum,
                                int32_t* ring_state, cudaStream_t stream) {
   const size_t smem = sizeof(unsigned long long) * static_cast<size_t>(num_logical_experts);
-  return LaunchEarly(WindowUpdateKernel, dim3(static_cast<unsigned>(num_layers)),
-                     dim3(kWindowThreads), smem, stream, phy2log, load_pass, num_layers,
-                     num_logical_experts, num_physical_experts, window_size, window, window_sum,
-                     ring_state);
+  WindowUpdateKernel<<<num_layers, kWindowThreads, smem, stream>>>(
+      phy2log, load_pass, num_layers, num_logical_experts, num_physical_experts, window_size,
+      window, window_sum, ring_state);
+  return cudaGetLastError();
 }
 
 cudaError_t LaunchWindowReadout(const int64_t* window_sum, int64_t num_items, int64_t* load,

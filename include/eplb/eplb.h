@@ -351,16 +351,6 @@ typedef enum {
  *     8192 tokens x top-8).
  * The result depends on the ids, the valid count and the capacity T only.
  *
- * Ordering: on sm_90 and newer, eplbRouteCount, eplbCount and
- * eplbWindowUpdate are launched with programmatic stream serialization
- * (programmatic dependent launch): the kernel may be resident before the
- * previous kernel on the stream has finished, but reads and writes no global
- * memory until every prior kernel has completed and its writes are visible
- * (griddepcontrol.wait), so stream order is kept. A small route+count launch
- * (decode sizes) also lets the next kernel, if it is launched the same way,
- * be scheduled while it runs; that kernel must wait the same way before
- * reading d_topk_physical or d_load_pass.
- *
  * Errors: NULL d_topk_logical / d_log2phy / d_logcnt / d_topk_physical /
  * d_load_pass, num_tokens < 0, top_k < 1, T*K >= 2^31, E or P out of
  * [1, limits], P < E, bad id_type -> EPLB_ERROR_INVALID_ARGUMENT. T = 0 is a

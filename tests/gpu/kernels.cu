@@ -402,6 +402,136 @@ TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
   cudaGraphDestroy(graph);
 }
 
+// A slow writer: waits for its own predecessors, spins for spin_ns, then
+// copies n words from src to dst. Launched early (programmatic dependent
+// launch) and letting its dependents launch at once, it is the worst case
+// for a kernel after it that is launched early too: that kernel may be
+// resident for the whole spin, and only its own wait keeps it from reading
+// dst before the copy.
+__global__ void SlowCopyKernel(int32_t* dst, const int32_t* src, size_t n,
+                               unsigned long long spin_ns) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  unsigned long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < spin_ns);
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x)
+    dst[i] = src[i];
+}
+
+void SlowCopy(int32_t* dst, const int32_t* src, size_t n, cudaStream_t stream) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(8);
+  cfg.blockDim = dim3(256);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr = {};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  ASSERT_EQ(cudaLaunchKernelEx(&cfg, SlowCopyKernel, dst, src, n, 200000ull), cudaSuccess);
+}
+
+// Stream order: route+count, count and the window update must see
+// everything the kernel right before them wrote. A slow kernel writes the
+// ids, the device token count, the maps and the counters right before they
+// read them (the old contents would give other answers); on all three
+// route+count paths, on a stream and inside a graph. Launching the per-step
+// kernels early (programmatic dependent launch, 2026-11-29) failed this test
+// on the hash path on an H200 (stale logcnt read through the read-only
+// cache path before the wait), so they are launched normally; a kernel
+// launched early must not use ld.global.nc (const __restrict__, __ldg) on
+// anything an earlier kernel may write.
+TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
+  EPLB_REQUIRE_GPUS(1);
+  std::mt19937_64 rng(21);
+  ScopedStream stream;
+  const int32_t E = 64, P = 80, K = 8, L = 1, W = 2;
+  for (int64_t T : {int64_t{64}, int64_t{70000}, int64_t{(1 << 22) / 8}}) {
+    for (int graph = 0; graph < 2; ++graph) {
+      SCOPED_TRACE(T * 10 + graph);
+      const size_t TK = static_cast<size_t>(T * K);
+      const Table t_old = RandomTable(rng, E, P), t_new = RandomTable(rng, E, P);
+      std::vector<int64_t> ids = ZipfIds(rng, TK, E, 1.2);
+      const int32_t valid = static_cast<int32_t>(T - T / 5);
+      std::vector<int32_t> ids32(ids.begin(), ids.end()), pass_new(P);
+      for (auto& v : pass_new) v = static_cast<int32_t>(rng() % 100);
+      // Device: the stale contents, and the new ones the slow kernel copies in.
+      DeviceBuffer<int32_t> d_ids(TK), d_ids_new(TK), d_valid(1), d_valid_new(1),
+          d_l2p(t_old.log2phy.size()), d_l2p_new(t_new.log2phy.size()), d_cnt(E), d_cnt_new(E),
+          d_out(TK), d_pass(P), d_cpass(P), d_cpass_new(P), d_p2l(P), d_win(W * L * E), d_state(2);
+      DeviceBuffer<int64_t> d_sum(L * E);
+      DeviceBuffer<unsigned long long> d_inv(1);
+      d_ids.Upload(std::vector<int32_t>(TK, 0), stream);
+      d_ids_new.Upload(ids32, stream);
+      d_valid.Upload({static_cast<int32_t>(T)}, stream);
+      d_valid_new.Upload({valid}, stream);
+      d_l2p.Upload(t_old.log2phy, stream);
+      d_l2p_new.Upload(t_new.log2phy, stream);
+      d_cnt.Upload(t_old.logcnt, stream);
+      d_cnt_new.Upload(t_new.logcnt, stream);
+      d_cpass.Upload(std::vector<int32_t>(P, 7), stream);
+      d_cpass_new.Upload(pass_new, stream);
+      d_p2l.Upload(t_new.phy2log, stream);
+      for (auto* b : {&d_out, &d_pass, &d_win, &d_state}) b->Fill(0, stream);
+      d_sum.Fill(0, stream);
+      d_inv.Fill(0, stream);
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+
+      auto enqueue = [&] {
+        SlowCopy(d_ids.get(), d_ids_new.get(), TK, stream);
+        SlowCopy(d_valid.get(), d_valid_new.get(), 1, stream);
+        SlowCopy(d_l2p.get(), d_l2p_new.get(), t_new.log2phy.size(), stream);
+        SlowCopy(d_cnt.get(), d_cnt_new.get(), E, stream);
+        EPLB_OK(eplbRouteCount(d_ids.get(), EPLB_ID_INT32, T, d_valid.get(), K, d_l2p.get(),
+                               d_cnt.get(), E, P, nullptr, d_out.get(), d_pass.get(), d_inv.get(),
+                               stream));
+        // Count-only on the routed ids, right after the kernel that wrote them.
+        EPLB_OK(eplbCount(d_out.get(), EPLB_ID_INT32, T, d_valid.get(), K, P, nullptr, d_pass.get(),
+                          d_inv.get(), stream));
+        SlowCopy(d_cpass.get(), d_cpass_new.get(), P, stream);
+        EPLB_OK(eplbWindowUpdate(d_p2l.get(), d_cpass.get(), L, E, P, W, d_win.get(), d_sum.get(),
+                                 d_state.get(), stream));
+      };
+      if (graph) {
+        cudaGraph_t g;
+        cudaGraphExec_t x;
+        ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+        enqueue();
+        ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
+        ASSERT_EQ(cudaGraphInstantiate(&x, g, 0), cudaSuccess);
+        ASSERT_EQ(cudaGraphLaunch(x, stream), cudaSuccess);
+        ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+        cudaGraphExecDestroy(x);
+        cudaGraphDestroy(g);
+      } else {
+        enqueue();
+      }
+
+      std::vector<int32_t> out_ref(TK), pass_ref(P, 0), win(W * L * E, 0), state{0, 0};
+      std::vector<int64_t> sum(L * E, 0);
+      uint64_t inv_ref = 0;
+      eplb::RouteCountRef(ids, T, valid, K, t_new.log2phy.data(), t_new.logcnt.data(), E, P, true,
+                          out_ref.data(), pass_ref.data(), &inv_ref);
+      eplb::CountRef(std::vector<int64_t>(out_ref.begin(), out_ref.end()), valid, K, P, true,
+                     pass_ref.data(), &inv_ref);
+      eplb::WindowUpdateRef(t_new.phy2log.data(), pass_new.data(), L, E, P, W, win.data(),
+                            sum.data(), state.data());
+      EXPECT_EQ(d_out.Download(stream), out_ref);
+      EXPECT_EQ(d_pass.Download(stream), pass_ref);
+      EXPECT_EQ(d_inv.Download(stream)[0], inv_ref);
+      EXPECT_EQ(d_win.Download(stream), win);
+      EXPECT_EQ(d_sum.Download(stream), sum);
+      EXPECT_EQ(d_cpass.Download(stream), std::vector<int32_t>(P, 0));
+    }
+  }
+}
+
 // GPU plan vs host plan (eplbPlanCompute) for one input; both runs on the
 // device must equal the host bit for bit.
 void CheckPlan(const eplbPlanConfig_t& cfg, const std::vector<int64_t>& load,
