@@ -5,6 +5,8 @@
 #   bash scripts/gpu_check.sh [OUTDIR]
 # Needs the shared data copied to .data/ (conformance/, traces/) or
 # EPLB_DATA_DIR set. Writes six logs to OUTDIR and prints a summary.
+# EPLB_CHECK_STEPS picks steps (default: all of host gpu multigpu demo bench
+# sanitizer), e.g. EPLB_CHECK_STEPS="gpu multigpu" for a quick re-check.
 set -uo pipefail
 out=${1:-${OUT:-out}}
 mkdir -p "$out"
@@ -16,6 +18,8 @@ all=$(seq -s, 0 $((ngpu - 1)))
 sum="$out/summary.txt"
 { nvidia-smi -L; nvcc --version | tail -1; date; } | tee "$sum"
 
+steps=" ${EPLB_CHECK_STEPS:-host gpu multigpu demo bench sanitizer} "
+want() { [[ "$steps" == *" $1 "* ]]; }
 t0=$(date +%s)
 deadline=${EPLB_CHECK_SECONDS:-560}  # the device tool's call limit is 600 s
 left() { echo $((deadline - ($(date +%s) - t0))); }
@@ -39,23 +43,25 @@ run_ctest() {  # label devices [ctest args...]
   grep -E "\(Failed\)|\(Timeout\)|\(Skipped\)" "$out/ctest_tmp.log" | tee -a "$sum"
   rm -f "$out/ctest_tmp.log"
 }
-run_ctest host "$all"
-run_ctest gpu 0
+want host && run_ctest host "$all"
+want gpu && run_ctest gpu 0
 # On 2 GPUs the tests that need 4 (named *Four*) are left out: under
 # EPLB_REQUIRE_GPU=1 they would fail rather than skip there.
-[ "$ngpu" -ge 2 ] && run_ctest multigpu 0,1 -E Four
-[ "$ngpu" -ge 4 ] && run_ctest multigpu 0,1,2,3
+want multigpu && [ "$ngpu" -ge 2 ] && run_ctest multigpu 0,1 -E Four
+want multigpu && [ "$ngpu" -ge 4 ] && run_ctest multigpu 0,1,2,3
 
 # The README's main job on all GPUs.
-CUDA_VISIBLE_DEVICES=$all timeout $(budget 150) build-gpu/eplb demo >"$out/demo.txt" 2>&1
-echo "demo: rc=$?" | tee -a "$sum"
+if want demo; then
+  CUDA_VISIBLE_DEVICES=$all timeout $(budget 150) build-gpu/eplb demo >"$out/demo.txt" 2>&1
+  echo "demo: rc=$?" | tee -a "$sum"
+fi
 
 # Benchmarks (each measures its own baseline and reports the ratio), the
 # GPU pipeline ones first. A step that would pass the deadline is skipped.
 bench() {  # name devices [env assignments...]
   local n=$1 devs=$2 b=build-gpu/bench/bench_$1
   shift 2
-  [ -x "$b" ] || return 0
+  [ -x "$b" ] && want bench || return 0
   fits 45 "bench_$n $*" || return 0
   echo "===== bench_$n on GPUs $devs $*" >>"$out/bench.txt"
   env CUDA_VISIBLE_DEVICES=$devs "$@" timeout $(budget 120) "$b" --benchmark_min_time=0.1s \
@@ -74,7 +80,7 @@ bench churn_policy 0
 # compute-sanitizer: memcheck over the single-GPU suites, racecheck on the
 # kernels that use shared memory.
 for t in build-gpu/tests/gpu_*; do
-  [ -x "$t" ] || continue
+  [ -x "$t" ] && want sanitizer || continue
   fits 60 "memcheck $(basename "$t")" || continue
   CUDA_VISIBLE_DEVICES=0 timeout $(budget 200) compute-sanitizer --tool memcheck --error-exitcode 9 "$t" \
     >>"$out/sanitizer.log" 2>&1
