@@ -440,8 +440,8 @@ void SlowCopy(int32_t* dst, const int32_t* src, size_t n, cudaStream_t stream) {
 // Stream order: route+count, count and the window update must see
 // everything the kernel right before them wrote. A slow kernel writes the
 // ids, the device token count, the maps and the counters right before they
-// read them (the old contents would give other answers); on all three
-// route+count paths, on a stream and inside a graph. Launching the per-step
+// read them (the old contents would give other answers); on every
+// route+count path, on a stream and inside a graph. Launching the per-step
 // kernels early (programmatic dependent launch, 2026-11-29) failed this test
 // on the hash path on an H200 (stale logcnt read through the read-only
 // cache path before the wait), so they are launched normally; a kernel
@@ -452,7 +452,10 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
   std::mt19937_64 rng(21);
   ScopedStream stream;
   const int32_t E = 64, P = 80, K = 8, L = 1, W = 2;
-  for (int64_t T : {int64_t{64}, int64_t{70000}, int64_t{(1 << 22) / 8}}) {
+  // One sub-block; one segment over 8 sub-blocks (each reads the ids before
+  // it); 128 sub-blocks; many segments; the hash path.
+  for (int64_t T :
+       {int64_t{64}, int64_t{512}, int64_t{8192}, int64_t{70000}, int64_t{(1 << 22) / 8}}) {
     for (int graph = 0; graph < 2; ++graph) {
       SCOPED_TRACE(T * 10 + graph);
       const size_t TK = static_cast<size_t>(T * K);
