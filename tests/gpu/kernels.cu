@@ -531,6 +531,7 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
       EXPECT_EQ(d_win.Download(stream), win);
       EXPECT_EQ(d_sum.Download(stream), sum);
       EXPECT_EQ(d_cpass.Download(stream), std::vector<int32_t>(P, 0));
+      EXPECT_EQ(d_state.Download(stream), state);
     }
   }
 }
