@@ -184,8 +184,8 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
 //      log2phy), then one barrier;
 //   2. each warp finds the runs of equal keys among its 32 items
 //      (EplbWarpPeers); the first lane of a run stores the run's length in
-//      its warp's row of `hist`, and the items before the sub-block are
-//      counted per expert (an order-free count, so exact and
+//      its warp's row of `hist`, and the items before the sub-block, if
+//      any, are counted per expert (an order-free count, so exact and
 //      deterministic); one barrier;
 //   3. an item's rank is the segment's earlier count of its expert, plus
 //      the lengths of its expert's runs in lower warps, plus its lane's
@@ -270,20 +270,27 @@ __global__ void __launch_bounds__(kSubThreads)
   const unsigned lower = peers & ((1u << lane) - 1u);
   const bool first_of_run = key >= 0 && lower == 0u;
   if (first_of_run) hist[warp * num_e + key] = __popc(peers);
+  // Sub-block y has y * kSubItems items before it in its segment (y rounds;
+  // none for the first, which skips the loop: it cost ~600 SM cycles of a
+  // 64-token launch even with every lane predicated off).
+  const int pre_rounds = static_cast<int>(blockIdx.y);
+  if (pre_rounds != 0) {
 #pragma unroll
-  for (int k = 0; k < kPrePerThread; ++k) {
-    const uint32_t j = seg_begin + threadIdx.x + k * kSubThreads;
-    const int32_t pk = j < my_begin && j < n_valid
-                           ? EplbItemKey(static_cast<int64_t>(pre_raw[k]), num_e, s_cnt, max_rep)
-                           : -1;
-    if (pk >= 0) atomicAdd(pre + pk, 1);
+    for (int k = 0; k < kPrePerThread; ++k) {
+      if (k >= pre_rounds) break;
+      const uint32_t j = seg_begin + threadIdx.x + k * kSubThreads;
+      const int32_t pk = j < my_begin && j < n_valid
+                             ? EplbItemKey(static_cast<int64_t>(pre_raw[k]), num_e, s_cnt, max_rep)
+                             : -1;
+      if (pk >= 0) atomicAdd(pre + pk, 1);
+    }
   }
   __syncthreads();
 
   // 3. Rank, slot, counts.
   int32_t slot = -1;
   if (key >= 0) {
-    uint32_t before = static_cast<uint32_t>(pre[key]);
+    uint32_t before = pre_rounds != 0 ? static_cast<uint32_t>(pre[key]) : 0u;
 #pragma unroll
     for (int w = 0; w < kSubWarps - 1; ++w)
       if (w < warp) before += static_cast<uint32_t>(hist[w * num_e + key]);
