@@ -184,9 +184,9 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
 //      log2phy), then one barrier;
 //   2. each warp finds the runs of equal keys among its 32 items
 //      (EplbWarpPeers); the first lane of a run stores the run's length in
-//      its warp's row of `hist`, and the items before the sub-block, if
-//      any, are counted per expert (an order-free count, so exact and
-//      deterministic); one barrier;
+//      its warp's row of `hist`, and, in launches of several sub-blocks per
+//      segment, the items before the sub-block are counted per expert (an
+//      order-free count, so exact and deterministic); one barrier;
 //   3. an item's rank is the segment's earlier count of its expert, plus
 //      the lengths of its expert's runs in lower warps, plus its lane's
 //      place in its run; the first lane of each run adds the run's
@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
 // No per-expert pass over the block and no third barrier: at 64 tokens x
 // top-8 the kernel used to spend ~6300 SM cycles (ncu, H200) on a
 // per-expert scan and flush behind four barriers.
-template <typename IdT>
+template <typename IdT, bool kHasPre>
 __global__ void __launch_bounds__(kSubThreads)
     RouteSubKernel(const IdT* __restrict__ ids, uint32_t cap_items, int64_t num_tokens,
                    const int32_t* d_num_tokens, int32_t top_k, const int32_t* __restrict__ log2phy,
@@ -229,10 +229,12 @@ __global__ void __launch_bounds__(kSubThreads)
   const bool record = (d_record == nullptr) || (*d_record != 0);
   const IdT raw = i < my_end ? __ldcs(ids + i) : IdT(-1);
   IdT pre_raw[kPrePerThread];
+  if constexpr (kHasPre) {
 #pragma unroll
-  for (int k = 0; k < kPrePerThread; ++k) {
-    const uint32_t j = seg_begin + threadIdx.x + k * kSubThreads;
-    pre_raw[k] = j < my_begin ? __ldg(ids + j) : IdT(-1);
+    for (int k = 0; k < kPrePerThread; ++k) {
+      const uint32_t j = seg_begin + threadIdx.x + k * kSubThreads;
+      pre_raw[k] = j < my_begin ? __ldg(ids + j) : IdT(-1);
+    }
   }
   // Into registers first, then into shared memory: a store between two
   // loads would make the second wait for the first.
@@ -270,14 +272,9 @@ __global__ void __launch_bounds__(kSubThreads)
   const unsigned lower = peers & ((1u << lane) - 1u);
   const bool first_of_run = key >= 0 && lower == 0u;
   if (first_of_run) hist[warp * num_e + key] = __popc(peers);
-  // Sub-block y has y * kSubItems items before it in its segment (y rounds;
-  // none for the first, which skips the loop: it cost ~600 SM cycles of a
-  // 64-token launch even with every lane predicated off).
-  const int pre_rounds = static_cast<int>(blockIdx.y);
-  if (pre_rounds != 0) {
+  if constexpr (kHasPre) {
 #pragma unroll
     for (int k = 0; k < kPrePerThread; ++k) {
-      if (k >= pre_rounds) break;
       const uint32_t j = seg_begin + threadIdx.x + k * kSubThreads;
       const int32_t pk = j < my_begin && j < n_valid
                              ? EplbItemKey(static_cast<int64_t>(pre_raw[k]), num_e, s_cnt, max_rep)
@@ -290,7 +287,7 @@ __global__ void __launch_bounds__(kSubThreads)
   // 3. Rank, slot, counts.
   int32_t slot = -1;
   if (key >= 0) {
-    uint32_t before = pre_rounds != 0 ? static_cast<uint32_t>(pre[key]) : 0u;
+    uint32_t before = kHasPre ? static_cast<uint32_t>(pre[key]) : 0u;
 #pragma unroll
     for (int w = 0; w < kSubWarps - 1; ++w)
       if (w < warp) before += static_cast<uint32_t>(hist[w * num_e + key]);
@@ -636,10 +633,18 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
           num_logical_experts, key_bits, num_physical_experts, max_rep, record, topk_physical,
           load_pass, invalid_count, static_cast<uint32_t>(seg_items));
     };
+    // Launches of one sub-block per segment (up to 512 items, or segments of
+    // at most 512) have no items before any sub-block: a kernel without that
+    // count (64 tokens x top-8: 2.5 vs 2.65 us over an empty kernel on an
+    // H200). A runtime skip in the one kernel made launches of several
+    // sub-blocks 0.1-0.3 us slower, so it is a template parameter.
+    const bool has_pre = grid.y > 1;
     if (ids64)
-      launch(RouteSubKernel<int64_t>, static_cast<const int64_t*>(topk_logical));
+      has_pre ? launch(RouteSubKernel<int64_t, true>, static_cast<const int64_t*>(topk_logical))
+              : launch(RouteSubKernel<int64_t, false>, static_cast<const int64_t*>(topk_logical));
     else
-      launch(RouteSubKernel<int32_t>, static_cast<const int32_t*>(topk_logical));
+      has_pre ? launch(RouteSubKernel<int32_t, true>, static_cast<const int32_t*>(topk_logical))
+              : launch(RouteSubKernel<int32_t, false>, static_cast<const int32_t*>(topk_logical));
     return cudaGetLastError();
   }
   const size_t smem = sizeof(int32_t) * static_cast<size_t>(kSegWarps + 2) * num_logical_experts;
