@@ -36,7 +36,8 @@ constexpr int kPrePerThread = static_cast<int>(kRouteTileItems / kSubItems) - 1;
 // E <= kSubExpertsPerThread * kSubThreads).
 constexpr int kSubExpertsPerThread = 2;
 // Up to this many blocks, a sub-block launch adds its counts to load_pass
-// per run of equal keys; more blocks aggregate per block first.
+// per run of equal keys; more blocks aggregate per block first (always
+// aggregating measured 0.2 us slower at 64 and 512 tokens on an H200).
 constexpr unsigned kSubDirectBlocks = 8;
 
 __device__ __forceinline__ int64_t ValidItems(int64_t num_tokens, const int32_t* d_num_tokens,
