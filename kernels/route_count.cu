@@ -5,6 +5,11 @@
 // expert (segment kernel) or once per warp run of equal keys (sub-block
 // kernel), as EplbReplicaShare counts them: no per-item global atomics, and
 // the choice of replica depends on the data only, never on thread timing.
+//
+// Every global access of the route kernels is a plain one. Streaming hints
+// (__ldcs/__stcs, evict-first) looked right for data touched once, but on an
+// H200 a plain grid-stride copy kernel moved 0.93 of cudaMemcpy's bytes per
+// second and 0.885 with both; the hash path went from 0.85 to 0.90 without.
 #include <cuda_runtime.h>
 
 #include <type_traits>
@@ -116,7 +121,7 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
       const int64_t i = chunk + j * 32 + lane;
       key[j] = -1;
       if (i < chunk_end) {
-        const IdT raw = __ldcs(ids + i);
+        const IdT raw = ids[i];
         if (i < n_valid) {
           key[j] = EplbItemKey(static_cast<int64_t>(raw), num_e, s_cnt, max_rep);
           if (key[j] < 0) ++invalid;
@@ -151,7 +156,7 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
             key[j], static_cast<uint32_t>((key[j] >= 0 ? my_hist[key[j]] : 0) + rank[j] + seg),
             log2phy, s_cnt, max_rep, num_p);
         if (key[j] >= 0 && slot < 0) ++invalid;
-        __stcs(out + i, slot);
+        out[i] = slot;
       }
     }
   }
@@ -205,7 +210,7 @@ __global__ void __launch_bounds__(kSubThreads)
                    int32_t* __restrict__ out, int32_t* load_pass, unsigned long long* d_invalid,
                    uint32_t seg_items) {
   extern __shared__ int4 smem4[];
-  int32_t* hist = reinterpret_cast<int32_t*>(smem4);  // [kSubWarps][E]: run lengths per warp
+  int32_t* hist = reinterpret_cast<int32_t*>(smem4);  // [E][kSubWarps]: run lengths per warp
   int32_t* pre = hist + kSubWarps * num_e;            // [E]: items earlier in the segment
   int32_t* s_cnt = pre + num_e;                       // [E]: logcnt
   int32_t* s_tab = s_cnt + num_e;                     // [E][kStageCols]: log2phy columns
@@ -228,13 +233,13 @@ __global__ void __launch_bounds__(kSubThreads)
   // 1. Loads, all in flight together.
   const uint32_t n_valid = static_cast<uint32_t>(ValidItems(num_tokens, d_num_tokens, top_k));
   const bool record = (d_record == nullptr) || (*d_record != 0);
-  const IdT raw = i < my_end ? __ldcs(ids + i) : IdT(-1);
+  const IdT raw = i < my_end ? ids[i] : IdT(-1);
   IdT pre_raw[kPrePerThread];
   if constexpr (kHasPre) {
 #pragma unroll
     for (int k = 0; k < kPrePerThread; ++k) {
       const uint32_t j = seg_begin + threadIdx.x + k * kSubThreads;
-      pre_raw[k] = j < my_begin ? __ldg(ids + j) : IdT(-1);
+      pre_raw[k] = j < my_begin ? ids[j] : IdT(-1);
     }
   }
   // Into registers first, then into shared memory: a store between two
@@ -246,7 +251,7 @@ __global__ void __launch_bounds__(kSubThreads)
     cnt_r[k] = e < num_e ? logcnt[e] : 0;
 #pragma unroll
     for (int j = 0; j < kStageCols; ++j)
-      tab_r[k][j] = e < num_e && j < max_rep ? __ldg(log2phy + e * max_rep + j) : -1;
+      tab_r[k][j] = e < num_e && j < max_rep ? log2phy[e * max_rep + j] : -1;
   }
 #pragma unroll
   for (int k = 0; k < kSubExpertsPerThread; ++k) {
@@ -272,7 +277,14 @@ __global__ void __launch_bounds__(kSubThreads)
   const unsigned peers = EplbWarpPeers(key, key_bits);
   const unsigned lower = peers & ((1u << lane) - 1u);
   const bool first_of_run = key >= 0 && lower == 0u;
-  if (first_of_run) hist[warp * num_e + key] = __popc(peers);
+  // A key's row of hist holds its 16 warps' run lengths as 4 quads of 4
+  // warps, quad q stored at quad q ^ ((key >> 1) & 3): keys spread over the
+  // 8 bank quads, so a warp's 16-byte reads of its 32 keys' quads conflict
+  // little. An item then reads at most 4 quads instead of 15 single words
+  // (the [warp][E] layout: 0.1 / 0.07 / 0.22 us slower at 64 / 512 / 1024
+  // tokens on an H200).
+  if (first_of_run)
+    hist[key * kSubWarps + 4 * ((warp >> 2) ^ ((key >> 1) & 3)) + (warp & 3)] = __popc(peers);
   if constexpr (kHasPre) {
 #pragma unroll
     for (int k = 0; k < kPrePerThread; ++k) {
@@ -289,13 +301,22 @@ __global__ void __launch_bounds__(kSubThreads)
   int32_t slot = -1;
   if (key >= 0) {
     uint32_t before = kHasPre ? static_cast<uint32_t>(pre[key]) : 0u;
+    const int4* row = reinterpret_cast<const int4*>(hist + key * kSubWarps);
+    const int sw = (key >> 1) & 3;
 #pragma unroll
-    for (int w = 0; w < kSubWarps - 1; ++w)
-      if (w < warp) before += static_cast<uint32_t>(hist[w * num_e + key]);
+    for (int q = 0; q < kSubWarps / 4; ++q) {
+      if (4 * q < warp) {
+        const int4 h = row[q ^ sw];
+        const int w = 4 * q;
+        before += static_cast<uint32_t>(h.x) + (w + 1 < warp ? static_cast<uint32_t>(h.y) : 0u) +
+                  (w + 2 < warp ? static_cast<uint32_t>(h.z) : 0u) +
+                  (w + 3 < warp ? static_cast<uint32_t>(h.w) : 0u);
+      }
+    }
     const uint32_t r = before + __popc(lower) + seg;
     const int32_t col = c <= 1 ? 0 : static_cast<int32_t>(r % static_cast<uint32_t>(c));
     auto entry = [&](int32_t j) {
-      return j < kStageCols ? s_tab[key * kStageCols + j] : __ldg(log2phy + key * max_rep + j);
+      return j < kStageCols ? s_tab[key * kStageCols + j] : log2phy[key * max_rep + j];
     };
     const int32_t v = entry(col);
     slot = (v >= 0 && v < num_p) ? v : -1;
@@ -317,7 +338,7 @@ __global__ void __launch_bounds__(kSubThreads)
       }
     }
   }
-  if (i < my_end) __stcs(out + i, slot);
+  if (i < my_end) out[i] = slot;
   if (aggregate && record) {
     __syncthreads();
     for (int p = threadIdx.x; p < num_p; p += kSubThreads)
@@ -342,6 +363,9 @@ constexpr int kHashThreads = 256;
 // resident blocks per SM: all 8 (full occupancy) for int32 ids; int64 ids
 // need a few more registers.
 constexpr int kHashVec = 2;
+// log2phy columns per row loaded up front in the prologue (rows with more
+// replicas load the rest afterwards).
+constexpr int kHashStageCols = 1;
 template <typename IdT>
 constexpr int HashBlocksPerSm() {
   return sizeof(IdT) == 8 ? 6 : 8;
@@ -356,7 +380,7 @@ template <>
 struct IdVec4<int32_t> {
   using Raw = int4;
   __device__ __forceinline__ static void Load(const int32_t* p, uint32_t v, Raw& x) {
-    x = __ldcs(reinterpret_cast<const int4*>(p) + v);
+    x = reinterpret_cast<const int4*>(p)[v];
   }
   __device__ __forceinline__ static int32_t Get(const Raw& x, int j) {
     return j == 0 ? x.x : j == 1 ? x.y : j == 2 ? x.z : x.w;
@@ -368,8 +392,8 @@ struct IdVec4<int64_t> {
     longlong2 a, b;
   };
   __device__ __forceinline__ static void Load(const int64_t* p, uint32_t v, Raw& x) {
-    x.a = __ldcs(reinterpret_cast<const longlong2*>(p) + 2 * v);
-    x.b = __ldcs(reinterpret_cast<const longlong2*>(p) + 2 * v + 1);
+    x.a = reinterpret_cast<const longlong2*>(p)[2 * v];
+    x.b = reinterpret_cast<const longlong2*>(p)[2 * v + 1];
   }
   __device__ __forceinline__ static int64_t Get(const Raw& x, int j) {
     return j == 0 ? x.a.x : j == 1 ? x.a.y : j == 2 ? x.b.x : x.b.y;
@@ -390,15 +414,19 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
   // through L1. Descriptor of expert e: c << 16 | off (c its usable replica
   // count, 0 when its items are invalid; its slots at s_slots[off], an entry
   // outside [0, P) stored as -1). With it an item costs two shared loads, one
-  // shared atomic and no branch; with five shared accesses and four branches
-  // per item this kernel moved 0.75 of the D2D copy's bytes per second on
-  // an H200, now 0.87. Tried without moving it further: a cheaper hash; more
-  // loads in flight per thread (4 vectors, or the next step's loaded before
-  // this step is routed); L2 bulk prefetch ahead of the loads (slower); 512-
-  // or 1024-thread blocks; no count flush at all; and 32 lane copies of the
-  // histogram and descriptors, one bank per lane, which halved the
-  // shared-memory wavefronts (ncu: L1 data pipe 88% -> 50% busy, DRAM
-  // 71% -> 74%) at 0.875-0.88 all the same.
+  // shared atomic and no branch. On an H200 this kernel moved 0.75 of the
+  // D2D copy's bytes per second with five shared accesses and four branches
+  // per item, 0.87 with the descriptor, and 0.90 with plain global accesses
+  // and this prologue's loads issued together. Tried without moving it
+  // further: a cheaper hash; more loads in flight per thread (4 vectors, or
+  // the next step's loaded before this step is routed, also re-measured at
+  // 0.90); the first step's loads issued before the prologue (spills); L2
+  // bulk prefetch ahead of the loads (slower); 512- or 1024-thread blocks;
+  // no count flush at all; the slot kept in the descriptor of experts with
+  // one replica (a third fewer shared loads, same time); and 32 lane copies
+  // of the histogram and descriptors, one bank per lane, which halved the
+  // shared-memory wavefronts (ncu: L1 data pipe 88% -> 50% busy). A plain
+  // copy kernel with this grid-stride pattern reaches 0.93.
   extern __shared__ int32_t s_hist[];
   int32_t* s_cnt = s_hist + num_p + 2;
   uint32_t* s_desc = reinterpret_cast<uint32_t*>(s_cnt + num_e);
@@ -409,13 +437,25 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
   for (int p = threadIdx.x; p < num_p + 2; p += blockDim.x) s_hist[p] = 0;
   // Exclusive scan of the usable counts (1..max_rep; others 0: EplbItemKey
   // rejects their items): thread t owns experts [kPer*t, kPer*t + kPer).
+  // The first kHashStageCols entries of each owned row are loaded with the
+  // counts, before anything waits: every block runs this prologue at the
+  // same time, and with the row loads issued one after another behind the
+  // counts it held the whole grid for several L2 round trips.
   constexpr int kPer = (EPLB_MAX_LOGICAL_EXPERTS + kHashThreads - 1) / kHashThreads;
-  int32_t c_own[kPer];
+  int32_t c_own[kPer], head[kPer][kHashStageCols];
   int32_t own = 0;
 #pragma unroll
   for (int k = 0; k < kPer; ++k) {
     const int e = kPer * threadIdx.x + k;
-    const int32_t c = e < num_e ? logcnt[e] : 0;
+    c_own[k] = e < num_e ? logcnt[e] : 0;
+#pragma unroll
+    for (int j = 0; j < kHashStageCols; ++j)
+      head[k][j] = e < num_e && j < max_rep ? log2phy[e * max_rep + j] : -1;
+  }
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int e = kPer * threadIdx.x + k;
+    const int32_t c = c_own[k];
     if (e < num_e) s_cnt[e] = c;
     c_own[k] = (c >= 1 && c <= max_rep) ? c : 0;
     own += c_own[k];
@@ -439,7 +479,7 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
     for (int k = 0; k < kPer; ++k) {
       const int e = kPer * threadIdx.x + k;
       for (int j = 0; j < c_own[k]; ++j) {
-        const int32_t v = log2phy[e * max_rep + j];
+        const int32_t v = j < kHashStageCols ? head[k][j] : log2phy[e * max_rep + j];
         s_slots[before + j] = (v >= 0 && v < num_p) ? v : -1;
       }
       // P <= 4096 and c <= P fit the descriptor's 16-bit fields.
@@ -495,7 +535,7 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
       o.y = route(4 * v + 1, Vec::Get(x, 1), checked);
       o.z = route(4 * v + 2, Vec::Get(x, 2), checked);
       o.w = route(4 * v + 3, Vec::Get(x, 3), checked);
-      __stcs(reinterpret_cast<int4*>(out) + v, o);
+      reinterpret_cast<int4*>(out)[v] = o;
     };
     uint32_t v = blockIdx.x * blockDim.x + threadIdx.x;
     // kHashVec vectors per step: every load is in flight before any is used.
@@ -514,7 +554,7 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
     // Unaligned buffers, and the last cap % 4 items: one item per thread.
     for (uint32_t i = 4 * num_vec + blockIdx.x * blockDim.x + threadIdx.x; i < cap_items;
          i += stride)
-      __stcs(out + i, route(i, __ldcs(ids + i), std::true_type{}));
+      out[i] = route(i, ids[i], std::true_type{});
   };
   if (compact)
     sweep(route_compact);
