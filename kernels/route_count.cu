@@ -1,10 +1,11 @@
 // Route + count and count-only kernels. On the rank path the items of each
-// expert inside a segment get ranks in ascending item order (warp peer sets
-// from EplbWarpPeers / EplbWarpRank, public in eplb_device.cuh, and per-warp
-// shared counts), and per-replica totals are added once per block and
-// expert (segment kernel) or once per warp run of equal keys (sub-block
-// kernel), as EplbReplicaShare counts them: no per-item global atomics, and
-// the choice of replica depends on the data only, never on thread timing.
+// expert inside a segment get ranks in ascending item order (warp peer sets:
+// EplbWarpRank, public in eplb_device.cuh, in the segment kernel; lane masks
+// ORed in shared memory in the sub-block kernel), and per-replica totals are
+// added once per block and expert (segment kernel) or once per warp run of
+// equal keys (sub-block kernel), as EplbReplicaShare counts them: no
+// per-item global atomics, and the choice of replica depends on the data
+// only, never on thread timing.
 //
 // Every global access of the route kernels is a plain one. Streaming hints
 // (__ldcs/__stcs, evict-first) looked right for data touched once, but on an
@@ -188,33 +189,34 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
 //   1. every global load it needs is issued at once (its ids, the ids
 //      before it in the segment, logcnt, the first kStageCols columns of
 //      log2phy), then one barrier;
-//   2. each warp finds the runs of equal keys among its 32 items
-//      (EplbWarpPeers); the first lane of a run stores the run's length in
-//      its warp's row of `hist`, and, in launches of several sub-blocks per
-//      segment, the items before the sub-block are counted per expert (an
-//      order-free count, so exact and deterministic); one barrier;
+//   2. each lane ORs its bit into its key's cell of its warp in `hist`, so
+//      that after the barrier a cell holds the lanes of that warp with that
+//      key (its run); in launches of several sub-blocks per segment, the
+//      items before the sub-block are counted per expert. Both are
+//      order-free (OR, add), so exact and deterministic; one barrier;
 //   3. an item's rank is the segment's earlier count of its expert, plus
-//      the lengths of its expert's runs in lower warps, plus its lane's
+//      the sizes of its expert's runs in lower warps, plus its lane's
 //      place in its run; the first lane of each run adds the run's
 //      per-replica shares (EplbReplicaShare) to load_pass, and each warp
 //      adds its invalid items to the invalid counter itself.
 // No per-expert pass over the block and no third barrier: at 64 tokens x
 // top-8 the kernel used to spend ~6300 SM cycles (ncu, H200) on a
-// per-expert scan and flush behind four barriers.
+// per-expert scan and flush behind four barriers. The OR replaced nine
+// ballots per warp (EplbWarpPeers) plus a store of the run length: 0.02 /
+// 0.1 / 0.06 / 0.18 us less at 64 / 512 / 1024 / 8192 tokens on an H200.
 template <typename IdT, bool kHasPre>
 __global__ void __launch_bounds__(kSubThreads)
     RouteSubKernel(const IdT* __restrict__ ids, uint32_t cap_items, int64_t num_tokens,
                    const int32_t* d_num_tokens, int32_t top_k, const int32_t* __restrict__ log2phy,
-                   const int32_t* __restrict__ logcnt, int32_t num_e, int32_t key_bits,
-                   int32_t num_p, int32_t max_rep, const int32_t* d_record,
-                   int32_t* __restrict__ out, int32_t* load_pass, unsigned long long* d_invalid,
-                   uint32_t seg_items) {
+                   const int32_t* __restrict__ logcnt, int32_t num_e, int32_t num_p,
+                   int32_t max_rep, const int32_t* d_record, int32_t* __restrict__ out,
+                   int32_t* load_pass, unsigned long long* d_invalid, uint32_t seg_items) {
   extern __shared__ int4 smem4[];
-  int32_t* hist = reinterpret_cast<int32_t*>(smem4);  // [E][kSubWarps]: run lengths per warp
-  int32_t* pre = hist + kSubWarps * num_e;            // [E]: items earlier in the segment
-  int32_t* s_cnt = pre + num_e;                       // [E]: logcnt
-  int32_t* s_tab = s_cnt + num_e;                     // [E][kStageCols]: log2phy columns
-  int32_t* s_load = s_tab + kStageCols * num_e;       // [P]: counts, when aggregated
+  unsigned* hist = reinterpret_cast<unsigned*>(smem4);  // [E][kSubWarps]: lane masks of runs
+  int32_t* pre = reinterpret_cast<int32_t*>(hist + kSubWarps * num_e);  // [E]: earlier items
+  int32_t* s_cnt = pre + num_e;                                         // [E]: logcnt
+  int32_t* s_tab = s_cnt + num_e;                // [E][kStageCols]: log2phy columns
+  int32_t* s_load = s_tab + kStageCols * num_e;  // [P]: counts, when aggregated
   // Launches of many blocks add their counts up in shared memory and flush
   // them once per block: thousands of runs adding to the same hot slots in
   // global memory would queue on its atomic unit (measured 3x slower at
@@ -274,17 +276,14 @@ __global__ void __launch_bounds__(kSubThreads)
   const int32_t key =
       valid_item ? EplbItemKey(static_cast<int64_t>(raw), num_e, s_cnt, max_rep) : -1;
   const int32_t c = key >= 0 ? s_cnt[key] : 1;  // key >= 0: c in [1, max_rep]
-  const unsigned peers = EplbWarpPeers(key, key_bits);
-  const unsigned lower = peers & ((1u << lane) - 1u);
-  const bool first_of_run = key >= 0 && lower == 0u;
-  // A key's row of hist holds its 16 warps' run lengths as 4 quads of 4
-  // warps, quad q stored at quad q ^ ((key >> 1) & 3): keys spread over the
-  // 8 bank quads, so a warp's 16-byte reads of its 32 keys' quads conflict
-  // little. An item then reads at most 4 quads instead of 15 single words
-  // (the [warp][E] layout: 0.1 / 0.07 / 0.22 us slower at 64 / 512 / 1024
-  // tokens on an H200).
-  if (first_of_run)
-    hist[key * kSubWarps + 4 * ((warp >> 2) ^ ((key >> 1) & 3)) + (warp & 3)] = __popc(peers);
+  // A key's row of hist holds one cell per warp, as 4 quads of 4 warps,
+  // quad q stored at quad q ^ ((key >> 1) & 3): keys spread over the 8 bank
+  // quads, so a warp's 16-byte reads of its 32 keys' quads in step 3
+  // conflict little (an item reads at most 4 quads, not 15 words: the
+  // [warp][E] layout was 0.07-0.22 us slower at 64-1024 tokens, H200).
+  unsigned* const cell =
+      hist + (key >= 0 ? key * kSubWarps + 4 * ((warp >> 2) ^ ((key >> 1) & 3)) + (warp & 3) : 0);
+  if (key >= 0) atomicOr(cell, 1u << lane);
   if constexpr (kHasPre) {
 #pragma unroll
     for (int k = 0; k < kPrePerThread; ++k) {
@@ -296,6 +295,9 @@ __global__ void __launch_bounds__(kSubThreads)
     }
   }
   __syncthreads();
+  const unsigned peers = key >= 0 ? *cell : 0u;
+  const unsigned lower = peers & ((1u << lane) - 1u);
+  const bool first_of_run = key >= 0 && lower == 0u;
 
   // 3. Rank, slot, counts.
   int32_t slot = -1;
@@ -308,9 +310,8 @@ __global__ void __launch_bounds__(kSubThreads)
       if (4 * q < warp) {
         const int4 h = row[q ^ sw];
         const int w = 4 * q;
-        before += static_cast<uint32_t>(h.x) + (w + 1 < warp ? static_cast<uint32_t>(h.y) : 0u) +
-                  (w + 2 < warp ? static_cast<uint32_t>(h.z) : 0u) +
-                  (w + 3 < warp ? static_cast<uint32_t>(h.w) : 0u);
+        before += __popc(h.x) + (w + 1 < warp ? __popc(h.y) : 0) +
+                  (w + 2 < warp ? __popc(h.z) : 0) + (w + 3 < warp ? __popc(h.w) : 0);
       }
     }
     const uint32_t r = before + __popc(lower) + seg;
@@ -357,18 +358,22 @@ __global__ void __launch_bounds__(kSubThreads)
 // ids per step with one 16-byte load and one 16-byte store when the buffers
 // allow it, indices are 32-bit (T*K < 2^31 is validated), and nothing is
 // kept per item across steps (no register spills).
-constexpr int kHashThreads = 256;
+// 512-thread blocks, 4 per SM: every block loads the same small tables in
+// its prologue, all at once at the kernel's start, and half as many blocks
+// as with 256 threads cut that fixed cost (64 Mi ids: 0.90 -> 0.91 of the
+// copy; 32 Mi: 0.85 -> 0.89; 128 Mi: 0.925 either way, on an H200).
+constexpr int kHashThreads = 512;
 // Vectors of 4 ids each thread loads before routing any of them (4 per
 // step measured slower than 2 on an H200: fewer resident blocks), and the
-// resident blocks per SM: all 8 (full occupancy) for int32 ids; int64 ids
-// need a few more registers.
+// resident blocks per SM: all threads of the SM (full occupancy) for int32
+// ids; int64 ids need a few more registers.
 constexpr int kHashVec = 2;
 // log2phy columns per row loaded up front in the prologue (rows with more
 // replicas load the rest afterwards).
 constexpr int kHashStageCols = 1;
 template <typename IdT>
 constexpr int HashBlocksPerSm() {
-  return sizeof(IdT) == 8 ? 6 : 8;
+  return sizeof(IdT) == 8 ? 3 : 4;
 }
 
 // 4 consecutive ids as loaded (one 16-byte access for int32, two for
@@ -416,12 +421,13 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
   // outside [0, P) stored as -1). With it an item costs two shared loads, one
   // shared atomic and no branch. On an H200 this kernel moved 0.75 of the
   // D2D copy's bytes per second with five shared accesses and four branches
-  // per item, 0.87 with the descriptor, and 0.90 with plain global accesses
-  // and this prologue's loads issued together. Tried without moving it
+  // per item, 0.87 with the descriptor, 0.90 with plain global accesses and
+  // this prologue's loads issued together, 0.91 with 512-thread blocks.
+  // Tried without moving it
   // further: a cheaper hash; more loads in flight per thread (4 vectors, or
   // the next step's loaded before this step is routed, also re-measured at
   // 0.90); the first step's loads issued before the prologue (spills); L2
-  // bulk prefetch ahead of the loads (slower); 512- or 1024-thread blocks;
+  // bulk prefetch ahead of the loads (slower); 1024-thread blocks (spills);
   // no count flush at all; the slot kept in the descriptor of experts with
   // one replica (a third fewer shared loads, same time); and 32 lane copies
   // of the histogram and descriptors, one bank per lane, which halved the
@@ -671,8 +677,8 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     auto launch = [&](auto kernel, const auto* ids) {
       kernel<<<grid, kSubThreads, sub_smem, stream>>>(
           ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy, logcnt,
-          num_logical_experts, key_bits, num_physical_experts, max_rep, record, topk_physical,
-          load_pass, invalid_count, static_cast<uint32_t>(seg_items));
+          num_logical_experts, num_physical_experts, max_rep, record, topk_physical, load_pass,
+          invalid_count, static_cast<uint32_t>(seg_items));
     };
     // Launches of one sub-block per segment (up to 512 items, or segments of
     // at most 512) have no items before any sub-block: a kernel without that
