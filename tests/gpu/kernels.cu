@@ -173,6 +173,40 @@ TEST(RouteCount, RandomMatchesReference) {
   }
 }
 
+// A load-aware placement: the redundant slots go to the four hottest
+// experts (0-3 under ZipfIds), so each holds ~(P - E) / 4 replicas and
+// receives most items: runs longer and shorter than an expert's replica
+// count, replicas past the staged table columns.
+Table HotTable(std::mt19937_64& rng, int32_t E, int32_t P) {
+  Table t;
+  t.E = E;
+  t.P = P;
+  const int32_t R1 = P - E + 1;
+  t.phy2log.resize(static_cast<size_t>(P));
+  for (int32_t p = 0; p < P; ++p) t.phy2log[p] = p < E ? p : static_cast<int32_t>(rng() % 4);
+  std::shuffle(t.phy2log.begin(), t.phy2log.end(), rng);
+  t.log2phy.assign(static_cast<size_t>(E) * R1, -1);
+  t.logcnt.assign(static_cast<size_t>(E), 0);
+  for (int32_t p = 0; p < P; ++p) {
+    const int32_t e = t.phy2log[p];
+    t.log2phy[static_cast<size_t>(e) * R1 + t.logcnt[e]++] = p;
+  }
+  return t;
+}
+
+TEST(RouteCount, HotExpertsWithManyReplicas) {
+  EPLB_REQUIRE_GPUS(1);
+  std::mt19937_64 rng(13);
+  const Table t = HotTable(rng, 256, 352);
+  ASSERT_GE(*std::max_element(t.logcnt.begin(), t.logcnt.end()), 16);
+  for (int64_t T : {1, 3, 64, 513, 1024, 8192, (1 << 22) / 8}) {
+    SCOPED_TRACE(T);
+    const auto ids = ZipfIds(rng, static_cast<size_t>(T * 8), t.E, 1.2);
+    CheckRoute(ids, T, 8, t, false, -1, true);
+    CheckRoute(ids, T, 8, t, true, T - T / 3, true);
+  }
+}
+
 TEST(RouteCount, Adversarial) {
   EPLB_REQUIRE_GPUS(1);
   std::mt19937_64 rng(12);
