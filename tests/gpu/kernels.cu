@@ -73,13 +73,15 @@ struct Table {
   std::vector<int32_t> phy2log, log2phy, logcnt;
 };
 
-Table RandomTable(std::mt19937_64& rng, int32_t E, int32_t P) {
+// Slot p < E holds expert p, each further slot an expert drawn from [0,
+// hot) (E: any), then the slots are shuffled; log2phy rows in slot order.
+Table ShuffledTable(std::mt19937_64& rng, int32_t E, int32_t P, int32_t hot) {
   Table t;
   t.E = E;
   t.P = P;
   const int32_t R1 = P - E + 1;
   t.phy2log.resize(static_cast<size_t>(P));
-  for (int32_t p = 0; p < P; ++p) t.phy2log[p] = p < E ? p : static_cast<int32_t>(rng() % E);
+  for (int32_t p = 0; p < P; ++p) t.phy2log[p] = p < E ? p : static_cast<int32_t>(rng() % hot);
   std::shuffle(t.phy2log.begin(), t.phy2log.end(), rng);
   t.log2phy.assign(static_cast<size_t>(E) * R1, -1);
   t.logcnt.assign(static_cast<size_t>(E), 0);
@@ -88,6 +90,10 @@ Table RandomTable(std::mt19937_64& rng, int32_t E, int32_t P) {
     t.log2phy[static_cast<size_t>(e) * R1 + t.logcnt[e]++] = p;
   }
   return t;
+}
+
+Table RandomTable(std::mt19937_64& rng, int32_t E, int32_t P) {
+  return ShuffledTable(rng, E, P, E);
 }
 
 std::vector<int64_t> ZipfIds(std::mt19937_64& rng, size_t n, int32_t E, double s) {
@@ -177,27 +183,10 @@ TEST(RouteCount, RandomMatchesReference) {
 // experts (0-3 under ZipfIds), so each holds ~(P - E) / 4 replicas and
 // receives most items: runs longer and shorter than an expert's replica
 // count, replicas past the staged table columns.
-Table HotTable(std::mt19937_64& rng, int32_t E, int32_t P) {
-  Table t;
-  t.E = E;
-  t.P = P;
-  const int32_t R1 = P - E + 1;
-  t.phy2log.resize(static_cast<size_t>(P));
-  for (int32_t p = 0; p < P; ++p) t.phy2log[p] = p < E ? p : static_cast<int32_t>(rng() % 4);
-  std::shuffle(t.phy2log.begin(), t.phy2log.end(), rng);
-  t.log2phy.assign(static_cast<size_t>(E) * R1, -1);
-  t.logcnt.assign(static_cast<size_t>(E), 0);
-  for (int32_t p = 0; p < P; ++p) {
-    const int32_t e = t.phy2log[p];
-    t.log2phy[static_cast<size_t>(e) * R1 + t.logcnt[e]++] = p;
-  }
-  return t;
-}
-
 TEST(RouteCount, HotExpertsWithManyReplicas) {
   EPLB_REQUIRE_GPUS(1);
   std::mt19937_64 rng(13);
-  const Table t = HotTable(rng, 256, 352);
+  const Table t = ShuffledTable(rng, 256, 352, 4);
   ASSERT_GE(*std::max_element(t.logcnt.begin(), t.logcnt.end()), 16);
   for (int64_t T : {1, 3, 64, 513, 1024, 8192, (1 << 22) / 8}) {
     SCOPED_TRACE(T);
