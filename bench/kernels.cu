@@ -2,14 +2,14 @@
 // same process on the same stream (CUDA events, UseManualTime):
 //   route+count on 64 Mi ids vs a device-to-device cudaMemcpy of the same
 //   bytes (ids read + physical ids written); decode-size route+count inside a
-//   CUDA graph vs a graph of empty kernels; one 58-layer decode step (58
-//   route+count + window update) vs a graph of 59 empty kernels; window
-//   update / read-out / reduce at W=1000, 58 x 256; the GPU planner on the
-//   DeepSeek-V3 shape vs the host planner.
+//   CUDA graph vs a graph of empty kernels (random and planned placements); one 58-layer decode
+//   step (58 route+count + window update) vs a graph of 59 empty kernels; window update / read-out
+//   / reduce at W=1000, 58 x 256; the GPU planner on the DeepSeek-V3 shape vs the host planner.
 // Counters: GB/s, and ratio counters (vs_memcpy, us_over_empty, vs_host).
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -154,14 +154,46 @@ BENCHMARK(BM_RouteCountLarge)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
+// The host planner's placement of one DeepSeek-V3-shaped layer (256 -> 288,
+// 8 groups, 4 nodes, 32 GPUs) for the load of `sample`: the hot experts
+// hold the most replicas, as in service.
+Placement PlannedPlacement(int32_t E, int32_t P, const std::vector<int32_t>& sample) {
+  eplbPlanConfig_t cfg = EPLB_PLAN_CONFIG_INIT;
+  cfg.num_layers = 1;
+  cfg.num_logical_experts = E;
+  cfg.num_physical_experts = P;
+  cfg.num_groups = 8;
+  cfg.num_nodes = 4;
+  cfg.num_ranks = 32;
+  std::vector<int64_t> load(static_cast<size_t>(E), 0);
+  for (int32_t v : sample) ++load[static_cast<size_t>(v)];
+  Placement pl;
+  pl.phy2log.resize(static_cast<size_t>(P));
+  pl.logcnt.resize(static_cast<size_t>(E));
+  pl.log2phy.resize(static_cast<size_t>(E) * (P - E + 1));
+  EK(eplbPlanCompute(&cfg, load.data(), nullptr, pl.phy2log.data(), pl.logcnt.data(),
+                     pl.log2phy.data(), nullptr));
+  return pl;
+}
+
 // Per-launch cost at decode sizes: a graph of 64 route+count launches vs a
-// graph of 64 empty kernels; us_over_empty = (route - empty) / 64.
+// graph of 64 empty kernels; us_over_empty = (route - empty) / 64. Second
+// argument: 0 a random placement (redundant slots to random experts), 1
+// the planner's placement for the ids' own distribution (its hot experts
+// have many replicas, so their items use replicas past the kernel's staged
+// table columns).
 void BM_RouteCountDecodeGraph(benchmark::State& state) {
   const int64_t T = state.range(0);
+  const bool planned = state.range(1) != 0;
   const int32_t K = 8, E = 256, P = 288, reps = 64;
   const size_t n = static_cast<size_t>(T * K);
   Ctx c;
-  Placement pl = MakePlacement(1, E, P, 3);
+  // Ids with one seed share one expert permutation, whatever their count.
+  Placement pl =
+      planned ? PlannedPlacement(E, P, Ids(size_t{1} << 20, E, 1.2, 4)) : MakePlacement(1, E, P, 3);
+  int max_cnt = 0;
+  for (int32_t v : pl.logcnt) max_cnt = std::max(max_cnt, static_cast<int>(v));
+  state.counters["max_replicas"] = max_cnt;
   int32_t* d_ids = Dev(Ids(n, E, 1.2, 4));
   int32_t *d_out, *d_load, *d_l2p = Dev(pl.log2phy), *d_cnt = Dev(pl.logcnt);
   int32_t* d_valid = Dev(std::vector<int32_t>{static_cast<int32_t>(T)});
@@ -208,10 +240,7 @@ void BM_RouteCountDecodeGraph(benchmark::State& state) {
     cudaFree(p);
 }
 BENCHMARK(BM_RouteCountDecodeGraph)
-    ->Arg(64)
-    ->Arg(512)
-    ->Arg(1024)
-    ->Arg(8192)
+    ->ArgsProduct({{64, 512, 1024, 8192}, {0, 1}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
