@@ -359,8 +359,8 @@ __global__ void __launch_bounds__(kSubThreads)
 // kept per item across steps (no register spills).
 // 512-thread blocks, 4 per SM: every block loads the same small tables in
 // its prologue, all at once at the kernel's start, and half as many blocks
-// as with 256 threads cut that fixed cost (64 Mi ids: 0.90 -> 0.91 of the
-// copy; 32 Mi: 0.85 -> 0.89; 128 Mi: 0.925 either way, on an H200).
+// as with 256 threads cut that fixed cost (64 Mi ids: 0.90 -> 0.91-0.92 of
+// the copy; 32 Mi: 0.85 -> 0.89; 128 Mi: 0.925 either way, on an H200).
 constexpr int kHashThreads = 512;
 // Vectors of 4 ids each thread loads before routing any of them (4 per
 // step measured slower than 2 on an H200: fewer resident blocks), and the
@@ -421,12 +421,12 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
   // shared atomic and no branch. On an H200 this kernel moved 0.75 of the
   // D2D copy's bytes per second with five shared accesses and four branches
   // per item, 0.87 with the descriptor, 0.90 with plain global accesses and
-  // this prologue's loads issued together, 0.91 with 512-thread blocks.
-  // Tried without moving it
-  // further: a cheaper hash; more loads in flight per thread (4 vectors, or
-  // the next step's loaded before this step is routed, also re-measured at
-  // 0.90); the first step's loads issued before the prologue (spills); L2
-  // bulk prefetch ahead of the loads (slower); 1024-thread blocks (spills);
+  // this prologue's loads issued together, 0.92 with 512-thread blocks.
+  // Tried without moving it further: a cheaper hash; more loads in flight
+  // per thread (4 vectors, or the next step's loaded before this step is
+  // routed, also re-measured at 0.90); the first step's loads issued before
+  // the prologue (spills); L2 bulk prefetch ahead of the loads (slower);
+  // 1024-thread blocks (spills);
   // no count flush at all; the slot kept in the descriptor of experts with
   // one replica (a third fewer shared loads, same time); and 32 lane copies
   // of the histogram and descriptors, one bank per lane, which halved the
