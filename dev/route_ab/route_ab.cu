@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_ids.h"
 #include "eplb/eplb.h"
 #include "eplb/eplb_device.cuh"
 #include "launch.cuh"
@@ -45,23 +46,6 @@ namespace {
 constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
 
 __global__ void EmptyKernel() {}
-
-std::vector<int32_t> ZipfIds(size_t n, int32_t E, double zipf, std::mt19937_64& rng) {
-  std::vector<int32_t> ids(n);
-  if (zipf == 0.0) {
-    for (auto& v : ids) v = static_cast<int32_t>(rng() % E);
-    return ids;
-  }
-  std::vector<double> cdf(E);
-  double acc = 0;
-  for (int32_t e = 0; e < E; ++e) cdf[e] = acc += 1.0 / std::pow(e + 1.0, zipf);
-  std::vector<int32_t> perm(E);
-  for (int32_t e = 0; e < E; ++e) perm[e] = e;
-  std::shuffle(perm.begin(), perm.end(), rng);
-  std::uniform_real_distribution<double> u(0.0, acc);
-  for (auto& v : ids) v = perm[std::lower_bound(cdf.begin(), cdf.end(), u(rng)) - cdf.begin()];
-  return ids;
-}
 
 struct Dev {
   int32_t *l2p, *cnt, *ids, *out, *load, *valid, *rec;
@@ -145,7 +129,7 @@ int main() {
     for (double zipf : {0.0, 1.2}) {
       const int64_t T = 8 << 20;
       const size_t n = size_t(T) * K;
-      const auto ids = ZipfIds(n, E, zipf, rng);
+      const auto ids = Ids(n, E, zipf, zipf == 0.0 ? 2 : 12);
       CK(cudaMemcpy(d.ids, ids.data(), n * 4, cudaMemcpyHostToDevice));
       check(T, false);
       auto copy = [&] { CK(cudaMemcpyAsync(d.out, d.ids, n * 4, cudaMemcpyDeviceToDevice, s)); };
@@ -168,7 +152,7 @@ int main() {
     CK(cudaFree(flush));
   }
   {
-    const auto ids = ZipfIds(size_t(8192) * K, E, 1.2, rng);
+    const auto ids = Ids(size_t(8192) * K, E, 1.2, 4);
     CK(cudaMemcpy(d.ids, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
     if (load_aware) {
       std::vector<double> load(E, 0.0);

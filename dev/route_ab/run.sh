@@ -36,5 +36,5 @@ INC
 done
 echo "$table };" >>"$inc"
 nvcc -std=c++17 -arch=sm_90 -O3 --fmad=false --expt-relaxed-constexpr -I"$root/include" \
-  -I"$root/kernels" -I"$out" -o "$out/route_ab" "$root/dev/route_ab/route_ab.cu"
+  -I"$root/kernels" -I"$root/bench" -I"$out" -o "$out/route_ab" "$root/dev/route_ab/route_ab.cu"
 "$out/route_ab" | tee "$out/route_ab.txt"
