@@ -2,9 +2,10 @@
 // same process on the same stream (CUDA events, UseManualTime):
 //   route+count on 64 Mi ids vs a device-to-device cudaMemcpy of the same
 //   bytes (ids read + physical ids written); decode-size route+count inside a
-//   CUDA graph vs a graph of empty kernels (random and planned placements); one 58-layer decode
-//   step (58 route+count + window update) vs a graph of 59 empty kernels; window update / read-out
-//   / reduce at W=1000, 58 x 256; the GPU planner on the DeepSeek-V3 shape vs the host planner.
+//   CUDA graph vs a graph of empty kernels (random and planned placements);
+//   one 58-layer decode step (58 route+count + window update) vs a graph of
+//   59 empty kernels; window update / read-out / reduce at W=1000, 58 x 256;
+//   the GPU planner on the DeepSeek-V3 shape vs the host planner.
 // Counters: GB/s, and ratio counters (vs_memcpy, us_over_empty, vs_host).
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
@@ -136,17 +137,25 @@ BENCHMARK(BM_RouteCountLarge)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
-// The host planner's placement of one DeepSeek-V3-shaped layer (256 -> 288,
-// 8 groups, 4 nodes, 32 GPUs) for the load of `sample`: the hot experts
-// hold the most replicas, as in service.
-Placement PlannedPlacement(int32_t E, int32_t P, const std::vector<int32_t>& sample) {
+// Planner config of the DeepSeek-V3 shape: L layers, 256 -> 288 experts,
+// 8 groups, 4 nodes, 32 GPUs.
+eplbPlanConfig_t Dsv3PlanConfig(int32_t L) {
   eplbPlanConfig_t cfg = EPLB_PLAN_CONFIG_INIT;
-  cfg.num_layers = 1;
-  cfg.num_logical_experts = E;
-  cfg.num_physical_experts = P;
+  cfg.num_layers = L;
+  cfg.num_logical_experts = 256;
+  cfg.num_physical_experts = 288;
   cfg.num_groups = 8;
   cfg.num_nodes = 4;
   cfg.num_ranks = 32;
+  cfg.migration = EPLB_MIGRATION_NONE;
+  return cfg;
+}
+
+// The host planner's placement of one DeepSeek-V3-shaped layer for the load
+// of `sample`: the hot experts hold the most replicas, as in service.
+Placement PlannedPlacement(const std::vector<int32_t>& sample) {
+  const eplbPlanConfig_t cfg = Dsv3PlanConfig(1);
+  const int32_t E = cfg.num_logical_experts, P = cfg.num_physical_experts;
   std::vector<int64_t> load(static_cast<size_t>(E), 0);
   for (int32_t v : sample) ++load[static_cast<size_t>(v)];
   Placement pl;
@@ -172,10 +181,8 @@ void BM_RouteCountDecodeGraph(benchmark::State& state) {
   Ctx c;
   // Ids with one seed share one expert permutation, whatever their count.
   Placement pl =
-      planned ? PlannedPlacement(E, P, Ids(size_t{1} << 20, E, 1.2, 4)) : MakePlacement(1, E, P, 3);
-  int max_cnt = 0;
-  for (int32_t v : pl.logcnt) max_cnt = std::max(max_cnt, static_cast<int>(v));
-  state.counters["max_replicas"] = max_cnt;
+      planned ? PlannedPlacement(Ids(size_t{1} << 20, E, 1.2, 4)) : MakePlacement(1, E, P, 3);
+  state.counters["max_replicas"] = *std::max_element(pl.logcnt.begin(), pl.logcnt.end());
   int32_t* d_ids = Dev(Ids(n, E, 1.2, 4));
   int32_t *d_out, *d_load, *d_l2p = Dev(pl.log2phy), *d_cnt = Dev(pl.logcnt);
   int32_t* d_valid = Dev(std::vector<int32_t>{static_cast<int32_t>(T)});
@@ -346,14 +353,7 @@ BENCHMARK(BM_Window)->Arg(0)->Arg(1)->Arg(2)->UseManualTime()->Unit(benchmark::k
 void BM_PlanGpu(benchmark::State& state) {
   const int32_t L = 58, E = 256, P = 288;
   Ctx c;
-  eplbPlanConfig_t cfg = EPLB_PLAN_CONFIG_INIT;
-  cfg.num_layers = L;
-  cfg.num_logical_experts = E;
-  cfg.num_physical_experts = P;
-  cfg.num_groups = 8;
-  cfg.num_nodes = 4;
-  cfg.num_ranks = 32;
-  cfg.migration = EPLB_MIGRATION_NONE;
+  const eplbPlanConfig_t cfg = Dsv3PlanConfig(L);
   std::mt19937_64 rng(8);
   std::vector<int64_t> load(static_cast<size_t>(L) * E);
   for (int32_t l = 0; l < L; ++l) {
