@@ -5,9 +5,11 @@
 // and invalid counts with the first variant; the hash path (64 Mi ids) as a
 // ratio of the device-to-device copy, timed right after each route and after
 // an L2 flush; decode sizes as us per launch over an empty kernel, in CUDA
-// graphs of 64 launches. Env: ROUTE_AB_DECODE_ONLY=1 skips the hash path;
-// ROUTE_AB_LOAD_AWARE=1 gives the decode runs a load-aware placement (each
-// redundant slot to the expert with the most items per replica).
+// graphs of 64 launches, with two floors in the sub-block kernel's launch
+// shape (an empty kernel, a copy of the ids). Env: ROUTE_AB_DECODE_ONLY=1
+// skips the hash path; ROUTE_AB_LOAD_AWARE=1 gives the decode runs a
+// load-aware placement (each redundant slot to the expert with the most
+// items per replica).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -46,6 +48,16 @@ namespace {
 constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
 
 __global__ void EmptyKernel() {}
+
+// Floors at decode sizes, in the sub-block kernel's launch shape (grid
+// segments x 512-item sub-blocks, 512 threads, its dynamic shared memory):
+// an empty kernel, and one that only copies each thread's id.
+__global__ void ShapedEmptyKernel() {}
+__global__ void ShapedCopyKernel(const int32_t* ids, int32_t* out, uint32_t cap,
+                                 uint32_t seg_items) {
+  const uint32_t i = blockIdx.x * seg_items + blockIdx.y * 512 + threadIdx.x;
+  if (i < cap) out[i] = ids[i];
+}
 
 struct Dev {
   int32_t *l2p, *cnt, *ids, *out, *load, *valid, *rec;
@@ -192,12 +204,39 @@ int main() {
       CK(cudaGraphDestroy(g));
       return x;
     };
+    int32_t segs = 0;
+    int64_t seg_items = 0;
+    eplb::ab0::RouteSegments(T * K, &segs, &seg_items);
+    const dim3 shape(segs, static_cast<unsigned>((seg_items + 511) / 512));
+    const size_t shape_smem = sizeof(int32_t) * (20 * E + P);
+    auto capture_floor = [&](bool copy) {
+      cudaGraph_t g;
+      cudaGraphExec_t x;
+      CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+      for (int i = 0; i < 64; ++i) {
+        if (copy)
+          ShapedCopyKernel<<<shape, 512, shape_smem, s>>>(d.ids, d.out, uint32_t(T * K),
+                                                          uint32_t(seg_items));
+        else
+          ShapedEmptyKernel<<<shape, 512, shape_smem, s>>>();
+      }
+      CK(cudaStreamEndCapture(s, &g));
+      CK(cudaGraphInstantiate(&x, g, 0));
+      CK(cudaGraphDestroy(g));
+      return x;
+    };
+    cudaGraphExec_t gf[2] = {capture_floor(false), capture_floor(true)};
+    std::vector<double> tf[2];
     cudaGraphExec_t ge = capture(-1), gv[kNumVariants];
     for (int v = 0; v < kNumVariants; ++v) gv[v] = capture(v);
     std::vector<double> te, tv[kNumVariants];
     for (int r = 0; r < 403; ++r) {
       const double t = time([&] { CK(cudaGraphLaunch(ge, s)); });
       if (r >= 3) te.push_back(t);
+      for (int f = 0; f < 2; ++f) {
+        const double tfr = time([&] { CK(cudaGraphLaunch(gf[f], s)); });
+        if (r >= 3) tf[f].push_back(tfr);
+      }
       for (int v = 0; v < kNumVariants; ++v) {
         const double tvr = time([&] { CK(cudaGraphLaunch(gv[v], s)); });
         if (r >= 3) tv[v].push_back(tvr);
@@ -207,7 +246,9 @@ int main() {
                 med(te) / 64);
     for (int v = 0; v < kNumVariants; ++v)
       std::printf(" %s %.2f", kVariants[v].name, (med(tv[v]) - med(te)) / 64);
-    std::printf("\n");
+    std::printf("; floors in the sub-block shape (%u x %u blocks): empty %.2f, copy %.2f\n",
+                shape.x, shape.y, (med(tf[0]) - med(te)) / 64, (med(tf[1]) - med(te)) / 64);
+    for (int f = 0; f < 2; ++f) CK(cudaGraphExecDestroy(gf[f]));
     for (int v = 0; v < kNumVariants; ++v) CK(cudaGraphExecDestroy(gv[v]));
     CK(cudaGraphExecDestroy(ge));
   }
