@@ -18,6 +18,7 @@
 #include "gpu_env.h"
 #include "kernel_ref.h"
 #include "planner.h"
+#include "recipe_route.cuh"
 #include "test_env.h"
 #include "topk_format.h"
 
@@ -107,9 +108,11 @@ std::vector<int64_t> ZipfIds(std::mt19937_64& rng, size_t n, int32_t E, double s
 }
 
 // One route+count case, run twice on the device, both compared with the
-// reference. valid < 0: no device count (all T valid).
+// reference. valid < 0: no device count (all T valid). recipe: run
+// eplb_test::RecipeRouteKernel (built from eplb_device.cuh alone) instead
+// of eplbRouteCount.
 void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Table& t, bool ids64,
-                int64_t valid, bool record) {
+                int64_t valid, bool record, bool recipe = false) {
   ScopedStream stream;
   const int64_t vt = valid < 0 ? T : std::min<int64_t>(T, std::max<int64_t>(0, valid));
   std::vector<int32_t> ref_out(ids.size(), -7), ref_load(static_cast<size_t>(t.P), 0);
@@ -137,9 +140,15 @@ void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Tab
     d_load.Fill(0, stream);
     d_inv.Fill(0, stream);
     const void* in = ids64 ? static_cast<const void*>(d_ids64.get()) : d_ids32.get();
-    EPLB_OK(eplbRouteCount(in, ids64 ? EPLB_ID_INT64 : EPLB_ID_INT32, T,
-                           valid < 0 ? nullptr : d_valid.get(), K, d_l2p.get(), d_cnt.get(), t.E,
-                           t.P, d_rec.get(), d_out.get(), d_load.get(), d_inv.get(), stream));
+    if (recipe)
+      ASSERT_EQ(eplb_test::LaunchRecipeRoute(in, ids64, T, valid < 0 ? nullptr : d_valid.get(), K,
+                                             d_l2p.get(), d_cnt.get(), t.E, t.P, d_rec.get(),
+                                             d_out.get(), d_load.get(), d_inv.get(), stream),
+                cudaSuccess);
+    else
+      EPLB_OK(eplbRouteCount(in, ids64 ? EPLB_ID_INT64 : EPLB_ID_INT32, T,
+                             valid < 0 ? nullptr : d_valid.get(), K, d_l2p.get(), d_cnt.get(), t.E,
+                             t.P, d_rec.get(), d_out.get(), d_load.get(), d_inv.get(), stream));
     EXPECT_EQ(d_out.Download(stream, ids.size()), ref_out);
     EXPECT_EQ(d_load.Download(stream), ref_load);
     EXPECT_EQ(d_inv.Download(stream)[0], ref_invalid);
@@ -194,6 +203,29 @@ TEST(RouteCount, HotExpertsWithManyReplicas) {
     CheckRoute(ids, T, 8, t, false, -1, true);
     CheckRoute(ids, T, 8, t, true, T - T / 3, true);
   }
+}
+
+// eplb_device.cuh promises that a kernel following its recipe makes
+// eplbRouteCount's choices: a kernel built from those functions alone (one
+// warp per segment, as an engine would fuse them) against the same
+// reference, on the rank path (one and many segments, a hot placement,
+// invalid ids, device counts) and the hash path.
+TEST(DeviceFunctions, RecipeKernelMatchesReference) {
+  EPLB_REQUIRE_GPUS(1);
+  std::mt19937_64 rng(15);
+  const Table random = RandomTable(rng, 256, 288), hot = ShuffledTable(rng, 256, 352, 4);
+  for (const Table* t : {&random, &hot}) {
+    for (int64_t T : {1, 37, 64, 512, 1000, 8192, 70001}) {
+      SCOPED_TRACE(T);
+      auto ids = ZipfIds(rng, static_cast<size_t>(T * 8), t->E, 1.2);
+      for (int k = 0; k < 9; ++k) ids[rng() % ids.size()] = k % 2 ? -1 : t->E + k;
+      CheckRoute(ids, T, 8, *t, false, -1, true, true);
+      CheckRoute(ids, T, 8, *t, true, T - T / 3, true, true);
+      CheckRoute(ids, T, 8, *t, false, T, false, true);
+    }
+  }
+  const auto ids = ZipfIds(rng, size_t{1} << 22, 256, 1.2);
+  CheckRoute(ids, (1 << 22) / 8, 8, hot, false, -1, true, true);  // hash path
 }
 
 TEST(RouteCount, Adversarial) {
