@@ -4,7 +4,9 @@
 //   bytes (ids read + physical ids written); decode-size route+count inside a
 //   CUDA graph vs a graph of empty kernels (random and planned placements);
 //   one 58-layer decode step (58 route+count + window update) vs a graph of
-//   59 empty kernels; window update / read-out / reduce at W=1000, 58 x 256;
+//   59 empty kernels; route+count fused into a stand-in engine kernel from
+//   the public device functions vs that engine kernel alone and followed by
+//   eplbRouteCount; window update / read-out / reduce at W=1000, 58 x 256;
 //   the GPU planner on the DeepSeek-V3 shape vs the host planner.
 // Counters: GB/s, and ratio counters (vs_memcpy, us_over_empty, vs_host).
 #include <benchmark/benchmark.h>
@@ -21,6 +23,7 @@
 #include "eplb/eplb.h"
 #include "bench_check.h"
 #include "bench_ids.h"
+#include "recipe_route.cuh"
 
 namespace {
 
@@ -303,6 +306,85 @@ void BM_DecodeStepGraph(benchmark::State& state) {
     cudaFree(p);
 }
 BENCHMARK(BM_DecodeStepGraph)->Arg(64)->Arg(512)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// Stand-in for an engine's top-k kernel in the launch shape of
+// eplb_test::RecipeRouteKernel (one warp per route segment): it only writes
+// its ids out.
+__global__ void EngineStandInKernel(const int32_t* ids, int32_t* out, int64_t cap,
+                                    int64_t segment_items) {
+  const int64_t begin = int64_t{blockIdx.x} * segment_items;
+  const int64_t end = begin + segment_items < cap ? begin + segment_items : cap;
+  for (int64_t i = begin + threadIdx.x; i < end; i += 32) out[i] = ids[i];
+}
+
+// Decode-size route+count fused into an engine kernel (the recipe of
+// eplb_device.cuh: eplb_test::RecipeRouteKernel, one warp per segment)
+// against the engine kernel alone and against the engine kernel followed by
+// eplbRouteCount, each a graph of 64 launches (per-launch us over the
+// engine kernel).
+void BM_FusedRouteDecodeGraph(benchmark::State& state) {
+  const int64_t T = state.range(0);
+  const int32_t K = 8, E = 256, P = 288, reps = 64;
+  const size_t n = static_cast<size_t>(T * K);
+  Ctx c;
+  Placement pl = MakePlacement(1, E, P, 3);
+  int32_t* d_ids = Dev(Ids(n, E, 1.2, 4));
+  int32_t *d_mid, *d_out, *d_load, *d_l2p = Dev(pl.log2phy), *d_cnt = Dev(pl.logcnt);
+  int32_t* d_valid = Dev(std::vector<int32_t>{static_cast<int32_t>(T)});
+  int32_t* d_rec = Dev(std::vector<int32_t>{1});
+  CK(cudaMalloc(&d_mid, n * 4));  // the engine kernel's ids, routed by eplbRouteCount
+  CK(cudaMalloc(&d_out, n * 4));
+  CK(cudaMalloc(&d_load, P * 4));
+  CK(cudaMemset(d_load, 0, P * 4));
+  int32_t segs = 0;
+  int64_t z = 0;
+  eplb_test::RecipeSegments(static_cast<int64_t>(n), &segs, &z);
+  auto capture = [&](int mode) {  // 0 engine, 1 fused, 2 engine + eplbRouteCount
+    cudaGraph_t g;
+    cudaGraphExec_t x;
+    CK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < reps; ++i) {
+      if (mode == 1) {
+        CK(eplb_test::LaunchRecipeRoute(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec,
+                                        d_out, d_load, nullptr, c.stream));
+      } else {
+        EngineStandInKernel<<<segs, 32, 0, c.stream>>>(d_ids, mode == 2 ? d_mid : d_out,
+                                                       static_cast<int64_t>(n), z);
+        if (mode == 2)
+          EK(eplbRouteCount(d_mid, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
+                            d_load, nullptr, c.stream));
+      }
+    }
+    CK(cudaStreamEndCapture(c.stream, &g));
+    CK(cudaGraphInstantiate(&x, g, 0));
+    CK(cudaGraphDestroy(g));
+    return x;
+  };
+  cudaGraphExec_t ge = capture(0), gf = capture(1), gs = capture(2);
+  const double t_engine = c.Mean([&] { CK(cudaGraphLaunch(ge, c.stream)); }, 50);
+  const double t_separate = c.Mean([&] { CK(cudaGraphLaunch(gs, c.stream)); }, 50);
+  c.Mean([&] { CK(cudaGraphLaunch(gf, c.stream)); }, 3);
+  double total = 0;
+  int64_t iters = 0;
+  for (auto _ : state) {
+    const double t = c.Time([&] { CK(cudaGraphLaunch(gf, c.stream)); });
+    state.SetIterationTime(t);
+    total += t;
+    ++iters;
+  }
+  state.counters["us_engine"] = t_engine / reps * 1e6;
+  state.counters["us_fused_over_engine"] = (total / iters - t_engine) / reps * 1e6;
+  state.counters["us_separate_over_engine"] = (t_separate - t_engine) / reps * 1e6;
+  for (cudaGraphExec_t x : {ge, gf, gs}) cudaGraphExecDestroy(x);
+  for (void* p : {(void*)d_ids, (void*)d_mid, (void*)d_out, (void*)d_load, (void*)d_l2p,
+                  (void*)d_cnt, (void*)d_valid, (void*)d_rec})
+    cudaFree(p);
+}
+BENCHMARK(BM_FusedRouteDecodeGraph)
+    ->Arg(64)
+    ->Arg(512)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 
 // Window update, read-out and full-ring reduce at W=1000, 58 x 256 (288
 // slots); baseline: an empty kernel launch on the same stream.

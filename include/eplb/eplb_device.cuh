@@ -14,6 +14,19 @@
 //   4. count: EplbCountAdd(load_pass, slot, 1, P) or, cheaper, add per-expert
 //      totals once per run with EplbReplicaShare.
 // Everything is deterministic: no result depends on thread timing.
+// To make eplbRouteCount's choices exactly, a run is one of its segments
+// (eplb.h) and offset is the segment's index; the hash path uses
+// EplbHashedSlot(key, EplbItemHash(i), ...) per item instead of steps 2-3.
+// tests/common/recipe_route.cuh in eplb's repository is such a kernel, and
+// the GPU tests check it against the host reference.
+// Cost: that kernel (one warp per segment, tables in global memory), inside
+// a stand-in engine kernel, added 11 us per launch at 64 tokens x top-8 and
+// 73 us at 512 tokens on an H200, where the engine kernel followed by
+// eplbRouteCount added 2.3 and 3.2 us (bench_kernels,
+// BM_FusedRouteDecodeGraph): a warp walking a segment alone waits on a
+// global load and a rank per slice. eplbRouteCount's own decode kernel ranks
+// a segment over many warps at once; that block-wide ranking is not part of
+// this header.
 #pragma once
 
 #include <cstdint>
