@@ -32,18 +32,11 @@ constexpr int kSegWarps = 8;
 constexpr int kSubWarps = 16;
 constexpr int kSubThreads = 32 * kSubWarps;
 constexpr uint32_t kSubItems = kSubThreads;  // 512
-// log2phy columns a sub-block stages in shared memory (an expert with more
-// replicas reads its further columns from global memory). Staging fewer is
-// faster, even for a load-aware placement whose hot experts have up to 15
-// replicas: 2 columns 0.1-0.25 us faster than 4 at 64-8192 tokens, 16
-// columns 0.7-1 us slower (H200).
-constexpr int kStageCols = 2;
 // Ids before a sub-block in its segment that each thread counts (a segment
 // is at most one 4096-item tile when sub-blocks are used).
 constexpr int kPrePerThread = static_cast<int>(kRouteTileItems / kSubItems) - 1;
-// Experts each thread stages (the launcher takes this shape only for
-// E <= kSubExpertsPerThread * kSubThreads).
-constexpr int kSubExpertsPerThread = 2;
+// EplbBlockRoute stages up to its kMaxExperts (1024) experts.
+static_assert(EPLB_MAX_LOGICAL_EXPERTS <= 1024, "EplbBlockRoute's default kMaxExperts");
 // Up to this many blocks, a sub-block launch adds its counts to load_pass
 // per run of equal keys; more blocks aggregate per block first (always
 // aggregating measured 0.2 us slower at 64 and 512 tokens on an H200).
@@ -187,43 +180,34 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
 }
 
 // Sub-block shape (decode sizes): block (s, b) routes items
-// [s*Z + 512*b, ...) of segment s, one per thread. The launch is
-// latency-bound, so the kernel is built for the fewest dependent steps:
-//   1. every global load it needs is issued at once (its ids, the ids
-//      before it in the segment, logcnt, the first kStageCols columns of
-//      log2phy); shared memory is zeroed behind one barrier that does not
-//      wait for them;
-//   2. each lane ORs its bit into its id's cell of its warp in `hist`, so
-//      that after the barrier a cell holds the lanes of that warp with that
-//      id (its run); in launches of several sub-blocks per segment, the
-//      items before the sub-block are counted per id. Both are order-free
-//      (OR, add), so exact and deterministic; one barrier, after which an
-//      id whose expert has no usable count is rejected (EplbItemKey);
-//   3. an item's rank is the segment's earlier count of its expert, plus
-//      the sizes of its expert's runs in lower warps, plus its lane's
-//      place in its run; the first min(run, replicas) lanes of a run add
-//      their replicas' shares of the run (EplbReplicaShare) to load_pass,
-//      and each warp adds its invalid items to the invalid counter itself.
-// No per-expert pass over the block and no third barrier: at 64 tokens x
-// top-8 the kernel used to spend ~6300 SM cycles (ncu, H200) on a
-// per-expert scan and flush behind four barriers. The OR replaced nine
-// ballots per warp (EplbWarpPeers) plus a store of the run length: 0.02 /
-// 0.1 / 0.06 / 0.18 us less at 64 / 512 / 1024 / 8192 tokens on an H200.
-// Keying step 2 by the raw id, so that barrier 1 no longer waited for the
-// tables: 0.15 / 0.1 / 0.35 / 0.06 us less (same-run A/B, H200, three runs).
+// [s*Z + 512*b, ...) of segment s, one per thread, with EplbBlockRoute
+// (eplb_device.cuh: the same function engines fuse), the segment's items
+// before the sub-block as its earlier items and s as its offset. The launch
+// is latency-bound, so that function is built for the fewest dependent
+// steps: every global load at once; zeroing behind a barrier that does not
+// wait for the loads; lane masks ORed into per-warp cells of each id (and
+// the earlier items counted per id), order-free so exact and deterministic;
+// a second barrier; then ranks from popcounts and each run's replica shares
+// added by the run's first lanes. No per-expert pass over the block and no
+// third barrier: at 64 tokens x top-8 the kernel used to spend ~6300 SM
+// cycles (ncu, H200) on a per-expert scan and flush behind four barriers.
+// Measured on an H200 (same-run A/B, us over an empty kernel at 64 / 512 /
+// 1024 / 8192 tokens): the ORed masks in place of nine ballots per warp
+// (EplbWarpPeers) and a store of the run length, 0.02 / 0.1 / 0.06 / 0.18
+// less; the [E][warp] layout of the cells with swizzled quads in place of
+// [warp][E], 0.07-0.22 less; counting by each run's first lanes in place of
+// the first lane walking the run's replicas (a table load each), 0.15-0.3
+// less (0.9-1.3 with hot experts of up to 15 replicas); masks keyed by the
+// raw id so that barrier 1 does not wait for the tables, 0.15 / 0.1 / 0.35
+// / 0.06 less.
 template <typename IdT, bool kHasPre>
 __global__ void __launch_bounds__(kSubThreads)
     RouteSubKernel(const IdT* __restrict__ ids, uint32_t cap_items, int64_t num_tokens,
                    const int32_t* d_num_tokens, int32_t top_k, const int32_t* __restrict__ log2phy,
                    const int32_t* __restrict__ logcnt, int32_t num_e, int32_t num_p,
-                   int32_t max_rep, const int32_t* d_record, int32_t* __restrict__ out,
-                   int32_t* load_pass, unsigned long long* d_invalid, uint32_t seg_items) {
+                   const int32_t* d_record, int32_t* __restrict__ out, int32_t* load_pass,
+                   unsigned long long* d_invalid, uint32_t seg_items) {
   extern __shared__ int4 smem4[];
-  unsigned* hist = reinterpret_cast<unsigned*>(smem4);  // [E][kSubWarps]: lane masks of runs
-  int32_t* pre = reinterpret_cast<int32_t*>(hist + kSubWarps * num_e);  // [E]: earlier items
-  int32_t* s_cnt = pre + num_e;                                         // [E]: logcnt
-  int32_t* s_tab = s_cnt + num_e;                // [E][kStageCols]: log2phy columns
-  int32_t* s_load = s_tab + kStageCols * num_e;  // [P]: counts, when aggregated
   // Launches of many blocks add their counts up in shared memory and flush
   // them once per block: thousands of runs adding to the same hot slots in
   // global memory would queue on its atomic unit (measured 3x slower at
@@ -236,131 +220,22 @@ __global__ void __launch_bounds__(kSubThreads)
   if (my_begin >= seg_end) return;
   const uint32_t my_end = min(my_begin + kSubItems, seg_end);
   const uint32_t i = my_begin + threadIdx.x;
-  const int warp = threadIdx.x >> 5;
-  const unsigned lane = threadIdx.x & 31u;
-
-  // 1. Loads, all in flight together.
   const uint32_t n_valid = static_cast<uint32_t>(ValidItems(num_tokens, d_num_tokens, top_k));
   const bool record = (d_record == nullptr) || (*d_record != 0);
   const IdT raw = i < my_end ? ids[i] : IdT(-1);
-  IdT pre_raw[kPrePerThread];
-  if constexpr (kHasPre) {
-#pragma unroll
-    for (int k = 0; k < kPrePerThread; ++k) {
-      const uint32_t j = seg_begin + threadIdx.x + k * kSubThreads;
-      pre_raw[k] = j < my_begin ? ids[j] : IdT(-1);
-    }
-  }
-  // Into registers first, then into shared memory: a store between two
-  // loads would make the second wait for the first.
-  int32_t cnt_r[kSubExpertsPerThread], tab_r[kSubExpertsPerThread][kStageCols];
-#pragma unroll
-  for (int k = 0; k < kSubExpertsPerThread; ++k) {
-    const int e = threadIdx.x + k * kSubThreads;
-    cnt_r[k] = e < num_e ? logcnt[e] : 0;
-#pragma unroll
-    for (int j = 0; j < kStageCols; ++j)
-      tab_r[k][j] = e < num_e && j < max_rep ? log2phy[e * max_rep + j] : -1;
-  }
-  // Barrier 1 only orders the zeroing before the ORs; it does not wait for
-  // the loads, which land while it is passed (the tables are stored to
-  // shared memory after it, read only after barrier 2).
-  if constexpr (kHasPre)
-    for (int e = threadIdx.x; e < num_e; e += kSubThreads) pre[e] = 0;
-  for (int x = threadIdx.x; x < kSubWarps * num_e / 4; x += kSubThreads)
-    smem4[x] = make_int4(0, 0, 0, 0);
-  if (aggregate)
-    for (int p = threadIdx.x; p < num_p; p += kSubThreads) s_load[p] = 0;
-  __syncthreads();
-#pragma unroll
-  for (int k = 0; k < kSubExpertsPerThread; ++k) {
-    const int e = threadIdx.x + k * kSubThreads;
-    if (e < num_e) {
-      s_cnt[e] = cnt_r[k];
-#pragma unroll
-      for (int j = 0; j < kStageCols; ++j) s_tab[e * kStageCols + j] = tab_r[k][j];
-    }
-  }
-
-  // 2. Runs of equal ids in each warp, and the segment's earlier items,
-  // keyed by the raw id in [0, E): whether its expert's count is usable is
-  // checked after barrier 2 (an expert with a broken count marks cells and
-  // earlier counts that only its own items, all invalid, would read). So
-  // the ORs need no staged table, and barrier 1 no loaded value.
   const bool valid_item = i < my_end && i < n_valid;
-  const int32_t id =
-      valid_item && static_cast<int64_t>(raw) >= 0 && static_cast<int64_t>(raw) < num_e
-          ? static_cast<int32_t>(raw)
-          : -1;
-  // An id's row of hist holds one cell per warp, as 4 quads of 4 warps,
-  // quad q stored at quad q ^ ((id >> 1) & 3): ids spread over the 8 bank
-  // quads, so a warp's 16-byte reads of its 32 ids' quads in step 3
-  // conflict little (an item reads at most 4 quads, not 15 words: the
-  // [warp][E] layout was 0.07-0.22 us slower at 64-1024 tokens, H200).
-  unsigned* const cell =
-      hist + (id >= 0 ? id * kSubWarps + 4 * ((warp >> 2) ^ ((id >> 1) & 3)) + (warp & 3) : 0);
-  if (id >= 0) atomicOr(cell, 1u << lane);
-  if constexpr (kHasPre) {
-#pragma unroll
-    for (int k = 0; k < kPrePerThread; ++k) {
-      const uint32_t j = seg_begin + threadIdx.x + k * kSubThreads;
-      const int64_t pr = static_cast<int64_t>(pre_raw[k]);
-      if (j < my_begin && j < n_valid && pr >= 0 && pr < num_e)
-        atomicAdd(pre + static_cast<int32_t>(pr), 1);
-    }
-  }
-  __syncthreads();
-  const int32_t key = id >= 0 ? EplbItemKey(id, num_e, s_cnt, max_rep) : -1;
-  const int32_t c = key >= 0 ? s_cnt[key] : 1;  // key >= 0: c in [1, max_rep]
-  const unsigned peers = key >= 0 ? *cell : 0u;
-  const unsigned lower = peers & ((1u << lane) - 1u);
-
-  // 3. Rank, slot, counts.
-  int32_t slot = -1;
-  if (key >= 0) {
-    uint32_t before = kHasPre ? static_cast<uint32_t>(pre[key]) : 0u;
-    const int4* row = reinterpret_cast<const int4*>(hist + key * kSubWarps);
-    const int sw = (key >> 1) & 3;
-#pragma unroll
-    for (int q = 0; q < kSubWarps / 4; ++q) {
-      if (4 * q < warp) {
-        const int4 h = row[q ^ sw];
-        const int w = 4 * q;
-        before += __popc(h.x) + (w + 1 < warp ? __popc(h.y) : 0) +
-                  (w + 2 < warp ? __popc(h.z) : 0) + (w + 3 < warp ? __popc(h.w) : 0);
-      }
-    }
-    const uint32_t r = before + __popc(lower) + seg;
-    const int32_t col = c <= 1 ? 0 : static_cast<int32_t>(r % static_cast<uint32_t>(c));
-    const int32_t v =
-        col < kStageCols ? s_tab[key * kStageCols + col] : log2phy[key * max_rep + col];
-    slot = (v >= 0 && v < num_p) ? v : -1;
-    // The run's n items have ranks before .. before + n - 1 (plus seg), so
-    // the lane at place t < min(n, c) of the run holds replica (its rank)
-    // mod c, which takes n / c of the run's items plus one for t < n mod c
-    // (EplbReplicaShare): each such lane adds that share to its own slot,
-    // in parallel. The first lane walking the run's replicas instead, each
-    // a table load, cost 0.15-0.3 us at 64-8192 tokens with a random
-    // placement and 0.9-1.3 us with a load-aware one (hot experts with up
-    // to 15 replicas), same-run A/B on an H200.
-    const int32_t t = __popc(lower), n = __popc(peers);
-    if (record && t < c) {  // t < n: the lane is in its run
-      const int32_t q = n / c, share = q + (t < n - q * c ? 1 : 0);
-      if (!aggregate)
-        EplbCountAdd(load_pass, slot, share, num_p);
-      else if (slot >= 0)
-        atomicAdd(s_load + slot, share);
-    }
-  }
-  if (i < my_end) out[i] = slot;
-  if (aggregate && record) {
-    __syncthreads();
-    for (int p = threadIdx.x; p < num_p; p += kSubThreads)
-      if (s_load[p] != 0) atomicAdd(load_pass + p, s_load[p]);
-  }
+  const uint32_t num_earlier = my_begin - seg_begin;
+  const uint32_t num_earlier_valid =
+      n_valid <= seg_begin ? 0u : min(num_earlier, n_valid - seg_begin);
+  const int32_t slot = EplbBlockRoute < kSubWarps,
+                kHasPre ? kPrePerThread
+                        : 0 > (raw, valid_item, ids + seg_begin, num_earlier, num_earlier_valid,
+                               seg, log2phy, logcnt, num_e, num_p, record ? load_pass : nullptr,
+                               aggregate, i < my_end ? out + i : nullptr, smem4);
   if (d_invalid != nullptr) {
     const unsigned bad = __ballot_sync(0xffffffffu, valid_item && slot < 0);
-    if (lane == 0 && bad != 0u) atomicAdd(d_invalid, static_cast<unsigned long long>(__popc(bad)));
+    if ((threadIdx.x & 31u) == 0 && bad != 0u)
+      atomicAdd(d_invalid, static_cast<unsigned long long>(__popc(bad)));
   }
 }
 
@@ -679,18 +554,15 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
   }
   // Sub-blocks when the launch has fewer segments than an H100 has SMs and
   // their shared memory fits the default 48 KB.
-  const int32_t key_bits = EplbKeyBits(num_logical_experts);
   const size_t sub_smem =
-      sizeof(int32_t) * (static_cast<size_t>(kSubWarps + 2 + kStageCols) * num_logical_experts +
-                         static_cast<size_t>(num_physical_experts));
-  if (segs <= 132 && sub_smem <= 48 * 1024 &&
-      num_logical_experts <= kSubExpertsPerThread * kSubThreads) {
+      EplbBlockRouteSmemBytes(kSubWarps, num_logical_experts, num_physical_experts, true);
+  if (segs <= 132 && sub_smem <= 48 * 1024) {
     const dim3 grid(static_cast<unsigned>(segs),
                     static_cast<unsigned>((seg_items + kSubItems - 1) / kSubItems));
     auto launch = [&](auto kernel, const auto* ids) {
       kernel<<<grid, kSubThreads, sub_smem, stream>>>(
           ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy, logcnt,
-          num_logical_experts, num_physical_experts, max_rep, record, topk_physical, load_pass,
+          num_logical_experts, num_physical_experts, record, topk_physical, load_pass,
           invalid_count, static_cast<uint32_t>(seg_items));
     };
     // Launches of one sub-block per segment (up to 512 items, or segments of
@@ -711,6 +583,7 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
       launch_ids(static_cast<const int32_t*>(topk_logical));
     return cudaGetLastError();
   }
+  const int32_t key_bits = EplbKeyBits(num_logical_experts);
   const size_t smem = sizeof(int32_t) * static_cast<size_t>(kSegWarps + 2) * num_logical_experts;
   auto launch = [&](auto kernel, const auto* ids) {
     kernel<<<segs, kSegWarps * 32, smem, stream>>>(

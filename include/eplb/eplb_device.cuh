@@ -1,7 +1,11 @@
 // Public device functions of eplb's route + count, so that an engine can
 // fuse replica choice and load counting into its own gating / top-k kernel.
-// eplbRouteCount's kernel is built from these same functions, so a fused
-// kernel that follows the recipe below makes the same choices.
+// Two forms: the warp recipe below, and EplbBlockRoute (a whole block, one
+// item per thread; the fast one at decode sizes). eplbRouteCount's kernels
+// are built from these same functions (its decode kernel is EplbBlockRoute;
+// its many-segment kernel ranks with EplbWarpRank; its hash path uses
+// EplbItemHash / EplbHashedReplica), so a fused kernel that follows either
+// form makes the same choices.
 //
 // Recipe (one warp walks a run of items in slices of 32 consecutive items,
 // lane l holding item base + l; all 32 lanes take part in every call):
@@ -19,14 +23,12 @@
 // EplbHashedSlot(key, EplbItemHash(i), ...) per item instead of steps 2-3.
 // tests/common/recipe_route.cuh in eplb's repository is such a kernel, and
 // the GPU tests check it against the host reference.
-// Cost: that kernel (one warp per segment, tables in global memory), inside
-// a stand-in engine kernel, added 11 us per launch at 64 tokens x top-8 and
-// 73 us at 512 tokens on an H200, where the engine kernel followed by
-// eplbRouteCount added 2.3 and 3.2 us (bench_kernels,
-// BM_FusedRouteDecodeGraph): a warp walking a segment alone waits on a
-// global load and a rank per slice. eplbRouteCount's own decode kernel ranks
-// a segment over many warps at once; that block-wide ranking is not part of
-// this header.
+// Cost (bench_kernels BM_FusedRouteDecodeGraph, H200, per launch over a
+// stand-in engine kernel of the same shape, 64 / 512 tokens x top-8): this
+// warp recipe, one warp walking a segment with the tables in global
+// memory, +11 / +72 us; EplbBlockRoute below (16 warps, one item per
+// thread), +1.3 / +1.45 us; the engine kernel followed by eplbRouteCount,
+// +2.4 / +3.1 us. Fuse with EplbBlockRoute.
 #pragma once
 
 #include <cstdint>
@@ -151,6 +153,178 @@ __host__ __device__ __forceinline__ int32_t EplbReplicaShare(int32_t n, uint32_t
 __device__ __forceinline__ void EplbCountAdd(int32_t* counters, int32_t slot, int32_t n,
                                              int32_t num_physical_experts) {
   if (slot >= 0 && slot < num_physical_experts && n != 0) atomicAdd(counters + slot, n);
+}
+
+// Shared memory, in bytes, that EplbBlockRoute needs (16-byte aligned):
+// the lane masks [E][kWarps], the earlier-item counts, logcnt and two
+// log2phy columns [E] each ([E][2] for the columns), and, when `aggregate`,
+// a [P] counter row.
+__host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int32_t num_e,
+                                                             int32_t num_p, bool aggregate) {
+  return sizeof(int32_t) * ((static_cast<size_t>(warps) + 4) * static_cast<size_t>(num_e) +
+                            (aggregate ? static_cast<size_t>(num_p) : 0));
+}
+
+// Block-wide route + count of one item per thread: the way to fuse
+// eplbRouteCount into an engine kernel at decode sizes (eplbRouteCount's
+// own decode kernel is this function). Every thread of a 1-D block of
+// 32 * kWarps threads calls it with its item; items are ordered by thread
+// index. An item counts when `valid` (e.g. its token is below the valid
+// count) and its id is an expert in [0, E) with a usable count (EplbItemKey);
+// it gets rank r = number of counting items of the same expert before it in
+// this block, plus the count of that expert among `earlier`, and takes
+// replica (r + offset) mod logcnt[e]: slot log2phy[e][that], or -1 when
+// that entry is outside [0, P). Others get -1. The slot is returned and,
+// when slot_out is not null, stored there.
+//
+// earlier: items of the same run that precede this block (num_earlier of
+//   them, the first num_earlier_valid of which count), at most
+//   kEarlierPerThread * 32 * kWarps; nullptr / 0 when the block starts its
+//   run. With the block alone as its run and offset = the run's index, the
+//   choices are eplbRouteCount's for a launch of T*K <= 32 * kWarps items
+//   (one segment, offset 0); with earlier = the segment's items before the
+//   block, they are its choices for any launch on the rank path.
+// load_pass: [P] counters, nullptr to route without counting. Each
+//   replica's share of the block's items is added with one atomic per run
+//   of equal ids in a warp, or, when `aggregate`, summed in shared memory
+//   first and added once per slot (better when many blocks add to the same
+//   hot slots).
+// smem: EplbBlockRouteSmemBytes(kWarps, E, P, aggregate) bytes of shared
+//   memory, 16-byte aligned. Two __syncthreads inside (three with
+//   `aggregate`); every thread must call. kMaxExperts bounds E.
+// Deterministic: masks are ORed and counts added, so no result depends on
+// thread timing.
+template <int kWarps, int kEarlierPerThread = 0, int kMaxExperts = 1024, typename IdT>
+__device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT* earlier,
+                                                  uint32_t num_earlier, uint32_t num_earlier_valid,
+                                                  uint32_t offset, const int32_t* log2phy,
+                                                  const int32_t* logcnt, int32_t num_e,
+                                                  int32_t num_p, int32_t* load_pass, bool aggregate,
+                                                  int32_t* slot_out, void* smem) {
+  static_assert(kWarps % 4 == 0 && kWarps >= 4 && kWarps <= 32, "kWarps: 4, 8, ..., 32");
+  constexpr int kThreads = 32 * kWarps;
+  constexpr int kPer = (kMaxExperts + kThreads - 1) / kThreads;  // experts each thread stages
+  // log2phy columns staged in shared memory (further replicas are read from
+  // global memory). Fewer is faster, even for a load-aware placement whose
+  // hot experts hold up to 15 replicas: 2 columns 0.1-0.25 us faster than 4
+  // at 64-8192 tokens x top-8, 16 columns 0.7-1 us slower (H200).
+  constexpr int kCols = 2;
+  const int32_t max_rep = num_p - num_e + 1;
+  unsigned* hist = static_cast<unsigned*>(smem);                     // [E][kWarps] lane masks
+  int32_t* pre = reinterpret_cast<int32_t*>(hist + kWarps * num_e);  // [E] earlier items
+  int32_t* s_cnt = pre + num_e;                                      // [E] logcnt
+  int32_t* s_tab = s_cnt + num_e;                                    // [E][kCols] log2phy
+  int32_t* s_load = s_tab + kCols * num_e;                           // [P] when aggregating
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const unsigned lane = tid & 31u;
+  // Quad q of an id's row of cells is stored at quad q ^ swizzle(id) (< the
+  // row's kWarps / 4 quads): with 16 warps, rows of 4 quads, (id >> 1) & 3
+  // spreads a warp's rows over the 8 bank quads.
+  constexpr int kQuads = kWarps / 4;
+  auto swizzle = [](int32_t id) { return (kQuads >= 8 ? id : id >> 1) & (kQuads - 1); };
+
+  // 1. Every global load at once (the earlier ids, logcnt, the first
+  // columns of log2phy), into registers: a shared store between two loads
+  // would make the second wait for the first. Then the zeroing, behind a
+  // barrier that does not wait for the loads: the tables are stored after
+  // it and read only after barrier 2.
+  IdT earlier_r[kEarlierPerThread > 0 ? kEarlierPerThread : 1];
+#pragma unroll
+  for (int k = 0; k < kEarlierPerThread; ++k) {
+    const uint32_t j = tid + k * kThreads;
+    earlier_r[k] = j < num_earlier ? earlier[j] : IdT(-1);
+  }
+  int32_t cnt_r[kPer], tab_r[kPer][kCols];
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int e = tid + k * kThreads;
+    cnt_r[k] = e < num_e ? logcnt[e] : 0;
+#pragma unroll
+    for (int j = 0; j < kCols; ++j)
+      tab_r[k][j] = e < num_e && j < max_rep ? log2phy[e * max_rep + j] : -1;
+  }
+  if (kEarlierPerThread > 0)
+    for (int e = tid; e < num_e; e += kThreads) pre[e] = 0;
+  int4* hist4 = static_cast<int4*>(smem);
+  for (int x = tid; x < kWarps / 4 * num_e; x += kThreads) hist4[x] = make_int4(0, 0, 0, 0);
+  if (aggregate)
+    for (int p = tid; p < num_p; p += kThreads) s_load[p] = 0;
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int e = tid + k * kThreads;
+    if (e < num_e) {
+      s_cnt[e] = cnt_r[k];
+#pragma unroll
+      for (int j = 0; j < kCols; ++j) s_tab[e * kCols + j] = tab_r[k][j];
+    }
+  }
+
+  // 2. Each lane ORs its bit into its id's cell of its warp, so that after
+  // barrier 2 a cell holds the lanes of that warp with that id (a run); the
+  // earlier items are counted per id. Both keyed by the raw id in [0, E):
+  // whether the expert's count is usable is checked after the barrier (an
+  // expert with a broken count marks cells that only its own items, all
+  // rejected, would read), so nothing here waits for the tables. An id's
+  // row holds its kWarps cells as quads of 4 warps, swizzled as above, so
+  // the 16-byte reads of step 3 conflict little.
+  const int32_t xid = valid && static_cast<int64_t>(id) >= 0 && static_cast<int64_t>(id) < num_e
+                          ? static_cast<int32_t>(id)
+                          : -1;
+  unsigned* const cell =
+      hist + (xid >= 0 ? xid * kWarps + 4 * ((warp >> 2) ^ swizzle(xid)) + (warp & 3) : 0);
+  if (xid >= 0) atomicOr(cell, 1u << lane);
+#pragma unroll
+  for (int k = 0; k < kEarlierPerThread; ++k) {
+    const uint32_t j = tid + k * kThreads;
+    const int64_t pr = static_cast<int64_t>(earlier_r[k]);
+    if (j < num_earlier_valid && pr >= 0 && pr < num_e)
+      atomicAdd(pre + static_cast<int32_t>(pr), 1);
+  }
+  __syncthreads();
+  const int32_t key = xid >= 0 ? EplbItemKey(xid, num_e, s_cnt, max_rep) : -1;
+  const int32_t c = key >= 0 ? s_cnt[key] : 1;  // key >= 0: c in [1, max_rep]
+  const unsigned peers = key >= 0 ? *cell : 0u;
+  const unsigned lower = peers & ((1u << lane) - 1u);
+
+  // 3. Rank = earlier count + the expert's runs in lower warps + the lane's
+  // place in its run. The lane at place t < min(n, c) of a run of n holds
+  // replica (its rank) mod c, which takes n / c of the run plus one for
+  // t < n mod c (EplbReplicaShare): it adds that share to its own slot.
+  int32_t slot = -1;
+  if (key >= 0) {
+    uint32_t before = kEarlierPerThread > 0 ? static_cast<uint32_t>(pre[key]) : 0u;
+    const int4* row = reinterpret_cast<const int4*>(hist + key * kWarps);
+    const int sw = swizzle(key);
+#pragma unroll
+    for (int q = 0; q < kWarps / 4; ++q) {
+      if (4 * q < warp) {
+        const int4 h = row[q ^ sw];
+        const int w = 4 * q;
+        before += __popc(h.x) + (w + 1 < warp ? __popc(h.y) : 0) +
+                  (w + 2 < warp ? __popc(h.z) : 0) + (w + 3 < warp ? __popc(h.w) : 0);
+      }
+    }
+    const uint32_t r = before + __popc(lower) + offset;
+    const int32_t col = c <= 1 ? 0 : static_cast<int32_t>(r % static_cast<uint32_t>(c));
+    const int32_t v = col < kCols ? s_tab[key * kCols + col] : log2phy[key * max_rep + col];
+    slot = (v >= 0 && v < num_p) ? v : -1;
+    const int32_t t = __popc(lower), n = __popc(peers);
+    if (load_pass != nullptr && t < c) {  // t < n: the lane is in its run
+      const int32_t q = n / c, share = q + (t < n - q * c ? 1 : 0);
+      if (!aggregate)
+        EplbCountAdd(load_pass, slot, share, num_p);
+      else if (slot >= 0)
+        atomicAdd(s_load + slot, share);
+    }
+  }
+  if (slot_out != nullptr) *slot_out = slot;
+  if (aggregate && load_pass != nullptr) {
+    __syncthreads();
+    for (int p = tid; p < num_p; p += kThreads)
+      if (s_load[p] != 0) atomicAdd(load_pass + p, s_load[p]);
+  }
+  return slot;
 }
 
 #endif  // __CUDACC__
