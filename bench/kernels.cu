@@ -4,10 +4,10 @@
 //   bytes (ids read + physical ids written); decode-size route+count inside a
 //   CUDA graph vs a graph of empty kernels (random and planned placements);
 //   one 58-layer decode step (58 route+count + window update) vs a graph of
-//   59 empty kernels; route+count fused into a stand-in engine kernel from
-//   the public device functions vs that engine kernel alone and followed by
-//   eplbRouteCount; window update / read-out / reduce at W=1000, 58 x 256;
-//   the GPU planner on the DeepSeek-V3 shape vs the host planner.
+//   59 empty kernels; route+count fused into a stand-in engine kernel with
+//   the public device functions (warp recipe, EplbBlockRoute) vs that
+//   engine kernel alone and followed by eplbRouteCount; window update / read-out / reduce at
+//   W=1000, 58 x 256; the GPU planner on the DeepSeek-V3 shape vs the host planner.
 // Counters: GB/s, and ratio counters (vs_memcpy, us_over_empty, vs_host).
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
@@ -307,21 +307,25 @@ void BM_DecodeStepGraph(benchmark::State& state) {
 }
 BENCHMARK(BM_DecodeStepGraph)->Arg(64)->Arg(512)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
-// Stand-in for an engine's top-k kernel in the launch shape of
-// eplb_test::RecipeRouteKernel (one warp per route segment): it only writes
-// its ids out.
+// Stand-in for an engine's top-k kernel: block (s, b) of `threads` threads
+// writes the ids of items [s*Z + b*threads, ...) of segment s (Z: the
+// route segment length), one item per thread per step.
 __global__ void EngineStandInKernel(const int32_t* ids, int32_t* out, int64_t cap,
                                     int64_t segment_items) {
-  const int64_t begin = int64_t{blockIdx.x} * segment_items;
-  const int64_t end = begin + segment_items < cap ? begin + segment_items : cap;
-  for (int64_t i = begin + threadIdx.x; i < end; i += 32) out[i] = ids[i];
+  const int64_t seg_end =
+      (blockIdx.x + 1) * segment_items < cap ? (blockIdx.x + 1) * segment_items : cap;
+  const int64_t begin = blockIdx.x * segment_items + int64_t{blockIdx.y} * blockDim.x;
+  const int64_t end =
+      gridDim.y == 1 ? seg_end : (begin + blockDim.x < seg_end ? begin + blockDim.x : seg_end);
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) out[i] = ids[i];
 }
 
-// Decode-size route+count fused into an engine kernel (the recipe of
-// eplb_device.cuh: eplb_test::RecipeRouteKernel, one warp per segment)
-// against the engine kernel alone and against the engine kernel followed by
-// eplbRouteCount, each a graph of 64 launches (per-launch us over the
-// engine kernel).
+// Decode-size route+count fused into an engine kernel with the functions of
+// eplb_device.cuh (recipe_route.cuh), each a graph of 64 launches, per
+// launch over the same engine kernel without routing: the warp recipe (one
+// warp per segment) and EplbBlockRoute (16 warps, one item per thread; the
+// shape of eplbRouteCount's decode kernel); and, for comparison, the engine
+// kernel followed by eplbRouteCount.
 void BM_FusedRouteDecodeGraph(benchmark::State& state) {
   const int64_t T = state.range(0);
   const int32_t K = 8, E = 256, P = 288, reps = 64;
@@ -339,43 +343,55 @@ void BM_FusedRouteDecodeGraph(benchmark::State& state) {
   int32_t segs = 0;
   int64_t z = 0;
   eplb_test::RecipeSegments(static_cast<int64_t>(n), &segs, &z);
-  auto capture = [&](int mode) {  // 0 engine, 1 fused, 2 engine + eplbRouteCount
+  const dim3 block_grid(segs, static_cast<unsigned>((z + 511) / 512));
+  // 0 engine (warp shape), 1 warp recipe, 2 engine (block shape),
+  // 3 EplbBlockRoute, 4 engine (block shape) + eplbRouteCount.
+  auto capture = [&](int mode) {
     cudaGraph_t g;
     cudaGraphExec_t x;
     CK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeThreadLocal));
     for (int i = 0; i < reps; ++i) {
-      if (mode == 1) {
+      if (mode == 0)
+        EngineStandInKernel<<<segs, 32, 0, c.stream>>>(d_ids, d_out, static_cast<int64_t>(n), z);
+      if (mode == 1)
         CK(eplb_test::LaunchRecipeRoute(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec,
                                         d_out, d_load, nullptr, c.stream));
-      } else {
-        EngineStandInKernel<<<segs, 32, 0, c.stream>>>(d_ids, mode == 2 ? d_mid : d_out,
-                                                       static_cast<int64_t>(n), z);
-        if (mode == 2)
-          EK(eplbRouteCount(d_mid, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
-                            d_load, nullptr, c.stream));
-      }
+      if (mode == 2 || mode == 4)
+        EngineStandInKernel<<<block_grid, 512, 0, c.stream>>>(d_ids, mode == 4 ? d_mid : d_out,
+                                                              static_cast<int64_t>(n), z);
+      if (mode == 3)
+        CK(eplb_test::LaunchBlockRecipeRoute<16>(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P,
+                                                 d_rec, d_out, d_load, nullptr,
+                                                 block_grid.x * block_grid.y > 8, c.stream));
+      if (mode == 4)
+        EK(eplbRouteCount(d_mid, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
+                          d_load, nullptr, c.stream));
     }
     CK(cudaStreamEndCapture(c.stream, &g));
     CK(cudaGraphInstantiate(&x, g, 0));
     CK(cudaGraphDestroy(g));
     return x;
   };
-  cudaGraphExec_t ge = capture(0), gf = capture(1), gs = capture(2);
-  const double t_engine = c.Mean([&] { CK(cudaGraphLaunch(ge, c.stream)); }, 50);
-  const double t_separate = c.Mean([&] { CK(cudaGraphLaunch(gs, c.stream)); }, 50);
-  c.Mean([&] { CK(cudaGraphLaunch(gf, c.stream)); }, 3);
+  cudaGraphExec_t gx[5];
+  for (int m = 0; m < 5; ++m) gx[m] = capture(m);
+  double t[5];
+  for (int m : {0, 1, 2, 4}) t[m] = c.Mean([&] { CK(cudaGraphLaunch(gx[m], c.stream)); }, 30);
+  c.Mean([&] { CK(cudaGraphLaunch(gx[3], c.stream)); }, 3);
   double total = 0;
   int64_t iters = 0;
   for (auto _ : state) {
-    const double t = c.Time([&] { CK(cudaGraphLaunch(gf, c.stream)); });
-    state.SetIterationTime(t);
-    total += t;
+    const double ti = c.Time([&] { CK(cudaGraphLaunch(gx[3], c.stream)); });
+    state.SetIterationTime(ti);
+    total += ti;
     ++iters;
   }
-  state.counters["us_engine"] = t_engine / reps * 1e6;
-  state.counters["us_fused_over_engine"] = (total / iters - t_engine) / reps * 1e6;
-  state.counters["us_separate_over_engine"] = (t_separate - t_engine) / reps * 1e6;
-  for (cudaGraphExec_t x : {ge, gf, gs}) cudaGraphExecDestroy(x);
+  t[3] = total / iters;
+  const double us = 1e6 / reps;
+  state.counters["us_engine"] = t[2] * us;
+  state.counters["us_block_fused_over_engine"] = (t[3] - t[2]) * us;
+  state.counters["us_separate_over_engine"] = (t[4] - t[2]) * us;
+  state.counters["us_warp_recipe_over_engine"] = (t[1] - t[0]) * us;
+  for (cudaGraphExec_t x : gx) cudaGraphExecDestroy(x);
   for (void* p : {(void*)d_ids, (void*)d_mid, (void*)d_out, (void*)d_load, (void*)d_l2p,
                   (void*)d_cnt, (void*)d_valid, (void*)d_rec})
     cudaFree(p);

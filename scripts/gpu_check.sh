@@ -87,7 +87,7 @@ for t in build-gpu/tests/gpu_*; do
   echo "memcheck $(basename "$t"): rc=$?" | tee -a "$sum"
   fits 30 "racecheck $(basename "$t")" || continue
   CUDA_VISIBLE_DEVICES=0 timeout $(budget 120) compute-sanitizer --tool racecheck --error-exitcode 9 "$t" \
-    --gtest_filter='RouteCount.Adversarial:Count.*:Window.*:Graph.*:EarlyLaunch.*' >>"$out/sanitizer.log" 2>&1
+    --gtest_filter='RouteCount.Adversarial:Count.*:Window.*:Graph.*:EarlyLaunch.*:DeviceFunctions.*' >>"$out/sanitizer.log" 2>&1
   echo "racecheck $(basename "$t"): rc=$?" | tee -a "$sum"
 done
 

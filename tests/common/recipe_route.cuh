@@ -3,8 +3,9 @@
 // (that header's recipe): one warp per segment of eplbRouteCount's contract,
 // walking it in slices of 32 items, ranks restarting at each segment and
 // offset by the segment's index; on the hash path, EplbHashedSlot per item.
-// The GPU test checks that it makes eplbRouteCount's choices; bench_kernels
-// times it inside a stand-in engine kernel.
+// Also the block-wide form, EplbBlockRoute. The GPU test checks that both
+// make eplbRouteCount's choices; bench_kernels times them inside a stand-in
+// engine kernel.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -95,6 +96,76 @@ inline cudaError_t LaunchRecipeRoute(const void* ids, bool ids64, int64_t num_to
     RecipeRouteKernel<<<segs, 32, smem, stream>>>(static_cast<const int32_t*>(ids), num_tokens,
                                                   d_num_tokens, top_k, log2phy, logcnt, num_e,
                                                   num_p, d_record, out, load_pass, d_invalid, z);
+  return cudaGetLastError();
+}
+
+// The block-wide form (EplbBlockRoute), as an engine kernel of kWarps
+// warps with one item per thread would call it: block (s, b) takes items
+// [s*Z + b*32*kWarps, ...) of segment s, the segment's items before it as
+// its earlier items and s as its offset. `aggregate` picks the function's
+// shared-memory count path.
+template <int kWarps, typename IdT>
+__global__ void __launch_bounds__(32 * kWarps)
+    BlockRecipeRouteKernel(const IdT* ids, int64_t num_tokens, const int32_t* d_num_tokens,
+                           int32_t top_k, const int32_t* log2phy, const int32_t* logcnt,
+                           int32_t num_e, int32_t num_p, const int32_t* d_record, int32_t* out,
+                           int32_t* load_pass, unsigned long long* d_invalid, int64_t segment_items,
+                           bool aggregate) {
+  constexpr int kThreads = 32 * kWarps;
+  constexpr int kEarlier = (EPLB_ROUTE_TILE_ITEMS + kThreads - 1) / kThreads - 1;
+  extern __shared__ int4 smem[];
+  const int64_t cap = num_tokens * top_k;
+  int64_t valid_tokens = num_tokens;
+  if (d_num_tokens != nullptr)
+    valid_tokens =
+        *d_num_tokens < 0 ? 0 : (*d_num_tokens > num_tokens ? num_tokens : *d_num_tokens);
+  const int64_t n_valid = valid_tokens * top_k;
+  const bool record = d_record == nullptr || *d_record != 0;
+  const int64_t seg_begin = int64_t{blockIdx.x} * segment_items;
+  const int64_t seg_end = seg_begin + segment_items < cap ? seg_begin + segment_items : cap;
+  const int64_t my_begin = seg_begin + int64_t{blockIdx.y} * kThreads;
+  if (my_begin >= seg_end) return;  // the whole block: it skips the barriers together
+  const int64_t i = my_begin + threadIdx.x;
+  const bool in = i < seg_end;
+  const IdT id = in ? ids[i] : IdT(-1);
+  const uint32_t num_earlier = static_cast<uint32_t>(my_begin - seg_begin);
+  const int64_t ev = n_valid - seg_begin;
+  const uint32_t num_earlier_valid =
+      ev <= 0 ? 0u : (ev < num_earlier ? static_cast<uint32_t>(ev) : num_earlier);
+  const int32_t slot = EplbBlockRoute<kWarps, kEarlier>(
+      id, in && i < n_valid, ids + seg_begin, num_earlier, num_earlier_valid, blockIdx.x, log2phy,
+      logcnt, num_e, num_p, record ? load_pass : nullptr, aggregate, in ? out + i : nullptr, smem);
+  if (d_invalid != nullptr && in && i < n_valid && slot < 0) atomicAdd(d_invalid, 1ull);
+}
+
+// Launches BlockRecipeRouteKernel on the rank path (T*K below
+// EPLB_ROUTE_HASH_MIN_ITEMS; its segments are at most
+// EPLB_ROUTE_TILE_ITEMS long there).
+template <int kWarps>
+cudaError_t LaunchBlockRecipeRoute(const void* ids, bool ids64, int64_t num_tokens,
+                                   const int32_t* d_num_tokens, int32_t top_k,
+                                   const int32_t* log2phy, const int32_t* logcnt, int32_t num_e,
+                                   int32_t num_p, const int32_t* d_record, int32_t* out,
+                                   int32_t* load_pass, unsigned long long* d_invalid,
+                                   bool aggregate, cudaStream_t stream) {
+  const int64_t cap = num_tokens * top_k;
+  if (cap == 0) return cudaSuccess;
+  if (cap >= EPLB_ROUTE_HASH_MIN_ITEMS) return cudaErrorInvalidValue;
+  int32_t segs = 0;
+  int64_t z = 0;
+  RecipeSegments(cap, &segs, &z);
+  const dim3 grid(static_cast<unsigned>(segs),
+                  static_cast<unsigned>((z + 32 * kWarps - 1) / (32 * kWarps)));
+  const size_t smem = EplbBlockRouteSmemBytes(kWarps, num_e, num_p, aggregate);
+  if (smem > 48 * 1024) return cudaErrorInvalidValue;
+  if (ids64)
+    BlockRecipeRouteKernel<kWarps><<<grid, 32 * kWarps, smem, stream>>>(
+        static_cast<const int64_t*>(ids), num_tokens, d_num_tokens, top_k, log2phy, logcnt, num_e,
+        num_p, d_record, out, load_pass, d_invalid, z, aggregate);
+  else
+    BlockRecipeRouteKernel<kWarps><<<grid, 32 * kWarps, smem, stream>>>(
+        static_cast<const int32_t*>(ids), num_tokens, d_num_tokens, top_k, log2phy, logcnt, num_e,
+        num_p, d_record, out, load_pass, d_invalid, z, aggregate);
   return cudaGetLastError();
 }
 

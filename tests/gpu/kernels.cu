@@ -108,11 +108,12 @@ std::vector<int64_t> ZipfIds(std::mt19937_64& rng, size_t n, int32_t E, double s
 }
 
 // One route+count case, run twice on the device, both compared with the
-// reference. valid < 0: no device count (all T valid). recipe: run
-// eplb_test::RecipeRouteKernel (built from eplb_device.cuh alone) instead
-// of eplbRouteCount.
+// reference. valid < 0: no device count (all T valid). recipe: run a
+// kernel built from eplb_device.cuh alone (recipe_route.cuh) instead of
+// eplbRouteCount: 1 the warp recipe, 2 EplbBlockRoute with 4 warps, 3 with
+// 8 warps counting through shared memory.
 void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Table& t, bool ids64,
-                int64_t valid, bool record, bool recipe = false) {
+                int64_t valid, bool record, int recipe = 0) {
   ScopedStream stream;
   const int64_t vt = valid < 0 ? T : std::min<int64_t>(T, std::max<int64_t>(0, valid));
   std::vector<int32_t> ref_out(ids.size(), -7), ref_load(static_cast<size_t>(t.P), 0);
@@ -140,10 +141,21 @@ void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Tab
     d_load.Fill(0, stream);
     d_inv.Fill(0, stream);
     const void* in = ids64 ? static_cast<const void*>(d_ids64.get()) : d_ids32.get();
-    if (recipe)
-      ASSERT_EQ(eplb_test::LaunchRecipeRoute(in, ids64, T, valid < 0 ? nullptr : d_valid.get(), K,
-                                             d_l2p.get(), d_cnt.get(), t.E, t.P, d_rec.get(),
-                                             d_out.get(), d_load.get(), d_inv.get(), stream),
+    const int32_t* dv = valid < 0 ? nullptr : d_valid.get();
+    if (recipe == 1)
+      ASSERT_EQ(
+          eplb_test::LaunchRecipeRoute(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(), t.E, t.P,
+                                       d_rec.get(), d_out.get(), d_load.get(), d_inv.get(), stream),
+          cudaSuccess);
+    else if (recipe == 2)
+      ASSERT_EQ(eplb_test::LaunchBlockRecipeRoute<4>(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(),
+                                                     t.E, t.P, d_rec.get(), d_out.get(),
+                                                     d_load.get(), d_inv.get(), false, stream),
+                cudaSuccess);
+    else if (recipe == 3)
+      ASSERT_EQ(eplb_test::LaunchBlockRecipeRoute<8>(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(),
+                                                     t.E, t.P, d_rec.get(), d_out.get(),
+                                                     d_load.get(), d_inv.get(), true, stream),
                 cudaSuccess);
     else
       EPLB_OK(eplbRouteCount(in, ids64 ? EPLB_ID_INT64 : EPLB_ID_INT32, T,
@@ -205,11 +217,12 @@ TEST(RouteCount, HotExpertsWithManyReplicas) {
   }
 }
 
-// eplb_device.cuh promises that a kernel following its recipe makes
-// eplbRouteCount's choices: a kernel built from those functions alone (one
-// warp per segment, as an engine would fuse them) against the same
-// reference, on the rank path (one and many segments, a hot placement,
-// invalid ids, device counts) and the hash path.
+// eplb_device.cuh promises that kernels built from it alone make
+// eplbRouteCount's choices: its warp recipe (one warp per segment) and
+// EplbBlockRoute in blocks of 4 and 8 warps (each block counting the
+// segment's earlier items; direct and shared-memory counting), against the
+// same reference, on the rank path (one and many segments, a hot placement,
+// invalid ids, device counts) and, for the recipe, the hash path.
 TEST(DeviceFunctions, RecipeKernelMatchesReference) {
   EPLB_REQUIRE_GPUS(1);
   std::mt19937_64 rng(15);
@@ -219,13 +232,16 @@ TEST(DeviceFunctions, RecipeKernelMatchesReference) {
       SCOPED_TRACE(T);
       auto ids = ZipfIds(rng, static_cast<size_t>(T * 8), t->E, 1.2);
       for (int k = 0; k < 9; ++k) ids[rng() % ids.size()] = k % 2 ? -1 : t->E + k;
-      CheckRoute(ids, T, 8, *t, false, -1, true, true);
-      CheckRoute(ids, T, 8, *t, true, T - T / 3, true, true);
-      CheckRoute(ids, T, 8, *t, false, T, false, true);
+      for (int recipe = 1; recipe <= 3; ++recipe) {
+        SCOPED_TRACE(recipe);
+        CheckRoute(ids, T, 8, *t, false, -1, true, recipe);
+        CheckRoute(ids, T, 8, *t, true, T - T / 3, true, recipe);
+        CheckRoute(ids, T, 8, *t, false, T, false, recipe);
+      }
     }
   }
   const auto ids = ZipfIds(rng, size_t{1} << 22, 256, 1.2);
-  CheckRoute(ids, (1 << 22) / 8, 8, hot, false, -1, true, true);  // hash path
+  CheckRoute(ids, (1 << 22) / 8, 8, hot, false, -1, true, 1);  // hash path
 }
 
 TEST(RouteCount, Adversarial) {
