@@ -56,6 +56,17 @@ struct Ctx {
     for (int i = 0; i < reps; ++i) s += Time(f);
     return s / reps;
   }
+  // An instantiated CUDA graph of what `enqueue` puts on the stream.
+  cudaGraphExec_t Capture(const std::function<void()>& enqueue) {
+    cudaGraph_t g;
+    cudaGraphExec_t x;
+    CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    enqueue();
+    CK(cudaStreamEndCapture(stream, &g));
+    CK(cudaGraphInstantiate(&x, g, 0));
+    CK(cudaGraphDestroy(g));
+    return x;
+  }
 };
 
 __global__ void EmptyKernel() {}
@@ -194,21 +205,16 @@ void BM_RouteCountDecodeGraph(benchmark::State& state) {
   CK(cudaMalloc(&d_load, P * 4));
   CK(cudaMemset(d_load, 0, P * 4));
   auto capture = [&](bool empty) {
-    cudaGraph_t g;
-    cudaGraphExec_t x;
-    CK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < reps; ++i) {
-      if (empty) {
-        EmptyKernel<<<1, 32, 0, c.stream>>>();
-      } else {
-        EK(eplbRouteCount(d_ids, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
-                          d_load, nullptr, c.stream));
+    return c.Capture([&] {
+      for (int i = 0; i < reps; ++i) {
+        if (empty) {
+          EmptyKernel<<<1, 32, 0, c.stream>>>();
+        } else {
+          EK(eplbRouteCount(d_ids, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
+                            d_load, nullptr, c.stream));
+        }
       }
-    }
-    CK(cudaStreamEndCapture(c.stream, &g));
-    CK(cudaGraphInstantiate(&x, g, 0));
-    CK(cudaGraphDestroy(g));
-    return x;
+    });
   };
   cudaGraphExec_t gr = capture(false), ge = capture(true);
   const double t_empty = c.Mean([&] { CK(cudaGraphLaunch(ge, c.stream)); }, 50);
@@ -261,28 +267,23 @@ void BM_DecodeStepGraph(benchmark::State& state) {
   CK(cudaMemset(d_state, 0, 8));
   const int32_t R1 = P - E + 1;
   auto capture = [&](bool empty) {
-    cudaGraph_t g;
-    cudaGraphExec_t x;
-    CK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeThreadLocal));
-    for (int32_t l = 0; l < L; ++l) {
+    return c.Capture([&] {
+      for (int32_t l = 0; l < L; ++l) {
+        if (empty) {
+          EmptyKernel<<<1, 32, 0, c.stream>>>();
+        } else {
+          EK(eplbRouteCount(d_ids + n * l, EPLB_ID_INT32, T, d_valid, K,
+                            d_l2p + static_cast<size_t>(l) * E * R1,
+                            d_cnt + static_cast<size_t>(l) * E, E, P, d_rec, d_out + n * l,
+                            d_pass + static_cast<size_t>(l) * P, nullptr, c.stream));
+        }
+      }
       if (empty) {
         EmptyKernel<<<1, 32, 0, c.stream>>>();
       } else {
-        EK(eplbRouteCount(d_ids + n * l, EPLB_ID_INT32, T, d_valid, K,
-                          d_l2p + static_cast<size_t>(l) * E * R1,
-                          d_cnt + static_cast<size_t>(l) * E, E, P, d_rec, d_out + n * l,
-                          d_pass + static_cast<size_t>(l) * P, nullptr, c.stream));
+        EK(eplbWindowUpdate(d_p2l, d_pass, L, E, P, W, d_win, d_sum, d_state, c.stream));
       }
-    }
-    if (empty) {
-      EmptyKernel<<<1, 32, 0, c.stream>>>();
-    } else {
-      EK(eplbWindowUpdate(d_p2l, d_pass, L, E, P, W, d_win, d_sum, d_state, c.stream));
-    }
-    CK(cudaStreamEndCapture(c.stream, &g));
-    CK(cudaGraphInstantiate(&x, g, 0));
-    CK(cudaGraphDestroy(g));
-    return x;
+    });
   };
   cudaGraphExec_t gr = capture(false), ge = capture(true);
   const double t_empty = c.Mean([&] { CK(cudaGraphLaunch(ge, c.stream)); }, 50);
@@ -347,30 +348,25 @@ void BM_FusedRouteDecodeGraph(benchmark::State& state) {
   // 0 engine (warp shape), 1 warp recipe, 2 engine (block shape),
   // 3 EplbBlockRoute, 4 engine (block shape) + eplbRouteCount.
   auto capture = [&](int mode) {
-    cudaGraph_t g;
-    cudaGraphExec_t x;
-    CK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < reps; ++i) {
-      if (mode == 0)
-        EngineStandInKernel<<<segs, 32, 0, c.stream>>>(d_ids, d_out, static_cast<int64_t>(n), z);
-      if (mode == 1)
-        CK(eplb_test::LaunchRecipeRoute(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec,
-                                        d_out, d_load, nullptr, c.stream));
-      if (mode == 2 || mode == 4)
-        EngineStandInKernel<<<block_grid, 512, 0, c.stream>>>(d_ids, mode == 4 ? d_mid : d_out,
-                                                              static_cast<int64_t>(n), z);
-      if (mode == 3)
-        CK(eplb_test::LaunchBlockRecipeRoute<16>(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P,
-                                                 d_rec, d_out, d_load, nullptr,
-                                                 block_grid.x * block_grid.y > 8, c.stream));
-      if (mode == 4)
-        EK(eplbRouteCount(d_mid, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
-                          d_load, nullptr, c.stream));
-    }
-    CK(cudaStreamEndCapture(c.stream, &g));
-    CK(cudaGraphInstantiate(&x, g, 0));
-    CK(cudaGraphDestroy(g));
-    return x;
+    return c.Capture([&] {
+      for (int i = 0; i < reps; ++i) {
+        if (mode == 0)
+          EngineStandInKernel<<<segs, 32, 0, c.stream>>>(d_ids, d_out, static_cast<int64_t>(n), z);
+        if (mode == 1)
+          CK(eplb_test::LaunchRecipeRoute(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec,
+                                          d_out, d_load, nullptr, c.stream));
+        if (mode == 2 || mode == 4)
+          EngineStandInKernel<<<block_grid, 512, 0, c.stream>>>(d_ids, mode == 4 ? d_mid : d_out,
+                                                                static_cast<int64_t>(n), z);
+        if (mode == 3)
+          CK(eplb_test::LaunchBlockRecipeRoute<16>(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P,
+                                                   d_rec, d_out, d_load, nullptr,
+                                                   block_grid.x * block_grid.y > 8, c.stream));
+        if (mode == 4)
+          EK(eplbRouteCount(d_mid, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
+                            d_load, nullptr, c.stream));
+      }
+    });
   };
   cudaGraphExec_t gx[5];
   for (int m = 0; m < 5; ++m) gx[m] = capture(m);

@@ -111,7 +111,7 @@ std::vector<int64_t> ZipfIds(std::mt19937_64& rng, size_t n, int32_t E, double s
 // reference. valid < 0: no device count (all T valid). recipe: run a
 // kernel built from eplb_device.cuh alone (recipe_route.cuh) instead of
 // eplbRouteCount: 1 the warp recipe, 2 EplbBlockRoute with 4 warps, 3 with
-// 8 warps counting through shared memory.
+// 8 warps counting through shared memory, 4 with 32 warps.
 void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Table& t, bool ids64,
                 int64_t valid, bool record, int recipe = 0) {
   ScopedStream stream;
@@ -156,6 +156,11 @@ void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Tab
       ASSERT_EQ(eplb_test::LaunchBlockRecipeRoute<8>(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(),
                                                      t.E, t.P, d_rec.get(), d_out.get(),
                                                      d_load.get(), d_inv.get(), true, stream),
+                cudaSuccess);
+    else if (recipe == 4)
+      ASSERT_EQ(eplb_test::LaunchBlockRecipeRoute<32>(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(),
+                                                      t.E, t.P, d_rec.get(), d_out.get(),
+                                                      d_load.get(), d_inv.get(), false, stream),
                 cudaSuccess);
     else
       EPLB_OK(eplbRouteCount(in, ids64 ? EPLB_ID_INT64 : EPLB_ID_INT32, T,
@@ -219,7 +224,7 @@ TEST(RouteCount, HotExpertsWithManyReplicas) {
 
 // eplb_device.cuh promises that kernels built from it alone make
 // eplbRouteCount's choices: its warp recipe (one warp per segment) and
-// EplbBlockRoute in blocks of 4 and 8 warps (each block counting the
+// EplbBlockRoute in blocks of 4, 8 and 32 warps (each block counting the
 // segment's earlier items; direct and shared-memory counting), against the
 // same reference, on the rank path (one and many segments, a hot placement,
 // invalid ids, device counts) and, for the recipe, the hash path.
@@ -232,7 +237,7 @@ TEST(DeviceFunctions, RecipeKernelMatchesReference) {
       SCOPED_TRACE(T);
       auto ids = ZipfIds(rng, static_cast<size_t>(T * 8), t->E, 1.2);
       for (int k = 0; k < 9; ++k) ids[rng() % ids.size()] = k % 2 ? -1 : t->E + k;
-      for (int recipe = 1; recipe <= 3; ++recipe) {
+      for (int recipe = 1; recipe <= 4; ++recipe) {
         SCOPED_TRACE(recipe);
         CheckRoute(ids, T, 8, *t, false, -1, true, recipe);
         CheckRoute(ids, T, 8, *t, true, T - T / 3, true, recipe);
