@@ -7,6 +7,7 @@
 // index is taken), so the same matrix always gives the same assignment.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -22,11 +23,12 @@ class AssignmentSolver {
   // problems (most pairs share nothing) near O(k^3) in the k active rows.
   // Scratch is kept between calls: after the first call of a size, no
   // allocation. Not thread safe (one solver per thread). n >= 0.
+  // The algorithm is assignment::SolveMax (assignment_core.h), which the
+  // GPU planner runs too.
   int64_t SolveMax(int32_t n, const int64_t* w, int32_t* row_to_col);
 
  private:
-  int64_t SolveDenseMax(int32_t k);  // on cost_ (k x k), fills match_row_
-
+  size_t size_ = 0;  // the largest n the scratch below holds
   std::vector<int32_t> active_rows_, active_cols_, col_used_, row_flag_;
   std::vector<int64_t> cost_;  // compacted (k x k) negated weights
   std::vector<int64_t> u_, v_, minv_;
