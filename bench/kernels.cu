@@ -443,17 +443,29 @@ void BM_Window(benchmark::State& state) {
 BENCHMARK(BM_Window)->Arg(0)->Arg(1)->Arg(2)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 // GPU planner, DeepSeek-V3 shape (58 x 256 -> 288, G=8, M=4, N=32), vs the
-// host planner (eplbPlanCompute, wall clock) on the same loads.
+// host planner (eplbPlanCompute, wall clock) on the same loads. Argument:
+// 0 no old placement; 1 migration PRESERVE and 2 FULL against an old
+// placement (the plan of other loads).
 void BM_PlanGpu(benchmark::State& state) {
   const int32_t L = 58, E = 256, P = 288;
+  const int mode = static_cast<int>(state.range(0));
   Ctx c;
-  const eplbPlanConfig_t cfg = Dsv3PlanConfig(L);
+  eplbPlanConfig_t cfg = Dsv3PlanConfig(L);
   std::mt19937_64 rng(8);
-  std::vector<int64_t> load(static_cast<size_t>(L) * E);
-  for (int32_t l = 0; l < L; ++l) {
-    std::vector<int32_t> ids = Ids(20000, E, 1.2, rng());
-    for (int32_t v : ids) ++load[static_cast<size_t>(l) * E + v];
-  }
+  auto loads = [&] {
+    std::vector<int64_t> load(static_cast<size_t>(L) * E);
+    for (int32_t l = 0; l < L; ++l) {
+      std::vector<int32_t> ids = Ids(20000, E, 1.2, rng());
+      for (int32_t v : ids) ++load[static_cast<size_t>(l) * E + v];
+    }
+    return load;
+  };
+  const std::vector<int64_t> load = loads();
+  std::vector<int32_t> old(static_cast<size_t>(L) * P), old_cnt(static_cast<size_t>(L) * E);
+  EK(eplbPlanCompute(&cfg, loads().data(), nullptr, old.data(), old_cnt.data(), nullptr, nullptr));
+  if (mode == 1) cfg.migration = EPLB_MIGRATION_PRESERVE;
+  if (mode == 2) cfg.migration = EPLB_MIGRATION_FULL;
+  const int32_t* h_old = mode == 0 ? nullptr : old.data();
   std::vector<int32_t> h_p2l(static_cast<size_t>(L) * P), h_cnt(static_cast<size_t>(L) * E),
       h_l2p(static_cast<size_t>(L) * E * 33);
   size_t ws = 0;
@@ -461,22 +473,22 @@ void BM_PlanGpu(benchmark::State& state) {
   void* d_ws;
   CK(cudaMalloc(&d_ws, ws));
   int64_t* d_load = Dev(load);
+  int32_t* d_old = mode == 0 ? nullptr : Dev(old);
   int32_t *d_p2l, *d_cnt, *d_l2p;
   CK(cudaMalloc(&d_p2l, h_p2l.size() * 4));
   CK(cudaMalloc(&d_cnt, h_cnt.size() * 4));
   CK(cudaMalloc(&d_l2p, h_l2p.size() * 4));
   // Host planner, same input.
-  EK(eplbPlanCompute(&cfg, load.data(), nullptr, h_p2l.data(), h_cnt.data(), h_l2p.data(),
-                     nullptr));
+  EK(eplbPlanCompute(&cfg, load.data(), h_old, h_p2l.data(), h_cnt.data(), h_l2p.data(), nullptr));
   const int host_reps = 20;
   auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < host_reps; ++i)
-    EK(eplbPlanCompute(&cfg, load.data(), nullptr, h_p2l.data(), h_cnt.data(), h_l2p.data(),
+    EK(eplbPlanCompute(&cfg, load.data(), h_old, h_p2l.data(), h_cnt.data(), h_l2p.data(),
                        nullptr));
   const double t_host =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / host_reps;
   auto op = [&] {
-    EK(eplbPlanComputeGpu(&cfg, d_load, nullptr, d_p2l, d_cnt, d_l2p, d_ws, ws, c.stream));
+    EK(eplbPlanComputeGpu(&cfg, d_load, d_old, d_p2l, d_cnt, d_l2p, d_ws, ws, c.stream));
   };
   op();
   double total = 0;
@@ -493,9 +505,10 @@ void BM_PlanGpu(benchmark::State& state) {
   state.counters["us_host"] = t_host * 1e6;
   state.counters["host_over_gpu"] = t_host / (total / iters);
   state.counters["bit_equal"] = g_p2l == h_p2l ? 1 : 0;
-  for (void* p : {d_ws, (void*)d_load, (void*)d_p2l, (void*)d_cnt, (void*)d_l2p}) cudaFree(p);
+  for (void* p : {d_ws, (void*)d_load, (void*)d_old, (void*)d_p2l, (void*)d_cnt, (void*)d_l2p})
+    cudaFree(p);
 }
-BENCHMARK(BM_PlanGpu)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_PlanGpu)->Arg(0)->Arg(1)->Arg(2)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 

@@ -46,15 +46,18 @@ cudaError_t LaunchWindowReduce(const int32_t* window, int32_t window_size, int64
                                int64_t* load, cudaStream_t stream);
 
 // GPU planner. The shape is valid (ValidateShape) and the policy resolved:
-// hierarchical, or global (one group, one node). preserve: apply EPLB_MIGRATION_PRESERVE against
-// old_phy2log (non-null).
+// hierarchical, or global (one group, one node). migration applies against
+// old_phy2log when it is not null (as EPLB_MIGRATION_*); FULL needs at most
+// kGpuFullMaxRanks ranks and the workspace sized with full = true.
 struct GpuPlanShape {
   int32_t num_layers, num_logical_experts, num_physical_experts;
   int32_t num_groups, num_nodes, num_ranks;
 };
-size_t PlanGpuWorkspaceBytes(const GpuPlanShape& shape);
+enum class GpuMigration { kNone, kPreserve, kFull };
+constexpr int32_t kGpuFullMaxRanks = 64;
+size_t PlanGpuWorkspaceBytes(const GpuPlanShape& shape, bool hierarchical, bool full);
 cudaError_t LaunchPlanGpu(const GpuPlanShape& shape, bool hierarchical, const int64_t* load,
-                          const int32_t* old_phy2log, bool preserve, int32_t* phy2log,
+                          const int32_t* old_phy2log, GpuMigration migration, int32_t* phy2log,
                           int32_t* logcnt, int32_t* log2phy, void* workspace, cudaStream_t stream);
 
 }  // namespace kernels

@@ -9,6 +9,7 @@
 
 #include <cfloat>
 
+#include "assignment_core.h"
 #include "launch.cuh"
 
 namespace eplb {
@@ -37,14 +38,55 @@ struct LayerScratch {
   int32_t* pack_cnt;     // [N]
   int32_t* fresh;        // [P] plan before PRESERVE
   int32_t* taken;        // [P]
+  // FULL only:
+  int64_t* inter;      // [N][N] slots kept if new GPU k lands on old GPU j
+  int64_t* vnode;      // [M][M] best kept slots of new node a on old node b
+  int32_t* perm_all;   // [M][M][bs] that block's GPU assignment
+  int32_t* sigma;      // [M] node assignment
+  int32_t* relabeled;  // [P] the fresh plan, GPUs relabeled
+  char* probs;         // [M * M] block problems' scratch, prob bytes each
+  char* node_prob;     // the node problem's scratch
 };
 
 struct ScratchLayout {
   size_t items, ord, pack_of, pos_of, node_group, node_expert, rep_expert, cnt, cur, pack_load,
-      pack_cnt, fresh, taken, total;
+      pack_cnt, fresh, taken, inter, vnode, perm_all, sigma, relabeled, probs, prob, node_prob,
+      total;
 };
 
-ScratchLayout Layout(const GpuPlanShape& s) {
+// One assignment problem's scratch in FULL: a bs x bs copy of its weights
+// (bs = 0: none), then assignment::SolveMax's arrays for size n (a block:
+// n = bs, GPUs per node; the node problem: n = M, its weights being vnode).
+size_t ProblemBytes(int32_t bs, int32_t n) {
+  const size_t b = static_cast<size_t>(bs), u = static_cast<size_t>(n);
+  return Align(8 * (b * b + u * u + 3 * (u + 1)) + 4 * (3 * (u + 1) + 4 * u) + (u + 1));
+}
+
+__device__ assignment::Scratch CarveProblem(char* base, int32_t bs, int32_t n, int64_t** w) {
+  const size_t u = static_cast<size_t>(n);
+  int64_t* q = reinterpret_cast<int64_t*>(base);
+  *w = q;
+  q += static_cast<size_t>(bs) * bs;
+  assignment::Scratch sc;
+  sc.cost = q;
+  q += u * u;
+  sc.u = q;
+  sc.v = q + (u + 1);
+  sc.minv = q + 2 * (u + 1);
+  int32_t* r = reinterpret_cast<int32_t*>(q + 3 * (u + 1));
+  sc.p = r;
+  sc.way = r + (u + 1);
+  sc.match_row = r + 2 * (u + 1);
+  r += 3 * (u + 1);
+  sc.active_rows = r;
+  sc.active_cols = r + u;
+  sc.col_used = r + 2 * u;
+  sc.row_in = r + 3 * u;
+  sc.used = reinterpret_cast<char*>(r + 4 * u);
+  return sc;
+}
+
+ScratchLayout Layout(const GpuPlanShape& s, bool hierarchical, bool full) {
   const size_t n = static_cast<size_t>(
       s.num_physical_experts > s.num_groups ? s.num_physical_experts : s.num_groups);
   const size_t E = s.num_logical_experts, P = s.num_physical_experts, G = s.num_groups,
@@ -77,6 +119,26 @@ ScratchLayout Layout(const GpuPlanShape& s) {
   o += Align(4 * P);
   l.taken = o;
   o += Align(4 * P);
+  l.inter = l.vnode = l.perm_all = l.sigma = l.relabeled = l.probs = l.prob = l.node_prob = o;
+  if (full) {
+    const int32_t M = hierarchical ? s.num_nodes : 1, bs = s.num_ranks / M;
+    const size_t mm = static_cast<size_t>(M) * M;
+    l.inter = o;
+    o += Align(8 * N * N);
+    l.vnode = o;
+    o += Align(8 * mm);
+    l.perm_all = o;
+    o += Align(4 * mm * bs);
+    l.sigma = o;
+    o += Align(4 * M);
+    l.relabeled = o;
+    o += Align(4 * P);
+    l.prob = ProblemBytes(bs, bs);
+    l.probs = o;
+    o += mm * l.prob;
+    l.node_prob = o;
+    o += ProblemBytes(0, M);
+  }
   l.total = o;
   return l;
 }
@@ -179,7 +241,12 @@ __device__ void RankSort(const double* items, int32_t n, int32_t* ord, int tid, 
   }
 }
 
-__global__ void __launch_bounds__(kPlanThreads)
+// kFull: FULL migration (step 4), in its own instance: its solver needs
+// registers and a stack the other plans do not. One block per layer: one
+// resident block per SM is all it needs (min blocks 1 lets ptxas keep the
+// plain instance at 60 registers without spills).
+template <bool kFull>
+__global__ void __launch_bounds__(kPlanThreads, 1)
     PlanKernel(GpuPlanShape shape, ScratchLayout lay, const int64_t* __restrict__ load_all,
                const int32_t* __restrict__ old_all, bool preserve, bool hier,
                int32_t* __restrict__ phy2log_all, int32_t* __restrict__ logcnt_all,
@@ -284,11 +351,90 @@ __global__ void __launch_bounds__(kPlanThreads)
   }
   __syncthreads();
 
-  // 4. PRESERVE: per GPU, an expert already there keeps its old slot.
+  // 4. FULL: relabel the fresh plan's GPUs within nodes, then its nodes,
+  // to keep the most slots of the old placement, as the host planner's
+  // MigrateLayer does, with the same solver (assignment_core.h). The host
+  // skips the solver where a bound settles a block (all zero, the identity
+  // or distinct unique row maxima attaining it); those cases are exactly
+  // the solver's answers, so solving every block gives the same choices.
+  const int32_t* plan = fresh;
+  if constexpr (kFull) {
+    s.inter = reinterpret_cast<int64_t*>(ws + lay.inter);
+    s.vnode = reinterpret_cast<int64_t*>(ws + lay.vnode);
+    s.perm_all = reinterpret_cast<int32_t*>(ws + lay.perm_all);
+    s.sigma = reinterpret_cast<int32_t*>(ws + lay.sigma);
+    s.relabeled = reinterpret_cast<int32_t*>(ws + lay.relabeled);
+    s.probs = ws + lay.probs;
+    s.node_prob = ws + lay.node_prob;
+    const int32_t* old = old_all + static_cast<int64_t>(layer) * P;
+    // inter[k][j]: multiset intersection of new GPU k and old GPU j.
+    for (int32_t x = tid; x < N * N; x += blockDim.x) {
+      const int32_t* nk = fresh + (x / N) * spg;
+      const int32_t* oj = old + (x % N) * spg;
+      int64_t kept = 0;
+      for (int32_t r = 0; r < spg; ++r) {
+        const int32_t e = nk[r];
+        bool first = true;
+        for (int32_t q = 0; q < r; ++q) first = first && nk[q] != e;
+        if (!first) continue;
+        int32_t cn = 0, co = 0;
+        for (int32_t q = r; q < spg; ++q) cn += nk[q] == e;
+        for (int32_t q = 0; q < spg; ++q) co += oj[q] == e;
+        kept += cn < co ? cn : co;
+      }
+      s.inter[x] = kept;
+    }
+    __syncthreads();
+    // (a) Each (new node a, old node b) block: the best GPU assignment; on
+    // the diagonal the identity when it is as good.
+    for (int32_t blk = tid; blk < M * M; blk += blockDim.x) {
+      const int32_t a = blk / M, b = blk % M;
+      int64_t* w;
+      const assignment::Scratch sc = CarveProblem(s.probs + blk * lay.prob, bs, bs, &w);
+      int64_t idv = 0;
+      for (int32_t k = 0; k < bs; ++k)
+        for (int32_t j = 0; j < bs; ++j) {
+          w[k * bs + j] = s.inter[static_cast<int64_t>(a * bs + k) * N + b * bs + j];
+          if (j == k) idv += w[k * bs + j];
+        }
+      int32_t* perm = s.perm_all + blk * bs;
+      const int64_t v = assignment::SolveMax(bs, w, perm, sc);
+      if (a == b && idv == v)
+        for (int32_t k = 0; k < bs; ++k) perm[k] = k;
+      s.vnode[blk] = v;
+    }
+    __syncthreads();
+    // (b) Nodes onto old nodes, weighted by their blocks' best; the
+    // identity when it is as good.
+    if (tid == 0) {
+      if (M == 1) {
+        s.sigma[0] = 0;
+      } else {
+        int64_t* w;
+        const assignment::Scratch sc = CarveProblem(s.node_prob, 0, M, &w);
+        int64_t idv = 0;
+        for (int32_t a = 0; a < M; ++a) idv += s.vnode[a * M + a];
+        const int64_t v = assignment::SolveMax(M, s.vnode, s.sigma, sc);
+        if (idv == v)
+          for (int32_t a = 0; a < M; ++a) s.sigma[a] = a;
+      }
+    }
+    __syncthreads();
+    for (int32_t x = tid; x < P; x += blockDim.x) {
+      const int32_t kg = x / spg, a = kg / bs;
+      const int32_t tg = s.sigma[a] * bs + s.perm_all[(a * M + s.sigma[a]) * bs + kg % bs];
+      s.relabeled[tg * spg + x % spg] = fresh[x];
+    }
+    __syncthreads();
+    plan = s.relabeled;
+  }
+
+  // 5. PRESERVE (and FULL after its relabeling): per GPU, an expert
+  // already there keeps its old slot.
   if (preserve) {
     const int32_t* old = old_all + static_cast<int64_t>(layer) * P;
     for (int32_t g = tid; g < N; g += blockDim.x) {
-      const int32_t* nw = fresh + g * spg;
+      const int32_t* nw = plan + g * spg;
       const int32_t* od = old + g * spg;
       int32_t* tk = s.taken + g * spg;
       int32_t* out = phy2log + g * spg;
@@ -313,7 +459,7 @@ __global__ void __launch_bounds__(kPlanThreads)
     __syncthreads();
   }
 
-  // 5. logcnt and log2phy (slots ascending, -1 padded).
+  // 6. logcnt and log2phy (slots ascending, -1 padded).
   int32_t* logcnt = logcnt_all + static_cast<int64_t>(layer) * E;
   for (int32_t e = tid; e < E; e += blockDim.x) logcnt[e] = s.cnt[e];
   if (log2phy_all != nullptr) {
@@ -331,17 +477,20 @@ __global__ void __launch_bounds__(kPlanThreads)
 
 }  // namespace
 
-size_t PlanGpuWorkspaceBytes(const GpuPlanShape& shape) {
-  return Layout(shape).total * static_cast<size_t>(shape.num_layers);
+size_t PlanGpuWorkspaceBytes(const GpuPlanShape& shape, bool hierarchical, bool full) {
+  return Layout(shape, hierarchical, full).total * static_cast<size_t>(shape.num_layers);
 }
 
 cudaError_t LaunchPlanGpu(const GpuPlanShape& shape, bool hierarchical, const int64_t* load,
-                          const int32_t* old_phy2log, bool preserve, int32_t* phy2log,
+                          const int32_t* old_phy2log, GpuMigration migration, int32_t* phy2log,
                           int32_t* logcnt, int32_t* log2phy, void* workspace, cudaStream_t stream) {
-  const ScratchLayout lay = Layout(shape);
-  PlanKernel<<<shape.num_layers, kPlanThreads, 0, stream>>>(
-      shape, lay, load, old_phy2log, preserve && old_phy2log != nullptr, hierarchical, phy2log,
-      logcnt, log2phy, static_cast<char*>(workspace));
+  const bool has_old = old_phy2log != nullptr && migration != GpuMigration::kNone;
+  const bool full = has_old && migration == GpuMigration::kFull;
+  const ScratchLayout lay = Layout(shape, hierarchical, full);
+  auto kernel = full ? PlanKernel<true> : PlanKernel<false>;
+  kernel<<<shape.num_layers, kPlanThreads, 0, stream>>>(shape, lay, load, old_phy2log, has_old,
+                                                        hierarchical, phy2log, logcnt, log2phy,
+                                                        static_cast<char*>(workspace));
   return cudaGetLastError();
 }
 

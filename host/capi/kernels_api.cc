@@ -61,6 +61,7 @@ void CheckLaunch(cudaError_t err, const char* what) {
 struct GpuPlanRequest {
   eplb::kernels::GpuPlanShape shape;
   bool hierarchical;
+  bool full;  // FULL migration requested and possible on the GPU (workspace for it)
 };
 
 constexpr size_t kConfigMinSize = offsetof(eplbPlanConfig_t, migration) + sizeof(eplbMigration_t);
@@ -88,6 +89,10 @@ GpuPlanRequest ResolveGpuPlan(const eplbPlanConfig_t* config) {
   r.shape = {s.num_layers, s.num_logical_experts, s.num_physical_experts,
              s.num_groups, s.num_nodes,           s.num_ranks};
   r.hierarchical = p == eplb::Policy::kHierarchical;
+  // FULL migration runs on the GPU up to kGpuFullMaxRanks ranks (its
+  // workspace holds [N][N] intersections); beyond, only on the host.
+  r.full =
+      config->migration == EPLB_MIGRATION_FULL && s.num_ranks <= eplb::kernels::kGpuFullMaxRanks;
   return r;
 }
 
@@ -198,7 +203,7 @@ EPLB_API eplbStatus_t eplbPlanComputeGpuWorkspaceSize(const eplbPlanConfig_t* co
   return eplb::capi::Guard("eplbPlanComputeGpuWorkspaceSize", [&] {
     EPLB_CHECK_NOT_NULL(workspace_bytes);
     const GpuPlanRequest r = ResolveGpuPlan(config);
-    *workspace_bytes = eplb::kernels::PlanGpuWorkspaceBytes(r.shape);
+    *workspace_bytes = eplb::kernels::PlanGpuWorkspaceBytes(r.shape, r.hierarchical, r.full);
   });
 }
 
@@ -216,20 +221,25 @@ EPLB_API eplbStatus_t eplbPlanComputeGpu(const eplbPlanConfig_t* config, const i
     EPLB_CHECK_ARG(
         m == EPLB_MIGRATION_NONE || m == EPLB_MIGRATION_PRESERVE || m == EPLB_MIGRATION_FULL,
         "config->migration (%d) is not a valid eplbMigration_t", m);
-    if (d_old_phy2log != nullptr && m == EPLB_MIGRATION_FULL) {
+    if (d_old_phy2log != nullptr && m == EPLB_MIGRATION_FULL && !r.full) {
       eplb::Throw(Status::kNotSupported,
-                  "config->migration EPLB_MIGRATION_FULL is host only (use "
-                  "EPLB_MIGRATION_PRESERVE or eplbPlanCompute)");
+                  "config->migration EPLB_MIGRATION_FULL on the GPU takes at most %d ranks "
+                  "(num_ranks %d; use eplbPlanCompute)",
+                  eplb::kernels::kGpuFullMaxRanks, config->num_ranks);
     }
-    const size_t need = eplb::kernels::PlanGpuWorkspaceBytes(r.shape);
+    // What eplbPlanComputeGpuWorkspaceSize returns for this config.
+    const size_t need = eplb::kernels::PlanGpuWorkspaceBytes(r.shape, r.hierarchical, r.full);
     EPLB_CHECK_ARG(workspace_bytes >= need, "workspace_bytes (%zu) is below the %zu needed",
                    workspace_bytes, need);
     EPLB_CHECK_ARG(reinterpret_cast<uintptr_t>(d_workspace) % 256 == 0,
                    "d_workspace is not 256-byte aligned");
     CheckStream(stream);
-    CheckLaunch(eplb::kernels::LaunchPlanGpu(r.shape, r.hierarchical, d_load, d_old_phy2log,
-                                             m == EPLB_MIGRATION_PRESERVE, d_phy2log, d_logcnt,
-                                             d_log2phy, d_workspace, stream),
+    using eplb::kernels::GpuMigration;
+    const GpuMigration gm = m == EPLB_MIGRATION_FULL       ? GpuMigration::kFull
+                            : m == EPLB_MIGRATION_PRESERVE ? GpuMigration::kPreserve
+                                                           : GpuMigration::kNone;
+    CheckLaunch(eplb::kernels::LaunchPlanGpu(r.shape, r.hierarchical, d_load, d_old_phy2log, gm,
+                                             d_phy2log, d_logcnt, d_log2phy, d_workspace, stream),
                 "GPU planner launch");
   });
 }

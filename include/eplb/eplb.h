@@ -410,19 +410,23 @@ EPLB_API eplbStatus_t eplbWindowReduce(const int32_t* d_window, int32_t window_s
                                        int32_t num_layers, int32_t num_logical_experts,
                                        int64_t* d_load, cudaStream_t stream);
 
-/* Device scratch bytes eplbPlanComputeGpu needs for `config`. Host only,
- * launches nothing, thread safe. Errors: the config checks of
- * eplbPlanComputeGpu. */
+/* Device scratch bytes eplbPlanComputeGpu needs for `config` (more with
+ * migration FULL, up to 64 ranks: [N][N] int64 intersections and the
+ * assignment solver's scratch). Host only, launches nothing, thread safe.
+ * Errors: the config checks of eplbPlanComputeGpu. */
 EPLB_API eplbStatus_t eplbPlanComputeGpuWorkspaceSize(const eplbPlanConfig_t* config,
                                                       size_t* workspace_bytes);
 
 /* The host planner (eplbPlanCompute) on the device: one block per layer.
  * Output bit-identical to eplbPlanCompute with the same config and loads.
  *
- * config          host; policies AUTO, HIERARCHICAL, GLOBAL; migration NONE
- *                 or PRESERVE (used only with d_old_phy2log).
- *                 EPLB_POLICY_CHURN_AWARE and EPLB_MIGRATION_FULL with an old
- *                 placement -> EPLB_ERROR_NOT_SUPPORTED (host only).
+ * config          host; policies AUTO, HIERARCHICAL, GLOBAL; migration NONE,
+ *                 PRESERVE or FULL (used only with d_old_phy2log; FULL up to
+ *                 64 ranks, with the workspace sized for a FULL config: it
+ *                 runs the host's exact assignment solver, one definition for
+ *                 both). EPLB_POLICY_CHURN_AWARE, and EPLB_MIGRATION_FULL with
+ *                 an old placement and more than 64 ranks ->
+ *                 EPLB_ERROR_NOT_SUPPORTED (host only).
  * d_load          [L][E] device int64 loads, each in [0, EPLB_MAX_LOAD) with
  *                 per-layer sums below it (not checked on the device: a load
  *                 out of range gives an unspecified but memory-safe plan).

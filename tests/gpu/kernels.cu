@@ -695,6 +695,11 @@ TEST(PlanGpu, ConformanceCases) {
       EPLB_OK(eplbPlanComputeGpu(&cfg, d_load.get(), d_old.get(), d_p2l.get(), d_cnt.get(), nullptr,
                                  d_ws.get(), ws, stream));
       EXPECT_EQ(d_p2l.Download(stream), c.preserved_phy2log);
+      if (c.num_ranks <= 64) {  // FULL on the GPU: up to 64 ranks
+        eplbPlanConfig_t full = cfg;
+        full.migration = EPLB_MIGRATION_FULL;
+        CheckPlan(full, c.weights, &c.old_phy2log);
+      }
     }
   }
 }
@@ -734,6 +739,28 @@ TEST(PlanGpu, RandomMatchesHost) {
           eplbPlanCompute(&cfg, load2.data(), nullptr, old.data(), cnt.data(), nullptr, nullptr));
       cfg.migration = EPLB_MIGRATION_PRESERVE;
       CheckPlan(cfg, load, &old);
+      cfg.migration = EPLB_MIGRATION_FULL;
+      CheckPlan(cfg, load, &old);
+      // An old placement that is this load's plan with its GPUs shuffled
+      // within nodes and its nodes shuffled: FULL finds the relabeling.
+      cfg.migration = EPLB_MIGRATION_NONE;
+      std::vector<int32_t> mine(old.size());
+      EPLB_OK(
+          eplbPlanCompute(&cfg, load.data(), nullptr, mine.data(), cnt.data(), nullptr, nullptr));
+      const bool hier = s.M > 1 || s.G > 1;
+      const int32_t M = hier ? s.M : 1, bs = s.N / M, spg = s.P / s.N;
+      std::vector<int32_t> node(M), gpu(bs);
+      for (int32_t i = 0; i < M; ++i) node[i] = i;
+      for (int32_t i = 0; i < bs; ++i) gpu[i] = i;
+      std::shuffle(node.begin(), node.end(), rng);
+      std::shuffle(gpu.begin(), gpu.end(), rng);
+      for (int32_t l = 0; l < s.L; ++l)
+        for (int32_t g = 0; g < s.N; ++g)
+          for (int32_t r = 0; r < spg; ++r)
+            old[(static_cast<size_t>(l) * s.N + node[g / bs] * bs + gpu[g % bs]) * spg + r] =
+                mine[(static_cast<size_t>(l) * s.N + g) * spg + r];
+      cfg.migration = EPLB_MIGRATION_FULL;
+      CheckPlan(cfg, load, &old);
       cfg.migration = EPLB_MIGRATION_NONE;
       CheckPlan(cfg, load, &old);
     }
@@ -766,19 +793,31 @@ TEST(KernelsApi, ArgumentErrors) {
             EPLB_ERROR_INVALID_ARGUMENT);
   EXPECT_EQ(eplbWindowUpdate(dummy, dummy, 1, 2, 3, 0, dummy, nullptr, dummy, s),
             EPLB_ERROR_INVALID_ARGUMENT);
-  eplbPlanConfig_t cfg = ConfigOf(2, 12, 16, 4, 2, 8, EPLB_MIGRATION_FULL);
-  size_t ws = 0;
-  EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws), EPLB_SUCCESS);
-  EXPECT_GT(ws, 0u);
-  EXPECT_EQ(eplbPlanComputeGpu(&cfg, reinterpret_cast<int64_t*>(dummy), dummy, dummy, dummy,
-                               nullptr, reinterpret_cast<void*>(256), ws, s),
+  // FULL migration on the GPU: up to 64 ranks, with its own workspace.
+  eplbPlanConfig_t big = ConfigOf(1, 128, 128, 1, 1, 128, EPLB_MIGRATION_FULL);
+  size_t ws_big = 0;
+  EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&big, &ws_big), EPLB_SUCCESS);
+  EXPECT_EQ(eplbPlanComputeGpu(&big, reinterpret_cast<int64_t*>(dummy), dummy, dummy, dummy,
+                               nullptr, reinterpret_cast<void*>(256), ws_big, s),
             EPLB_ERROR_NOT_SUPPORTED);
+  EXPECT_NE(std::string(eplbGetLastErrorDetail()).find("at most 64 ranks"), std::string::npos);
+  eplbPlanConfig_t cfg = ConfigOf(2, 12, 16, 4, 2, 8, EPLB_MIGRATION_FULL);
+  size_t ws = 0, ws_none = 0;
+  EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws), EPLB_SUCCESS);
+  cfg.migration = EPLB_MIGRATION_NONE;
+  EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws_none), EPLB_SUCCESS);
+  EXPECT_GT(ws, ws_none);  // FULL's intersections and solver scratch
+  // A NONE-sized workspace is too small for FULL with an old placement.
+  cfg.migration = EPLB_MIGRATION_FULL;
+  EXPECT_EQ(eplbPlanComputeGpu(&cfg, reinterpret_cast<int64_t*>(dummy), dummy, dummy, dummy,
+                               nullptr, reinterpret_cast<void*>(256), ws_none, s),
+            EPLB_ERROR_INVALID_ARGUMENT);
   cfg.policy = EPLB_POLICY_CHURN_AWARE;
   EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws), EPLB_ERROR_NOT_SUPPORTED);
   cfg.policy = EPLB_POLICY_AUTO;
   cfg.migration = EPLB_MIGRATION_NONE;
   EXPECT_EQ(eplbPlanComputeGpu(&cfg, reinterpret_cast<int64_t*>(dummy), nullptr, dummy, dummy,
-                               nullptr, reinterpret_cast<void*>(256), ws - 1, s),
+                               nullptr, reinterpret_cast<void*>(256), ws_none - 1, s),
             EPLB_ERROR_INVALID_ARGUMENT);
   cfg.num_ranks = 7;
   EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws), EPLB_ERROR_INVALID_ARGUMENT);

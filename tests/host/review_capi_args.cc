@@ -464,8 +464,17 @@ TEST(ReviewKernelArgs, GpuPlannerSizingAndChecksNeedNoGpu) {
   EXPECT_EQ(eplbPlanComputeGpu(&cfg, load, nullptr, out, out, nullptr, w, ws, nullptr),
             EPLB_ERROR_INVALID_ARGUMENT);
   ExpectDetail("eplbPlanComputeGpu", "stream");
-  EXPECT_EQ(eplbPlanComputeGpu(&cfg, load, old, out, out, nullptr, w, ws, s),
-            EPLB_ERROR_NOT_SUPPORTED);  // FULL migration with an old placement
+  // FULL migration with an old placement runs on the GPU up to 64 ranks.
+  eplbPlanConfig_t wide = cfg;
+  wide.num_logical_experts = 128;
+  wide.num_physical_experts = 128;
+  wide.num_groups = 1;
+  wide.num_nodes = 1;
+  wide.num_ranks = 128;
+  size_t ws_wide = 0;
+  ASSERT_EQ(eplbPlanComputeGpuWorkspaceSize(&wide, &ws_wide), EPLB_SUCCESS);
+  EXPECT_EQ(eplbPlanComputeGpu(&wide, load, old, out, out, nullptr, w, ws_wide, s),
+            EPLB_ERROR_NOT_SUPPORTED);
   ExpectDetail("eplbPlanComputeGpu", "EPLB_MIGRATION_FULL");
   bad = cfg;
   bad.migration = static_cast<eplbMigration_t>(5);
