@@ -27,8 +27,8 @@
 // stand-in engine kernel of the same shape, 64 / 512 tokens x top-8): this
 // warp recipe, one warp walking a segment with the tables in global
 // memory, +11 / +72 us; EplbBlockRoute below (16 warps, one item per
-// thread), +1.3-1.5 / +1.45-2.0 us; the engine kernel followed by
-// eplbRouteCount, +2.2-2.4 / +3.0-3.1 us (two runs). Fuse with
+// thread), +1.3-1.5 / +1.4-2.0 us; the engine kernel followed by
+// eplbRouteCount, +2.2-2.4 / +3.0-3.2 us (three runs). Fuse with
 // EplbBlockRoute.
 #pragma once
 
