@@ -227,11 +227,10 @@ __global__ void __launch_bounds__(kSubThreads)
   const uint32_t num_earlier = my_begin - seg_begin;
   const uint32_t num_earlier_valid =
       n_valid <= seg_begin ? 0u : min(num_earlier, n_valid - seg_begin);
-  const int32_t slot = EplbBlockRoute < kSubWarps,
-                kHasPre ? kPrePerThread
-                        : 0 > (raw, valid_item, ids + seg_begin, num_earlier, num_earlier_valid,
-                               seg, log2phy, logcnt, num_e, num_p, record ? load_pass : nullptr,
-                               aggregate, i < my_end ? out + i : nullptr, smem4);
+  constexpr int kEarlier = kHasPre ? kPrePerThread : 0;
+  const int32_t slot = EplbBlockRoute<kSubWarps, kEarlier>(
+      raw, valid_item, ids + seg_begin, num_earlier, num_earlier_valid, seg, log2phy, logcnt, num_e,
+      num_p, record ? load_pass : nullptr, aggregate, i < my_end ? out + i : nullptr, smem4);
   if (d_invalid != nullptr) {
     const unsigned bad = __ballot_sync(0xffffffffu, valid_item && slot < 0);
     if ((threadIdx.x & 31u) == 0 && bad != 0u)

@@ -29,6 +29,15 @@ inline void RecipeSegments(int64_t cap, int32_t* segments, int64_t* segment_item
   *segment_items = z;
 }
 
+// Items of valid tokens: the device count clamped to [0, T] (all T when
+// d_num_tokens is null), times K.
+__device__ inline int64_t RecipeValidItems(int64_t num_tokens, const int32_t* d_num_tokens,
+                                           int32_t top_k) {
+  int64_t t = num_tokens;
+  if (d_num_tokens != nullptr) t = *d_num_tokens < 0 ? 0 : (*d_num_tokens > t ? t : *d_num_tokens);
+  return t * top_k;
+}
+
 // Block b (32 threads) routes segment b: items [b*Z, min((b+1)*Z, T*K)).
 // Dynamic shared memory: E int32 (the warp's rank counters).
 template <typename IdT>
@@ -41,11 +50,7 @@ __global__ void RecipeRouteKernel(const IdT* ids, int64_t num_tokens, const int3
   const int32_t max_rep = num_p - num_e + 1;
   const int64_t cap = num_tokens * top_k;
   const bool hashed = cap >= EPLB_ROUTE_HASH_MIN_ITEMS;
-  int64_t valid_tokens = num_tokens;
-  if (d_num_tokens != nullptr)
-    valid_tokens =
-        *d_num_tokens < 0 ? 0 : (*d_num_tokens > num_tokens ? num_tokens : *d_num_tokens);
-  const int64_t n_valid = valid_tokens * top_k;
+  const int64_t n_valid = RecipeValidItems(num_tokens, d_num_tokens, top_k);
   const bool record = d_record == nullptr || *d_record != 0;
   const int32_t bits = EplbKeyBits(num_e);
   const unsigned lane = threadIdx.x;
@@ -115,11 +120,7 @@ __global__ void __launch_bounds__(32 * kWarps)
   constexpr int kEarlier = (EPLB_ROUTE_TILE_ITEMS + kThreads - 1) / kThreads - 1;
   extern __shared__ int4 smem[];
   const int64_t cap = num_tokens * top_k;
-  int64_t valid_tokens = num_tokens;
-  if (d_num_tokens != nullptr)
-    valid_tokens =
-        *d_num_tokens < 0 ? 0 : (*d_num_tokens > num_tokens ? num_tokens : *d_num_tokens);
-  const int64_t n_valid = valid_tokens * top_k;
+  const int64_t n_valid = RecipeValidItems(num_tokens, d_num_tokens, top_k);
   const bool record = d_record == nullptr || *d_record != 0;
   const int64_t seg_begin = int64_t{blockIdx.x} * segment_items;
   const int64_t seg_end = seg_begin + segment_items < cap ? seg_begin + segment_items : cap;
