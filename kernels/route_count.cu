@@ -35,8 +35,10 @@ constexpr uint32_t kSubItems = kSubThreads;  // 512
 // Ids before a sub-block in its segment that each thread counts (a segment
 // is at most one 4096-item tile when sub-blocks are used).
 constexpr int kPrePerThread = static_cast<int>(kRouteTileItems / kSubItems) - 1;
-// EplbBlockRoute stages up to its kMaxExperts (1024) experts.
-static_assert(EPLB_MAX_LOGICAL_EXPERTS <= 1024, "EplbBlockRoute's default kMaxExperts");
+// EplbBlockRoute stages up to its kMaxExperts experts, kMaxExperts / 512
+// per thread of a sub-block: one where E <= 512 (0.1-0.2 us less than two
+// at 64-8192 tokens x top-8 on an H200, with the division below), else two.
+static_assert(EPLB_MAX_LOGICAL_EXPERTS <= 1024, "the sub-block kernel's largest kMaxExperts");
 // Up to this many blocks, a sub-block launch adds its counts to load_pass
 // per run of equal keys; more blocks aggregate per block first (always
 // aggregating measured 0.2 us slower at 64 and 512 tokens on an H200).
@@ -199,8 +201,11 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
 // the first lane walking the run's replicas (a table load each), 0.15-0.3
 // less (0.9-1.3 with hot experts of up to 15 replicas); masks keyed by the
 // raw id so that barrier 1 does not wait for the tables, 0.15 / 0.1 / 0.35
-// / 0.06 less.
-template <typename IdT, bool kHasPre>
+// / 0.06 less; after barrier 2 every shared load of the item issued at
+// once, the divisions by the replica count done with a float reciprocal
+// (EplbDivMod) and one staged expert per thread where E <= 512, 0.19 /
+// 0.18 / 0.23 / 0.2 less (1.51 / 2.29 / 2.07 / 2.97 over an empty kernel).
+template <typename IdT, bool kHasPre, int kMaxExperts>
 __global__ void __launch_bounds__(kSubThreads)
     RouteSubKernel(const IdT* __restrict__ ids, uint32_t cap_items, int64_t num_tokens,
                    const int32_t* d_num_tokens, int32_t top_k, const int32_t* __restrict__ log2phy,
@@ -228,7 +233,7 @@ __global__ void __launch_bounds__(kSubThreads)
   const uint32_t num_earlier_valid =
       n_valid <= seg_begin ? 0u : min(num_earlier, n_valid - seg_begin);
   constexpr int kEarlier = kHasPre ? kPrePerThread : 0;
-  const int32_t slot = EplbBlockRoute<kSubWarps, kEarlier>(
+  const int32_t slot = EplbBlockRoute<kSubWarps, kEarlier, kMaxExperts>(
       raw, valid_item, ids + seg_begin, num_earlier, num_earlier_valid, seg, log2phy, logcnt, num_e,
       num_p, record ? load_pass : nullptr, aggregate, i < my_end ? out + i : nullptr, smem4);
   if (d_invalid != nullptr) {
@@ -571,10 +576,11 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     // sub-blocks 0.1-0.3 us slower, so it is a template parameter.
     auto launch_ids = [&](const auto* ids) {
       using IdT = std::remove_const_t<std::remove_pointer_t<decltype(ids)>>;
+      const bool few = num_logical_experts <= 512;
       if (grid.y > 1)
-        launch(RouteSubKernel<IdT, true>, ids);
+        launch(few ? RouteSubKernel<IdT, true, 512> : RouteSubKernel<IdT, true, 1024>, ids);
       else
-        launch(RouteSubKernel<IdT, false>, ids);
+        launch(few ? RouteSubKernel<IdT, false, 512> : RouteSubKernel<IdT, false, 1024>, ids);
     };
     if (ids64)
       launch_ids(static_cast<const int64_t*>(topk_logical));

@@ -156,6 +156,39 @@ __device__ __forceinline__ void EplbCountAdd(int32_t* counters, int32_t slot, in
   if (slot >= 0 && slot < num_physical_experts && n != 0) atomicAdd(counters + slot, n);
 }
 
+// 1 / c for c >= 1, approximate (one MUFU.RCP): the estimate EplbDivMod
+// corrects.
+__device__ __forceinline__ float EplbRcp(uint32_t c) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(static_cast<float>(c)));
+  return r;
+}
+
+// x / c, and x mod c in *rem, for c >= 1 with rc = EplbRcp(c); exact. For
+// x < 2^20 the float estimate x * rc is within 1/2 of x / c (rc is within
+// 2^-22 of 1 / c, relative, and the product rounds by 2^-24), so its
+// integer part is within 1 of the quotient and one correction makes it
+// exact: about half the instructions of a 32-bit division, on the path
+// every item of EplbBlockRoute takes. Larger x take the division. The GPU
+// test DeviceFunctions.DivModExact checks every x < 2^21 for c up to 300.
+__device__ __forceinline__ uint32_t EplbDivMod(uint32_t x, uint32_t c, float rc, uint32_t* rem) {
+  if (x >= (1u << 20)) {
+    *rem = x % c;
+    return x / c;
+  }
+  uint32_t q = __float2uint_rz(__uint2float_rz(x) * rc);
+  int32_t m = static_cast<int32_t>(x - q * c);
+  if (m < 0) {
+    --q;
+    m += static_cast<int32_t>(c);
+  } else if (m >= static_cast<int32_t>(c)) {
+    ++q;
+    m -= static_cast<int32_t>(c);
+  }
+  *rem = static_cast<uint32_t>(m);
+  return q;
+}
+
 // Shared memory, in bytes, that EplbBlockRoute needs (16-byte aligned):
 // the lane masks [E][kWarps], the earlier-item counts, logcnt and two
 // log2phy columns [E] each ([E][2] for the columns), and, when `aggregate`,
@@ -209,13 +242,14 @@ __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT*
   // global memory). Fewer is faster, even for a load-aware placement whose
   // hot experts hold up to 15 replicas: 2 columns 0.1-0.25 us faster than 4
   // at 64-8192 tokens x top-8, 16 columns 0.7-1 us slower (H200).
-  constexpr int kCols = 2;
+  constexpr int kCols = 2;  // step 3 reads a row's columns as one int2
   const int32_t max_rep = num_p - num_e + 1;
   unsigned* hist = static_cast<unsigned*>(smem);                     // [E][kWarps] lane masks
   int32_t* pre = reinterpret_cast<int32_t*>(hist + kWarps * num_e);  // [E] earlier items
   int32_t* s_cnt = pre + num_e;                                      // [E] logcnt
-  int32_t* s_tab = s_cnt + num_e;                                    // [E][kCols] log2phy
-  int32_t* s_load = s_tab + kCols * num_e;                           // [P] when aggregating
+  // [E][kCols] log2phy, (kWarps + 2) * E ints in: 8-byte aligned (kWarps is even).
+  int32_t* s_tab = s_cnt + num_e;
+  int32_t* s_load = s_tab + kCols * num_e;  // [P] when aggregating
   const int tid = threadIdx.x, warp = tid >> 5;
   const unsigned lane = tid & 31u;
   // Quad q of an id's row of cells is stored at quad q ^ swizzle(id) (< the
@@ -283,41 +317,53 @@ __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT*
       atomicAdd(pre + static_cast<int32_t>(pr), 1);
   }
   __syncthreads();
-  const int32_t key = xid >= 0 ? EplbItemKey(xid, num_e, s_cnt, max_rep) : -1;
-  const int32_t c = key >= 0 ? s_cnt[key] : 1;  // key >= 0: c in [1, max_rep]
-  const unsigned peers = key >= 0 ? *cell : 0u;
-  const unsigned lower = peers & ((1u << lane) - 1u);
 
-  // 3. Rank = earlier count + the expert's runs in lower warps + the lane's
-  // place in its run. The lane at place t < min(n, c) of a run of n holds
-  // replica (its rank) mod c, which takes n / c of the run plus one for
-  // t < n mod c (EplbReplicaShare): it adds that share to its own slot.
-  int32_t slot = -1;
-  if (key >= 0) {
-    uint32_t before = kEarlierPerThread > 0 ? static_cast<uint32_t>(pre[key]) : 0u;
-    const int4* row = reinterpret_cast<const int4*>(hist + key * kWarps);
-    const int sw = swizzle(key);
+  // 3. Every shared load of the item at once, at a clamped index, so that
+  // none waits for another: the expert's count, its run cell, the cells of
+  // lower warps, the staged columns, the earlier count. Rank = earlier
+  // count + the expert's runs in lower warps + the lane's place t in its
+  // run. The lane at place t < min(n, c) of a run of n holds replica (its
+  // rank) mod c, which takes n / c of the run plus one for t < n mod c
+  // (EplbReplicaShare): it adds that share to its own slot.
+  const int32_t xc = xid >= 0 ? xid : 0;
+  const int32_t c_raw = s_cnt[xc];
+  const unsigned run = *cell;
+  const int2 tab = *reinterpret_cast<const int2*>(s_tab + xc * kCols);
+  const uint32_t pre_n = kEarlierPerThread > 0 ? static_cast<uint32_t>(pre[xc]) : 0u;
+  const int4* row = reinterpret_cast<const int4*>(hist + xc * kWarps);
+  const int sw = swizzle(xc);
+  int4 h[kQuads];
 #pragma unroll
-    for (int q = 0; q < kWarps / 4; ++q) {
-      if (4 * q < warp) {
-        const int4 h = row[q ^ sw];
-        const int w = 4 * q;
-        before += __popc(h.x) + (w + 1 < warp ? __popc(h.y) : 0) +
-                  (w + 2 < warp ? __popc(h.z) : 0) + (w + 3 < warp ? __popc(h.w) : 0);
-      }
+  for (int q = 0; q < kQuads; ++q)
+    if (4 * q < warp) h[q] = row[q ^ sw];
+  const bool key_ok = xid >= 0 && c_raw >= 1 && c_raw <= max_rep;  // as EplbItemKey
+  const uint32_t c = key_ok ? static_cast<uint32_t>(c_raw) : 1u;
+  const float rc = EplbRcp(c);
+  const unsigned peers = key_ok ? run : 0u;
+  const unsigned lower = peers & ((1u << lane) - 1u);
+  const uint32_t t = __popc(lower), n = __popc(peers);
+  uint32_t n_mod;
+  const uint32_t n_div = EplbDivMod(n, c, rc, &n_mod);
+  uint32_t before = pre_n;
+#pragma unroll
+  for (int q = 0; q < kQuads; ++q) {
+    if (4 * q < warp) {
+      const int w = 4 * q;
+      before += __popc(h[q].x) + (w + 1 < warp ? __popc(h[q].y) : 0) +
+                (w + 2 < warp ? __popc(h[q].z) : 0) + (w + 3 < warp ? __popc(h[q].w) : 0);
     }
-    const uint32_t r = before + __popc(lower) + offset;
-    const int32_t col = c <= 1 ? 0 : static_cast<int32_t>(r % static_cast<uint32_t>(c));
-    const int32_t v = col < kCols ? s_tab[key * kCols + col] : log2phy[key * max_rep + col];
-    slot = (v >= 0 && v < num_p) ? v : -1;
-    const int32_t t = __popc(lower), n = __popc(peers);
-    if (load_pass != nullptr && t < c) {  // t < n: the lane is in its run
-      const int32_t q = n / c, share = q + (t < n - q * c ? 1 : 0);
-      if (!aggregate)
-        EplbCountAdd(load_pass, slot, share, num_p);
-      else if (slot >= 0)
-        atomicAdd(s_load + slot, share);
-    }
+  }
+  uint32_t col;
+  EplbDivMod(before + t + offset, c, rc, &col);
+  int32_t v = col == 0 ? tab.x : tab.y;
+  if (col >= kCols) v = log2phy[xc * max_rep + static_cast<int32_t>(col)];
+  const int32_t slot = (key_ok && v >= 0 && v < num_p) ? v : -1;
+  if (key_ok && load_pass != nullptr && t < c) {  // t < n: the lane is in its run
+    const int32_t share = static_cast<int32_t>(n_div + (t < n_mod ? 1u : 0u));
+    if (!aggregate)
+      EplbCountAdd(load_pass, slot, share, num_p);
+    else if (slot >= 0)
+      atomicAdd(s_load + slot, share);
   }
   if (slot_out != nullptr) *slot_out = slot;
   if (aggregate && load_pass != nullptr) {

@@ -186,6 +186,9 @@ TEST(RouteCount, RandomMatchesReference) {
                {8192, 8, 256, 320, 1.2},
                {100003, 8, 256, 288, 1.2},
                {3000, 2, 1024, 4096, 0.5},
+               // Sub-blocks with E > 512 (two staged experts per thread).
+               {64, 8, 520, 560, 1.0},
+               {1024, 8, 520, 600, 1.2},
                {777, 1, 8, 8, 0.0},
                // Hash path (T*K >= EPLB_ROUTE_HASH_MIN_ITEMS), at and above the threshold.
                {(1 << 22) / 8, 8, 256, 288, 1.2},
@@ -247,6 +250,37 @@ TEST(DeviceFunctions, RecipeKernelMatchesReference) {
   }
   const auto ids = ZipfIds(rng, size_t{1} << 22, 256, 1.2);
   CheckRoute(ids, (1 << 22) / 8, 8, hot, false, -1, true, 1);  // hash path
+}
+
+// EplbDivMod (the division on EplbBlockRoute's path) against the integer
+// operators: every x below 2^21 (across its float / integer switch at 2^20)
+// for divisors 1-300 and 60000-60299, and the top 2^16 values of x.
+__global__ void DivModCheckKernel(uint32_t x_end, uint32_t c_begin, uint32_t c_end, uint32_t x_base,
+                                  unsigned long long* bad) {
+  unsigned long long wrong = 0;
+  for (uint32_t c = c_begin; c < c_end; ++c) {
+    const float rc = EplbRcp(c);
+    for (uint32_t k = blockIdx.x * blockDim.x + threadIdx.x; k < x_end;
+         k += gridDim.x * blockDim.x) {
+      const uint32_t x = x_base + k;
+      uint32_t rem = 0;
+      const uint32_t q = EplbDivMod(x, c, rc, &rem);
+      wrong += (q != x / c || rem != x % c) ? 1 : 0;
+    }
+  }
+  if (wrong != 0) atomicAdd(bad, wrong);
+}
+
+TEST(DeviceFunctions, DivModExact) {
+  EPLB_REQUIRE_GPUS(1);
+  ScopedStream stream;
+  DeviceBuffer<unsigned long long> d_bad(1);
+  d_bad.Fill(0, stream);
+  DivModCheckKernel<<<264, 512, 0, stream>>>(1u << 21, 1, 301, 0, d_bad.get());
+  DivModCheckKernel<<<264, 512, 0, stream>>>(1u << 21, 60000, 60300, 0, d_bad.get());
+  DivModCheckKernel<<<264, 512, 0, stream>>>(1u << 16, 1, 301, 0xffff0000u, d_bad.get());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(d_bad.Download(stream)[0], 0u);
 }
 
 TEST(RouteCount, Adversarial) {
