@@ -40,9 +40,12 @@ constexpr int kPrePerThread = static_cast<int>(kRouteTileItems / kSubItems) - 1;
 // at 64-8192 tokens x top-8 on an H200, with the division below), else two.
 static_assert(EPLB_MAX_LOGICAL_EXPERTS <= 1024, "the sub-block kernel's largest kMaxExperts");
 // Up to this many blocks, a sub-block launch adds its counts to load_pass
-// per run of equal keys; more blocks aggregate per block first (always
-// aggregating measured 0.2 us slower at 64 and 512 tokens on an H200).
-constexpr unsigned kSubDirectBlocks = 8;
+// per run of equal keys; more blocks aggregate per block first. Same-run
+// A/B on an H200 (us over an empty kernel): aggregating in the one block of
+// 64 tokens x top-8 costs 0.15 more; not aggregating in the 8 blocks of 512
+// tokens costs 0.3-0.4 more (the runs of hot experts queue on the same
+// global counters); from 2 to 8 direct blocks nothing else changes.
+constexpr unsigned kSubDirectBlocks = 1;
 
 __device__ __forceinline__ int64_t ValidItems(int64_t num_tokens, const int32_t* d_num_tokens,
                                               int32_t top_k) {
