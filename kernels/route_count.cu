@@ -214,13 +214,14 @@ __global__ void __launch_bounds__(kSubThreads)
                    const int32_t* d_num_tokens, int32_t top_k, const int32_t* __restrict__ log2phy,
                    const int32_t* __restrict__ logcnt, int32_t num_e, int32_t num_p,
                    const int32_t* d_record, int32_t* __restrict__ out, int32_t* load_pass,
-                   unsigned long long* d_invalid, uint32_t seg_items) {
+                   unsigned long long* d_invalid, uint32_t seg_items, bool aggregate) {
   extern __shared__ int4 smem4[];
-  // Launches of many blocks add their counts up in shared memory and flush
-  // them once per block: thousands of runs adding to the same hot slots in
-  // global memory would queue on its atomic unit (measured 3x slower at
-  // 8192 tokens x top-8 with Zipf ids); a few blocks add per run directly.
-  const bool aggregate = gridDim.x * gridDim.y > kSubDirectBlocks;
+  // aggregate (from the launcher, so that the kernel reads no launch
+  // configuration: another constant-cache line): launches of more than
+  // kSubDirectBlocks blocks add their counts up in shared memory and flush
+  // them once per block, since thousands of runs adding to the same hot
+  // slots in global memory would queue on its atomic unit (measured 3x
+  // slower at 8192 tokens x top-8 with Zipf ids).
   const uint32_t seg = blockIdx.x;
   const uint32_t seg_begin = seg * seg_items;
   const uint32_t seg_end = min(seg_begin + seg_items, cap_items);
@@ -570,7 +571,7 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
       kernel<<<grid, kSubThreads, sub_smem, stream>>>(
           ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy, logcnt,
           num_logical_experts, num_physical_experts, record, topk_physical, load_pass,
-          invalid_count, static_cast<uint32_t>(seg_items));
+          invalid_count, static_cast<uint32_t>(seg_items), grid.x * grid.y > kSubDirectBlocks);
     };
     // Launches of one sub-block per segment (up to 512 items, or segments of
     // at most 512) have no items before any sub-block: a kernel without that
