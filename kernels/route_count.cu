@@ -26,26 +26,38 @@ namespace {
 // Two kernels on the rank path. Launches of many segments: one block of 8
 // warps per segment (16 items per lane per 4096-item tile; 4 blocks per SM,
 // so 528 segments are one wave). Launches of few segments (decode sizes):
-// each segment is split into sub-blocks of kSubItems items on their own SMs,
-// one item per thread.
+// each segment is split into sub-blocks on their own SMs, one item per
+// thread: 512-item blocks of 16 warps, or, for launches of at most 512
+// items (64 tokens x top-8), 128-item blocks of 4 warps. The launch is
+// latency-bound, and four SMs each running 4 warps finish sooner than one
+// running 16 (64 tokens x top-8 on an H200, same-run A/B: 1.48 -> 1.20 us
+// over an empty kernel; 1.29 with two 8-warp blocks). Larger launches keep
+// 512-item blocks: each block counts the ids of its segment before it, and
+// smaller blocks count more of them (8-warp blocks: -0.09 us at 512 and
+// 1024 tokens, +1.25 at 8192).
 constexpr int kSegWarps = 8;
-constexpr int kSubWarps = 16;
-constexpr int kSubThreads = 32 * kSubWarps;
-constexpr uint32_t kSubItems = kSubThreads;  // 512
-// Ids before a sub-block in its segment that each thread counts (a segment
-// is at most one 4096-item tile when sub-blocks are used).
-constexpr int kPrePerThread = static_cast<int>(kRouteTileItems / kSubItems) - 1;
-// EplbBlockRoute stages up to its kMaxExperts experts, kMaxExperts / 512
-// per thread of a sub-block: one where E <= 512 (0.1-0.2 us less than two
-// at 64-8192 tokens x top-8 on an H200, with the division below), else two.
-static_assert(EPLB_MAX_LOGICAL_EXPERTS <= 1024, "the sub-block kernel's largest kMaxExperts");
-// Up to this many blocks, a sub-block launch adds its counts to load_pass
-// per run of equal keys; more blocks aggregate per block first. Same-run
-// A/B on an H200 (us over an empty kernel): aggregating in the one block of
-// 64 tokens x top-8 costs 0.15 more; not aggregating in the 8 blocks of 512
-// tokens costs 0.3-0.4 more (the runs of hot experts queue on the same
-// global counters); from 2 to 8 direct blocks nothing else changes.
-constexpr unsigned kSubDirectBlocks = 1;
+// A sub-block shape: warps per block (the block's items, one per thread,
+// are 32 * warps), and the earlier ids each thread counts: enough for the
+// ids of a segment before its last block (a segment is at most one tile;
+// for the small shape, the launch's at most kSmallSubItems).
+struct SubShape {
+  int warps, pre;
+};
+constexpr uint32_t kSmallSubItems = 512;
+constexpr SubShape kSmallSub = {4, kSmallSubItems / 128 - 1};
+constexpr SubShape kSub = {16, static_cast<int>(kRouteTileItems / 512) - 1};
+// EplbBlockRoute stages up to its kMaxExperts experts, kMaxExperts /
+// threads per thread: fewer where E is small (one per thread of a 512-item
+// block instead of two: 0.1-0.2 us less at 64-8192 tokens x top-8 on an
+// H200, with the division of eplb_device.cuh).
+static_assert(EPLB_MAX_LOGICAL_EXPERTS <= 1024, "the sub-block kernels' largest kMaxExperts");
+// Launches of at most this many items add their counts to load_pass per run
+// of equal keys; larger ones aggregate per block in shared memory first.
+// Same-run A/B on an H200 (us over an empty kernel): aggregating the 512
+// items of 64 tokens x top-8 costs 0.15 more; not aggregating in the 8
+// blocks of 512 tokens costs 0.3-0.4 more (the runs of hot experts queue
+// on the same global counters).
+constexpr uint32_t kSubDirectItems = 512;
 
 __device__ __forceinline__ int64_t ValidItems(int64_t num_tokens, const int32_t* d_num_tokens,
                                               int32_t top_k) {
@@ -185,7 +197,8 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
 }
 
 // Sub-block shape (decode sizes): block (s, b) routes items
-// [s*Z + 512*b, ...) of segment s, one per thread, with EplbBlockRoute
+// [s*Z + B*b, ...) of segment s (B = 32 * kWarps), one per thread, with
+// EplbBlockRoute
 // (eplb_device.cuh: the same function engines fuse), the segment's items
 // before the sub-block as its earlier items and s as its offset. The launch
 // is latency-bound, so that function is built for the fewest dependent
@@ -208,8 +221,8 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
 // once, the divisions by the replica count done with a float reciprocal
 // (EplbDivMod) and one staged expert per thread where E <= 512, 0.19 /
 // 0.18 / 0.23 / 0.2 less (1.51 / 2.29 / 2.07 / 2.97 over an empty kernel).
-template <typename IdT, bool kHasPre, int kMaxExperts>
-__global__ void __launch_bounds__(kSubThreads)
+template <typename IdT, int kWarps, int kEarlier, int kMaxExperts>
+__global__ void __launch_bounds__(32 * kWarps)
     RouteSubKernel(const IdT* __restrict__ ids, uint32_t cap_items, int64_t num_tokens,
                    const int32_t* d_num_tokens, int32_t top_k, const int32_t* __restrict__ log2phy,
                    const int32_t* __restrict__ logcnt, int32_t num_e, int32_t num_p,
@@ -218,16 +231,17 @@ __global__ void __launch_bounds__(kSubThreads)
   extern __shared__ int4 smem4[];
   // aggregate (from the launcher, so that the kernel reads no launch
   // configuration: another constant-cache line): launches of more than
-  // kSubDirectBlocks blocks add their counts up in shared memory and flush
+  // kSubDirectItems items add their counts up in shared memory and flush
   // them once per block, since thousands of runs adding to the same hot
   // slots in global memory would queue on its atomic unit (measured 3x
   // slower at 8192 tokens x top-8 with Zipf ids).
+  constexpr uint32_t kItems = 32 * kWarps;
   const uint32_t seg = blockIdx.x;
   const uint32_t seg_begin = seg * seg_items;
   const uint32_t seg_end = min(seg_begin + seg_items, cap_items);
-  const uint32_t my_begin = seg_begin + blockIdx.y * kSubItems;
+  const uint32_t my_begin = seg_begin + blockIdx.y * kItems;
   if (my_begin >= seg_end) return;
-  const uint32_t my_end = min(my_begin + kSubItems, seg_end);
+  const uint32_t my_end = min(my_begin + kItems, seg_end);
   const uint32_t i = my_begin + threadIdx.x;
   const uint32_t n_valid = static_cast<uint32_t>(ValidItems(num_tokens, d_num_tokens, top_k));
   const bool record = (d_record == nullptr) || (*d_record != 0);
@@ -236,8 +250,7 @@ __global__ void __launch_bounds__(kSubThreads)
   const uint32_t num_earlier = my_begin - seg_begin;
   const uint32_t num_earlier_valid =
       n_valid <= seg_begin ? 0u : min(num_earlier, n_valid - seg_begin);
-  constexpr int kEarlier = kHasPre ? kPrePerThread : 0;
-  const int32_t slot = EplbBlockRoute<kSubWarps, kEarlier, kMaxExperts>(
+  const int32_t slot = EplbBlockRoute<kWarps, kEarlier, kMaxExperts>(
       raw, valid_item, ids + seg_begin, num_earlier, num_earlier_valid, seg, log2phy, logcnt, num_e,
       num_p, record ? load_pass : nullptr, aggregate, i < my_end ? out + i : nullptr, smem4);
   if (d_invalid != nullptr) {
@@ -562,36 +575,45 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
   }
   // Sub-blocks when the launch has fewer segments than an H100 has SMs and
   // their shared memory fits the default 48 KB.
-  const size_t sub_smem =
-      EplbBlockRouteSmemBytes(kSubWarps, num_logical_experts, num_physical_experts, true);
-  if (segs <= 132 && sub_smem <= 48 * 1024) {
+  const bool aggregate = static_cast<uint64_t>(cap) > kSubDirectItems;
+  auto launch_sub = [&](auto small_c, const auto* ids) -> bool {
+    constexpr SubShape kShape = decltype(small_c)::value ? kSmallSub : kSub;
+    constexpr uint32_t kItems = 32 * kShape.warps;
+    const size_t smem =
+        EplbBlockRouteSmemBytes(kShape.warps, num_logical_experts, num_physical_experts, aggregate);
+    if (segs > 132 || smem > 48 * 1024) return false;
+    using IdT = std::remove_const_t<std::remove_pointer_t<decltype(ids)>>;
     const dim3 grid(static_cast<unsigned>(segs),
-                    static_cast<unsigned>((seg_items + kSubItems - 1) / kSubItems));
-    auto launch = [&](auto kernel, const auto* ids) {
-      kernel<<<grid, kSubThreads, sub_smem, stream>>>(
-          ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy, logcnt,
-          num_logical_experts, num_physical_experts, record, topk_physical, load_pass,
-          invalid_count, static_cast<uint32_t>(seg_items), grid.x * grid.y > kSubDirectBlocks);
+                    static_cast<unsigned>((seg_items + kItems - 1) / kItems));
+    // kMaxExperts: one or two experts staged per thread where E allows
+    // (512 for 512-thread blocks, 256 for 128-thread ones), else 1024.
+    auto kernel = [&](auto pre_c) {
+      constexpr int kPre = decltype(pre_c)::value;
+      constexpr int kFewE = kShape.warps * 32 >= 512 ? 512 : 256;
+      return num_logical_experts <= kFewE ? RouteSubKernel<IdT, kShape.warps, kPre, kFewE>
+                                          : RouteSubKernel<IdT, kShape.warps, kPre, 1024>;
     };
-    // Launches of one sub-block per segment (up to 512 items, or segments of
-    // at most 512) have no items before any sub-block: a kernel without that
-    // count (64 tokens x top-8: 2.24 vs 2.65 us over an empty kernel on an
-    // H200). A runtime skip in the one kernel made launches of several
-    // sub-blocks 0.1-0.3 us slower, so it is a template parameter.
-    auto launch_ids = [&](const auto* ids) {
-      using IdT = std::remove_const_t<std::remove_pointer_t<decltype(ids)>>;
-      const bool few = num_logical_experts <= 512;
-      if (grid.y > 1)
-        launch(few ? RouteSubKernel<IdT, true, 512> : RouteSubKernel<IdT, true, 1024>, ids);
-      else
-        launch(few ? RouteSubKernel<IdT, false, 512> : RouteSubKernel<IdT, false, 1024>, ids);
-    };
-    if (ids64)
-      launch_ids(static_cast<const int64_t*>(topk_logical));
-    else
-      launch_ids(static_cast<const int32_t*>(topk_logical));
+    auto k = kernel(std::integral_constant<int, kShape.pre>{});
+    // A small launch of one block has no ids before it: a kernel without
+    // that count (a runtime skip in the one kernel made launches of several
+    // blocks 0.1-0.3 us slower; without the count, 64 tokens x top-8 in
+    // one 512-item block took 2.24 us over an empty kernel, not 2.65). The
+    // large shape always has several blocks per segment.
+    if constexpr (decltype(small_c)::value)
+      if (grid.y == 1) k = kernel(std::integral_constant<int, 0>{});
+    k<<<grid, kItems, smem, stream>>>(
+        ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy, logcnt,
+        num_logical_experts, num_physical_experts, record, topk_physical, load_pass, invalid_count,
+        static_cast<uint32_t>(seg_items), aggregate);
+    return true;
+  };
+  auto route_sub = [&](const auto* ids) {
+    if (static_cast<uint64_t>(cap) <= kSmallSubItems) return launch_sub(std::true_type{}, ids);
+    return launch_sub(std::false_type{}, ids);
+  };
+  if (ids64 ? route_sub(static_cast<const int64_t*>(topk_logical))
+            : route_sub(static_cast<const int32_t*>(topk_logical)))
     return cudaGetLastError();
-  }
   const int32_t key_bits = EplbKeyBits(num_logical_experts);
   const size_t smem = sizeof(int32_t) * static_cast<size_t>(kSegWarps + 2) * num_logical_experts;
   auto launch = [&](auto kernel, const auto* ids) {
