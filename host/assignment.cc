@@ -9,7 +9,7 @@ namespace eplb {
 int64_t AssignmentSolver::SolveMax(int32_t n, const int64_t* w, int32_t* row_to_col) {
   if (n <= 0) return 0;
   const size_t un = static_cast<size_t>(n);
-  if (size_ < un) {
+  if (active_rows_.size() < un) {  // every array is sized together
     active_rows_.resize(un);
     active_cols_.resize(un);
     col_used_.resize(un);
@@ -22,7 +22,6 @@ int64_t AssignmentSolver::SolveMax(int32_t n, const int64_t* w, int32_t* row_to_
     way_.resize(un + 1);
     match_row_.resize(un + 1);
     used_.resize(un + 1);
-    size_ = un;
   }
   const assignment::Scratch s{active_rows_.data(), active_cols_.data(), col_used_.data(),
                               row_flag_.data(),    cost_.data(),        u_.data(),

@@ -7,7 +7,6 @@
 // index is taken), so the same matrix always gives the same assignment.
 #pragma once
 
-#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -28,7 +27,6 @@ class AssignmentSolver {
   int64_t SolveMax(int32_t n, const int64_t* w, int32_t* row_to_col);
 
  private:
-  size_t size_ = 0;  // the largest n the scratch below holds
   std::vector<int32_t> active_rows_, active_cols_, col_used_, row_flag_;
   std::vector<int64_t> cost_;  // compacted (k x k) negated weights
   std::vector<int64_t> u_, v_, minv_;
