@@ -324,9 +324,9 @@ __global__ void EngineStandInKernel(const int32_t* ids, int32_t* out, int64_t ca
 // Decode-size route+count fused into an engine kernel with the functions of
 // eplb_device.cuh (recipe_route.cuh), each a graph of 64 launches, per
 // launch over the same engine kernel without routing: the warp recipe (one
-// warp per segment) and EplbBlockRoute (16 warps, one item per thread; the
-// shape of eplbRouteCount's decode kernel); and, for comparison, the engine
-// kernel followed by eplbRouteCount.
+// warp per segment) and EplbBlockRoute (16 warps, one item per thread,
+// counting in shared memory first above 512 items as eplbRouteCount does);
+// and, for comparison, the engine kernel followed by eplbRouteCount.
 void BM_FusedRouteDecodeGraph(benchmark::State& state) {
   const int64_t T = state.range(0);
   const int32_t K = 8, E = 256, P = 288, reps = 64;
@@ -360,8 +360,8 @@ void BM_FusedRouteDecodeGraph(benchmark::State& state) {
                                                                 static_cast<int64_t>(n), z);
         if (mode == 3)
           CK(eplb_test::LaunchBlockRecipeRoute<16>(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P,
-                                                   d_rec, d_out, d_load, nullptr,
-                                                   block_grid.x * block_grid.y > 8, c.stream));
+                                                   d_rec, d_out, d_load, nullptr, n > 512,
+                                                   c.stream));
         if (mode == 4)
           EK(eplbRouteCount(d_mid, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
                             d_load, nullptr, c.stream));

@@ -27,7 +27,8 @@
 // stand-in engine kernel of the same shape, 64 / 512 tokens x top-8): this
 // warp recipe, one warp walking a segment with the tables in global
 // memory, +11 / +72 us; EplbBlockRoute below (16 warps, one item per
-// thread), +1.36 / +1.91 us; the engine kernel followed by eplbRouteCount
+// thread), +1.36 / +1.91 us (512 tokens: counting per run in global
+// memory, which aggregate = true avoids); the engine kernel followed by eplbRouteCount
 // (which routes 64 tokens in four 4-warp blocks), +1.84 / +2.67 us
 // (2026-11-29; three earlier runs of an older EplbBlockRoute: +1.3-1.5 /
 // +1.4-2.0 and +2.2-2.4 / +3.0-3.2). Fuse with EplbBlockRoute.
