@@ -37,27 +37,31 @@ namespace {
 // 1024 tokens, +1.25 at 8192).
 constexpr int kSegWarps = 8;
 // A sub-block shape: warps per block (the block's items, one per thread,
-// are 32 * warps), and the earlier ids each thread counts: enough for the
-// ids of a segment before its last block (a segment is at most one tile;
-// for the small shape, the launch's at most kSmallSubItems).
+// are 32 * warps), the earlier ids each thread counts: enough for the ids
+// of a segment before its last block (a segment is at most one tile; for
+// the small shape, the launch's at most kSmallSubItems), and whether the
+// blocks add their counts up in shared memory before adding them to
+// load_pass (EplbBlockRoute's `aggregate`). The small shape adds them per
+// run of equal keys: aggregating the 512 items of 64 tokens x top-8 cost
+// 0.15 us more; the large shape aggregates: not aggregating in the 8 blocks
+// of 512 tokens cost 0.3-0.4 more (the runs of hot experts queue on the
+// same global counters; same-run A/B on an H200, us over an empty kernel).
+// Being part of the shape, the choice is a compile-time constant of the
+// kernel: with it passed at run time, the small kernel carried the unused
+// path (672 instructions of SASS instead of 480) and took 0.09 us more at
+// 64 tokens.
 struct SubShape {
   int warps, pre;
+  bool aggregate;
 };
 constexpr uint32_t kSmallSubItems = 512;
-constexpr SubShape kSmallSub = {4, kSmallSubItems / 128 - 1};
-constexpr SubShape kSub = {16, static_cast<int>(kRouteTileItems / 512) - 1};
+constexpr SubShape kSmallSub = {4, kSmallSubItems / 128 - 1, false};
+constexpr SubShape kSub = {16, static_cast<int>(kRouteTileItems / 512) - 1, true};
 // EplbBlockRoute stages up to its kMaxExperts experts, kMaxExperts /
 // threads per thread: fewer where E is small (one per thread of a 512-item
 // block instead of two: 0.1-0.2 us less at 64-8192 tokens x top-8 on an
 // H200, with the division of eplb_device.cuh).
 static_assert(EPLB_MAX_LOGICAL_EXPERTS <= 1024, "the sub-block kernels' largest kMaxExperts");
-// Launches of at most this many items add their counts to load_pass per run
-// of equal keys; larger ones aggregate per block in shared memory first.
-// Same-run A/B on an H200 (us over an empty kernel): aggregating the 512
-// items of 64 tokens x top-8 costs 0.15 more; not aggregating in the 8
-// blocks of 512 tokens costs 0.3-0.4 more (the runs of hot experts queue
-// on the same global counters).
-constexpr uint32_t kSubDirectItems = 512;
 
 __device__ __forceinline__ int64_t ValidItems(int64_t num_tokens, const int32_t* d_num_tokens,
                                               int32_t top_k) {
@@ -221,20 +225,18 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
 // once, the divisions by the replica count done with a float reciprocal
 // (EplbDivMod) and one staged expert per thread where E <= 512, 0.19 /
 // 0.18 / 0.23 / 0.2 less (1.51 / 2.29 / 2.07 / 2.97 over an empty kernel).
-template <typename IdT, int kWarps, int kEarlier, int kMaxExperts>
+template <typename IdT, int kWarps, int kEarlier, int kMaxExperts, bool kAggregate>
 __global__ void __launch_bounds__(32 * kWarps)
     RouteSubKernel(const IdT* __restrict__ ids, uint32_t cap_items, int64_t num_tokens,
                    const int32_t* d_num_tokens, int32_t top_k, const int32_t* __restrict__ log2phy,
                    const int32_t* __restrict__ logcnt, int32_t num_e, int32_t num_p,
                    const int32_t* d_record, int32_t* __restrict__ out, int32_t* load_pass,
-                   unsigned long long* d_invalid, uint32_t seg_items, bool aggregate) {
+                   unsigned long long* d_invalid, uint32_t seg_items) {
   extern __shared__ int4 smem4[];
-  // aggregate (from the launcher, so that the kernel reads no launch
-  // configuration: another constant-cache line): launches of more than
-  // kSubDirectItems items add their counts up in shared memory and flush
-  // them once per block, since thousands of runs adding to the same hot
-  // slots in global memory would queue on its atomic unit (measured 3x
-  // slower at 8192 tokens x top-8 with Zipf ids).
+  // kAggregate (the shape's; see SubShape): the large shape adds its counts
+  // up in shared memory and flushes them once per block, since thousands of
+  // runs adding to the same hot slots in global memory would queue on its
+  // atomic unit (measured 3x slower at 8192 tokens x top-8 with Zipf ids).
   constexpr uint32_t kItems = 32 * kWarps;
   const uint32_t seg = blockIdx.x;
   const uint32_t seg_begin = seg * seg_items;
@@ -252,7 +254,7 @@ __global__ void __launch_bounds__(32 * kWarps)
       n_valid <= seg_begin ? 0u : min(num_earlier, n_valid - seg_begin);
   const int32_t slot = EplbBlockRoute<kWarps, kEarlier, kMaxExperts>(
       raw, valid_item, ids + seg_begin, num_earlier, num_earlier_valid, seg, log2phy, logcnt, num_e,
-      num_p, record ? load_pass : nullptr, aggregate, i < my_end ? out + i : nullptr, smem4);
+      num_p, record ? load_pass : nullptr, kAggregate, i < my_end ? out + i : nullptr, smem4);
   if (d_invalid != nullptr) {
     const unsigned bad = __ballot_sync(0xffffffffu, valid_item && slot < 0);
     if ((threadIdx.x & 31u) == 0 && bad != 0u)
@@ -575,12 +577,11 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
   }
   // Sub-blocks when the launch has fewer segments than an H100 has SMs and
   // their shared memory fits the default 48 KB.
-  const bool aggregate = static_cast<uint64_t>(cap) > kSubDirectItems;
   auto launch_sub = [&](auto small_c, const auto* ids) -> bool {
     constexpr SubShape kShape = decltype(small_c)::value ? kSmallSub : kSub;
     constexpr uint32_t kItems = 32 * kShape.warps;
-    const size_t smem =
-        EplbBlockRouteSmemBytes(kShape.warps, num_logical_experts, num_physical_experts, aggregate);
+    const size_t smem = EplbBlockRouteSmemBytes(kShape.warps, num_logical_experts,
+                                                num_physical_experts, kShape.aggregate);
     if (segs > 132 || smem > 48 * 1024) return false;
     using IdT = std::remove_const_t<std::remove_pointer_t<decltype(ids)>>;
     const dim3 grid(static_cast<unsigned>(segs),
@@ -590,8 +591,9 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     auto kernel = [&](auto pre_c) {
       constexpr int kPre = decltype(pre_c)::value;
       constexpr int kFewE = kShape.warps * 32 >= 512 ? 512 : 256;
-      return num_logical_experts <= kFewE ? RouteSubKernel<IdT, kShape.warps, kPre, kFewE>
-                                          : RouteSubKernel<IdT, kShape.warps, kPre, 1024>;
+      return num_logical_experts <= kFewE
+                 ? RouteSubKernel<IdT, kShape.warps, kPre, kFewE, kShape.aggregate>
+                 : RouteSubKernel<IdT, kShape.warps, kPre, 1024, kShape.aggregate>;
     };
     auto k = kernel(std::integral_constant<int, kShape.pre>{});
     // A small launch of one block has no ids before it: a kernel without
@@ -604,7 +606,7 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     k<<<grid, kItems, smem, stream>>>(
         ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy, logcnt,
         num_logical_experts, num_physical_experts, record, topk_physical, load_pass, invalid_count,
-        static_cast<uint32_t>(seg_items), aggregate);
+        static_cast<uint32_t>(seg_items));
     return true;
   };
   auto route_sub = [&](const auto* ids) {
