@@ -27,11 +27,12 @@
 // stand-in engine kernel of the same shape, 64 / 512 tokens x top-8): this
 // warp recipe, one warp walking a segment with the tables in global
 // memory, +11 / +72 us; EplbBlockRoute below (16 warps, one item per
-// thread), +1.36 / +1.91 us (512 tokens: counting per run in global
-// memory, which aggregate = true avoids); the engine kernel followed by eplbRouteCount
-// (which routes 64 tokens in four 4-warp blocks), +1.84 / +2.67 us
-// (2026-11-29; three earlier runs of an older EplbBlockRoute: +1.3-1.5 /
-// +1.4-2.0 and +2.2-2.4 / +3.0-3.2). Fuse with EplbBlockRoute.
+// thread, aggregate = true at 512 tokens), +1.29 / +1.44 us; the engine
+// kernel followed by eplbRouteCount (which routes 64 tokens in four 4-warp
+// blocks), +1.74 / +2.56 us (2026-11-29, 8d91112; with per-run global
+// counting at 512 tokens EplbBlockRoute took +1.91 at f117bd4; earlier
+// runs of older versions: +1.3-1.5 / +1.4-2.0 and +2.2-2.4 / +3.0-3.2).
+// Fuse with EplbBlockRoute.
 #pragma once
 
 #include <cstdint>
@@ -234,9 +235,11 @@ __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int3
 // sooner: eplbRouteCount routes 64 tokens x top-8 in four 4-warp blocks
 // (128 items each, the later ones with their predecessors as `earlier`)
 // in 1.18 us over an empty kernel where one 16-warp block took 1.49 (H200,
-// same run). An engine with a choice of block size at decode can use it.
-// Deterministic: masks are ORed and counts added, so no result depends on
-// thread timing.
+// same run; two-warp blocks, 1.24 against 1.21). An engine with a choice of
+// block size at decode can use it. Pass `aggregate` as a constant where it
+// is one: the compiler then drops the other path (eplbRouteCount's 64-token
+// kernel: 480 instructions instead of 672, 0.09 us less). Deterministic:
+// masks are ORed and counts added, so no result depends on thread timing.
 template <int kWarps, int kEarlierPerThread = 0, int kMaxExperts = 1024, typename IdT>
 __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT* earlier,
                                                   uint32_t num_earlier, uint32_t num_earlier_valid,
