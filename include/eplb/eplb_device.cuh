@@ -228,7 +228,9 @@ __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int3
 //   hot slots).
 // smem: EplbBlockRouteSmemBytes(kWarps, E, P, aggregate) bytes of shared
 //   memory, 16-byte aligned. Two __syncthreads inside (three with
-//   `aggregate`); every thread must call. kMaxExperts bounds E; each thread
+//   `aggregate`); every thread must call. E must not exceed kMaxExperts:
+//   the staging and the zeroing cover kMaxExperts experts (a larger E
+//   gives wrong slots, though every access stays in bounds); each thread
 //   stages kMaxExperts / (32 * kWarps) experts, so the smallest bound that
 //   holds E is the fastest.
 // Speed: the function is latency-bound, so fewer warps per SM finish
