@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Instruments a copy of kernels/route_count.cu for dev/route_timeline.
+
+  instrument.py SRC OUT [HEADER]
+
+Stamps (TL_ENTRY / TL_MID / TL_END, defined by timeline.cu) go at the start
+of RouteSubKernel, right after the item's slot is stored, and at its end.
+When SRC calls the header's EplbBlockRoute, a renamed copy of it from
+HEADER (default: the working tree's include/eplb/eplb_device.cuh) is put
+into the file with the middle stamp; a file that routes with a function of
+its own gets the stamp in that function."""
+import re
+import sys
+
+src, out = sys.argv[1], sys.argv[2]
+hdr_path = sys.argv[3] if len(sys.argv) > 3 else None
+s = open(src).read()
+store = "  if (slot_out != nullptr) *slot_out = slot;\n"
+if "EplbBlockRoute<kWarps, kEarlier, kMaxExperts>(" in s:
+    if hdr_path is None:
+        import os
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        hdr_path = os.path.join(root, "include", "eplb", "eplb_device.cuh")
+    hdr = open(hdr_path).read()
+    m = re.search(r"template <int kWarps, int kEarlierPerThread = 0, int kMaxExperts = 1024, "
+                  r"typename IdT>\n__device__ __forceinline__ int32_t EplbBlockRoute\(.*?\n}\n",
+                  hdr, re.S)
+    if m is None:
+        sys.exit("instrument.py: EplbBlockRoute not found in " + hdr_path)
+    fn = m.group(0).replace("EplbBlockRoute(", "TlBlockRoute(")
+    fn = fn.replace(" = 0, int kMaxExperts = 1024", ", int kMaxExperts")
+    if store not in fn:
+        sys.exit("instrument.py: the slot store was not found in EplbBlockRoute")
+    fn = fn.replace(store, store + "  TL_MID();\n", 1)
+    anchor = "template <typename IdT, int kWarps, int kEarlier, int kMaxExperts"
+    i = s.index(anchor)
+    s = s[:i] + fn + "\n" + s[i:]
+    s = s.replace("EplbBlockRoute<kWarps, kEarlier, kMaxExperts>(",
+                  "TlBlockRoute<kWarps, kEarlier, kMaxExperts>(", 1)
+elif store in s:
+    s = s.replace(store, store + "  TL_MID();\n", 1)
+else:
+    sys.exit("instrument.py: no slot store to stamp in " + src)
+k = s.index("RouteSubKernel(")
+entry = "  extern __shared__ int4 smem4[];\n"
+e = s.index(entry, k) + len(entry)
+s = s[:e] + "  TL_ENTRY();\n" + s[e:]
+end = "      atomicAdd(d_invalid, static_cast<unsigned long long>(__popc(bad)));\n  }\n}\n"
+j = s.index(end, e) + len(end) - 2
+s = s[:j] + "  TL_END();\n" + s[j:]
+open(out, "w").write(s)

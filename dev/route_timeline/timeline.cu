@@ -1,0 +1,150 @@
+// Per-block timeline of route+count builds at decode sizes: every variant
+// is a copy of kernels/route_count.cu instrumented by instrument.py and
+// compiled into its own namespace (run.sh writes variants.inc). Lane 0 of
+// every warp records globaltimer and clock64 at the kernel's entry, right
+// after its item's slot is stored, and at exit. Single launches with a host
+// sync between them (colder than in a CUDA graph); per size and variant,
+// medians over 50 launches of: the kernel's span (first entry to last
+// exit), the last block of segment 0 (entry to slot, slot to exit, in
+// cycles of its SM), and when the other blocks exit.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "bench_ids.h"
+#include "eplb/eplb.h"
+#include "eplb/eplb_device.cuh"
+#include "launch.cuh"
+
+#define CK(x)                                                                        \
+  do {                                                                               \
+    cudaError_t e_ = (x);                                                            \
+    if (e_ != cudaSuccess) {                                                         \
+      std::printf("%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                  \
+    }                                                                                \
+  } while (0)
+
+constexpr int kMaxBlocks = 256, kMaxWarps = 32;
+struct TlRec {
+  unsigned long long g[3];
+  long long c[3];
+  unsigned grid_y;
+};
+__device__ __forceinline__ unsigned long long TlGt() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
+  return t;
+}
+__device__ __forceinline__ long long TlClk() {
+  long long t;
+  asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)::"memory");
+  return t;
+}
+#define TL_AT(k)                                                                 \
+  do {                                                                           \
+    if ((threadIdx.x & 31u) == 0u) {                                             \
+      TlRec& r_ = tl_arr[blockIdx.x * gridDim.y + blockIdx.y][threadIdx.x >> 5]; \
+      r_.g[k] = TlGt();                                                          \
+      r_.c[k] = TlClk();                                                         \
+      r_.grid_y = gridDim.y;                                                     \
+    }                                                                            \
+  } while (0)
+#define TL_ENTRY() TL_AT(0)
+#define TL_MID() TL_AT(1)
+#define TL_END() TL_AT(2)
+
+using Launcher = decltype(&eplb::kernels::LaunchRouteCount);
+struct Variant {
+  const char* name;
+  Launcher f;
+  const void* stamps;  // the variant's tl_arr
+};
+
+#include "variants.inc"  // namespaces eplb::tl0, tl1, ... and kVariants[]
+
+int main() {
+  const int32_t E = 256, P = 288, R1 = P - E + 1, K = 8;
+  const int nv = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
+  std::mt19937_64 rng(1);
+  std::vector<int32_t> p2l(P), cnt(E, 0), l2p(E * R1, -1);
+  for (int p = 0; p < P; ++p) p2l[p] = p < E ? p : static_cast<int32_t>(rng() % E);
+  for (int p = 0; p < P; ++p) l2p[p2l[p] * R1 + cnt[p2l[p]]++] = p;
+  const size_t nmax = size_t{8192} * K;
+  int32_t *l2p_d, *cnt_d, *ids_d, *out_d, *load_d, *valid_d, *rec_d;
+  unsigned long long* inv_d;
+  CK(cudaMalloc(&l2p_d, l2p.size() * 4));
+  CK(cudaMalloc(&cnt_d, E * 4));
+  CK(cudaMalloc(&ids_d, nmax * 4));
+  CK(cudaMalloc(&out_d, nmax * 4));
+  CK(cudaMalloc(&load_d, P * 4));
+  CK(cudaMalloc(&valid_d, 4));
+  CK(cudaMalloc(&rec_d, 4));
+  CK(cudaMalloc(&inv_d, 8));
+  CK(cudaMemcpy(l2p_d, l2p.data(), l2p.size() * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(cnt_d, cnt.data(), E * 4, cudaMemcpyHostToDevice));
+  const auto ids = Ids(nmax, E, 1.2, 4);
+  CK(cudaMemcpy(ids_d, ids.data(), nmax * 4, cudaMemcpyHostToDevice));
+  const int32_t one = 1;
+  CK(cudaMemcpy(rec_d, &one, 4, cudaMemcpyHostToDevice));
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  static TlRec h[kMaxBlocks][kMaxWarps];
+  auto med = [](std::vector<double> x) {
+    std::sort(x.begin(), x.end());
+    return x.empty() ? 0.0 : x[x.size() / 2];
+  };
+  for (int64_t T : {64, 512, 1024, 8192}) {
+    const int32_t t32 = static_cast<int32_t>(T);
+    CK(cudaMemcpy(valid_d, &t32, 4, cudaMemcpyHostToDevice));
+    for (int v = 0; v < nv; ++v) {
+      void* stamps_d = nullptr;
+      CK(cudaGetSymbolAddress(&stamps_d, kVariants[v].stamps));
+      std::vector<double> span, mid, end, others, c_mid, c_end;
+      for (int rep = 0; rep < 60; ++rep) {
+        CK(cudaMemsetAsync(stamps_d, 0, sizeof(h), s));
+        CK(cudaMemsetAsync(load_d, 0, P * 4, s));
+        CK(kVariants[v].f(ids_d, false, T, valid_d, K, l2p_d, cnt_d, E, P, rec_d, out_d, load_d,
+                          inv_d, s));
+        CK(cudaMemcpyAsync(h, stamps_d, sizeof(h), cudaMemcpyDeviceToHost, s));
+        CK(cudaStreamSynchronize(s));
+        if (rep < 10) continue;
+        unsigned long long g0 = ~0ull, g2 = 0, oe = 0, lm = 0, le = 0;
+        long long c0 = 1ll << 62, c1 = 0, c2 = 0;
+        const int per = static_cast<int>(h[0][0].grid_y);  // blocks per segment
+        for (int b = 0; b < kMaxBlocks; ++b)
+          for (int w = 0; w < kMaxWarps; ++w) {
+            const TlRec& r = h[b][w];
+            if (r.g[0] == 0) continue;  // no such warp, or its block exited early
+            g0 = std::min(g0, r.g[0]);
+            g2 = std::max(g2, r.g[2]);
+            if (b == per - 1) {
+              lm = std::max(lm, r.g[1]);
+              le = std::max(le, r.g[2]);
+              c0 = std::min(c0, r.c[0]);
+              c1 = std::max(c1, r.c[1]);
+              c2 = std::max(c2, r.c[2]);
+            } else if (per > 1 && b % per != per - 1) {
+              oe = std::max(oe, r.g[2]);
+            }
+          }
+        span.push_back(double(g2 - g0));
+        mid.push_back(double(lm - g0));
+        end.push_back(double(le - g0));
+        others.push_back(oe > 0 ? double(oe - g0) : 0.0);
+        c_mid.push_back(double(c1 - c0));
+        c_end.push_back(double(c2 - c1));
+      }
+      std::printf(
+          "%ld tokens x top-8, %s: span %.0f ns; last block of segment 0: slot stored %.0f ns, "
+          "exit %.0f ns (cycles: entry->slot %.0f, slot->exit %.0f); other blocks' exit %.0f ns\n",
+          static_cast<long>(T), kVariants[v].name, med(span), med(mid), med(end), med(c_mid),
+          med(c_end), med(others));
+    }
+  }
+  return 0;
+}
