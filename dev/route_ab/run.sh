@@ -11,30 +11,18 @@ out=$1
 shift
 [ $# -ge 1 ] || { echo "usage: $0 OUTDIR REV [REV...]" >&2; exit 2; }
 root=$(git rev-parse --show-toplevel)
+source "$root/dev/variants.sh"
 mkdir -p "$out"
 inc="$out/variants.inc"
 : >"$inc"
 table="static const Variant kVariants[] = {"
 i=0
 for rev in "$@"; do
-  src="$out/rc_$i.cu"
-  if [ -f "$rev" ]; then cp "$rev" "$src"; else git -C "$root" show "$rev:kernels/route_count.cu" >"$src"; fi
-  cat >>"$inc" <<INC
-namespace eplb {
-namespace ab$i {
-using kernels::kRouteHashMinItems;
-using kernels::kRouteMaxSegments;
-using kernels::kRouteTileItems;
-}  // namespace ab$i
-}  // namespace eplb
-#define kernels ab$i
-#include "rc_$i.cu"
-#undef kernels
-INC
+  variant_source "$root" "$rev" "$out/rc_$i.cu"
+  variant_namespace "ab$i" "rc_$i.cu" >>"$inc"
   table="$table {\"$rev\", &eplb::ab$i::LaunchRouteCount},"
   i=$((i + 1))
 done
 echo "$table };" >>"$inc"
-nvcc -std=c++17 -arch=sm_90 -O3 --fmad=false --expt-relaxed-constexpr -I"$root/include" \
-  -I"$root/kernels" -I"$root/bench" -I"$out" -o "$out/route_ab" "$root/dev/route_ab/route_ab.cu"
+variant_build "$root" "$out" "$root/dev/route_ab/route_ab.cu" route_ab
 "$out/route_ab" | tee "$out/route_ab.txt"

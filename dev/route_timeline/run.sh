@@ -11,32 +11,19 @@ shift
 [ $# -ge 1 ] || { echo "usage: $0 OUTDIR SRC [SRC...]" >&2; exit 2; }
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(git -C "$here" rev-parse --show-toplevel)
+source "$root/dev/variants.sh"
 mkdir -p "$out"
 inc="$out/variants.inc"
 : >"$inc"
 table="static const Variant kVariants[] = {"
 i=0
 for src in "$@"; do
-  raw="$out/src_$i.cu"
-  if [ -f "$src" ]; then cp "$src" "$raw"; else git -C "$root" show "$src:kernels/route_count.cu" >"$raw"; fi
-  python3 "$here/instrument.py" "$raw" "$out/tl_$i.cu"
-  cat >>"$inc" <<INC
-namespace eplb {
-namespace tl$i {
-using kernels::kRouteHashMinItems;
-using kernels::kRouteMaxSegments;
-using kernels::kRouteTileItems;
-__device__ TlRec tl_arr[kMaxBlocks][kMaxWarps];
-}  // namespace tl$i
-}  // namespace eplb
-#define kernels tl$i
-#include "tl_$i.cu"
-#undef kernels
-INC
+  variant_source "$root" "$src" "$out/src_$i.cu"
+  python3 "$here/instrument.py" "$out/src_$i.cu" "$out/tl_$i.cu"
+  variant_namespace "tl$i" "tl_$i.cu" "__device__ TlRec tl_arr[kMaxBlocks][kMaxWarps];" >>"$inc"
   table="$table {\"$src\", &eplb::tl$i::LaunchRouteCount, &eplb::tl$i::tl_arr},"
   i=$((i + 1))
 done
 echo "$table };" >>"$inc"
-nvcc -std=c++17 -arch=sm_90 -O3 --fmad=false --expt-relaxed-constexpr -I"$root/include" \
-  -I"$root/kernels" -I"$root/bench" -I"$out" -o "$out/timeline" "$here/timeline.cu"
+variant_build "$root" "$out" "$here/timeline.cu" timeline
 "$out/timeline" | tee "$out/timeline.txt"

@@ -15,19 +15,11 @@
 #include <random>
 #include <vector>
 
+#include "bench_check.h"
 #include "bench_ids.h"
 #include "eplb/eplb.h"
 #include "eplb/eplb_device.cuh"
 #include "launch.cuh"
-
-#define CK(x)                                                                        \
-  do {                                                                               \
-    cudaError_t e_ = (x);                                                            \
-    if (e_ != cudaSuccess) {                                                         \
-      std::printf("%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-  } while (0)
 
 constexpr int kMaxBlocks = 256, kMaxWarps = 32;
 struct TlRec {
