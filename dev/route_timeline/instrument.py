@@ -3,12 +3,13 @@
 
   instrument.py SRC OUT [HEADER]
 
-Stamps (TL_ENTRY / TL_MID / TL_END, defined by timeline.cu) go at the start
-of RouteSubKernel, right after the item's slot is stored, and at its end.
+Stamps (TL_AT(k), defined by timeline.cu): 0 at the start of
+RouteSubKernel, 4 right after the item's slot is stored, 5 at its end.
 When SRC calls the header's EplbBlockRoute, a renamed copy of it from
 HEADER (default: the working tree's include/eplb/eplb_device.cuh) is put
-into the file with the middle stamp; a file that routes with a function of
-its own gets the stamp in that function."""
+into the file with stamp 4 and also 1 (after barrier 1), 2 (the staged
+tables stored: the global loads have landed) and 3 (after barrier 2); a
+file that routes with a function of its own gets stamp 4 in it."""
 import re
 import sys
 
@@ -31,21 +32,31 @@ if "EplbBlockRoute<kWarps, kEarlier, kMaxExperts>(" in s:
     fn = fn.replace(" = 0, int kMaxExperts = 1024", ", int kMaxExperts")
     if store not in fn:
         sys.exit("instrument.py: the slot store was not found in EplbBlockRoute")
-    fn = fn.replace(store, store + "  TL_MID();\n", 1)
+    fn = fn.replace(store, store + "  TL_AT(4);\n", 1)
+    # Inside the header's function also: after barrier 1, once the staged
+    # tables are stored (the loads have landed), after barrier 2.
+    sync = "  __syncthreads();\n"
+    a = fn.index(sync) + len(sync)
+    fn = fn[:a] + "  TL_AT(1);\n" + fn[a:]
+    ors = "  // 2. Each lane ORs"
+    a = fn.index(ors)
+    fn = fn[:a] + "  TL_AT(2);\n" + fn[a:]
+    a = fn.index(sync, a) + len(sync)
+    fn = fn[:a] + "  TL_AT(3);\n" + fn[a:]
     anchor = "template <typename IdT, int kWarps, int kEarlier, int kMaxExperts"
     i = s.index(anchor)
     s = s[:i] + fn + "\n" + s[i:]
     s = s.replace("EplbBlockRoute<kWarps, kEarlier, kMaxExperts>(",
                   "TlBlockRoute<kWarps, kEarlier, kMaxExperts>(", 1)
 elif store in s:
-    s = s.replace(store, store + "  TL_MID();\n", 1)
+    s = s.replace(store, store + "  TL_AT(4);\n", 1)
 else:
     sys.exit("instrument.py: no slot store to stamp in " + src)
 k = s.index("RouteSubKernel(")
 entry = "  extern __shared__ int4 smem4[];\n"
 e = s.index(entry, k) + len(entry)
-s = s[:e] + "  TL_ENTRY();\n" + s[e:]
+s = s[:e] + "  TL_AT(0);\n" + s[e:]
 end = "      atomicAdd(d_invalid, static_cast<unsigned long long>(__popc(bad)));\n  }\n}\n"
 j = s.index(end, e) + len(end) - 2
-s = s[:j] + "  TL_END();\n" + s[j:]
+s = s[:j] + "  TL_AT(5);\n" + s[j:]
 open(out, "w").write(s)

@@ -1,12 +1,14 @@
 // Per-block timeline of route+count builds at decode sizes: every variant
 // is a copy of kernels/route_count.cu instrumented by instrument.py and
 // compiled into its own namespace (run.sh writes variants.inc). Lane 0 of
-// every warp records globaltimer and clock64 at the kernel's entry, right
-// after its item's slot is stored, and at exit. Single launches with a host
-// sync between them (colder than in a CUDA graph); per size and variant,
-// medians over 50 launches of: the kernel's span (first entry to last
-// exit), the last block of segment 0 (entry to slot, slot to exit, in
-// cycles of its SM), and when the other blocks exit.
+// every warp records globaltimer and clock64 at the stamps instrument.py
+// placed: 0 entry, 1 after barrier 1, 2 tables stored (loads landed), 3
+// after barrier 2, 4 the item's slot stored, 5 exit (1-3 only where the
+// variant routes with the header's EplbBlockRoute). Single launches with a
+// host sync between them (colder than in a CUDA graph); per size and
+// variant, medians over 50 launches of: the kernel's span (first entry to
+// last exit), the last block of segment 0 (cycles of its SM from its
+// first entry to each stamp's last warp), and when the other blocks exit.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -21,10 +23,10 @@
 #include "eplb/eplb_device.cuh"
 #include "launch.cuh"
 
-constexpr int kMaxBlocks = 256, kMaxWarps = 32;
+constexpr int kMaxBlocks = 256, kMaxWarps = 32, kStamps = 6;
 struct TlRec {
-  unsigned long long g[3];
-  long long c[3];
+  unsigned long long g[kStamps];
+  long long c[kStamps];
   unsigned grid_y;
 };
 __device__ __forceinline__ unsigned long long TlGt() {
@@ -46,9 +48,6 @@ __device__ __forceinline__ long long TlClk() {
       r_.grid_y = gridDim.y;                                                     \
     }                                                                            \
   } while (0)
-#define TL_ENTRY() TL_AT(0)
-#define TL_MID() TL_AT(1)
-#define TL_END() TL_AT(2)
 
 using Launcher = decltype(&eplb::kernels::LaunchRouteCount);
 struct Variant {
@@ -96,7 +95,7 @@ int main() {
     for (int v = 0; v < nv; ++v) {
       void* stamps_d = nullptr;
       CK(cudaGetSymbolAddress(&stamps_d, kVariants[v].stamps));
-      std::vector<double> span, mid, end, others, c_mid, c_end;
+      std::vector<double> span, others, cyc[kStamps];
       for (int rep = 0; rep < 60; ++rep) {
         CK(cudaMemsetAsync(stamps_d, 0, sizeof(h), s));
         CK(cudaMemsetAsync(load_d, 0, P * 4, s));
@@ -105,37 +104,35 @@ int main() {
         CK(cudaMemcpyAsync(h, stamps_d, sizeof(h), cudaMemcpyDeviceToHost, s));
         CK(cudaStreamSynchronize(s));
         if (rep < 10) continue;
-        unsigned long long g0 = ~0ull, g2 = 0, oe = 0, lm = 0, le = 0;
-        long long c0 = 1ll << 62, c1 = 0, c2 = 0;
+        unsigned long long g0 = ~0ull, g5 = 0, oe = 0;
+        long long c0 = 1ll << 62, ck[kStamps] = {};
         const int per = static_cast<int>(h[0][0].grid_y);  // blocks per segment
         for (int b = 0; b < kMaxBlocks; ++b)
           for (int w = 0; w < kMaxWarps; ++w) {
             const TlRec& r = h[b][w];
             if (r.g[0] == 0) continue;  // no such warp, or its block exited early
             g0 = std::min(g0, r.g[0]);
-            g2 = std::max(g2, r.g[2]);
+            g5 = std::max(g5, r.g[5]);
             if (b == per - 1) {
-              lm = std::max(lm, r.g[1]);
-              le = std::max(le, r.g[2]);
               c0 = std::min(c0, r.c[0]);
-              c1 = std::max(c1, r.c[1]);
-              c2 = std::max(c2, r.c[2]);
+              for (int k = 1; k < kStamps; ++k)
+                if (r.g[k] != 0) ck[k] = std::max(ck[k], r.c[k]);
             } else if (per > 1 && b % per != per - 1) {
-              oe = std::max(oe, r.g[2]);
+              oe = std::max(oe, r.g[5]);
             }
           }
-        span.push_back(double(g2 - g0));
-        mid.push_back(double(lm - g0));
-        end.push_back(double(le - g0));
+        span.push_back(double(g5 - g0));
         others.push_back(oe > 0 ? double(oe - g0) : 0.0);
-        c_mid.push_back(double(c1 - c0));
-        c_end.push_back(double(c2 - c1));
+        for (int k = 1; k < kStamps; ++k) cyc[k].push_back(ck[k] != 0 ? double(ck[k] - c0) : -1.0);
       }
       std::printf(
-          "%ld tokens x top-8, %s: span %.0f ns; last block of segment 0: slot stored %.0f ns, "
-          "exit %.0f ns (cycles: entry->slot %.0f, slot->exit %.0f); other blocks' exit %.0f ns\n",
-          static_cast<long>(T), kVariants[v].name, med(span), med(mid), med(end), med(c_mid),
-          med(c_end), med(others));
+          "%ld tokens x top-8, %s: span %.0f ns, other blocks' exit %.0f ns; last block of "
+          "segment 0, cycles from entry:",
+          static_cast<long>(T), kVariants[v].name, med(span), med(others));
+      const char* names[kStamps] = {"", "barrier 1", "loads landed", "barrier 2", "slot", "exit"};
+      for (int k = 1; k < kStamps; ++k)
+        if (med(cyc[k]) >= 0) std::printf(" %s %.0f", names[k], med(cyc[k]));
+      std::printf("\n");
     }
   }
   return 0;
