@@ -27,14 +27,19 @@ namespace {
 // warps per segment (16 items per lane per 4096-item tile; 4 blocks per SM,
 // so 528 segments are one wave). Launches of few segments (decode sizes):
 // each segment is split into sub-blocks on their own SMs, one item per
-// thread: 512-item blocks of 16 warps, or, for launches of at most 512
-// items (64 tokens x top-8), 128-item blocks of 4 warps. The launch is
-// latency-bound, and four SMs each running 4 warps finish sooner than one
-// running 16 (64 tokens x top-8 on an H200, same-run A/B: 1.48 -> 1.20 us
-// over an empty kernel; 1.29 with two 8-warp blocks). Larger launches keep
-// 512-item blocks: each block counts the ids of its segment before it, and
-// smaller blocks count more of them (8-warp blocks: -0.09 us at 512 and
-// 1024 tokens, +1.25 at 8192).
+// thread: 128-item blocks of 4 warps for launches of at most 512 items (64
+// tokens x top-8), 256-item blocks of 8 warps up to 8192 items (1024
+// tokens), else 512-item blocks of 16 warps. The launch is latency-bound,
+// and more SMs each running fewer warps finish sooner (a per-block timeline
+// on an H200: the step after barrier 2 took 1,550 cycles in 16-warp blocks
+// and 610 in 4-warp ones, most of it instruction issue): 64 tokens x top-8,
+// same-run A/B, 1.48 -> 1.20 us over an empty kernel with four 4-warp
+// blocks in place of one 16-warp block (1.29 with two 8-warp blocks); 512
+// and 1024 tokens, 1.99 -> 1.79 and 2.04 -> 1.84 with 8-warp blocks in
+// place of 16-warp ones. But each block counts the ids of its segment
+// before it, and smaller blocks count more of them (up to 15 per thread
+// in 8-warp blocks), and every block adds its counts to the same counters:
+// 8-warp blocks at 8192 tokens were 1.25 slower.
 constexpr int kSegWarps = 8;
 // A sub-block shape: warps per block (the block's items, one per thread,
 // are 32 * warps), the earlier ids each thread counts: enough for the ids
@@ -56,6 +61,8 @@ struct SubShape {
 };
 constexpr uint32_t kSmallSubItems = 512;
 constexpr SubShape kSmallSub = {4, kSmallSubItems / 128 - 1, false};
+constexpr uint32_t kMidSubItems = 8192;
+constexpr SubShape kMidSub = {8, static_cast<int>(kRouteTileItems / 256) - 1, true};
 constexpr SubShape kSub = {16, static_cast<int>(kRouteTileItems / 512) - 1, true};
 // EplbBlockRoute stages up to its kMaxExperts experts, kMaxExperts /
 // threads per thread: fewer where E is small (one per thread of a 512-item
@@ -577,8 +584,9 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
   }
   // Sub-blocks when the launch has fewer segments than an H100 has SMs and
   // their shared memory fits the default 48 KB.
-  auto launch_sub = [&](auto small_c, const auto* ids) -> bool {
-    constexpr SubShape kShape = decltype(small_c)::value ? kSmallSub : kSub;
+  auto launch_sub = [&](auto shape_c, const auto* ids) -> bool {
+    constexpr int kShapeIndex = decltype(shape_c)::value;  // 0 small, 1 mid, 2 large
+    constexpr SubShape kShape = kShapeIndex == 0 ? kSmallSub : kShapeIndex == 1 ? kMidSub : kSub;
     constexpr uint32_t kItems = 32 * kShape.warps;
     const size_t smem = EplbBlockRouteSmemBytes(kShape.warps, num_logical_experts,
                                                 num_physical_experts, kShape.aggregate);
@@ -601,7 +609,7 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     // blocks 0.1-0.3 us slower; without the count, 64 tokens x top-8 in
     // one 512-item block took 2.24 us over an empty kernel, not 2.65). The
     // large shape always has several blocks per segment.
-    if constexpr (decltype(small_c)::value)
+    if constexpr (kShapeIndex == 0)
       if (grid.y == 1) k = kernel(std::integral_constant<int, 0>{});
     k<<<grid, kItems, smem, stream>>>(
         ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy, logcnt,
@@ -610,8 +618,11 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     return true;
   };
   auto route_sub = [&](const auto* ids) {
-    if (static_cast<uint64_t>(cap) <= kSmallSubItems) return launch_sub(std::true_type{}, ids);
-    return launch_sub(std::false_type{}, ids);
+    if (static_cast<uint64_t>(cap) <= kSmallSubItems)
+      return launch_sub(std::integral_constant<int, 0>{}, ids);
+    if (static_cast<uint64_t>(cap) <= kMidSubItems)
+      return launch_sub(std::integral_constant<int, 1>{}, ids);
+    return launch_sub(std::integral_constant<int, 2>{}, ids);
   };
   if (ids64 ? route_sub(static_cast<const int64_t*>(topk_logical))
             : route_sub(static_cast<const int32_t*>(topk_logical)))
