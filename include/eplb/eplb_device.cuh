@@ -27,9 +27,10 @@
 // stand-in engine kernel of the same shape, 64 / 512 tokens x top-8): this
 // warp recipe, one warp walking a segment with the tables in global
 // memory, +11 / +72 us; EplbBlockRoute below (16 warps, one item per
-// thread, aggregate = true at 512 tokens), +1.29 / +1.44 us; the engine
+// thread, aggregate = true at 512 tokens), +1.28 / +1.44 us; the engine
 // kernel followed by eplbRouteCount (which routes 64 tokens in four 4-warp
-// blocks), +1.74 / +2.56 us (2026-11-29, 8d91112; with per-run global
+// blocks, 512 in 8-warp ones), +1.75 / +2.50 us (2026-11-29, ab5390c;
+// +1.74 / +2.56 at 8d91112, with 16-warp blocks at 512; with per-run global
 // counting at 512 tokens EplbBlockRoute took +1.91 at f117bd4; earlier
 // runs of older versions: +1.3-1.5 / +1.4-2.0 and +2.2-2.4 / +3.0-3.2).
 // Fuse with EplbBlockRoute.
@@ -237,7 +238,8 @@ __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int3
 // sooner: eplbRouteCount routes 64 tokens x top-8 in four 4-warp blocks
 // (128 items each, the later ones with their predecessors as `earlier`)
 // in 1.18 us over an empty kernel where one 16-warp block took 1.49 (H200,
-// same run; two-warp blocks, 1.24 against 1.21). An engine with a choice of
+// same run; two-warp blocks, 1.24 against 1.21), and 512 tokens in 8-warp
+// blocks in 1.79 where 16-warp ones took 1.99. An engine with a choice of
 // block size at decode can use it. Pass `aggregate` as a constant where it
 // is one: the compiler then drops the other path (eplbRouteCount's 64-token
 // kernel, with the zeroing loops of the time: 480 SASS instructions instead
