@@ -217,8 +217,9 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
 // wait for the loads; lane masks ORed into per-warp cells of each id (and
 // the earlier items counted per id), order-free so exact and deterministic;
 // a second barrier; then ranks from popcounts and each run's replica shares
-// added by the run's first lanes. No per-expert pass over the block and no
-// third barrier: at 64 tokens x top-8 the kernel used to spend ~6300 SM
+// added by the run's first lanes (in shared memory first, behind a third
+// barrier, in the aggregating shapes). No per-expert pass over the block:
+// at 64 tokens x top-8 the kernel used to spend ~6300 SM
 // cycles (ncu, H200) on a per-expert scan and flush behind four barriers.
 // Measured on an H200 (same-run A/B, us over an empty kernel at 64 / 512 /
 // 1024 / 8192 tokens): the ORed masks in place of nine ballots per warp
@@ -595,7 +596,8 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     const dim3 grid(static_cast<unsigned>(segs),
                     static_cast<unsigned>((seg_items + kItems - 1) / kItems));
     // kMaxExperts: one or two experts staged per thread where E allows
-    // (512 for 512-thread blocks, 256 for 128-thread ones), else 1024.
+    // (512 for 512-thread blocks, 256 for 128- and 256-thread ones), else
+    // 1024 (so 256-thread blocks with 256 < E <= 512 stage four per thread).
     auto kernel = [&](auto pre_c) {
       constexpr int kPre = decltype(pre_c)::value;
       constexpr int kFewE = kShape.warps * 32 >= 512 ? 512 : 256;
@@ -608,7 +610,8 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     // that count (a runtime skip in the one kernel made launches of several
     // blocks 0.1-0.3 us slower; without the count, 64 tokens x top-8 in
     // one 512-item block took 2.24 us over an empty kernel, not 2.65). The
-    // large shape always has several blocks per segment.
+    // mid and large shapes always have several blocks per segment (at least
+    // 513 items).
     if constexpr (kShapeIndex == 0)
       if (grid.y == 1) k = kernel(std::integral_constant<int, 0>{});
     k<<<grid, kItems, smem, stream>>>(

@@ -6,11 +6,13 @@
 # launch.cuh) come from the working tree for every variant, so a revision
 # whose kernels need other headers will not build here. Env passes through
 # to the harness: ROUTE_AB_DECODE_ONLY=1, ROUTE_AB_LOAD_AWARE=1.
+# The decode floors (an empty kernel, a copy of the ids) run in 512-item
+# blocks at every size, whatever shape the variants launch.
 set -euo pipefail
+[ $# -ge 2 ] || { echo "usage: $0 OUTDIR REV [REV...]" >&2; exit 2; }
 out=$1
 shift
-[ $# -ge 1 ] || { echo "usage: $0 OUTDIR REV [REV...]" >&2; exit 2; }
-root=$(git rev-parse --show-toplevel)
+root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 source "$root/dev/variants.sh"
 mkdir -p "$out"
 inc="$out/variants.inc"

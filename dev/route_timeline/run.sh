@@ -2,13 +2,14 @@
 # Per-block timeline of route+count builds at decode sizes, on one GPU:
 #   bash dev/route_timeline/run.sh OUTDIR SRC [SRC...]
 # SRC is a git revision or a path to a route_count.cu; each is instrumented
-# by instrument.py (stamps at entry, slot stored, exit) against the working
-# tree's headers and timed by timeline.cu. Prints one line per size and
-# variant.
+# by instrument.py (stamps at entry, after barrier 1, loads landed, after
+# barrier 2, slot stored, exit; the middle three where the file routes with
+# the header's EplbBlockRoute) against the working tree's headers and timed
+# by timeline.cu. Prints one line per size and variant.
 set -euo pipefail
+[ $# -ge 2 ] || { echo "usage: $0 OUTDIR SRC [SRC...]" >&2; exit 2; }
 out=$1
 shift
-[ $# -ge 1 ] || { echo "usage: $0 OUTDIR SRC [SRC...]" >&2; exit 2; }
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(git -C "$here" rev-parse --show-toplevel)
 source "$root/dev/variants.sh"

@@ -23,6 +23,8 @@
 #include "eplb/eplb_device.cuh"
 #include "launch.cuh"
 
+// Blocks past kMaxBlocks are not stamped (the sub-block kernels launch at
+// most 256 at these sizes); a block has at most 32 warps.
 constexpr int kMaxBlocks = 256, kMaxWarps = 32, kStamps = 6;
 struct TlRec {
   unsigned long long g[kStamps];
@@ -39,14 +41,15 @@ __device__ __forceinline__ long long TlClk() {
   asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)::"memory");
   return t;
 }
-#define TL_AT(k)                                                                 \
-  do {                                                                           \
-    if ((threadIdx.x & 31u) == 0u) {                                             \
-      TlRec& r_ = tl_arr[blockIdx.x * gridDim.y + blockIdx.y][threadIdx.x >> 5]; \
-      r_.g[k] = TlGt();                                                          \
-      r_.c[k] = TlClk();                                                         \
-      r_.grid_y = gridDim.y;                                                     \
-    }                                                                            \
+#define TL_AT(k)                                             \
+  do {                                                       \
+    const unsigned b_ = blockIdx.x * gridDim.y + blockIdx.y; \
+    if ((threadIdx.x & 31u) == 0u && b_ < kMaxBlocks) {      \
+      TlRec& r_ = tl_arr[b_][threadIdx.x >> 5];              \
+      r_.g[k] = TlGt();                                      \
+      r_.c[k] = TlClk();                                     \
+      r_.grid_y = gridDim.y;                                 \
+    }                                                        \
   } while (0)
 
 using Launcher = decltype(&eplb::kernels::LaunchRouteCount);
@@ -110,7 +113,7 @@ int main() {
         for (int b = 0; b < kMaxBlocks; ++b)
           for (int w = 0; w < kMaxWarps; ++w) {
             const TlRec& r = h[b][w];
-            if (r.g[0] == 0) continue;  // no such warp, or its block exited early
+            if (r.g[0] == 0) continue;  // no such warp or block
             g0 = std::min(g0, r.g[0]);
             g5 = std::max(g5, r.g[5]);
             if (b == per - 1) {

@@ -186,10 +186,13 @@ TEST(RouteCount, RandomMatchesReference) {
                {8192, 8, 256, 320, 1.2},
                {100003, 8, 256, 288, 1.2},
                {3000, 2, 1024, 4096, 0.5},
-               // Sub-blocks with E > 512 (two staged experts per thread of
-               // a 512-item block), and the 128-item blocks of launches of
-               // at most 512 items with E = 1024 (eight per thread).
+               // Sub-blocks with E > 512: 512-item blocks (8800 items, three
+               // segments; two staged experts per thread), 256-item blocks
+               // (8192 items; four per thread), and the 128-item blocks of
+               // launches of at most 512 items with E = 1024 (eight per
+               // thread).
                {64, 8, 520, 560, 1.0},
+               {1100, 8, 520, 560, 1.2},
                {1024, 8, 520, 600, 1.2},
                {40, 8, 1024, 4096, 0.5},
                {16, 8, 300, 310, 0.0},
