@@ -788,13 +788,7 @@ TEST(PlanGpu, RandomMatchesHost) {
       std::vector<int32_t> mine(old.size());
       EPLB_OK(
           eplbPlanCompute(&cfg, load.data(), nullptr, mine.data(), cnt.data(), nullptr, nullptr));
-      eplb::PlanShape shape;
-      shape.num_layers = s.L;
-      shape.num_logical_experts = s.E;
-      shape.num_physical_experts = s.P;
-      shape.num_groups = s.G;
-      shape.num_nodes = s.M;
-      shape.num_ranks = s.N;
+      const eplb::PlanShape shape{s.L, s.E, s.P, s.G, s.M, s.N};
       const bool hier =
           eplb::ResolvePolicy(shape, eplb::Policy::kAuto) == eplb::Policy::kHierarchical;
       const int32_t M = hier ? s.M : 1, bs = s.N / M, spg = s.P / s.N;
