@@ -6,7 +6,8 @@
 // after barrier 2, 4 the item's slot stored, 5 exit (1-3 only where the
 // variant routes with the header's EplbBlockRoute). Single launches with a
 // host sync between them (colder than in a CUDA graph); per size and
-// variant, medians over 50 launches of: the kernel's span (first entry to
+// variant, medians over 50 launches (TL_WARM=N: each the last of N + 1
+// launches in one CUDA graph) of: the kernel's span (first entry to
 // last exit), the last block of segment 0 (cycles of its SM from its
 // first entry to each stamp's last warp), and when the other blocks exit.
 #include <cuda_runtime.h>
@@ -88,6 +89,8 @@ int main() {
   cudaStream_t s;
   CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   static TlRec h[kMaxBlocks][kMaxWarps];
+  const char* warm_env = std::getenv("TL_WARM");
+  const int warm_n = warm_env != nullptr ? std::atoi(warm_env) : 0;
   auto med = [](std::vector<double> x) {
     std::sort(x.begin(), x.end());
     return x.empty() ? 0.0 : x[x.size() / 2];
@@ -99,11 +102,28 @@ int main() {
       void* stamps_d = nullptr;
       CK(cudaGetSymbolAddress(&stamps_d, kVariants[v].stamps));
       std::vector<double> span, others, cyc[kStamps];
+      // TL_WARM=N: the stamped launch is the last of N + 1 back-to-back
+      // launches in one CUDA graph (warm, as in bench_kernels), not a
+      // single launch after a host sync.
+      cudaGraphExec_t warm = nullptr;
+      if (warm_n > 0) {
+        cudaGraph_t g;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+        for (int k = 0; k <= warm_n; ++k)
+          CK(kVariants[v].f(ids_d, false, T, valid_d, K, l2p_d, cnt_d, E, P, rec_d, out_d, load_d,
+                            inv_d, s));
+        CK(cudaStreamEndCapture(s, &g));
+        CK(cudaGraphInstantiate(&warm, g, 0));
+        CK(cudaGraphDestroy(g));
+      }
       for (int rep = 0; rep < 60; ++rep) {
         CK(cudaMemsetAsync(stamps_d, 0, sizeof(h), s));
         CK(cudaMemsetAsync(load_d, 0, P * 4, s));
-        CK(kVariants[v].f(ids_d, false, T, valid_d, K, l2p_d, cnt_d, E, P, rec_d, out_d, load_d,
-                          inv_d, s));
+        if (warm != nullptr)
+          CK(cudaGraphLaunch(warm, s));
+        else
+          CK(kVariants[v].f(ids_d, false, T, valid_d, K, l2p_d, cnt_d, E, P, rec_d, out_d, load_d,
+                            inv_d, s));
         CK(cudaMemcpyAsync(h, stamps_d, sizeof(h), cudaMemcpyDeviceToHost, s));
         CK(cudaStreamSynchronize(s));
         if (rep < 10) continue;
@@ -136,6 +156,7 @@ int main() {
       for (int k = 1; k < kStamps; ++k)
         if (med(cyc[k]) >= 0) std::printf(" %s %.0f", names[k], med(cyc[k]));
       std::printf("\n");
+      if (warm != nullptr) CK(cudaGraphExecDestroy(warm));
     }
   }
   return 0;
