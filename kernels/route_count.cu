@@ -54,20 +54,25 @@ constexpr int kSegWarps = 8;
 // Being part of the shape, the choice is a compile-time constant of the
 // kernel: with it passed at run time, the small kernel carried the unused
 // path (672 instructions of SASS instead of 480) and took 0.09 us more at
-// 64 tokens.
+// 64 tokens. Last, whether the blocks stage the tables (EplbBlockRoute's
+// kStageTables): the small and mid shapes load each item's own entries,
+// with the id load issued first (-0.14 / -0.06 / -0.06 us at 64 / 512 /
+// 1024 tokens, same run, H200); the large shape stages (its 65536 items
+// each loading their own entries: +0.04-0.06).
 struct SubShape {
   int warps, pre;
-  bool aggregate;
+  bool aggregate, stage;
 };
 constexpr uint32_t kSmallSubItems = 512;
-constexpr SubShape kSmallSub = {4, kSmallSubItems / 128 - 1, false};
+constexpr SubShape kSmallSub = {4, kSmallSubItems / 128 - 1, false, false};
 constexpr uint32_t kMidSubItems = 8192;
-constexpr SubShape kMidSub = {8, static_cast<int>(kRouteTileItems / 256) - 1, true};
-constexpr SubShape kSub = {16, static_cast<int>(kRouteTileItems / 512) - 1, true};
-// EplbBlockRoute stages up to its kMaxExperts experts, kMaxExperts /
-// threads per thread: fewer where E is small (one per thread of a 512-item
-// block instead of two: 0.1-0.2 us less at 64-8192 tokens x top-8 on an
-// H200, with the division of eplb_device.cuh).
+constexpr SubShape kMidSub = {8, static_cast<int>(kRouteTileItems / 256) - 1, true, false};
+constexpr SubShape kSub = {16, static_cast<int>(kRouteTileItems / 512) - 1, true, true};
+// EplbBlockRoute zeroes (and, staging, stages) up to its kMaxExperts
+// experts, kMaxExperts / threads per thread: fewer where E is small (one
+// staged expert per thread of a 512-item block instead of two: 0.1-0.2 us
+// less at 64-8192 tokens x top-8 on an H200, with the division of
+// eplb_device.cuh).
 static_assert(EPLB_MAX_LOGICAL_EXPERTS <= 1024, "the sub-block kernels' largest kMaxExperts");
 
 __device__ __forceinline__ int64_t ValidItems(int64_t num_tokens, const int32_t* d_num_tokens,
@@ -232,8 +237,10 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
 // / 0.06 less; after barrier 2 every shared load of the item issued at
 // once, the divisions by the replica count done with a float reciprocal
 // (EplbDivMod) and one staged expert per thread where E <= 512, 0.19 /
-// 0.18 / 0.23 / 0.2 less (1.51 / 2.29 / 2.07 / 2.97 over an empty kernel).
-template <typename IdT, int kWarps, int kEarlier, int kMaxExperts, bool kAggregate>
+// 0.18 / 0.23 / 0.2 less (1.51 / 2.29 / 2.07 / 2.97 over an empty kernel);
+// later (2026-11-29) the small and mid shapes load each item's own table
+// entries instead of staging every expert's (SubShape::stage).
+template <typename IdT, int kWarps, int kEarlier, int kMaxExperts, bool kAggregate, bool kStage>
 __global__ void __launch_bounds__(32 * kWarps)
     RouteSubKernel(const IdT* __restrict__ ids, uint32_t cap_items, int64_t num_tokens,
                    const int32_t* d_num_tokens, int32_t top_k, const int32_t* __restrict__ log2phy,
@@ -253,14 +260,19 @@ __global__ void __launch_bounds__(32 * kWarps)
   if (my_begin >= seg_end) return;
   const uint32_t my_end = min(my_begin + kItems, seg_end);
   const uint32_t i = my_begin + threadIdx.x;
+  // Without staging the item's table loads wait for its id: load it first,
+  // at a clamped index (ptxas had put it behind the wait for the valid
+  // count). The staging shape keeps the order that measured faster there.
+  IdT raw_first = IdT(-1);
+  if constexpr (!kStage) raw_first = ids[min(i, cap_items - 1)];
   const uint32_t n_valid = static_cast<uint32_t>(ValidItems(num_tokens, d_num_tokens, top_k));
   const bool record = (d_record == nullptr) || (*d_record != 0);
-  const IdT raw = i < my_end ? ids[i] : IdT(-1);
+  const IdT raw = i < my_end ? (kStage ? ids[i] : raw_first) : IdT(-1);
   const bool valid_item = i < my_end && i < n_valid;
   const uint32_t num_earlier = my_begin - seg_begin;
   const uint32_t num_earlier_valid =
       n_valid <= seg_begin ? 0u : min(num_earlier, n_valid - seg_begin);
-  const int32_t slot = EplbBlockRoute<kWarps, kEarlier, kMaxExperts>(
+  const int32_t slot = EplbBlockRoute<kWarps, kEarlier, kMaxExperts, kStage>(
       raw, valid_item, ids + seg_begin, num_earlier, num_earlier_valid, seg, log2phy, logcnt, num_e,
       num_p, record ? load_pass : nullptr, kAggregate, i < my_end ? out + i : nullptr, smem4);
   if (d_invalid != nullptr) {
@@ -589,21 +601,22 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     constexpr int kShapeIndex = decltype(shape_c)::value;  // 0 small, 1 mid, 2 large
     constexpr SubShape kShape = kShapeIndex == 0 ? kSmallSub : kShapeIndex == 1 ? kMidSub : kSub;
     constexpr uint32_t kItems = 32 * kShape.warps;
-    const size_t smem = EplbBlockRouteSmemBytes(kShape.warps, num_logical_experts,
-                                                num_physical_experts, kShape.aggregate);
+    const size_t smem = EplbBlockRouteSmemBytes(
+        kShape.warps, num_logical_experts, num_physical_experts, kShape.aggregate, kShape.stage);
     if (segs > 132 || smem > 48 * 1024) return false;
     using IdT = std::remove_const_t<std::remove_pointer_t<decltype(ids)>>;
     const dim3 grid(static_cast<unsigned>(segs),
                     static_cast<unsigned>((seg_items + kItems - 1) / kItems));
-    // kMaxExperts: one or two experts staged per thread where E allows
-    // (512 for 512-thread blocks, 256 for 128- and 256-thread ones), else
-    // 1024 (so 256-thread blocks with 256 < E <= 512 stage four per thread).
+    // kMaxExperts: one or two experts zeroed (staged) per thread where E
+    // allows (512 for 512-thread blocks, 256 for 128- and 256-thread ones),
+    // else 1024 (so 256-thread blocks with 256 < E <= 512 zero four per
+    // thread).
     auto kernel = [&](auto pre_c) {
       constexpr int kPre = decltype(pre_c)::value;
       constexpr int kFewE = kShape.warps * 32 >= 512 ? 512 : 256;
       return num_logical_experts <= kFewE
-                 ? RouteSubKernel<IdT, kShape.warps, kPre, kFewE, kShape.aggregate>
-                 : RouteSubKernel<IdT, kShape.warps, kPre, 1024, kShape.aggregate>;
+                 ? RouteSubKernel<IdT, kShape.warps, kPre, kFewE, kShape.aggregate, kShape.stage>
+                 : RouteSubKernel<IdT, kShape.warps, kPre, 1024, kShape.aggregate, kShape.stage>;
     };
     auto k = kernel(std::integral_constant<int, kShape.pre>{});
     // A small launch of one block has no ids before it: a kernel without

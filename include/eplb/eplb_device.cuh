@@ -194,13 +194,17 @@ __device__ __forceinline__ uint32_t EplbDivMod(uint32_t x, uint32_t c, float rc,
 }
 
 // Shared memory, in bytes, that EplbBlockRoute needs (16-byte aligned):
-// the lane masks [E][kWarps], the earlier-item counts, logcnt and two
-// log2phy columns [E] each ([E][2] for the columns), and, when `aggregate`,
-// a [P] counter row.
+// the lane masks [E][kWarps] and the earlier-item counts [E]; with
+// kStageTables, logcnt [E] and two log2phy columns [E][2]; when
+// `aggregate`, a [P] counter row. The default (stage_tables = true) is
+// enough for either kStageTables; pass the kernel's kStageTables to save
+// 3 * E ints where it does not stage.
 __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int32_t num_e,
-                                                             int32_t num_p, bool aggregate) {
-  return sizeof(int32_t) * ((static_cast<size_t>(warps) + 4) * static_cast<size_t>(num_e) +
-                            (aggregate ? static_cast<size_t>(num_p) : 0));
+                                                             int32_t num_p, bool aggregate,
+                                                             bool stage_tables = true) {
+  return sizeof(int32_t) *
+         ((static_cast<size_t>(warps) + (stage_tables ? 4 : 1)) * static_cast<size_t>(num_e) +
+          (aggregate ? static_cast<size_t>(num_p) : 0));
 }
 
 // Block-wide route + count of one item per thread: the way to fuse
@@ -227,25 +231,42 @@ __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int3
 //   of equal ids in a warp, or, when `aggregate`, summed in shared memory
 //   first and added once per slot (better when many blocks add to the same
 //   hot slots).
-// smem: EplbBlockRouteSmemBytes(kWarps, E, P, aggregate) bytes of shared
-//   memory, 16-byte aligned. Two __syncthreads inside (three with
-//   `aggregate`); every thread must call. E must not exceed kMaxExperts:
-//   the staging and the zeroing cover kMaxExperts experts (a larger E
-//   gives wrong slots, though every access stays in bounds); each thread
-//   stages kMaxExperts / (32 * kWarps) experts, so the smallest bound that
-//   holds E is the fastest.
+// smem: EplbBlockRouteSmemBytes(kWarps, E, P, aggregate, kStageTables)
+//   bytes of shared memory, 16-byte aligned. Two __syncthreads inside
+//   (three with `aggregate`); every thread must call. E must not exceed
+//   kMaxExperts: the zeroing (and the staging) cover kMaxExperts experts
+//   (a larger E gives wrong slots, though every access stays in bounds);
+//   each thread zeroes (and stages) kMaxExperts / (32 * kWarps) experts,
+//   so the smallest bound that holds E is the fastest.
+// kStageTables: where the item's logcnt and first two log2phy columns come
+//   from (a third column or more is read from global memory once the rank
+//   is known). false: each thread loads its own item's, by its id, right
+//   at the start. true: the block loads every expert's into shared memory
+//   (one coalesced logcnt row and a strided gather of the columns). The
+//   default is what measured faster for the block size: loading the item's
+//   own in 4- and 8-warp blocks (eplbRouteCount, same run, H200, us over an
+//   empty kernel at 64 / 512 / 1024 tokens x top-8, with the id load
+//   issued first: 1.06 -> 0.92, 1.74 -> 1.68, 1.78 -> 1.72; with the
+//   load-aware placement 1.19 -> 1.03, 1.93 -> 1.79, 1.94 -> 1.81: the
+//   block's gather of 2 * E scattered entries had been the last of its
+//   loads to land, 14% of the 64-token kernel's stall samples in ncu);
+//   staging in blocks of 16 warps or more (65536 items in 16-warp blocks:
+//   2.91 against 2.95-2.97; bench_kernels' fused 16-warp block at 64
+//   tokens gave 1.33 not staging, 1.28 staging in an earlier run).
 // Speed: the function is latency-bound, so fewer warps per SM finish
 // sooner: eplbRouteCount routes 64 tokens x top-8 in four 4-warp blocks
-// (128 items each, the later ones with their predecessors as `earlier`)
-// in 1.18 us over an empty kernel where one 16-warp block took 1.49 (H200,
-// same run; two-warp blocks, 1.24 against 1.21), and 512 tokens in 8-warp
-// blocks in 1.79 where 16-warp ones took 1.99. An engine with a choice of
+// (128 items each, the later ones with their predecessors as `earlier`),
+// 0.90 us over an empty kernel now (bench_kernels, H200); when that shape
+// came in, 1.18 where one 16-warp block took 1.49 (same run; two-warp
+// blocks, 1.24 against 1.21); 512 tokens in 8-warp blocks, 1.66 now, 1.79
+// where 16-warp ones took 1.99. An engine with a choice of
 // block size at decode can use it. Pass `aggregate` as a constant where it
 // is one: the compiler then drops the other path (eplbRouteCount's 64-token
 // kernel, with the zeroing loops of the time: 480 SASS instructions instead
 // of 672, 0.09 us less; 336 now). Deterministic:
 // masks are ORed and counts added, so no result depends on thread timing.
-template <int kWarps, int kEarlierPerThread = 0, int kMaxExperts = 1024, typename IdT>
+template <int kWarps, int kEarlierPerThread = 0, int kMaxExperts = 1024,
+          bool kStageTables = (kWarps >= 16), typename IdT>
 __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT* earlier,
                                                   uint32_t num_earlier, uint32_t num_earlier_valid,
                                                   uint32_t offset, const int32_t* log2phy,
@@ -254,19 +275,20 @@ __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT*
                                                   int32_t* slot_out, void* smem) {
   static_assert(kWarps % 4 == 0 && kWarps >= 4 && kWarps <= 32, "kWarps: 4, 8, ..., 32");
   constexpr int kThreads = 32 * kWarps;
-  constexpr int kPer = (kMaxExperts + kThreads - 1) / kThreads;  // experts each thread stages
-  // log2phy columns staged in shared memory (further replicas are read from
-  // global memory). Fewer is faster, even for a load-aware placement whose
-  // hot experts hold up to 15 replicas: 2 columns 0.1-0.25 us faster than 4
-  // at 64-8192 tokens x top-8, 16 columns 0.7-1 us slower (H200).
-  constexpr int kCols = 2;  // step 3 reads a row's columns as one int2
+  constexpr int kPer = (kMaxExperts + kThreads - 1) / kThreads;  // experts each thread zeroes
+  // log2phy columns loaded up front, staged or the item's own (further
+  // replicas are read from global memory once the rank is known). Fewer is
+  // faster, even for a load-aware placement whose hot experts hold up to 15
+  // replicas: with staging, 2 columns 0.1-0.25 us faster than 4 at
+  // 64-8192 tokens x top-8, 16 columns 0.7-1 us slower (H200).
+  constexpr int kCols = 2;  // step 3 reads a staged row's columns as one int2
   const int32_t max_rep = num_p - num_e + 1;
   unsigned* hist = static_cast<unsigned*>(smem);                     // [E][kWarps] lane masks
   int32_t* pre = reinterpret_cast<int32_t*>(hist + kWarps * num_e);  // [E] earlier items
-  int32_t* s_cnt = pre + num_e;                                      // [E] logcnt
+  int32_t* s_cnt = pre + num_e;  // [E] logcnt, with kStageTables
   // [E][kCols] log2phy, (kWarps + 2) * E ints in: 8-byte aligned (kWarps is even).
   int32_t* s_tab = s_cnt + num_e;
-  int32_t* s_load = s_tab + kCols * num_e;  // [P] when aggregating
+  int32_t* s_load = kStageTables ? s_tab + kCols * num_e : pre + num_e;  // [P] when aggregating
   const int tid = threadIdx.x, warp = tid >> 5;
   const unsigned lane = tid & 31u;
   // Quad q of an id's row of cells is stored at quad q ^ swizzle(id) (< the
@@ -278,22 +300,33 @@ __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT*
   // 1. Every global load at once (the earlier ids, logcnt, the first
   // columns of log2phy), into registers: a shared store between two loads
   // would make the second wait for the first. Then the zeroing, behind a
-  // barrier that does not wait for the loads: the tables are stored after
-  // it and read only after barrier 2.
+  // barrier that does not wait for the loads: staged tables are stored
+  // after it and read only after barrier 2. The item's own table entries
+  // are read at its raw id, clamped, so that they wait for the id alone
+  // (not for `valid`).
   IdT earlier_r[kEarlierPerThread > 0 ? kEarlierPerThread : 1];
 #pragma unroll
   for (int k = 0; k < kEarlierPerThread; ++k) {
     const uint32_t j = tid + k * kThreads;
     earlier_r[k] = j < num_earlier ? earlier[j] : IdT(-1);
   }
-  int32_t cnt_r[kPer], tab_r[kPer][kCols];
+  constexpr int kStaged = kStageTables ? kPer : 1;
+  int32_t cnt_r[kStaged], tab_r[kStaged][kCols];
+  if constexpr (kStageTables) {
 #pragma unroll
-  for (int k = 0; k < kPer; ++k) {
-    const int e = tid + k * kThreads;
-    cnt_r[k] = e < num_e ? logcnt[e] : 0;
+    for (int k = 0; k < kPer; ++k) {
+      const int e = tid + k * kThreads;
+      cnt_r[k] = e < num_e ? logcnt[e] : 0;
 #pragma unroll
-    for (int j = 0; j < kCols; ++j)
-      tab_r[k][j] = e < num_e && j < max_rep ? log2phy[e * max_rep + j] : -1;
+      for (int j = 0; j < kCols; ++j)
+        tab_r[k][j] = e < num_e && j < max_rep ? log2phy[e * max_rep + j] : -1;
+    }
+  } else {
+    const bool in_range = static_cast<int64_t>(id) >= 0 && static_cast<int64_t>(id) < num_e;
+    const int32_t xr = in_range ? static_cast<int32_t>(id) : 0;
+    cnt_r[0] = logcnt[xr];
+    tab_r[0][0] = log2phy[xr * max_rep];
+    tab_r[0][1] = max_rep > 1 ? log2phy[xr * max_rep + 1] : -1;
   }
   // Zeroing in unrolled, predicated stores with compile-time trip counts
   // (E <= kMaxExperts), not loops bounded by E at run time, which compiled
@@ -316,13 +349,15 @@ __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT*
   if (aggregate)
     for (int p = tid; p < num_p; p += kThreads) s_load[p] = 0;
   __syncthreads();
+  if constexpr (kStageTables) {
 #pragma unroll
-  for (int k = 0; k < kPer; ++k) {
-    const int e = tid + k * kThreads;
-    if (e < num_e) {
-      s_cnt[e] = cnt_r[k];
+    for (int k = 0; k < kPer; ++k) {
+      const int e = tid + k * kThreads;
+      if (e < num_e) {
+        s_cnt[e] = cnt_r[k];
 #pragma unroll
-      for (int j = 0; j < kCols; ++j) s_tab[e * kCols + j] = tab_r[k][j];
+        for (int j = 0; j < kCols; ++j) s_tab[e * kCols + j] = tab_r[k][j];
+      }
     }
   }
 
@@ -350,16 +385,22 @@ __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT*
   __syncthreads();
 
   // 3. Every shared load of the item at once, at a clamped index, so that
-  // none waits for another: the expert's count, its run cell, the cells of
-  // lower warps, the staged columns, the earlier count. Rank = earlier
+  // none waits for another: its run cell, the cells of lower warps, the
+  // earlier count, and the expert's staged count and columns. Rank = earlier
   // count + the expert's runs in lower warps + the lane's place t in its
   // run. The lane at place t < min(n, c) of a run of n holds replica (its
   // rank) mod c, which takes n / c of the run plus one for t < n mod c
   // (EplbReplicaShare): it adds that share to its own slot.
   const int32_t xc = xid >= 0 ? xid : 0;
-  const int32_t c_raw = s_cnt[xc];
+  // Not staged: the item's own, loaded at its id (= xc when xid >= 0; else
+  // the item is rejected whatever they hold).
+  int32_t c_raw = cnt_r[0];
+  int2 tab = make_int2(tab_r[0][0], tab_r[0][1]);
+  if constexpr (kStageTables) {
+    c_raw = s_cnt[xc];
+    tab = *reinterpret_cast<const int2*>(s_tab + xc * kCols);
+  }
   const unsigned run = *cell;
-  const int2 tab = *reinterpret_cast<const int2*>(s_tab + xc * kCols);
   const uint32_t pre_n = kEarlierPerThread > 0 ? static_cast<uint32_t>(pre[xc]) : 0u;
   const int4* row = reinterpret_cast<const int4*>(hist + xc * kWarps);
   const int sw = swizzle(xc);

@@ -108,8 +108,8 @@ inline cudaError_t LaunchRecipeRoute(const void* ids, bool ids64, int64_t num_to
 // warps with one item per thread would call it: block (s, b) takes items
 // [s*Z + b*32*kWarps, ...) of segment s, the segment's items before it as
 // its earlier items and s as its offset. `aggregate` picks the function's
-// shared-memory count path.
-template <int kWarps, typename IdT>
+// shared-memory count path, kStage its staged tables.
+template <int kWarps, bool kStage, typename IdT>
 __global__ void __launch_bounds__(32 * kWarps)
     BlockRecipeRouteKernel(const IdT* ids, int64_t num_tokens, const int32_t* d_num_tokens,
                            int32_t top_k, const int32_t* log2phy, const int32_t* logcnt,
@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int64_t ev = n_valid - seg_begin;
   const uint32_t num_earlier_valid =
       ev <= 0 ? 0u : (ev < num_earlier ? static_cast<uint32_t>(ev) : num_earlier);
-  const int32_t slot = EplbBlockRoute<kWarps, kEarlier>(
+  const int32_t slot = EplbBlockRoute<kWarps, kEarlier, 1024, kStage>(
       id, in && i < n_valid, ids + seg_begin, num_earlier, num_earlier_valid, blockIdx.x, log2phy,
       logcnt, num_e, num_p, record ? load_pass : nullptr, aggregate, in ? out + i : nullptr, smem);
   if (d_invalid != nullptr && in && i < n_valid && slot < 0) atomicAdd(d_invalid, 1ull);
@@ -142,7 +142,7 @@ __global__ void __launch_bounds__(32 * kWarps)
 // Launches BlockRecipeRouteKernel on the rank path (T*K below
 // EPLB_ROUTE_HASH_MIN_ITEMS; its segments are at most
 // EPLB_ROUTE_TILE_ITEMS long there).
-template <int kWarps>
+template <int kWarps, bool kStage = (kWarps >= 16)>
 cudaError_t LaunchBlockRecipeRoute(const void* ids, bool ids64, int64_t num_tokens,
                                    const int32_t* d_num_tokens, int32_t top_k,
                                    const int32_t* log2phy, const int32_t* logcnt, int32_t num_e,
@@ -157,14 +157,14 @@ cudaError_t LaunchBlockRecipeRoute(const void* ids, bool ids64, int64_t num_toke
   RecipeSegments(cap, &segs, &z);
   const dim3 grid(static_cast<unsigned>(segs),
                   static_cast<unsigned>((z + 32 * kWarps - 1) / (32 * kWarps)));
-  const size_t smem = EplbBlockRouteSmemBytes(kWarps, num_e, num_p, aggregate);
+  const size_t smem = EplbBlockRouteSmemBytes(kWarps, num_e, num_p, aggregate, kStage);
   if (smem > 48 * 1024) return cudaErrorInvalidValue;
   if (ids64)
-    BlockRecipeRouteKernel<kWarps><<<grid, 32 * kWarps, smem, stream>>>(
+    BlockRecipeRouteKernel<kWarps, kStage><<<grid, 32 * kWarps, smem, stream>>>(
         static_cast<const int64_t*>(ids), num_tokens, d_num_tokens, top_k, log2phy, logcnt, num_e,
         num_p, d_record, out, load_pass, d_invalid, z, aggregate);
   else
-    BlockRecipeRouteKernel<kWarps><<<grid, 32 * kWarps, smem, stream>>>(
+    BlockRecipeRouteKernel<kWarps, kStage><<<grid, 32 * kWarps, smem, stream>>>(
         static_cast<const int32_t*>(ids), num_tokens, d_num_tokens, top_k, log2phy, logcnt, num_e,
         num_p, d_record, out, load_pass, d_invalid, z, aggregate);
   return cudaGetLastError();

@@ -111,7 +111,10 @@ std::vector<int64_t> ZipfIds(std::mt19937_64& rng, size_t n, int32_t E, double s
 // reference. valid < 0: no device count (all T valid). recipe: run a
 // kernel built from eplb_device.cuh alone (recipe_route.cuh) instead of
 // eplbRouteCount: 1 the warp recipe, 2 EplbBlockRoute with 4 warps, 3 with
-// 8 warps counting through shared memory, 4 with 32 warps.
+// 8 warps counting through shared memory, 4 with 32 warps (these three
+// with the default kStageTables: the 32-warp blocks stage the tables); 5
+// with 4 warps staging, 6 with 16 warps not staging and counting through
+// shared memory.
 void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Table& t, bool ids64,
                 int64_t valid, bool record, int recipe = 0) {
   ScopedStream stream;
@@ -162,6 +165,16 @@ void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Tab
                                                       t.E, t.P, d_rec.get(), d_out.get(),
                                                       d_load.get(), d_inv.get(), false, stream),
                 cudaSuccess);
+    else if (recipe == 5)
+      ASSERT_EQ((eplb_test::LaunchBlockRecipeRoute<4, true>(
+                    in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(), t.E, t.P, d_rec.get(),
+                    d_out.get(), d_load.get(), d_inv.get(), false, stream)),
+                cudaSuccess);
+    else if (recipe == 6)
+      ASSERT_EQ((eplb_test::LaunchBlockRecipeRoute<16, false>(
+                    in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(), t.E, t.P, d_rec.get(),
+                    d_out.get(), d_load.get(), d_inv.get(), true, stream)),
+                cudaSuccess);
     else
       EPLB_OK(eplbRouteCount(in, ids64 ? EPLB_ID_INT64 : EPLB_ID_INT32, T,
                              valid < 0 ? nullptr : d_valid.get(), K, d_l2p.get(), d_cnt.get(), t.E,
@@ -188,9 +201,9 @@ TEST(RouteCount, RandomMatchesReference) {
                {3000, 2, 1024, 4096, 0.5},
                // Sub-blocks with E > 512: 512-item blocks (8800 items, three
                // segments; two staged experts per thread), 256-item blocks
-               // (8192 items; four per thread), and the 128-item blocks of
-               // launches of at most 512 items with E = 1024 (eight per
-               // thread).
+               // (8192 items; four experts zeroed per thread), and the
+               // 128-item blocks of launches of at most 512 items with
+               // E = 1024 (eight per thread).
                {64, 8, 520, 560, 1.0},
                {1100, 8, 520, 560, 1.2},
                {1024, 8, 520, 600, 1.2},
@@ -234,8 +247,9 @@ TEST(RouteCount, HotExpertsWithManyReplicas) {
 
 // eplb_device.cuh promises that kernels built from it alone make
 // eplbRouteCount's choices: its warp recipe (one warp per segment) and
-// EplbBlockRoute in blocks of 4, 8 and 32 warps (each block counting the
-// segment's earlier items; direct and shared-memory counting), against the
+// EplbBlockRoute in blocks of 4, 8, 16 and 32 warps, staging the tables
+// and not (each block counting the segment's earlier items; direct and
+// shared-memory counting), against the
 // same reference, on the rank path (one and many segments, a hot placement,
 // invalid ids, device counts) and, for the recipe, the hash path.
 TEST(DeviceFunctions, RecipeKernelMatchesReference) {
@@ -247,7 +261,7 @@ TEST(DeviceFunctions, RecipeKernelMatchesReference) {
       SCOPED_TRACE(T);
       auto ids = ZipfIds(rng, static_cast<size_t>(T * 8), t->E, 1.2);
       for (int k = 0; k < 9; ++k) ids[rng() % ids.size()] = k % 2 ? -1 : t->E + k;
-      for (int recipe = 1; recipe <= 4; ++recipe) {
+      for (int recipe = 1; recipe <= 6; ++recipe) {
         SCOPED_TRACE(recipe);
         CheckRoute(ids, T, 8, *t, false, -1, true, recipe);
         CheckRoute(ids, T, 8, *t, true, T - T / 3, true, recipe);
