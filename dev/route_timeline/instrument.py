@@ -8,8 +8,11 @@ RouteSubKernel, 4 right after the item's slot is stored, 5 at its end.
 When SRC calls the header's EplbBlockRoute, a renamed copy of it from
 HEADER (default: the working tree's include/eplb/eplb_device.cuh) is put
 into the file with stamp 4 and also 1 (after barrier 1), 2 (the staged
-tables stored: the global loads have landed) and 3 (after barrier 2); a
-file that routes with a function of its own gets stamp 4 in it."""
+tables stored: the global loads have landed; where the block does not
+stage, kStageTables false, this is right after stamp 1 and tells nothing)
+and 3 (after barrier 2); a file that routes with a function of its own
+gets stamp 4 in it. A file that does not pass kStageTables cannot take
+today's header (its default would change what the file measured)."""
 import re
 import sys
 
@@ -17,19 +20,24 @@ src, out = sys.argv[1], sys.argv[2]
 hdr_path = sys.argv[3] if len(sys.argv) > 3 else None
 s = open(src).read()
 store = "  if (slot_out != nullptr) *slot_out = slot;\n"
-if "EplbBlockRoute<kWarps, kEarlier, kMaxExperts>(" in s:
+call = re.search(r"EplbBlockRoute<kWarps, kEarlier, kMaxExperts(, kStage)?>\(", s)
+if call is not None:
     if hdr_path is None:
         import os
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         hdr_path = os.path.join(root, "include", "eplb", "eplb_device.cuh")
     hdr = open(hdr_path).read()
-    m = re.search(r"template <int kWarps, int kEarlierPerThread = 0, int kMaxExperts = 1024, "
-                  r"typename IdT>\n__device__ __forceinline__ int32_t EplbBlockRoute\(.*?\n}\n",
-                  hdr, re.S)
+    # The header's signature, with or without kStageTables (added 2026-11-29).
+    m = re.search(r"template <int kWarps, int kEarlierPerThread = 0, int kMaxExperts = 1024,"
+                  r"(\s+bool kStageTables = \(kWarps >= 16\),)?\s+typename IdT>\n"
+                  r"__device__ __forceinline__ int32_t EplbBlockRoute\(.*?\n}\n", hdr, re.S)
     if m is None:
         sys.exit("instrument.py: EplbBlockRoute not found in " + hdr_path)
     fn = m.group(0).replace("EplbBlockRoute(", "TlBlockRoute(")
     fn = fn.replace(" = 0, int kMaxExperts = 1024", ", int kMaxExperts")
+    fn = fn.replace(" kStageTables = (kWarps >= 16)", " kStageTables")
+    if m.group(1) is not None and call.group(1) is None:
+        sys.exit("instrument.py: the header stages by a template argument the file does not pass")
     if store not in fn:
         sys.exit("instrument.py: the slot store was not found in EplbBlockRoute")
     fn = fn.replace(store, store + "  TL_AT(4);\n", 1)
@@ -46,8 +54,7 @@ if "EplbBlockRoute<kWarps, kEarlier, kMaxExperts>(" in s:
     anchor = "template <typename IdT, int kWarps, int kEarlier, int kMaxExperts"
     i = s.index(anchor)
     s = s[:i] + fn + "\n" + s[i:]
-    s = s.replace("EplbBlockRoute<kWarps, kEarlier, kMaxExperts>(",
-                  "TlBlockRoute<kWarps, kEarlier, kMaxExperts>(", 1)
+    s = s.replace(call.group(0), call.group(0).replace("EplbBlockRoute", "TlBlockRoute"), 1)
 elif store in s:
     s = s.replace(store, store + "  TL_AT(4);\n", 1)
 else:
