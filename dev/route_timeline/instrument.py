@@ -13,48 +13,37 @@ stage, kStageTables false, this is right after stamp 1 and tells nothing)
 and 3 (after barrier 2); a file that routes with a function of its own
 gets stamp 4 in it. A file that does not pass kStageTables cannot take
 today's header (its default would change what the file measured)."""
-import re
+import os
 import sys
+
+root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(root, "dev", "route_ab"))
+from inline import inline  # noqa: E402
 
 src, out = sys.argv[1], sys.argv[2]
 hdr_path = sys.argv[3] if len(sys.argv) > 3 else None
 s = open(src).read()
 store = "  if (slot_out != nullptr) *slot_out = slot;\n"
-call = re.search(r"EplbBlockRoute<kWarps, kEarlier, kMaxExperts(, kStage)?>\(", s)
-if call is not None:
+if "EplbBlockRoute<kWarps, kEarlier, kMaxExperts" in s:
     if hdr_path is None:
-        import os
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         hdr_path = os.path.join(root, "include", "eplb", "eplb_device.cuh")
-    hdr = open(hdr_path).read()
-    # The header's signature, with or without kStageTables (added 2026-11-29).
-    m = re.search(r"template <int kWarps, int kEarlierPerThread = 0, int kMaxExperts = 1024,"
-                  r"(\s+bool kStageTables = \(kWarps >= 16\),)?\s+typename IdT>\n"
-                  r"__device__ __forceinline__ int32_t EplbBlockRoute\(.*?\n}\n", hdr, re.S)
-    if m is None:
-        sys.exit("instrument.py: EplbBlockRoute not found in " + hdr_path)
-    fn = m.group(0).replace("EplbBlockRoute(", "TlBlockRoute(")
-    fn = fn.replace(" = 0, int kMaxExperts = 1024", ", int kMaxExperts")
-    fn = fn.replace(" kStageTables = (kWarps >= 16)", " kStageTables")
-    if m.group(1) is not None and call.group(1) is None:
-        sys.exit("instrument.py: the header stages by a template argument the file does not pass")
-    if store not in fn:
-        sys.exit("instrument.py: the slot store was not found in EplbBlockRoute")
-    fn = fn.replace(store, store + "  TL_AT(4);\n", 1)
-    # Inside the header's function also: after barrier 1, once the staged
-    # tables are stored (the loads have landed), after barrier 2.
-    sync = "  __syncthreads();\n"
-    a = fn.index(sync) + len(sync)
-    fn = fn[:a] + "  TL_AT(1);\n" + fn[a:]
-    ors = "  // 2. Each lane ORs"
-    a = fn.index(ors)
-    fn = fn[:a] + "  TL_AT(2);\n" + fn[a:]
-    a = fn.index(sync, a) + len(sync)
-    fn = fn[:a] + "  TL_AT(3);\n" + fn[a:]
-    anchor = "template <typename IdT, int kWarps, int kEarlier, int kMaxExperts"
-    i = s.index(anchor)
-    s = s[:i] + fn + "\n" + s[i:]
-    s = s.replace(call.group(0), call.group(0).replace("EplbBlockRoute", "TlBlockRoute"), 1)
+
+    def stamp(fn):
+        if store not in fn:
+            sys.exit("instrument.py: the slot store was not found in EplbBlockRoute")
+        fn = fn.replace(store, store + "  TL_AT(4);\n", 1)
+        # Inside the header's function also: after barrier 1, once the staged
+        # tables are stored (the loads have landed), after barrier 2.
+        sync = "  __syncthreads();\n"
+        a = fn.index(sync) + len(sync)
+        fn = fn[:a] + "  TL_AT(1);\n" + fn[a:]
+        ors = "  // 2. Each lane ORs"
+        a = fn.index(ors)
+        fn = fn[:a] + "  TL_AT(2);\n" + fn[a:]
+        a = fn.index(sync, a) + len(sync)
+        return fn[:a] + "  TL_AT(3);\n" + fn[a:]
+
+    s = inline(open(hdr_path).read(), s, "TlBlockRoute", stamp)
 elif store in s:
     s = s.replace(store, store + "  TL_AT(4);\n", 1)
 else:
