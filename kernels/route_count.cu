@@ -56,9 +56,12 @@ constexpr int kSegWarps = 8;
 // path (672 instructions of SASS instead of 480) and took 0.09 us more at
 // 64 tokens. Last, whether the blocks stage the tables (EplbBlockRoute's
 // kStageTables): the small and mid shapes load each item's own entries,
-// with the id load issued first (-0.14 / -0.06 / -0.06 us at 64 / 512 /
+// with the id load issued first (-0.15 / -0.07 / -0.06 us at 64 / 512 /
 // 1024 tokens, same run, H200); the large shape stages (its 65536 items
-// each loading their own entries: +0.04-0.06).
+// each loading their own entries: +0.04-0.06). Not staging also takes
+// 3 * E ints less shared memory, so launches of 513-8192 items with large
+// tables (e.g. E = 1024, P <= 3072) now fit the mid shape's 48 KB where
+// they took the segment kernel before.
 struct SubShape {
   int warps, pre;
   bool aggregate, stage;

@@ -27,12 +27,14 @@
 // stand-in engine kernel of the same shape, 64 / 512 tokens x top-8): this
 // warp recipe, one warp walking a segment with the tables in global
 // memory, +11 / +72 us; EplbBlockRoute below (16 warps, one item per
-// thread, aggregate = true at 512 tokens), +1.28 / +1.44 us; the engine
-// kernel followed by eplbRouteCount (which routes 64 tokens in four 4-warp
-// blocks, 512 in 8-warp ones), +1.75 / +2.50 us (2026-11-29, ab5390c;
-// +1.74 / +2.56 at 8d91112, with 16-warp blocks at 512; with per-run global
-// counting at 512 tokens EplbBlockRoute took +1.91 at f117bd4; earlier
-// runs of older versions: +1.3-1.5 / +1.4-2.0 and +2.2-2.4 / +3.0-3.2).
+// thread, staging the tables, aggregate = true at 512 tokens), +1.30 /
+// +1.44 us; the engine kernel followed by eplbRouteCount (which routes 64
+// tokens in four 4-warp blocks, 512 in 8-warp ones, neither staging),
+// +1.57 / +2.44 us (2026-11-29, 038af62; +1.28 / +1.44 and +1.75 / +2.50
+// at ab5390c; +1.74 / +2.56 at 8d91112, with 16-warp blocks at 512; with
+// per-run global counting at 512 tokens EplbBlockRoute took +1.91 at
+// f117bd4; earlier runs of older versions: +1.3-1.5 / +1.4-2.0 and
+// +2.2-2.4 / +3.0-3.2).
 // Fuse with EplbBlockRoute.
 #pragma once
 
@@ -233,11 +235,12 @@ __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int3
 //   hot slots).
 // smem: EplbBlockRouteSmemBytes(kWarps, E, P, aggregate, kStageTables)
 //   bytes of shared memory, 16-byte aligned. Two __syncthreads inside
-//   (three with `aggregate`); every thread must call. E must not exceed
-//   kMaxExperts: the zeroing (and the staging) cover kMaxExperts experts
-//   (a larger E gives wrong slots, though every access stays in bounds);
-//   each thread zeroes (and stages) kMaxExperts / (32 * kWarps) experts,
-//   so the smallest bound that holds E is the fastest.
+//   (three with `aggregate`); every thread must call. Needs 1 <= E <= P
+//   (as eplbRouteCount checks) and E not above kMaxExperts: the zeroing
+//   (and the staging) cover kMaxExperts experts (a larger E gives wrong
+//   slots, though every access stays in bounds); each thread zeroes (and
+//   stages) kMaxExperts / (32 * kWarps) experts, so the smallest bound
+//   that holds E is the fastest.
 // kStageTables: where the item's logcnt and first two log2phy columns come
 //   from (a third column or more is read from global memory once the rank
 //   is known). false: each thread loads its own item's, by its id, right
@@ -246,11 +249,12 @@ __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int3
 //   default is what measured faster for the block size: loading the item's
 //   own in 4- and 8-warp blocks (eplbRouteCount, same run, H200, us over an
 //   empty kernel at 64 / 512 / 1024 tokens x top-8, with the id load
-//   issued first: 1.06 -> 0.92, 1.74 -> 1.68, 1.78 -> 1.72; with the
-//   load-aware placement 1.19 -> 1.03, 1.93 -> 1.79, 1.94 -> 1.81: the
+//   issued first: 1.07 -> 0.92, 1.74 -> 1.67, 1.77 -> 1.71; with the
+//   load-aware placement 1.20 -> 1.04, 1.91 -> 1.77, 1.93 -> 1.80: the
 //   block's gather of 2 * E scattered entries had been the last of its
 //   loads to land, 14% of the 64-token kernel's stall samples in ncu);
-//   staging in blocks of 16 warps or more (65536 items in 16-warp blocks:
+//   staging in blocks of 16 warps (measured) or more (32 warps: assumed
+//   alike, not measured) (65536 items in 16-warp blocks:
 //   2.91 against 2.95-2.97; bench_kernels' fused 16-warp block at 64
 //   tokens gave 1.33 not staging, 1.28 staging in an earlier run).
 // Speed: the function is latency-bound, so fewer warps per SM finish
@@ -258,7 +262,7 @@ __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int3
 // (128 items each, the later ones with their predecessors as `earlier`),
 // 0.90 us over an empty kernel now (bench_kernels, H200); when that shape
 // came in, 1.18 where one 16-warp block took 1.49 (same run; two-warp
-// blocks, 1.24 against 1.21); 512 tokens in 8-warp blocks, 1.66 now, 1.79
+// blocks, 1.24 against 1.21); 512 tokens in 8-warp blocks, 1.67 now, 1.79
 // where 16-warp ones took 1.99. An engine with a choice of
 // block size at decode can use it. Pass `aggregate` as a constant where it
 // is one: the compiler then drops the other path (eplbRouteCount's 64-token
