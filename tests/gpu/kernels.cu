@@ -199,15 +199,20 @@ TEST(RouteCount, RandomMatchesReference) {
                {8192, 8, 256, 320, 1.2},
                {100003, 8, 256, 288, 1.2},
                {3000, 2, 1024, 4096, 0.5},
-               // Sub-blocks with E > 512: 512-item blocks (8800 items, three
-               // segments; two staged experts per thread), 256-item blocks
-               // (8192 items; four experts zeroed per thread), and the
-               // 128-item blocks of launches of at most 512 items with
-               // E = 1024 (eight per thread).
+               // Sub-blocks with E > 512: 128-item blocks (512 items; eight
+               // experts zeroed per thread), 512-item blocks (8800 items,
+               // three segments; two staged experts per thread), 256-item
+               // blocks (8192 items; four experts zeroed per thread; and
+               // 8000 items with E = 1024, which fit the 48 KB since these
+               // blocks stopped staging the tables), and 128-item blocks
+               // with E = 1024 (320 items).
                {64, 8, 520, 560, 1.0},
                {1100, 8, 520, 560, 1.2},
                {1024, 8, 520, 600, 1.2},
+               {1000, 8, 1024, 1100, 1.0},
                {40, 8, 1024, 4096, 0.5},
+               // E == P (one column per log2phy row) in 128-item blocks.
+               {50, 8, 16, 16, 0.0},
                {16, 8, 300, 310, 0.0},
                {777, 1, 8, 8, 0.0},
                // Hash path (T*K >= EPLB_ROUTE_HASH_MIN_ITEMS), at and above the threshold.
@@ -347,7 +352,10 @@ TEST(RouteCount, BrokenTablesMatchReference) {
     auto ids = ZipfIds(rng, size_t{1} << 22, t.E, 0.3);
     CheckRoute(ids, (1 << 22) / 8, 8, t, false, -1, true);  // hash path
     ids.resize(4096 * 8);
-    CheckRoute(ids, 4096, 8, t, true, -1, true);  // sub-blocks
+    CheckRoute(ids, 4096, 8, t, true, -1, true);  // sub-blocks of 16 warps (staged tables)
+    // 4- and 8-warp sub-blocks (each item's own table entries).
+    CheckRoute(ids, 64, 8, t, false, -1, true);
+    CheckRoute(ids, 1024, 8, t, true, 1000, true);
     ids.resize(70000 * 8);
     for (size_t i = 4096 * 8; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(rng() % 64);
     CheckRoute(ids, 70000, 8, t, false, 65000, true);  // many segments
