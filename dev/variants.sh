@@ -1,12 +1,23 @@
 # Shared by dev/route_ab and dev/route_timeline: each variant of
 # kernels/route_count.cu is compiled into its own namespace of one binary.
 #   variant_source ROOT REV OUT   -- REV: a path to a route_count.cu, or a
-#                                    git revision; writes it to OUT
+#                                    git revision; writes it to OUT (the
+#                                    header's EplbBlockRoute is not in it)
 #   variant_namespace NS FILE [DECL] -- prints the block that includes FILE
 #                                    as namespace eplb::NS (DECL: extra
 #                                    declarations in that namespace)
 variant_source() {
   if [ -f "$2" ]; then cp "$2" "$3"; else git -C "$1" show "$2:kernels/route_count.cu" >"$3"; fi
+}
+#   variant_header ROOT REV OUT   -- the eplb_device.cuh that goes with REV:
+#                                    the revision's own, or for a path the
+#                                    working tree's
+variant_header() {
+  if [ -f "$2" ]; then
+    cp "$1/include/eplb/eplb_device.cuh" "$3"
+  else
+    git -C "$1" show "$2:include/eplb/eplb_device.cuh" >"$3"
+  fi
 }
 variant_namespace() {
   cat <<INC

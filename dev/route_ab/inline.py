@@ -3,14 +3,17 @@
 
   inline.py HDR RC OUT
 
-OUT is RC with HDR's EplbBlockRoute (include/eplb/eplb_device.cuh of any
-revision since 038af62, which added kStageTables) copied in under another
-name and called instead of the header's. Every variant of dev/route_ab
-builds against the working tree's header, so this is how a variant keeps
-the function of its own revision: e.g. the baseline for a change to the
-header is `inline.py include/eplb/eplb_device.cuh kernels/route_count.cu
-base.cu` run before the change. dev/route_timeline/instrument.py uses the
-same functions."""
+OUT is RC with HDR's EplbBlockRoute (include/eplb/eplb_device.cuh) copied
+in under another name and called instead of the header's. HDR and RC must
+agree on kStageTables (added in 038af62): a file that passes it needs a
+header that takes it, and a header that takes it a file that passes it.
+Every variant of dev/route_ab builds against the working tree's header,
+so this is how a variant keeps the function of its own revision
+(dev/variants.sh does it for a revision given by name; checked with the
+headers and files of f117bd4, 8d91112, ab5390c and d73193f); the baseline
+for a change to the header is `inline.py include/eplb/eplb_device.cuh
+kernels/route_count.cu base.cu` run before the change.
+dev/route_timeline/instrument.py uses the same functions."""
 import re
 import sys
 
@@ -40,6 +43,8 @@ def inline(hdr, rc, name, edit=lambda fn: fn):
     fn, staged = extract(hdr, name)
     if staged and call.group(1) is None:
         sys.exit("inline: the header stages by a template argument the file does not pass")
+    if not staged and call.group(1) is not None:
+        sys.exit("inline: the file passes kStageTables to a header that does not take it")
     i = rc.index(ANCHOR)
     rc = rc[:i] + edit(fn) + "\n" + rc[i:]
     return rc.replace(call.group(0), call.group(0).replace("EplbBlockRoute", name), 1)

@@ -4,7 +4,10 @@
 # REV is a git revision, or a path to a route_count.cu (e.g. the working
 # tree's kernels/route_count.cu). Headers (eplb.h, eplb_device.cuh,
 # launch.cuh) come from the working tree for every variant, so a revision
-# whose kernels need other headers will not build here. Env passes through
+# whose kernels need other headers will not build here; but a revision
+# that routes with the header's EplbBlockRoute gets its own revision's
+# copy of that function inlined (dev/route_ab/inline.py), and a path does
+# not (inline a baseline for a header change yourself, dev/README.md). Env passes through
 # to the harness: ROUTE_AB_DECODE_ONLY=1, ROUTE_AB_LOAD_AWARE=1.
 # The decode floors (an empty kernel, a copy of the ids) run in 512-item
 # blocks at every size, whatever shape the variants launch.
@@ -21,6 +24,12 @@ table="static const Variant kVariants[] = {"
 i=0
 for rev in "$@"; do
   variant_source "$root" "$rev" "$out/rc_$i.cu"
+  # A revision routes with its own header's EplbBlockRoute, inlined (every
+  # variant builds against the working tree's headers).
+  if [ ! -f "$rev" ] && grep -q "EplbBlockRoute<kWarps, kEarlier, kMaxExperts" "$out/rc_$i.cu"; then
+    variant_header "$root" "$rev" "$out/hdr_$i.cuh"
+    python3 "$root/dev/route_ab/inline.py" "$out/hdr_$i.cuh" "$out/rc_$i.cu" "$out/rc_$i.cu"
+  fi
   variant_namespace "ab$i" "rc_$i.cu" >>"$inc"
   table="$table {\"$rev\", &eplb::ab$i::LaunchRouteCount},"
   i=$((i + 1))

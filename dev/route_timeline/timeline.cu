@@ -2,7 +2,8 @@
 // is a copy of kernels/route_count.cu instrumented by instrument.py and
 // compiled into its own namespace (run.sh writes variants.inc). Lane 0 of
 // every warp records globaltimer and clock64 at the stamps instrument.py
-// placed: 0 entry, 1 after barrier 1, 2 tables stored (loads landed), 3
+// placed: 0 entry, 1 after barrier 1, 2 tables stored (loads landed; in
+// blocks that do not stage the tables, right after 1 and meaningless), 3
 // after barrier 2, 4 the item's slot stored, 5 exit (1-3 only where the
 // variant routes with the header's EplbBlockRoute). Single launches with a
 // host sync between them (colder than in a CUDA graph); per size and
