@@ -34,6 +34,13 @@ ${3:-}
 #undef kernels
 INC
 }
+#   variant_init OUT              -- makes OUT with an empty variants.inc
+#                                    and prints that file's path
+variant_init() {
+  mkdir -p "$1"
+  : >"$1/variants.inc"
+  echo "$1/variants.inc"
+}
 #   variant_build ROOT OUT MAIN BIN -- compiles MAIN (which includes
 #                                    OUT/variants.inc) into OUT/BIN
 variant_build() {

@@ -17,9 +17,7 @@ out=$1
 shift
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 source "$root/dev/variants.sh"
-mkdir -p "$out"
-inc="$out/variants.inc"
-: >"$inc"
+inc=$(variant_init "$out")
 table="static const Variant kVariants[] = {"
 i=0
 for rev in "$@"; do

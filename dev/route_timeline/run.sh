@@ -14,9 +14,7 @@ shift
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(git -C "$here" rev-parse --show-toplevel)
 source "$root/dev/variants.sh"
-mkdir -p "$out"
-inc="$out/variants.inc"
-: >"$inc"
+inc=$(variant_init "$out")
 table="static const Variant kVariants[] = {"
 i=0
 for src in "$@"; do
