@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "enqueue.cuh"
+
 namespace eplb {
 namespace kernels {
 namespace {
@@ -98,14 +100,10 @@ cudaError_t LaunchPackRows(const PackTensor* d_tensors, const PackRow* d_rows, i
     gx_capped = std::max<int64_t>(1, std::min<int64_t>(gx, max_blocks / gy_capped));
   }
   dim3 grid(static_cast<unsigned>(gx_capped), static_cast<unsigned>(gy_capped));
-  if (direction == PackDirection::kSlotsToStaging) {
-    PackRowsKernel<true><<<grid, kThreads, 0, stream>>>(
-        d_tensors, d_rows, items, max_tensors, d_staging, slice, num_slices, slice_bundle_bytes);
-  } else {
-    PackRowsKernel<false><<<grid, kThreads, 0, stream>>>(
-        d_tensors, d_rows, items, max_tensors, d_staging, slice, num_slices, slice_bundle_bytes);
-  }
-  return cudaGetLastError();
+  return EnqueueKernel(
+      direction == PackDirection::kSlotsToStaging ? PackRowsKernel<true> : PackRowsKernel<false>,
+      grid, dim3(kThreads), 0, stream, d_tensors, d_rows, items, max_tensors, d_staging, slice,
+      num_slices, slice_bundle_bytes);
 }
 
 }  // namespace kernels

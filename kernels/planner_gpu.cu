@@ -10,6 +10,7 @@
 #include <cfloat>
 
 #include "assignment_core.h"
+#include "enqueue.cuh"
 #include "launch.cuh"
 
 namespace eplb {
@@ -488,10 +489,9 @@ cudaError_t LaunchPlanGpu(const GpuPlanShape& shape, bool hierarchical, const in
   const bool full = has_old && migration == GpuMigration::kFull;
   const ScratchLayout lay = Layout(shape, hierarchical, full);
   auto kernel = full ? PlanKernel<true> : PlanKernel<false>;
-  kernel<<<shape.num_layers, kPlanThreads, 0, stream>>>(shape, lay, load, old_phy2log, has_old,
-                                                        hierarchical, phy2log, logcnt, log2phy,
-                                                        static_cast<char*>(workspace));
-  return cudaGetLastError();
+  return EnqueueKernel(kernel, dim3(static_cast<unsigned>(shape.num_layers)), dim3(kPlanThreads), 0,
+                       stream, shape, lay, load, old_phy2log, has_old, hierarchical, phy2log,
+                       logcnt, log2phy, static_cast<char*>(workspace));
 }
 
 }  // namespace kernels

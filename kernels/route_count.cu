@@ -17,6 +17,7 @@
 
 #include "eplb/eplb.h"
 #include "eplb/eplb_device.cuh"
+#include "enqueue.cuh"
 #include "launch.cuh"
 
 namespace eplb {
@@ -422,14 +423,16 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
         const int32_t v = j < kHashStageCols ? head[k][j] : log2phy[e * max_rep + j];
         s_slots[before + j] = (v >= 0 && v < num_p) ? v : -1;
       }
-      // P <= 4096 and c <= P fit the descriptor's 16-bit fields.
-      if (e < num_e) s_desc[e] = static_cast<uint32_t>(c_own[k]) << 16 | before;
+      // P <= 4096 and c <= P fit the descriptor's 16-bit fields. An expert
+      // of unusable count gets descriptor 0 (its items read s_slots[0] and
+      // discard it): its offset could be P when the usable counts before
+      // it fill the table, one past the staged slots.
+      if (e < num_e)
+        s_desc[e] = c_own[k] != 0 ? static_cast<uint32_t>(c_own[k]) << 16 | before : 0u;
       before += c_own[k];
     }
   }
   __syncthreads();
-  // Histogram bin of a slot: invalid items (slot -1) go to bin P, items past
-  // the valid count to bin P + 1.
   // Histogram bin of an item: invalid items (slot -1) go to bin P, items
   // past the valid count to bin P + 1. Checked is std::false_type where the
   // caller knows i < n_valid (whole vectors below the valid count: the
@@ -441,7 +444,8 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
     return b;
   };
   // The same choice as EplbItemKey + EplbHashedSlot, from the staged table.
-  // An invalid id reads descriptor 0 (c = 0: replica 0 of row 0, discarded).
+  // An invalid id, and an expert of unusable count, read descriptor 0 (c = 0:
+  // s_slots[0], discarded).
   auto route_compact = [&](uint32_t i, IdT id, auto checked) {
     const uint32_t d =
         static_cast<typename std::make_unsigned<IdT>::type>(id) < static_cast<uint32_t>(num_e)
@@ -585,21 +589,21 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
       int64_t blocks = int64_t{sms} * per_sm;
       if (blocks > needed) blocks = needed;
       if (blocks < 1) blocks = 1;
-      kernel<<<static_cast<int>(blocks), kHashThreads, hsmem, stream>>>(
-          ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy, logcnt,
-          num_logical_experts, num_physical_experts, max_rep, record, topk_physical, load_pass,
-          invalid_count);
+      return EnqueueKernel(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kHashThreads), hsmem,
+                           stream, ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device,
+                           top_k, log2phy, logcnt, num_logical_experts, num_physical_experts,
+                           max_rep, record, topk_physical, load_pass, invalid_count);
     };
     if (ids64)
-      launch(RouteHashKernel<int64_t>, static_cast<const int64_t*>(topk_logical),
-             HashBlocksPerSm<int64_t>());
-    else
-      launch(RouteHashKernel<int32_t>, static_cast<const int32_t*>(topk_logical),
-             HashBlocksPerSm<int32_t>());
-    return cudaGetLastError();
+      return launch(RouteHashKernel<int64_t>, static_cast<const int64_t*>(topk_logical),
+                    HashBlocksPerSm<int64_t>());
+    return launch(RouteHashKernel<int32_t>, static_cast<const int32_t*>(topk_logical),
+                  HashBlocksPerSm<int32_t>());
   }
   // Sub-blocks when the launch has fewer segments than an H100 has SMs and
-  // their shared memory fits the default 48 KB.
+  // their shared memory fits the default 48 KB (then true, the launch's
+  // status in sub_err).
+  cudaError_t sub_err = cudaSuccess;
   auto launch_sub = [&](auto shape_c, const auto* ids) -> bool {
     constexpr int kShapeIndex = decltype(shape_c)::value;  // 0 small, 1 mid, 2 large
     constexpr SubShape kShape = kShapeIndex == 0 ? kSmallSub : kShapeIndex == 1 ? kMidSub : kSub;
@@ -630,10 +634,10 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     // 513 items).
     if constexpr (kShapeIndex == 0)
       if (grid.y == 1) k = kernel(std::integral_constant<int, 0>{});
-    k<<<grid, kItems, smem, stream>>>(
-        ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k, log2phy, logcnt,
-        num_logical_experts, num_physical_experts, record, topk_physical, load_pass, invalid_count,
-        static_cast<uint32_t>(seg_items));
+    sub_err = EnqueueKernel(k, grid, dim3(kItems), smem, stream, ids, static_cast<uint32_t>(cap),
+                            num_tokens, num_tokens_device, top_k, log2phy, logcnt,
+                            num_logical_experts, num_physical_experts, record, topk_physical,
+                            load_pass, invalid_count, static_cast<uint32_t>(seg_items));
     return true;
   };
   auto route_sub = [&](const auto* ids) {
@@ -645,20 +649,17 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
   };
   if (ids64 ? route_sub(static_cast<const int64_t*>(topk_logical))
             : route_sub(static_cast<const int32_t*>(topk_logical)))
-    return cudaGetLastError();
+    return sub_err;
   const int32_t key_bits = EplbKeyBits(num_logical_experts);
   const size_t smem = sizeof(int32_t) * static_cast<size_t>(kSegWarps + 2) * num_logical_experts;
   auto launch = [&](auto kernel, const auto* ids) {
-    kernel<<<segs, kSegWarps * 32, smem, stream>>>(
-        ids, cap, num_tokens, num_tokens_device, top_k, log2phy, logcnt, num_logical_experts,
-        key_bits, num_physical_experts, max_rep, record, topk_physical, load_pass, invalid_count,
-        seg_items);
+    return EnqueueKernel(kernel, dim3(static_cast<unsigned>(segs)), dim3(kSegWarps * 32), smem,
+                         stream, ids, cap, num_tokens, num_tokens_device, top_k, log2phy, logcnt,
+                         num_logical_experts, key_bits, num_physical_experts, max_rep, record,
+                         topk_physical, load_pass, invalid_count, seg_items);
   };
-  if (ids64)
-    launch(RouteCountKernel<int64_t>, static_cast<const int64_t*>(topk_logical));
-  else
-    launch(RouteCountKernel<int32_t>, static_cast<const int32_t*>(topk_logical));
-  return cudaGetLastError();
+  if (ids64) return launch(RouteCountKernel<int64_t>, static_cast<const int64_t*>(topk_logical));
+  return launch(RouteCountKernel<int32_t>, static_cast<const int32_t*>(topk_logical));
 }
 
 cudaError_t LaunchCount(const void* topk_physical, bool ids64, int64_t num_tokens,
@@ -670,16 +671,13 @@ cudaError_t LaunchCount(const void* topk_physical, bool ids64, int64_t num_token
   int64_t blocks = (cap + 4095) / 4096;
   if (blocks > kCountMaxBlocks) blocks = kCountMaxBlocks;
   const size_t smem = sizeof(int32_t) * static_cast<size_t>(num_physical_experts);
-  if (ids64) {
-    CountKernel<int64_t><<<static_cast<int>(blocks), kCountThreads, smem, stream>>>(
-        static_cast<const int64_t*>(topk_physical), num_tokens, num_tokens_device, top_k,
-        num_physical_experts, record, load_pass, invalid_count);
-  } else {
-    CountKernel<int32_t><<<static_cast<int>(blocks), kCountThreads, smem, stream>>>(
-        static_cast<const int32_t*>(topk_physical), num_tokens, num_tokens_device, top_k,
-        num_physical_experts, record, load_pass, invalid_count);
-  }
-  return cudaGetLastError();
+  auto launch = [&](auto kernel, const auto* ids) {
+    return EnqueueKernel(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kCountThreads), smem,
+                         stream, ids, num_tokens, num_tokens_device, top_k, num_physical_experts,
+                         record, load_pass, invalid_count);
+  };
+  if (ids64) return launch(CountKernel<int64_t>, static_cast<const int64_t*>(topk_physical));
+  return launch(CountKernel<int32_t>, static_cast<const int32_t*>(topk_physical));
 }
 
 }  // namespace kernels

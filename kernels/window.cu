@@ -3,6 +3,7 @@
 // full-ring reduction that the running sum is tested against.
 #include <cuda_runtime.h>
 
+#include "enqueue.cuh"
 #include "launch.cuh"
 
 namespace eplb {
@@ -85,22 +86,22 @@ cudaError_t LaunchWindowUpdate(const int32_t* phy2log, int32_t* load_pass, int32
                                int32_t window_size, int32_t* window, int64_t* window_sum,
                                int32_t* ring_state, cudaStream_t stream) {
   const size_t smem = sizeof(unsigned long long) * static_cast<size_t>(num_logical_experts);
-  WindowUpdateKernel<<<num_layers, kWindowThreads, smem, stream>>>(
-      phy2log, load_pass, num_layers, num_logical_experts, num_physical_experts, window_size,
-      window, window_sum, ring_state);
-  return cudaGetLastError();
+  return EnqueueKernel(WindowUpdateKernel, dim3(static_cast<unsigned>(num_layers)),
+                       dim3(kWindowThreads), smem, stream, phy2log, load_pass, num_layers,
+                       num_logical_experts, num_physical_experts, window_size, window, window_sum,
+                       ring_state);
 }
 
 cudaError_t LaunchWindowReadout(const int64_t* window_sum, int64_t num_items, int64_t* load,
                                 cudaStream_t stream) {
-  ReadoutKernel<<<GridFor(num_items, 256), 256, 0, stream>>>(window_sum, num_items, load);
-  return cudaGetLastError();
+  return EnqueueKernel(ReadoutKernel, dim3(GridFor(num_items, 256)), dim3(256), 0, stream,
+                       window_sum, num_items, load);
 }
 
 cudaError_t LaunchWindowReduce(const int32_t* window, int32_t window_size, int64_t row_items,
                                int64_t* load, cudaStream_t stream) {
-  ReduceKernel<<<GridFor(row_items, 128), 128, 0, stream>>>(window, window_size, row_items, load);
-  return cudaGetLastError();
+  return EnqueueKernel(ReduceKernel, dim3(GridFor(row_items, 128)), dim3(128), 0, stream, window,
+                       window_size, row_items, load);
 }
 
 }  // namespace kernels

@@ -6,6 +6,7 @@
 
 #include "capi/api_common.h"
 #include "cuda/exchange.h"
+#include "kernels/enqueue.cuh"
 #include "planner.h"
 #include "transfer_plan.h"
 
@@ -431,13 +432,12 @@ void CudaState::RecordPass(bool dummy, bool stats, int64_t step) {
   // stats (a collective every rank makes) see it as an empty pass.
   if (dummy) EPLB_CUDA_CHECK(cudaMemsetAsync(d_load_pass_, 0, LP * sizeof(int32_t), stream_));
   if (stats) {
-    RankTokensKernel<<<L, 128, 0, stream_>>>(d_load_pass_, P, N, d_rank_tokens_);
-    EPLB_CUDA_CHECK(cudaGetLastError());
+    EPLB_CUDA_CHECK(EnqueueKernel(RankTokensKernel, dim3(static_cast<unsigned>(L)), dim3(128), 0,
+                                  stream_, d_load_pass_, P, N, d_rank_tokens_));
     EPLB_NCCL_CHECK(ncclAllReduce(d_rank_tokens_, d_rank_tokens_, static_cast<size_t>(L) * N,
                                   ncclInt64, ncclSum, comm_, stream_));
-    BalanceKernel<<<1, kBalanceThreads, 0, stream_>>>(d_rank_tokens_, L, N, step, d_layer_balance_,
-                                                      d_step_balance_);
-    EPLB_CUDA_CHECK(cudaGetLastError());
+    EPLB_CUDA_CHECK(EnqueueKernel(BalanceKernel, dim3(1), dim3(kBalanceThreads), 0, stream_,
+                                  d_rank_tokens_, L, N, step, d_layer_balance_, d_step_balance_));
   }
   if (!dummy)
     CallEplb(eplbWindowUpdate(d_phy2log_, d_load_pass_, L, E, P, config_.window_size, d_window_,

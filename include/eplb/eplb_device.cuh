@@ -212,14 +212,15 @@ __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int3
 // Block-wide route + count of one item per thread: the way to fuse
 // eplbRouteCount into an engine kernel at decode sizes (eplbRouteCount's
 // own decode kernel is this function). Every thread of a 1-D block of
-// 32 * kWarps threads calls it with its item; items are ordered by thread
-// index. An item counts when `valid` (e.g. its token is below the valid
-// count) and its id is an expert in [0, E) with a usable count (EplbItemKey);
-// it gets rank r = number of counting items of the same expert before it in
-// this block, plus the count of that expert among `earlier`, and takes
-// replica (r + offset) mod logcnt[e]: slot log2phy[e][that], or -1 when
-// that entry is outside [0, P). Others get -1. The slot is returned and,
-// when slot_out is not null, stored there.
+// 32 * kWarps threads (kWarps a multiple of 4, at most 32) calls it with
+// its item; items are ordered by thread index. An item counts when `valid`
+// (e.g. its token is below the valid count) and its id is an expert in
+// [0, E) with a usable count (EplbItemKey); it gets rank r = number of
+// counting items of the same expert before it in this block, plus the
+// count of that expert among `earlier`, and takes replica (r + offset) mod
+// logcnt[e]: slot log2phy[e][that], or -1 when that entry is outside
+// [0, P). Others get -1. The slot is returned and, when slot_out is not
+// null, stored there.
 //
 // earlier: items of the same run that precede this block (num_earlier of
 //   them, the first num_earlier_valid of which count), at most
@@ -297,9 +298,14 @@ __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT*
   const unsigned lane = tid & 31u;
   // Quad q of an id's row of cells is stored at quad q ^ swizzle(id) (< the
   // row's kWarps / 4 quads): with 16 warps, rows of 4 quads, (id >> 1) & 3
-  // spreads a warp's rows over the 8 bank quads.
+  // spreads a warp's rows over the 8 bank quads. The XOR stays inside the
+  // row only for a power-of-two number of quads: rows of 3, 5, 6 or 7
+  // quads (12, 20, 24, 28 warps) are not swizzled.
   constexpr int kQuads = kWarps / 4;
-  auto swizzle = [](int32_t id) { return (kQuads >= 8 ? id : id >> 1) & (kQuads - 1); };
+  constexpr bool kSwizzle = (kQuads & (kQuads - 1)) == 0;
+  auto swizzle = [](int32_t id) {
+    return kSwizzle ? (kQuads >= 8 ? id : id >> 1) & (kQuads - 1) : 0;
+  };
 
   // 1. Every global load at once (the earlier ids, logcnt, the first
   // columns of log2phy), into registers: a shared store between two loads

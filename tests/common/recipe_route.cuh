@@ -140,8 +140,9 @@ __global__ void __launch_bounds__(32 * kWarps)
 }
 
 // Launches BlockRecipeRouteKernel on the rank path (T*K below
-// EPLB_ROUTE_HASH_MIN_ITEMS; its segments are at most
-// EPLB_ROUTE_TILE_ITEMS long there).
+// EPLB_ROUTE_HASH_MIN_ITEMS) where the segments are at most
+// EPLB_ROUTE_TILE_ITEMS long (up to EPLB_ROUTE_MAX_SEGMENTS tiles): the
+// kernel holds that many earlier ids per block. Other sizes: an error.
 template <int kWarps, bool kStage = (kWarps >= 16)>
 cudaError_t LaunchBlockRecipeRoute(const void* ids, bool ids64, int64_t num_tokens,
                                    const int32_t* d_num_tokens, int32_t top_k,
@@ -155,6 +156,7 @@ cudaError_t LaunchBlockRecipeRoute(const void* ids, bool ids64, int64_t num_toke
   int32_t segs = 0;
   int64_t z = 0;
   RecipeSegments(cap, &segs, &z);
+  if (z > EPLB_ROUTE_TILE_ITEMS) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(segs),
                   static_cast<unsigned>((z + 32 * kWarps - 1) / (32 * kWarps)));
   const size_t smem = EplbBlockRouteSmemBytes(kWarps, num_e, num_p, aggregate, kStage);

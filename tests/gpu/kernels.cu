@@ -107,20 +107,25 @@ std::vector<int64_t> ZipfIds(std::mt19937_64& rng, size_t n, int32_t E, double s
   return ids;
 }
 
+// valid of CheckRoute: no device count (all T valid). Any other value,
+// negative ones included, is passed as the device count (clamped to int32).
+constexpr int64_t kAll = INT64_MIN;
+
 // One route+count case, run twice on the device, both compared with the
-// reference. valid < 0: no device count (all T valid). recipe: run a
+// reference. recipe: run a
 // kernel built from eplb_device.cuh alone (recipe_route.cuh) instead of
 // eplbRouteCount: 1 the warp recipe, 2 EplbBlockRoute with 4 warps, 3 with
 // 8 warps counting through shared memory, 4 with 32 warps (these three
 // with the default kStageTables: the 32-warp blocks stage the tables); 5
 // with 4 warps staging, 6 with 16 warps not staging and counting through
-// shared memory.
+// shared memory; 7 with 12 warps and 8 with 24 warps (rows of 3 and 6
+// quads, not swizzled), 24 staging and counting through shared memory.
 void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Table& t, bool ids64,
                 int64_t valid, bool record, int recipe = 0) {
   // The outputs are compared over ids.size() items: the device writes T * K.
   ASSERT_EQ(ids.size(), static_cast<size_t>(T * K));
   ScopedStream stream;
-  const int64_t vt = valid < 0 ? T : std::min<int64_t>(T, std::max<int64_t>(0, valid));
+  const int64_t vt = valid == kAll ? T : std::min<int64_t>(T, std::max<int64_t>(0, valid));
   std::vector<int32_t> ref_out(ids.size(), -7), ref_load(static_cast<size_t>(t.P), 0);
   uint64_t ref_invalid = 0;
   eplb::RouteCountRef(ids, T, vt, K, t.log2phy.data(), t.logcnt.data(), t.E, t.P, record,
@@ -138,7 +143,7 @@ void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Tab
   }
   d_l2p.Upload(t.log2phy, stream);
   d_cnt.Upload(t.logcnt, stream);
-  d_valid.Upload({static_cast<int32_t>(std::min<int64_t>(valid, INT32_MAX))}, stream);
+  d_valid.Upload({static_cast<int32_t>(std::clamp<int64_t>(valid, INT32_MIN, INT32_MAX))}, stream);
   d_rec.Upload({record ? 1 : 0}, stream);
   for (int run = 0; run < 2; ++run) {
     SCOPED_TRACE(run);
@@ -146,7 +151,7 @@ void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Tab
     d_load.Fill(0, stream);
     d_inv.Fill(0, stream);
     const void* in = ids64 ? static_cast<const void*>(d_ids64.get()) : d_ids32.get();
-    const int32_t* dv = valid < 0 ? nullptr : d_valid.get();
+    const int32_t* dv = valid == kAll ? nullptr : d_valid.get();
     if (recipe == 1)
       ASSERT_EQ(
           eplb_test::LaunchRecipeRoute(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(), t.E, t.P,
@@ -177,10 +182,21 @@ void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Tab
                     in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(), t.E, t.P, d_rec.get(),
                     d_out.get(), d_load.get(), d_inv.get(), true, stream)),
                 cudaSuccess);
+    else if (recipe == 7)
+      ASSERT_EQ(eplb_test::LaunchBlockRecipeRoute<12>(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(),
+                                                      t.E, t.P, d_rec.get(), d_out.get(),
+                                                      d_load.get(), d_inv.get(), false, stream),
+                cudaSuccess);
+    else if (recipe == 8)
+      ASSERT_EQ(eplb_test::LaunchBlockRecipeRoute<24>(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(),
+                                                      t.E, t.P, d_rec.get(), d_out.get(),
+                                                      d_load.get(), d_inv.get(), true, stream),
+                cudaSuccess);
     else
       EPLB_OK(eplbRouteCount(in, ids64 ? EPLB_ID_INT64 : EPLB_ID_INT32, T,
-                             valid < 0 ? nullptr : d_valid.get(), K, d_l2p.get(), d_cnt.get(), t.E,
-                             t.P, d_rec.get(), d_out.get(), d_load.get(), d_inv.get(), stream));
+                             valid == kAll ? nullptr : d_valid.get(), K, d_l2p.get(), d_cnt.get(),
+                             t.E, t.P, d_rec.get(), d_out.get(), d_load.get(), d_inv.get(),
+                             stream));
     EXPECT_EQ(d_out.Download(stream, ids.size()), ref_out);
     EXPECT_EQ(d_load.Download(stream), ref_load);
     EXPECT_EQ(d_inv.Download(stream)[0], ref_invalid);
@@ -228,8 +244,8 @@ TEST(RouteCount, RandomMatchesReference) {
     auto ids = ZipfIds(rng, static_cast<size_t>(c.T * c.K), c.E, c.zipf);
     for (int k = 0; k < 20 && !ids.empty(); ++k) ids[rng() % ids.size()] = -1;  // padding
     for (int k = 0; k < 5 && !ids.empty(); ++k) ids[rng() % ids.size()] = c.E + int64_t(rng() % 9);
-    CheckRoute(ids, c.T, c.K, t, false, -1, true);
-    CheckRoute(ids, c.T, c.K, t, true, -1, true);
+    CheckRoute(ids, c.T, c.K, t, false, kAll, true);
+    CheckRoute(ids, c.T, c.K, t, true, kAll, true);
     CheckRoute(ids, c.T, c.K, t, true, c.T / 2, true);
     CheckRoute(ids, c.T, c.K, t, false, c.T + 5, false);
   }
@@ -247,14 +263,14 @@ TEST(RouteCount, HotExpertsWithManyReplicas) {
   for (int64_t T : {1, 3, 64, 513, 1024, 8192, (1 << 22) / 8}) {
     SCOPED_TRACE(T);
     const auto ids = ZipfIds(rng, static_cast<size_t>(T * 8), t.E, 1.2);
-    CheckRoute(ids, T, 8, t, false, -1, true);
+    CheckRoute(ids, T, 8, t, false, kAll, true);
     CheckRoute(ids, T, 8, t, true, T - T / 3, true);
   }
 }
 
 // eplb_device.cuh promises that kernels built from it alone make
 // eplbRouteCount's choices: its warp recipe (one warp per segment) and
-// EplbBlockRoute in blocks of 4, 8, 16 and 32 warps, staging the tables
+// EplbBlockRoute in blocks of 4, 8, 12, 16, 24 and 32 warps, staging the tables
 // and not (each block counting the segment's earlier items; direct and
 // shared-memory counting), against the
 // same reference, on the rank path (one and many segments, a hot placement,
@@ -268,16 +284,16 @@ TEST(DeviceFunctions, RecipeKernelMatchesReference) {
       SCOPED_TRACE(T);
       auto ids = ZipfIds(rng, static_cast<size_t>(T * 8), t->E, 1.2);
       for (int k = 0; k < 9; ++k) ids[rng() % ids.size()] = k % 2 ? -1 : t->E + k;
-      for (int recipe = 1; recipe <= 6; ++recipe) {
+      for (int recipe = 1; recipe <= 8; ++recipe) {
         SCOPED_TRACE(recipe);
-        CheckRoute(ids, T, 8, *t, false, -1, true, recipe);
+        CheckRoute(ids, T, 8, *t, false, kAll, true, recipe);
         CheckRoute(ids, T, 8, *t, true, T - T / 3, true, recipe);
         CheckRoute(ids, T, 8, *t, false, T, false, recipe);
       }
     }
   }
   const auto ids = ZipfIds(rng, size_t{1} << 22, 256, 1.2);
-  CheckRoute(ids, (1 << 22) / 8, 8, hot, false, -1, true, 1);  // hash path
+  CheckRoute(ids, (1 << 22) / 8, 8, hot, false, kAll, true, 1);  // hash path
 }
 
 // EplbDivMod (the division on EplbBlockRoute's path) against the integer
@@ -319,19 +335,21 @@ TEST(RouteCount, Adversarial) {
   int32_t hot = 0;
   for (int32_t e = 0; e < t.E; ++e)
     if (t.logcnt[e] > t.logcnt[hot]) hot = e;
-  CheckRoute(std::vector<int64_t>(70001 * 8, hot), 70001, 8, t, false, -1, true);
-  CheckRoute(std::vector<int64_t>(33 * 8, hot), 33, 8, t, true, -1, true);
-  CheckRoute(std::vector<int64_t>(size_t{1} << 22, hot), (1 << 22) / 8, 8, t, false, -1, true);
+  CheckRoute(std::vector<int64_t>(70001 * 8, hot), 70001, 8, t, false, kAll, true);
+  CheckRoute(std::vector<int64_t>(33 * 8, hot), 33, 8, t, true, kAll, true);
+  CheckRoute(std::vector<int64_t>(size_t{1} << 22, hot), (1 << 22) / 8, 8, t, false, kAll, true);
   // Only invalid ids, including int64 values that truncate to valid int32.
   std::vector<int64_t> bad;
   for (int i = 0; i < 4100; ++i)
     bad.push_back(i % 3 == 0 ? -1 : (i % 3 == 1 ? 256 + i : (int64_t{1} << 32) + 5));
-  CheckRoute(bad, 4100, 1, t, true, -1, true);
+  CheckRoute(bad, 4100, 1, t, true, kAll, true);
   // Zero tokens, one token, and negative / zero device counts.
-  CheckRoute({}, 0, 8, t, false, -1, true);
-  CheckRoute(std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}, 1, 8, t, false, -1, true);
+  CheckRoute({}, 0, 8, t, false, kAll, true);
+  CheckRoute(std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}, 1, 8, t, false, kAll, true);
   CheckRoute(std::vector<int64_t>(8 * 9, 3), 9, 8, t, false, -3, true);
   CheckRoute(std::vector<int64_t>(8 * 9, 3), 9, 8, t, false, 0, true);
+  CheckRoute(std::vector<int64_t>(8 * 600, 3), 600, 8, t, true, -1, true);
+  CheckRoute(std::vector<int64_t>(8 * 600, 3), 600, 8, t, false, INT32_MIN, true);
 }
 
 // Broken tables (counts of 0 or above R+1, slots -1 or >= P inside an
@@ -352,19 +370,32 @@ TEST(RouteCount, BrokenTablesMatchReference) {
     if (variant == 1)  // counts summing to more than P: no compact staging
       for (int32_t e = 10; e < 40; ++e) t.logcnt[e] = R1;
     auto ids = ZipfIds(rng, size_t{1} << 22, t.E, 0.3);
-    CheckRoute(ids, (1 << 22) / 8, 8, t, false, -1, true);  // hash path
+    CheckRoute(ids, (1 << 22) / 8, 8, t, false, kAll, true);  // hash path
     ids.resize(4096 * 8);
-    CheckRoute(ids, 4096, 8, t, true, -1, true);  // sub-blocks of 16 warps (staged tables)
+    CheckRoute(ids, 4096, 8, t, true, kAll, true);  // sub-blocks of 16 warps (staged tables)
     // 4- and 8-warp sub-blocks (each item's own table entries).
     const auto prefix = [&](int64_t T) {
       return std::vector<int64_t>(ids.begin(), ids.begin() + T * 8);
     };
-    CheckRoute(prefix(64), 64, 8, t, false, -1, true);
+    CheckRoute(prefix(64), 64, 8, t, false, kAll, true);
     CheckRoute(prefix(1024), 1024, 8, t, true, 1000, true);
     ids.resize(70000 * 8);
     for (size_t i = 4096 * 8; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(rng() % 64);
     CheckRoute(ids, 70000, 8, t, false, 65000, true);  // many segments
   }
+  // Usable counts that fill all P slots before an expert of unusable count:
+  // the hash path's staged table is compact and that expert's offset would
+  // be P, one past it (compute-sanitizer's memcheck reads the gpu suite).
+  Table t;
+  t.E = 3;
+  t.P = 4;
+  t.logcnt = {2, 2, 0};
+  t.log2phy = {0, 1, 2, 3, -1, -1};
+  std::vector<int64_t> ids(size_t{1} << 22);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>(i % 3);
+  CheckRoute(ids, (1 << 22) / 8, 8, t, false, kAll, true);
+  ids.resize(4096 * 8);
+  CheckRoute(ids, 4096, 8, t, true, kAll, true);
 }
 
 TEST(RouteCount, RealTrace) {
@@ -388,7 +419,7 @@ TEST(RouteCount, RealTrace) {
     for (int32_t l = 0; l < tr.num_layers; l += 5) {
       const int32_t* p = tr.layer(l);
       std::vector<int64_t> ids(p, p + tr.num_tokens * tr.top_k);
-      CheckRoute(ids, tr.num_tokens, tr.top_k, t, (l % 2) == 0, -1, true);
+      CheckRoute(ids, tr.num_tokens, tr.top_k, t, (l % 2) == 0, kAll, true);
     }
   }
 }
@@ -596,10 +627,11 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
   std::mt19937_64 rng(21);
   ScopedStream stream;
   const int32_t E = 64, P = 80, K = 8, L = 1, W = 2;
-  // One sub-block; one segment over 8 sub-blocks (each reads the ids before
-  // it); 128 sub-blocks; many segments; the hash path.
-  for (int64_t T :
-       {int64_t{64}, int64_t{512}, int64_t{8192}, int64_t{70000}, int64_t{(1 << 22) / 8}}) {
+  // One 128-item sub-block (no earlier ids); one segment over 4 and over
+  // 16 sub-blocks (each reads the ids before it); 128 sub-blocks; many
+  // segments; the hash path.
+  for (int64_t T : {int64_t{16}, int64_t{64}, int64_t{512}, int64_t{8192}, int64_t{70000},
+                    int64_t{(1 << 22) / 8}}) {
     for (int graph = 0; graph < 2; ++graph) {
       SCOPED_TRACE(T * 10 + graph);
       const size_t TK = static_cast<size_t>(T * K);
@@ -838,6 +870,40 @@ TEST(PlanGpu, RandomMatchesHost) {
 }
 
 // Host-checkable argument errors; they need no device.
+// A call returns the status of its own launch: an error the caller's own
+// runtime calls left behind is neither reported as eplb's nor cleared.
+// Buffers that touch without overlapping are accepted.
+TEST(KernelsApi, OwnStatusAndAdjacentBuffers) {
+  EPLB_REQUIRE_GPUS(1);
+  ScopedStream stream;
+  std::mt19937_64 rng(16);
+  const Table t = RandomTable(rng, 64, 80);
+  const int64_t T = 100;
+  const int32_t K = 8;
+  const auto ids = ZipfIds(rng, static_cast<size_t>(T * K), t.E, 1.0);
+  std::vector<int32_t> ref_out(ids.size()), ref_load(static_cast<size_t>(t.P), 0);
+  uint64_t ref_invalid = 0;
+  eplb::RouteCountRef(ids, T, T, K, t.log2phy.data(), t.logcnt.data(), t.E, t.P, true,
+                      ref_out.data(), ref_load.data(), &ref_invalid);
+  // One allocation: the ids, the output ids, then the counters, back to back.
+  const size_t n = ids.size();
+  DeviceBuffer<int32_t> d_all(2 * n + static_cast<size_t>(t.P)), d_l2p, d_cnt;
+  std::vector<int32_t> h_all(d_all.size(), 0);
+  std::copy(ids.begin(), ids.end(), h_all.begin());
+  d_all.Upload(h_all, stream);
+  d_l2p.Upload(t.log2phy, stream);
+  d_cnt.Upload(t.logcnt, stream);
+  void* huge = nullptr;
+  ASSERT_EQ(cudaMalloc(&huge, size_t{1} << 60), cudaErrorMemoryAllocation);
+  EPLB_OK(eplbRouteCount(d_all.get(), EPLB_ID_INT32, T, nullptr, K, d_l2p.get(), d_cnt.get(), t.E,
+                         t.P, nullptr, d_all.get() + n, d_all.get() + 2 * n, nullptr, stream));
+  EXPECT_EQ(cudaGetLastError(), cudaErrorMemoryAllocation);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  const std::vector<int32_t> out = d_all.Download(stream);
+  EXPECT_EQ(std::vector<int32_t>(out.begin() + n, out.begin() + 2 * n), ref_out);
+  EXPECT_EQ(std::vector<int32_t>(out.begin() + 2 * n, out.end()), ref_load);
+}
+
 TEST(KernelsApi, ArgumentErrors) {
   int32_t dummy[4] = {0, 0, 0, 0};
   cudaStream_t s = cudaStreamPerThread;
