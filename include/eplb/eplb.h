@@ -272,11 +272,18 @@ EPLB_API eplbStatus_t eplbLoadEstimateUpdate(int32_t num_layers, int32_t num_log
  *     replay time).
  *   - Thread safety: calls on different streams may run concurrently if they
  *     write disjoint buffers; the library keeps no state between calls.
+ *   - Buffers: each aligned to its element size (4 bytes for int32, 8 for
+ *     int64 and the counters); a buffer the call writes shares no byte with
+ *     any other argument of the call (no in-place calls: the kernels read
+ *     their inputs while they write). Buffers that touch are fine.
  *   - Errors: a host-checkable bad argument (NULL where not nullable, a shape
- *     outside the limits, a size too small) -> EPLB_ERROR_INVALID_ARGUMENT
- *     naming the field, nothing enqueued; a failed launch ->
- *     EPLB_ERROR_CUDA with the CUDA error name (the outputs are then
- *     undefined). Device-side faults show up on the stream as usual.
+ *     outside the limits, a size too small, a misaligned buffer, a written
+ *     buffer overlapping another) -> EPLB_ERROR_INVALID_ARGUMENT naming the
+ *     field, nothing enqueued; a failed launch -> EPLB_ERROR_CUDA with the
+ *     CUDA error name (the outputs are then undefined). The status is the
+ *     call's own: an error left by the caller's earlier CUDA calls is
+ *     neither returned nor cleared (cudaGetLastError still reports it).
+ *     Device-side faults show up on the stream as usual.
  *   - Results are deterministic: same inputs (values and capacity sizes) ->
  *     bit-identical outputs, run after run. Counters are integers, so their
  *     atomics are exact in any order.
@@ -312,14 +319,17 @@ typedef enum {
  * d_record         device int32 flag, nullable: when it reads 0 the call
  *                  routes but does not touch d_load_pass (NULL = count).
  * d_topk_physical  [T][K] device int32 output. Valid items get a slot in
- *                  [0, P); an item whose id is outside [0, E) gets -1; items
- *                  of tokens >= the valid count get -1 too (and count
- *                  nowhere).
- * d_load_pass      this layer's [P] device int32 counters; each valid item
- *                  adds 1 to its slot (when recording). Not zeroed here.
+ *                  [0, P). -1 goes to an item whose id is outside [0, E),
+ *                  whose expert's count is outside [1, R+1] (such an item
+ *                  takes no rank), or whose chosen log2phy entry is
+ *                  outside [0, P) (a broken table: never used as an
+ *                  address); items of tokens >= the valid count get -1 too
+ *                  (and count nowhere).
+ * d_load_pass      this layer's [P] device int32 counters; each item with a
+ *                  slot adds 1 to it (when recording). Not zeroed here.
  * d_invalid_count  device counter, nullable: += number of items of valid
- *                  tokens whose id is outside [0, E) (always, whatever the
- *                  record flag).
+ *                  tokens that got -1 (any of the three reasons above;
+ *                  always, whatever the record flag).
  *
  * Replica choice (normative; the host reference eplb::RouteCountRef mirrors
  * it; the device functions of eplb/eplb_device.cuh implement it): let
@@ -353,8 +363,9 @@ typedef enum {
  *
  * Errors: NULL d_topk_logical / d_log2phy / d_logcnt / d_topk_physical /
  * d_load_pass, num_tokens < 0, top_k < 1, T*K >= 2^31, E or P out of
- * [1, limits], P < E, bad id_type -> EPLB_ERROR_INVALID_ARGUMENT. T = 0 is a
- * no-op. */
+ * [1, limits], P < E, bad id_type, a misaligned buffer, d_topk_physical /
+ * d_load_pass / d_invalid_count overlapping another argument ->
+ * EPLB_ERROR_INVALID_ARGUMENT. T = 0 is a no-op (no buffer is checked). */
 EPLB_API eplbStatus_t eplbRouteCount(const void* d_topk_logical, eplbIdType_t id_type,
                                      int64_t num_tokens, const int32_t* d_num_tokens,
                                      int32_t top_k, const int32_t* d_log2phy,
@@ -390,7 +401,8 @@ EPLB_API eplbStatus_t eplbCount(const void* d_topk_physical, eplbIdType_t id_typ
  * caller zeroes d_window, d_window_sum and d_ring_state (cudaMemsetAsync); an
  * all-zero ring is an empty window. Consecutive updates must be ordered (same
  * stream or events). Errors: NULL pointers, L/E/P outside limits, P < E,
- * W < 1 -> EPLB_ERROR_INVALID_ARGUMENT. */
+ * W < 1, a misaligned buffer, a written one (all but d_phy2log)
+ * overlapping another -> EPLB_ERROR_INVALID_ARGUMENT. */
 EPLB_API eplbStatus_t eplbWindowUpdate(const int32_t* d_phy2log, int32_t* d_load_pass,
                                        int32_t num_layers, int32_t num_logical_experts,
                                        int32_t num_physical_experts, int32_t window_size,
@@ -439,7 +451,9 @@ EPLB_API eplbStatus_t eplbPlanComputeGpuWorkspaceSize(const eplbPlanConfig_t* co
  * d_workspace     device scratch of workspace_bytes >=
  *                 eplbPlanComputeGpuWorkspaceSize (256-byte aligned).
  * Errors: bad config (as eplbPlanCompute), NULL d_load/d_phy2log/d_logcnt/
- * d_workspace, workspace too small -> EPLB_ERROR_INVALID_ARGUMENT. */
+ * d_workspace, workspace too small, a misaligned buffer, an output or the
+ * workspace overlapping another argument (d_old_phy2log included: no
+ * in-place update) -> EPLB_ERROR_INVALID_ARGUMENT. */
 EPLB_API eplbStatus_t eplbPlanComputeGpu(const eplbPlanConfig_t* config, const int64_t* d_load,
                                          const int32_t* d_old_phy2log, int32_t* d_phy2log,
                                          int32_t* d_logcnt, int32_t* d_log2phy,

@@ -416,6 +416,69 @@ TEST(ReviewKernelArgs, CountAndWindowCallsRejectBadArguments) {
   EXPECT_EQ(eplbWindowReduce(d, 3, 0, 8, d64, nullptr), EPLB_ERROR_INVALID_ARGUMENT);
 }
 
+// Outputs that share memory with another argument, and buffers not aligned
+// to their element size, are rejected before any launch (the kernels read
+// their inputs while they write).
+TEST(ReviewKernelArgs, OverlappingOrMisalignedBuffersAreRejected) {
+  const cudaStream_t s = FakeStream();
+  // Distinct fake buffers; RouteArgs' T * K = 512 ids, E = 16, P = 24.
+  auto route = [&](uintptr_t topk, uintptr_t phys, uintptr_t load, eplbIdType_t type) {
+    RouteArgs a;
+    a.topk = Fake<const void>(topk);
+    a.id_type = type;
+    a.log2phy = Fake<const int32_t>(0x100000);
+    a.logcnt = Fake<const int32_t>(0x200000);
+    a.phys = Fake<int32_t>(phys);
+    a.load = Fake<int32_t>(load);
+    a.stream = s;
+    return a.Run();
+  };
+  // The output ids written over the input ids (an in-place call).
+  EXPECT_EQ(route(0x300000, 0x300000, 0x500000, EPLB_ID_INT32), EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbRouteCount", "d_topk_logical and d_topk_physical overlap");
+  // The last output id on the first counter.
+  EXPECT_EQ(route(0x300000, 0x400000, 0x400000 + 511 * 4, EPLB_ID_INT32),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbRouteCount", "d_topk_physical and d_load_pass overlap");
+  // int64 ids on a 4-byte boundary.
+  EXPECT_EQ(route(0x300004, 0x400000, 0x500000, EPLB_ID_INT64), EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbRouteCount", "d_topk_logical is not 8-byte aligned");
+  // The counters inside the table.
+  EXPECT_EQ(route(0x300000, 0x400000, 0x100000 + 8, EPLB_ID_INT32), EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbRouteCount", "d_log2phy and d_load_pass overlap");
+
+  int32_t* ids = Fake<int32_t>(0x300000);
+  EXPECT_EQ(eplbCount(ids, EPLB_ID_INT32, 4, nullptr, 2, 8, nullptr, ids + 7, nullptr, s),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbCount", "d_topk_physical and d_load_pass overlap");
+  EXPECT_EQ(eplbCount(ids, EPLB_ID_INT32, 4, nullptr, 2, 8, nullptr, Fake<int32_t>(0x400000),
+                      Fake<unsigned long long>(0x500004), s),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbCount", "d_invalid_count is not 8-byte aligned");
+
+  // L = 2, E = 8, P = 8, W = 4: the window is 256 bytes.
+  int32_t* p2l = Fake<int32_t>(0x100000);
+  int32_t* pass = Fake<int32_t>(0x200000);
+  int32_t* win = Fake<int32_t>(0x300000);
+  int64_t* sum = Fake<int64_t>(0x400000);
+  int32_t* ring = Fake<int32_t>(0x500000);
+  EXPECT_EQ(
+      eplbWindowUpdate(p2l, pass, 2, 8, 8, 4, win, reinterpret_cast<int64_t*>(win + 63), ring, s),
+      EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbWindowUpdate", "is not 8-byte aligned");
+  EXPECT_EQ(
+      eplbWindowUpdate(p2l, pass, 2, 8, 8, 4, win, reinterpret_cast<int64_t*>(win + 62), ring, s),
+      EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbWindowUpdate", "d_window and d_window_sum overlap");
+  EXPECT_EQ(eplbWindowUpdate(p2l, p2l, 2, 8, 8, 4, win, sum, ring, s), EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbWindowUpdate", "d_phy2log and d_load_pass overlap");
+  EXPECT_EQ(eplbWindowReadout(sum, 2, 8, sum + 15, s), EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbWindowReadout", "d_window_sum and d_load overlap");
+  EXPECT_EQ(eplbWindowReduce(win, 4, 2, 8, reinterpret_cast<int64_t*>(win + 62), s),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbWindowReduce", "d_window and d_load overlap");
+}
+
 TEST(ReviewKernelArgs, GpuPlannerSizingAndChecksNeedNoGpu) {
   eplbPlanConfig_t cfg = EPLB_PLAN_CONFIG_INIT;
   cfg.num_layers = 2;
@@ -481,6 +544,15 @@ TEST(ReviewKernelArgs, GpuPlannerSizingAndChecksNeedNoGpu) {
   EXPECT_EQ(eplbPlanComputeGpu(&bad, load, nullptr, out, out, nullptr, w, ws, s),
             EPLB_ERROR_INVALID_ARGUMENT);
   ExpectDetail("eplbPlanComputeGpu", "migration");
+  // Outputs in the same memory, and the workspace over the load.
+  EXPECT_EQ(
+      eplbPlanComputeGpu(&cfg, Fake<const int64_t>(0x300000), nullptr, out, out, nullptr, w, ws, s),
+      EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbPlanComputeGpu", "d_phy2log and d_logcnt overlap");
+  EXPECT_EQ(eplbPlanComputeGpu(&cfg, Fake<const int64_t>(0x10000 + 256), nullptr,
+                               Fake<int32_t>(0x100000), Fake<int32_t>(0x200000), nullptr, w, ws, s),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbPlanComputeGpu", "d_load and d_workspace overlap");
 }
 
 }  // namespace
