@@ -125,6 +125,10 @@ GpuPlanRequest ResolveGpuPlan(const eplbPlanConfig_t* config) {
     eplb::Throw(Status::kNotSupported,
                 "policy EPLB_POLICY_CHURN_AWARE is host only (use eplbPlanCompute)");
   }
+  const int m = static_cast<int>(config->migration);
+  EPLB_CHECK_ARG(
+      m == EPLB_MIGRATION_NONE || m == EPLB_MIGRATION_PRESERVE || m == EPLB_MIGRATION_FULL,
+      "config->migration (%d) is not a valid eplbMigration_t", m);
   const eplb::Policy p = eplb::ResolvePolicy(s, static_cast<eplb::Policy>(config->policy));
   GpuPlanRequest r;
   r.shape = {s.num_layers, s.num_logical_experts, s.num_physical_experts,
@@ -292,10 +296,7 @@ EPLB_API eplbStatus_t eplbPlanComputeGpu(const eplbPlanConfig_t* config, const i
     EPLB_CHECK_NOT_NULL(d_phy2log);
     EPLB_CHECK_NOT_NULL(d_logcnt);
     EPLB_CHECK_NOT_NULL(d_workspace);
-    const int m = static_cast<int>(config->migration);
-    EPLB_CHECK_ARG(
-        m == EPLB_MIGRATION_NONE || m == EPLB_MIGRATION_PRESERVE || m == EPLB_MIGRATION_FULL,
-        "config->migration (%d) is not a valid eplbMigration_t", m);
+    const int m = static_cast<int>(config->migration);  // checked by ResolveGpuPlan
     if (d_old_phy2log != nullptr && m == EPLB_MIGRATION_FULL && !r.full) {
       eplb::Throw(Status::kNotSupported,
                   "config->migration EPLB_MIGRATION_FULL on the GPU takes at most %d ranks "

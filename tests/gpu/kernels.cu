@@ -520,6 +520,9 @@ TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
       d_win(static_cast<size_t>(W) * L * E), d_state(2), d_valid(1), d_rec(1);
   DeviceBuffer<int64_t> d_sum(static_cast<size_t>(L) * E);
   DeviceBuffer<unsigned long long> d_inv(1);
+  // The per-slot counts as route+count left them, copied in the graph before
+  // the window update folds and zeroes them.
+  DeviceBuffer<int32_t> d_counted(d_pass.size());
   d_p2l.Upload(phy2log, stream);
   d_l2p.Upload(log2phy, stream);
   d_cnt.Upload(logcnt, stream);
@@ -538,6 +541,9 @@ TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
                            d_out.get() + TK * l, d_pass.get() + static_cast<size_t>(l) * P,
                            d_inv.get(), stream));
   }
+  ASSERT_EQ(cudaMemcpyAsync(d_counted.get(), d_pass.get(), d_pass.size() * sizeof(int32_t),
+                            cudaMemcpyDeviceToDevice, stream),
+            cudaSuccess);
   EPLB_OK(eplbWindowUpdate(d_p2l.get(), d_pass.get(), L, E, P, W, d_win.get(), d_sum.get(),
                            d_state.get(), stream));
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
@@ -564,9 +570,11 @@ TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
                           E, P, record != 0, out_ref.data() + TK * l,
                           pass.data() + static_cast<size_t>(l) * P, &invalid);
     }
+    const std::vector<int32_t> counted = pass;
     eplb::WindowUpdateRef(phy2log.data(), pass.data(), L, E, P, W, win.data(), sum.data(),
                           state.data());
     EXPECT_EQ(d_out.Download(stream), out_ref);
+    EXPECT_EQ(d_counted.Download(stream), counted);
     EXPECT_EQ(d_sum.Download(stream), sum);
     EXPECT_EQ(d_win.Download(stream), win);
     EXPECT_EQ(d_state.Download(stream), state);
@@ -927,8 +935,10 @@ TEST(KernelsApi, ArgumentErrors) {
             EPLB_ERROR_INVALID_ARGUMENT);
   EXPECT_EQ(eplbCount(dummy, EPLB_ID_INT32, -1, nullptr, 1, 4, nullptr, dummy, nullptr, s),
             EPLB_ERROR_INVALID_ARGUMENT);
-  EXPECT_EQ(eplbWindowUpdate(dummy, dummy, 1, 2, 3, 0, dummy, nullptr, dummy, s),
+  EXPECT_EQ(eplbWindowUpdate(dummy, dummy, 1, 2, 3, 0, dummy, reinterpret_cast<int64_t*>(dummy),
+                             dummy, s),
             EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(eplbGetLastErrorDetail()).find("window_size"), std::string::npos);
   // FULL migration on the GPU: up to 64 ranks, with its own workspace.
   eplbPlanConfig_t big = ConfigOf(1, 128, 128, 1, 1, 128, EPLB_MIGRATION_FULL);
   size_t ws_big = 0;
@@ -943,18 +953,33 @@ TEST(KernelsApi, ArgumentErrors) {
   cfg.migration = EPLB_MIGRATION_NONE;
   EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws_none), EPLB_SUCCESS);
   EXPECT_GT(ws, ws_none);  // FULL's intersections and solver scratch
-  // A NONE-sized workspace is too small for FULL with an old placement.
+  // A NONE-sized workspace is too small for FULL with an old placement; the
+  // FULL size passes that check (and the call stops at the stream, last).
+  // Distinct fake buffers, never dereferenced.
+  const auto* f_load = reinterpret_cast<const int64_t*>(0x10000);
+  const auto* f_old = reinterpret_cast<const int32_t*>(0x20000);
+  auto* f_p2l = reinterpret_cast<int32_t*>(0x30000);
+  auto* f_cnt = reinterpret_cast<int32_t*>(0x40000);
+  auto* f_ws = reinterpret_cast<void*>(0x100000);
   cfg.migration = EPLB_MIGRATION_FULL;
-  EXPECT_EQ(eplbPlanComputeGpu(&cfg, reinterpret_cast<int64_t*>(dummy), dummy, dummy, dummy,
-                               nullptr, reinterpret_cast<void*>(256), ws_none, s),
+  EXPECT_EQ(eplbPlanComputeGpu(&cfg, f_load, f_old, f_p2l, f_cnt, nullptr, f_ws, ws_none, s),
             EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(eplbGetLastErrorDetail()).find("workspace_bytes"), std::string::npos);
+  EXPECT_EQ(eplbPlanComputeGpu(&cfg, f_load, f_old, f_p2l, f_cnt, nullptr, f_ws, ws, nullptr),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(eplbGetLastErrorDetail()).find("stream"), std::string::npos);
   cfg.policy = EPLB_POLICY_CHURN_AWARE;
   EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws), EPLB_ERROR_NOT_SUPPORTED);
   cfg.policy = EPLB_POLICY_AUTO;
   cfg.migration = EPLB_MIGRATION_NONE;
-  EXPECT_EQ(eplbPlanComputeGpu(&cfg, reinterpret_cast<int64_t*>(dummy), nullptr, dummy, dummy,
-                               nullptr, reinterpret_cast<void*>(256), ws_none - 1, s),
+  EXPECT_EQ(eplbPlanComputeGpu(&cfg, f_load, nullptr, f_p2l, f_cnt, nullptr, f_ws, ws_none - 1, s),
             EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(eplbGetLastErrorDetail()).find("workspace_bytes"), std::string::npos);
+  // An unknown migration fails the size query too.
+  cfg.migration = static_cast<eplbMigration_t>(7);
+  EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws), EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(eplbGetLastErrorDetail()).find("migration"), std::string::npos);
+  cfg.migration = EPLB_MIGRATION_NONE;
   cfg.num_ranks = 7;
   EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&cfg, &ws), EPLB_ERROR_INVALID_ARGUMENT);
 }

@@ -413,7 +413,10 @@ TEST(ReviewKernelArgs, CountAndWindowCallsRejectBadArguments) {
   ExpectDetail("eplbWindowReadout", "d_load");
   EXPECT_EQ(eplbWindowReduce(d, 0, 2, 8, d64, s), EPLB_ERROR_INVALID_ARGUMENT);
   ExpectDetail("eplbWindowReduce", "window_size");
-  EXPECT_EQ(eplbWindowReduce(d, 3, 0, 8, d64, nullptr), EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_EQ(eplbWindowReduce(d, 3, 0, 8, d64, s), EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbWindowReduce", "num_layers");
+  EXPECT_EQ(eplbWindowReduce(d, 3, 2, 8, d64, nullptr), EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbWindowReduce", "stream");
 }
 
 // Outputs that share memory with another argument, and buffers not aligned
