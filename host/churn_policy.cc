@@ -974,8 +974,14 @@ void ChurnPlanner::BuildCandidates(Work& wk, const PlanShape& s, Policy base, co
     }
     return;
   }
-  const double scale = 1125899906842624.0 / total;  // 2^50 / total: sums stay < 2^53
-  for (int32_t e = 0; e < E; ++e) wk.scaled[e] = static_cast<int64_t>(w[e] * scale);  // >= 0: floor
+  // 2^50 / total, so that the scaled sums stay below 2^53. Below 2^-960 the
+  // quotient would overflow (a valid estimate may be that small: only
+  // ratios matter), so such loads are first scaled up by an exact power of
+  // two; above it the factor is 2^0 and nothing changes.
+  const int up = total < 0x1p-960 ? -std::ilogb(total) : 0;
+  const double scale = 1125899906842624.0 / std::ldexp(total, up);
+  for (int32_t e = 0; e < E; ++e)
+    wk.scaled[e] = static_cast<int64_t>(std::ldexp(w[e], up) * scale);  // >= 0: floor
   wk.planner.PlanLayer(s, base, Migration::kNone, wk.scaled.data(), nullptr, ly.fresh.data(),
                        wk.target_cnt.data());
   // A replica's load, then the fresh plan's max rank load (as MaxLoad: its

@@ -362,6 +362,51 @@ TEST(ChurnPolicy, ThreadCountDoesNotChangeThePlan) {
   EXPECT_EQ(p.threads(), 0);
 }
 
+// Only the estimate's ratios matter: scaled by 2^-1000 or down to the
+// smallest subnormals, it gives the plan it gives at scale 1 (a total below
+// 2^-960 once made the loads' scale factor infinite, and the plan garbage).
+TEST(ChurnPolicy, TinyEstimatesPlanLikeTheirRatios) {
+  const int E = 16, P = 24;
+  eplbPlanConfig_t cfg = EPLB_PLAN_CONFIG_INIT;
+  cfg.num_layers = 1;
+  cfg.num_logical_experts = E;
+  cfg.num_physical_experts = P;
+  cfg.num_groups = 4;
+  cfg.num_nodes = 2;
+  cfg.num_ranks = 8;
+  cfg.policy = EPLB_POLICY_CHURN_AWARE;
+  std::vector<int64_t> load(E);
+  for (int e = 0; e < E; ++e) load[e] = (e * 37) % 29 + 1;
+  std::vector<int32_t> old(P);
+  for (int p = 0; p < P; ++p) old[p] = p < E ? p : (p * 5) % E;
+  auto plan = [&](double unit, std::vector<int32_t>* phy, std::vector<int32_t>* cnt) {
+    std::vector<double> est(E, 0.0);
+    est[3] = 7 * unit;
+    est[9] = 2 * unit;
+    eplbChurnOptions_t o = EPLB_CHURN_OPTIONS_INIT;
+    o.h_load_estimate = est.data();
+    o.max_moved_fraction = 1.0;
+    cfg.churn = &o;
+    phy->assign(P, -1);
+    cnt->assign(E, -1);
+    ASSERT_EQ(
+        eplbPlanCompute(&cfg, load.data(), old.data(), phy->data(), cnt->data(), nullptr, nullptr),
+        EPLB_SUCCESS)
+        << eplbGetLastErrorDetail();
+  };
+  std::vector<int32_t> phy1, cnt1;
+  plan(1.0, &phy1, &cnt1);
+  EXPECT_EQ(cnt1[3], 5);  // the two loaded experts take the 8 extra slots
+  EXPECT_EQ(cnt1[9], 5);
+  for (double unit : {0x1p-1000, 0x1p-1060, 0x1p-1074}) {
+    SCOPED_TRACE(unit);
+    std::vector<int32_t> phy, cnt;
+    plan(unit, &phy, &cnt);
+    EXPECT_EQ(phy, phy1);
+    EXPECT_EQ(cnt, cnt1);
+  }
+}
+
 TEST(ChurnPolicy, CApi) {
   const int L = 2, E = 8, P = 12, N = 4;
   eplbPlanConfig_t cfg = EPLB_PLAN_CONFIG_INIT;
