@@ -4,6 +4,7 @@
 // the library limits before anything downstream sees it.
 #include "case_format.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cmath>
@@ -54,30 +55,11 @@ int BlockIndex(const std::string& word) {
 
 class Reader {
  public:
-  Reader(const std::string& text, const std::string& source) : source_(source) {
-    int line = 1;
-    size_t i = 0;
-    const size_t n = text.size();
-    while (i < n) {
-      // At the start of a line: a line whose first non-blank is '#' is a comment.
-      size_t j = i;
-      while (j < n && (text[j] == ' ' || text[j] == '\t' || text[j] == '\r')) ++j;
-      const bool comment = j < n && text[j] == '#';
-      while (i < n && text[i] != '\n') {
-        if (comment || std::isspace(static_cast<unsigned char>(text[i]))) {
-          ++i;
-          continue;
-        }
-        size_t k = i;
-        while (k < n && !std::isspace(static_cast<unsigned char>(text[k]))) ++k;
-        tokens_.push_back({text.substr(i, k - i), line});
-        i = k;
-      }
-      if (i < n) ++i;  // the newline
-      last_line_ = line;
-      if (i < n) ++line;
-    }
-    if (n == 0) last_line_ = 1;
+  // Tokens are read one at a time as the parser asks for them (a whole-file
+  // token list took about 40 bytes per two-byte number: 1.4 GB for a 50 MB
+  // file of zeros, before the first check could reject it).
+  Reader(const std::string& text, const std::string& source) : text_(text), source_(source) {
+    Advance();
   }
 
   [[noreturn]] void Fail(int line, const std::string& reason) const {
@@ -86,14 +68,18 @@ class Reader {
                 Format("%sline %d: %s", prefix.c_str(), line, reason.c_str()));
   }
 
-  bool AtEnd() const { return pos_ >= tokens_.size(); }
-  const Token& Peek() const { return tokens_[pos_]; }
+  bool AtEnd() const { return !has_next_; }
+  const Token& Peek() const { return next_; }
   // Line of the next token, or the last line of the file at its end.
-  int Line() const { return AtEnd() ? last_line_ : tokens_[pos_].line; }
+  int Line() const { return AtEnd() ? line_ : next_.line; }
+  // Bytes of the file not yet read: a bound on the numbers still to come.
+  size_t RemainingBytes() const { return text_.size() - pos_; }
 
-  const Token& Next(const char* what) {
-    if (AtEnd()) Fail(last_line_, Format("unexpected end of file, expected %s", what));
-    return tokens_[pos_++];
+  Token Next(const char* what) {
+    if (AtEnd()) Fail(line_, Format("unexpected end of file, expected %s", what));
+    Token t = std::move(next_);
+    Advance();
+    return t;
   }
 
   void Expect(const char* keyword) {
@@ -151,7 +137,9 @@ class Reader {
   template <typename T>
   std::vector<T> Ints(const char* block, size_t count, int64_t lo, int64_t hi, const char* shape) {
     std::vector<T> out;
-    out.reserve(count);
+    // The count comes from the header: reserve no more than the rest of the
+    // file can hold (a number and a separator each).
+    out.reserve(std::min(count, RemainingBytes() / 2 + 1));
     for (size_t i = 0; i < count; ++i) {
       if (AtEnd() || IsKeyword(Peek().text)) {
         Fail(Line(), Format("%s: expected %zu numbers (%s), found %zu", block, count, shape, i));
@@ -164,10 +152,46 @@ class Reader {
   static bool IsKeyword(const std::string& word);
 
  private:
+  // Scans the next token into next_ (has_next_ false at the end). A line
+  // whose first non-blank is '#' is a comment. line_ is the line of pos_;
+  // at the end, the last line of the file (a final newline starts none).
+  void Advance() {
+    const size_t n = text_.size();
+    while (pos_ < n) {
+      if (at_line_start_) {
+        size_t j = pos_;
+        while (j < n && (text_[j] == ' ' || text_[j] == '\t' || text_[j] == '\r')) ++j;
+        in_comment_ = j < n && text_[j] == '#';
+        at_line_start_ = false;
+      }
+      const char ch = text_[pos_];
+      if (ch == '\n') {
+        ++pos_;
+        if (pos_ < n) ++line_;
+        at_line_start_ = true;
+        continue;
+      }
+      if (in_comment_ || std::isspace(static_cast<unsigned char>(ch))) {
+        ++pos_;
+        continue;
+      }
+      size_t k = pos_;
+      while (k < n && !std::isspace(static_cast<unsigned char>(text_[k]))) ++k;
+      next_.text.assign(text_, pos_, k - pos_);
+      next_.line = line_;
+      pos_ = k;
+      has_next_ = true;
+      return;
+    }
+    has_next_ = false;
+  }
+
+  const std::string& text_;
   std::string source_;
-  std::vector<Token> tokens_;
   size_t pos_ = 0;
-  int last_line_ = 1;
+  int line_ = 1;
+  bool at_line_start_ = true, in_comment_ = false, has_next_ = false;
+  Token next_;
 };
 
 bool Reader::IsKeyword(const std::string& word) {

@@ -47,12 +47,26 @@ std::vector<int32_t> InitialPlacement(const PlanShape& s) {
 
 namespace {
 
+// The loads of steps [from, to), summed per (layer, expert). Each step's
+// loads are below 2^53 (the readers check), but a sum over many steps can
+// pass it, and int64: that is an error (the planner takes loads below 2^53),
+// never a wrapped sum.
 void AddSteps(const LoadTrace& t, int32_t from, int32_t to, std::vector<int64_t>* sum) {
   const size_t n = static_cast<size_t>(t.num_layers) * t.num_logical_experts;
   sum->assign(n, 0);
   for (int32_t s = from; s < to; ++s) {
     const int64_t* b = t.step(s);
-    for (size_t i = 0; i < n; ++i) (*sum)[i] += b[i];
+    for (size_t i = 0; i < n; ++i) {
+      int64_t& x = (*sum)[i];
+      if (b[i] > kMaxLoad - 1 - x) {
+        Throw(Status::kInvalidArgument,
+              "the loads of layer %d, expert %d over steps [%d, %d) sum past 2^53 (the "
+              "planner's limit); scale the trace down",
+              static_cast<int>(i / t.num_logical_experts),
+              static_cast<int>(i % t.num_logical_experts), from, to);
+      }
+      x += b[i];
+    }
   }
 }
 
@@ -172,7 +186,13 @@ ReplayResult RunReplay(const LoadTrace& trace, const ReplayConfig& c) {
     res.churn_per.push_back(static_cast<double>(moved) / static_cast<double>(LP));
     res.skipped_per.push_back(skipped ? 1 : 0);
     res.predicted_gain.push_back(predicted);
-    res.bytes_moved += moved * c.bytes_per_expert;
+    int64_t bytes = 0;
+    if (__builtin_mul_overflow(moved, c.bytes_per_expert, &bytes) ||
+        __builtin_add_overflow(res.bytes_moved, bytes, &res.bytes_moved)) {
+      Throw(Status::kInvalidArgument,
+            "bytes moved overflow int64 (bytes_per_expert %lld); give a smaller size",
+            static_cast<long long>(c.bytes_per_expert));
+    }
     if (skipped) ++res.skipped;
     if (c.keep_placements) res.placements.push_back(current);
     if (c.progress) c.progress(static_cast<int32_t>(res.step.size()), total_points);
@@ -252,6 +272,15 @@ LoadTrace GenerateSynthetic(const SyntheticConfig& c) {
                  "tokens_per_step (%g) out of range", c.tokens_per_step);
   EPLB_CHECK_ARG(c.drift_steps > 0.0 && c.shift_every >= 1,
                  "drift_steps / shift_every must be > 0");
+  // The history is held in memory: at most 2^28 loads (2 GiB), e.g. 18078
+  // steps of 58 layers x 256 experts.
+  const int64_t loads = int64_t{c.num_steps} * c.num_layers * c.num_logical_experts;
+  EPLB_CHECK_ARG(
+      loads <= (int64_t{1} << 28),
+      "steps (%d) x layers (%d) x experts (%d) = %lld loads, above the 2^28 (2 GiB) a "
+      "history may hold; give at most %lld steps",
+      c.num_steps, c.num_layers, c.num_logical_experts, static_cast<long long>(loads),
+      static_cast<long long>((int64_t{1} << 28) / (int64_t{c.num_layers} * c.num_logical_experts)));
   const int32_t L = c.num_layers, E = c.num_logical_experts, K = c.topk;
   const int32_t per_group = E / c.num_groups;
   Rng rng(c.seed * 0x2545F4914F6CDD1Dull + static_cast<uint64_t>(c.mode) + 1);

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "case_format.h"
@@ -137,29 +138,47 @@ inline bool CheckStatus(const char* command, const char* function, eplbStatus_t 
   return false;
 }
 
-// Writes `content` to `path` all-or-nothing: a temporary file beside it,
-// renamed over `path` only once it is complete, so a failure never leaves a
-// partial or stale-looking output behind.
-inline bool WriteFileAtomic(const char* command, const std::string& path,
-                            const std::string& content) {
-  std::string tmp = path + ".tmp." + std::to_string(static_cast<long>(::getpid()));
-  {
+// Writes each (path, content) all-or-nothing: every content first to a
+// temporary file beside its path, and only once all of them are complete
+// are they renamed over their paths, so a failure (an unwritable report
+// path, a full disk) leaves none of the outputs behind, partial or whole.
+// A rename can still fail after an earlier one succeeded (a path that
+// became unwritable in between); then the message says so.
+inline bool WriteFilesAtomic(const char* command,
+                             const std::vector<std::pair<std::string, std::string>>& files) {
+  const std::string suffix = ".tmp." + std::to_string(static_cast<long>(::getpid()));
+  auto remove_all = [&](size_t n) {
+    for (size_t i = 0; i < n; ++i) std::remove((files[i].first + suffix).c_str());
+  };
+  for (size_t i = 0; i < files.size(); ++i) {
+    const std::string tmp = files[i].first + suffix;
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (out) out << content;
+    if (out) out << files[i].second;
     if (out) out.flush();
     if (!out) {
       std::fprintf(stderr, "eplb %s: cannot write '%s'\n", command, tmp.c_str());
-      std::remove(tmp.c_str());
+      out.close();
+      remove_all(i + 1);
       return false;
     }
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::fprintf(stderr, "eplb %s: cannot rename '%s' to '%s': %s\n", command, tmp.c_str(),
-                 path.c_str(), std::strerror(errno));
-    std::remove(tmp.c_str());
-    return false;
+  for (size_t i = 0; i < files.size(); ++i) {
+    const std::string tmp = files[i].first + suffix;
+    if (std::rename(tmp.c_str(), files[i].first.c_str()) != 0) {
+      std::fprintf(stderr, "eplb %s: cannot rename '%s' to '%s': %s%s\n", command, tmp.c_str(),
+                   files[i].first.c_str(), std::strerror(errno),
+                   i > 0 ? " (the outputs before it were written)" : "");
+      for (size_t j = i; j < files.size(); ++j) std::remove((files[j].first + suffix).c_str());
+      return false;
+    }
   }
   return true;
+}
+
+// One file, all-or-nothing (WriteFilesAtomic).
+inline bool WriteFileAtomic(const char* command, const std::string& path,
+                            const std::string& content) {
+  return WriteFilesAtomic(command, {{path, content}});
 }
 
 inline double NowMicros() {

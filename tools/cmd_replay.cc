@@ -180,16 +180,19 @@ int RunReplayCommand(int argc, char** argv) {
     std::ostringstream ts;
     eplb::PrintReplayTable(ts, table);
     std::fputs(ts.str().c_str(), stdout);
+    // Both outputs or neither.
+    std::vector<std::pair<std::string, std::string>> files;
     if (o.Has("json")) {
       std::ostringstream js;
       eplb::WriteReplayJson(js, result);
-      if (!eplb_cli::WriteFileAtomic("replay", o.Get("json"), js.str())) return 1;
+      files.emplace_back(o.Get("json"), js.str());
     }
     if (o.Has("report")) {
       std::ostringstream hs;
       eplb::WriteReplayHtml(hs, result, reference);
-      if (!eplb_cli::WriteFileAtomic("replay", o.Get("report"), hs.str())) return 1;
+      files.emplace_back(o.Get("report"), hs.str());
     }
+    if (!files.empty() && !eplb_cli::WriteFilesAtomic("replay", files)) return 1;
   } catch (const eplb::Error& e) {
     std::fprintf(stderr, "eplb replay: %s\n", e.what());
     return 1;

@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <new>
 
 #include "cli.h"
 #include "eplb/eplb.h"
@@ -52,7 +54,18 @@ int main(int argc, char** argv) {
     return 0;
   }
   for (const auto& c : eplb_cli::Commands()) {
-    if (!std::strcmp(argv[1], c.name)) return c.run(argc - 1, argv + 1);
+    if (std::strcmp(argv[1], c.name) != 0) continue;
+    // A command reports its own errors (exit 1, or 2 for usage); anything
+    // that escapes it (memory, most likely) still ends with a message and
+    // exit 1, never an abort.
+    try {
+      return c.run(argc - 1, argv + 1);
+    } catch (const std::bad_alloc&) {
+      std::fprintf(stderr, "eplb %s: out of memory\n", c.name);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "eplb %s: %s\n", c.name, e.what());
+    }
+    return 1;
   }
   std::fprintf(stderr, "eplb: unknown command '%s'\n\n", argv[1]);
   PrintUsage(stderr);

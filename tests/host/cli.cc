@@ -274,17 +274,17 @@ TEST_F(CliTest, MalformedFilesFailWithLineAndWriteNothing) {
     WriteText(Path("bad.eplb"), b.text);
     std::string where = "bad.eplb:line " + std::to_string(b.line) + ":";
     Result r = Run("plan --in bad.eplb --out never.eplb");
-    EXPECT_NE(r.code, 0);
+    EXPECT_EQ(r.code, 1) << r.err;  // a file or library error, never an abort
     EXPECT_NE(r.err.find(where), std::string::npos) << r.err;
     EXPECT_FALSE(eplb_test::PathExists(Path("never.eplb")));
     r = Run("eval --in bad.eplb");
-    EXPECT_NE(r.code, 0);
+    EXPECT_EQ(r.code, 1) << r.err;  // a file or library error, never an abort
     EXPECT_NE(r.err.find(where), std::string::npos) << r.err;
     EXPECT_EQ(r.out, "");
     // A malformed --old file is reported the same way.
     WriteText(Path("good.eplb"), Lines(kGood));
     r = Run("plan --in good.eplb --old bad.eplb --out never.eplb");
-    EXPECT_NE(r.code, 0);
+    EXPECT_EQ(r.code, 1) << r.err;  // a file or library error, never an abort
     EXPECT_NE(r.err.find(where), std::string::npos) << r.err;
     EXPECT_FALSE(eplb_test::PathExists(Path("never.eplb")));
   }
@@ -296,7 +296,7 @@ TEST_F(CliTest, FailedPlanLeavesExistingOutputUntouched) {
   WriteText(Path("odd.eplb"),
             Lines(kGood, 4, "layers 1 logical 12 physical 16 groups 4 nodes 1 gpus 3"));
   Result r = Run("plan --in odd.eplb --out keep.eplb");
-  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(r.code, 1) << r.err;  // a file or library error, never an abort
   EXPECT_NE(r.err.find("eplbPlanCompute"), std::string::npos) << r.err;
   EXPECT_EQ(ReadText(Path("keep.eplb")), "previous contents\n");
 }
@@ -329,16 +329,53 @@ TEST_F(CliTest, BadOptionsAreErrors) {
   for (const std::string& args : bad) {
     SCOPED_TRACE(args);
     Result r = Run(args);
-    EXPECT_NE(r.code, 0);
+    EXPECT_TRUE(r.code == 1 || r.code == 2) << r.code << ": " << r.err;
     EXPECT_FALSE(r.err.empty());
     EXPECT_FALSE(eplb_test::PathExists(Path("o.eplb")));
   }
   // A placement of another shape given with --old.
   ASSERT_EQ(Run("plan --in other.eplb --out other_plan.eplb").code, 0);
   Result r = Run("plan --in good.eplb --out o.eplb --old other_plan.eplb");
-  EXPECT_NE(r.code, 0);
+  EXPECT_TRUE(r.code == 1 || r.code == 2) << r.code << ": " << r.err;
   EXPECT_NE(r.err.find("shape"), std::string::npos) << r.err;
   EXPECT_FALSE(eplb_test::PathExists(Path("o.eplb")));
+}
+
+// Inputs that once ended in an abort (std::bad_alloc escaping the command)
+// now end with a message and exit 1.
+TEST_F(CliTest, OversizedInputsFailWithAMessage) {
+  // A header whose log2phy block would hold 128 x 1024 x 3073 entries, in a
+  // 262 KB file: rejected at the block, without reserving for the count.
+  std::string big =
+      "eplb-case 1\nname big\n"
+      "layers 128 logical 1024 physical 4096 groups 1 nodes 1 gpus 1024\nweights\n";
+  for (int i = 0; i < 128 * 1024; ++i) big += i % 64 == 63 ? "0\n" : "0 ";
+  big += "log2phy 1\nend\n";
+  WriteText(Path("big.eplb"), big);
+  Result r = Run("eval --in big.eplb");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("log2phy: expected 402784256 numbers"), std::string::npos) << r.err;
+  // 2^20 synthetic steps of 58 x 256 loads: 121 GB of history, refused.
+  r = Run("replay --synthetic drift --steps 1048576 --json j.json");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("give at most 18078 steps"), std::string::npos) << r.err;
+  EXPECT_FALSE(eplb_test::PathExists(Path("j.json")));
+}
+
+// replay writes its JSON and its report both or neither.
+TEST_F(CliTest, ReplayOutputsAreAllOrNothing) {
+  Result r =
+      Run("replay --synthetic stationary --steps 40 --policy reference --json ok.json "
+          "--report no_such_dir/r.html");
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("no_such_dir/r.html"), std::string::npos) << r.err;
+  EXPECT_FALSE(eplb_test::PathExists(Path("ok.json")));
+  r =
+      Run("replay --synthetic stationary --steps 40 --policy reference --json ok.json "
+          "--report r.html");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(eplb_test::PathExists(Path("ok.json")));
+  EXPECT_TRUE(eplb_test::PathExists(Path("r.html")));
 }
 
 TEST_F(CliTest, EveryCommandHasHelp) {

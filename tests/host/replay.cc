@@ -140,6 +140,41 @@ TEST(Replay, RejectsBadConfig) {
   EXPECT_THROW(eplb::RunReplay(t, c), eplb::Error);
 }
 
+// Sums over steps that would pass 2^53 (or wrap int64) are an error, not
+// a silently wrong plan; so is a byte count past int64.
+TEST(Replay, OverflowingSumsAreErrors) {
+  eplb::LoadTrace t;
+  t.num_layers = 1;
+  t.num_logical_experts = 2;
+  for (int s = 0; s < 4096; ++s) {
+    t.tokens.push_back(1);
+    t.loads.push_back(int64_t{1} << 52);
+    t.loads.push_back(1);
+  }
+  eplb::ReplayConfig c;
+  c.num_physical_experts = 4;
+  c.num_ranks = 2;
+  c.interval = 1;
+  c.policy = eplb::ReplayPolicy::kHindsight;
+  try {
+    eplb::RunReplay(t, c);
+    ADD_FAILURE() << "no error";
+  } catch (const eplb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sum past 2^53"), std::string::npos) << e.what();
+  }
+  const eplb::LoadTrace d = Small(eplb::SyntheticMode::kDrift);
+  eplb::ReplayConfig b;
+  b.num_physical_experts = 40;
+  b.num_ranks = 8;
+  b.bytes_per_expert = int64_t{1} << 62;
+  try {
+    eplb::RunReplay(d, b);
+    ADD_FAILURE() << "no error";
+  } catch (const eplb::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bytes moved overflow"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Replay, CliFailsOnBadTrace) {
   const std::string path = std::string(EPLB_BINARY_DIR) + "/replay_bad_trace.txt";
   {
