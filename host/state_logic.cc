@@ -2,6 +2,8 @@
 
 #include <chrono>
 #include <cstring>
+#include <exception>
+#include <new>
 
 #include "parallel.h"
 #include "transfer_plan.h"
@@ -166,6 +168,26 @@ void StateLogic::Rearrange() {
       local_message = e.what();
     }
   };
+  // Runs a local step before the check: any failure, an allocation's
+  // included, is noted (this rank then joins the check poisoned), never
+  // thrown past it, which would leave the other ranks waiting there.
+  auto local = [&](auto&& fn) {
+    try {
+      fn();
+    } catch (const Error& e) {
+      note(e);
+    } catch (const std::bad_alloc&) {
+      note(Error(Status::kOutOfMemory, "host allocation failed"));
+    } catch (const std::exception& e) {
+      note(Error(Status::kInternal, e.what()));
+    }
+  };
+  // After the check: a non-eplb exception as an Error, for fail_broken.
+  auto as_error = [](const std::exception& e) {
+    return dynamic_cast<const std::bad_alloc*>(&e) != nullptr
+               ? Error(Status::kOutOfMemory, "host allocation failed")
+               : Error(Status::kInternal, e.what());
+  };
   // Unregistered weights: this rank plans nothing but joins every collective
   // with a poisoned check, so all ranks fail together and nothing moves.
   if (!AllRegistered()) note(UnregisteredError("rearrange"));
@@ -175,19 +197,11 @@ void StateLogic::Rearrange() {
     report_.host_ms[phase] = MsSince(t0);
     t0 = std::chrono::steady_clock::now();
     phase = static_cast<int>(next);
-    try {
-      backend_->MarkPhase(phase);
-    } catch (const Error& e) {
-      note(e);
-    }
+    local([&] { backend_->MarkPhase(phase); });
   };
   auto finish = [&]() {
     report_.host_ms[phase] = MsSince(t0);
-    try {
-      backend_->MarkPhase(kNumStatePhases);
-    } catch (const Error& e) {
-      note(e);
-    }
+    local([&] { backend_->MarkPhase(kNumStatePhases); });
   };
   // Ends the rearrangement with `status`: the report and counters are final
   // before the throw.
@@ -204,18 +218,8 @@ void StateLogic::Rearrange() {
     fail(e.status(), std::string(where) + ": " + e.what());
   };
 
-  try {
-    backend_->MarkPhase(static_cast<int>(StatePhase::kReadout));
-  } catch (const Error& e) {
-    note(e);
-  }
-  if (!local_failed) {
-    try {
-      backend_->ReadoutLoad();
-    } catch (const Error& e) {
-      note(e);
-    }
-  }
+  local([&] { backend_->MarkPhase(static_cast<int>(StatePhase::kReadout)); });
+  if (!local_failed) local([&] { backend_->ReadoutLoad(); });
 
   mark(StatePhase::kAllReduce);
   try {
@@ -229,7 +233,7 @@ void StateLogic::Rearrange() {
   int64_t slots_moved = 0;
   PlanBuffers plan;
   if (!local_failed) {
-    try {
+    local([&] {
       plan = backend_->AcquirePlanBuffers();
       // Layers plan independently: contiguous ranges on a few threads give
       // the same maps as one serial call.
@@ -297,9 +301,7 @@ void StateLogic::Rearrange() {
       h.Bytes(plan.phy2log, phy2log_.size() * sizeof(int32_t));
       h.Value(exchange_hash);
       digest = h.digest();
-    } catch (const Error& e) {
-      note(e);
-    }
+    });
   }
 
   mark(StatePhase::kCheck);
@@ -335,6 +337,8 @@ void StateLogic::Rearrange() {
       // failed around the exchange (e.g. forking its streams) and cannot say
       // what moved.
       fail_broken(e, "exchange");
+    } catch (const std::exception& e) {
+      fail_broken(as_error(e), "exchange");
     }
   } else {
     ex.started = true;
@@ -356,6 +360,8 @@ void StateLogic::Rearrange() {
       backend_->CommitMaps(0, commit, plan);
     } catch (const Error& e) {
       fail_broken(e, "map commit");
+    } catch (const std::exception& e) {
+      fail_broken(as_error(e), "map commit");
     }
     std::memcpy(phy2log_.data(), plan.phy2log,
                 static_cast<size_t>(commit) * s.num_physical_experts * sizeof(int32_t));
@@ -370,7 +376,14 @@ void StateLogic::Rearrange() {
                              "committed, the others keep the old ones): %s",
                              ex.layers_done, ex.message.c_str()));
     }
-    fail(ex.status, "exchange refused the plan; nothing moved: " + ex.message);
+    // Past the check the other ranks have enqueued their transfers with
+    // this one: a failure here before anything moved still leaves them
+    // waiting on it, so the state is broken all the same.
+    MarkBroken("exchange failed on this rank after the plans agreed: " + ex.message);
+    fail(ex.status,
+         "exchange failed on this rank after the plans agreed; nothing moved here, "
+         "but the other ranks' transfers wait on it: " +
+             ex.message);
   }
   if (local_failed) {  // a MarkPhase failure after the check (an event record)
     MarkBroken(local_message);

@@ -8,6 +8,8 @@
 
 #include <gtest/gtest.h>
 
+#include <new>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -222,6 +224,10 @@ class HostBackend : public StateBackend {
   // Like the real exchange: a local verdict (the real one reaches the same
   // verdict on every rank whose inputs agree), no collective.
   void BeginExchangePrepare(const int32_t* old_phy2log, const int32_t* new_phy2log) override {
+    if (bad_alloc_in_prepare) {
+      bad_alloc_in_prepare = false;
+      throw std::bad_alloc();
+    }
     begin_old_ = old_phy2log;
     begin_new_ = new_phy2log;
     layers_prepared_.assign(static_cast<size_t>(shape_.num_layers), 0);
@@ -273,7 +279,15 @@ class HostBackend : public StateBackend {
         if (src / S != rank_) out.bytes_received += kBundleBytes;
       }
     }
-    fabric_->Barrier();  // nobody reads a snapshot after this
+    fabric_->Barrier();             // nobody reads a snapshot after this
+    if (fail_exchange_unstarted) {  // as a local fault before anything moved here
+      fail_exchange_unstarted = false;
+      world_->weights[rank_] = world_->snapshot[rank_];
+      ExchangeOutcome bad;
+      bad.status = Status::kCuda;
+      bad.message = "injected: cudaSetDevice failed";
+      return bad;
+    }
     out.layers_done = stop;
     if (stop < L) {
       out.status = Status::kNccl;
@@ -300,6 +314,8 @@ class HostBackend : public StateBackend {
   // Fault injection.
   bool fail_readout = false;
   bool refuse_exchange = false;
+  bool bad_alloc_in_prepare = false;     // std::bad_alloc from BeginExchangePrepare
+  bool fail_exchange_unstarted = false;  // Exchange fails with started = false
   int32_t fail_exchange_at_layer = -1;
   int prepares = 0;  // FinishExchangePrepare calls
 
@@ -749,6 +765,59 @@ TEST(StateLogic, ExchangeFailureKeepsMapsConsistentWithWeights) {
     EXPECT_EQ(be.dev_logcnt, logcnt);
     cl.fabric.Barrier();
     EXPECT_EQ(cl.world.BadBytes(r, logic.placement()), 0) << "rank " << r;
+  });
+}
+
+// A std::bad_alloc while planning (not an eplb error) on one rank: it joins
+// the check poisoned instead of leaving the others waiting there; every rank
+// fails, nothing moves, the states stay usable and the next one succeeds.
+TEST(StateLogic, AllocationFailureBeforeTheCheckFailsEveryRankWithoutHanging) {
+  StateConfig c = MakeConfig(2, 8, 12, 4, 2, 4, 4, 8);
+  Cluster cl(c);
+  cl.ranks[1].backend->bad_alloc_in_prepare = true;
+  cl.Run([&](int r) {
+    StateLogic& logic = *cl.ranks[r].logic;
+    WarmUp(cl, r);
+    const std::vector<int32_t> before = logic.placement();
+    std::string msg;
+    EXPECT_EQ(StatusOf([&] { logic.Rearrange(); }, &msg),
+              r == 1 ? Status::kOutOfMemory : Status::kMismatch)
+        << msg;
+    EXPECT_FALSE(logic.broken());
+    EXPECT_EQ(logic.num_failed_rearrangements(), 1);
+    EXPECT_EQ(logic.last_report().status, r == 1 ? Status::kOutOfMemory : Status::kMismatch);
+    EXPECT_EQ(logic.placement(), before);
+    cl.fabric.Barrier();
+    EXPECT_EQ(StatusOf([&] { logic.Rearrange(); }), Status::kSuccess);
+    cl.fabric.Barrier();
+    EXPECT_EQ(cl.world.BadBytes(r, logic.placement()), 0);
+  });
+}
+
+// An exchange that fails on one rank after the plans agreed, before anything
+// moved there (a device switch failing): the other ranks' transfers wait on
+// it, so that rank's state is broken, not "refused, usable".
+TEST(StateLogic, ExchangeFailureAfterTheCheckBreaksTheStateEvenIfNothingMoved) {
+  StateConfig c = MakeConfig(2, 8, 12, 4, 2, 4, 4, 8);
+  Cluster cl(c);
+  cl.ranks[2].backend->fail_exchange_unstarted = true;
+  cl.Run([&](int r) {
+    StateLogic& logic = *cl.ranks[r].logic;
+    HostBackend& be = *cl.ranks[r].backend;
+    WarmUp(cl, r);
+    const std::vector<int32_t> before = logic.placement();
+    std::string msg;
+    const Status st = StatusOf([&] { logic.Rearrange(); }, &msg);
+    if (r == 2) {
+      EXPECT_EQ(st, Status::kCuda) << msg;
+      EXPECT_NE(msg.find("after the plans agreed"), std::string::npos) << msg;
+      EXPECT_TRUE(logic.broken());
+      EXPECT_EQ(logic.placement(), before);
+      EXPECT_EQ(StatusOf([&] { logic.Step(0); }), Status::kInvalidUsage);
+    } else {
+      EXPECT_EQ(st, Status::kSuccess) << msg;
+    }
+    EXPECT_EQ(be.dev_phy2log, logic.placement());
   });
 }
 
