@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <optional>
 
 #include "capi/api_common.h"
 #include "parallel.h"
@@ -292,6 +293,16 @@ void Exchange::RegisterLayer(int32_t layer, const eplbTensorDesc_t* tensors, int
     EPLB_CHECK_ARG(d.pitch_bytes >= d.bytes_per_slot,
                    "h_tensors[%d].pitch_bytes (%zu) must be >= bytes_per_slot (%zu)", t,
                    d.pitch_bytes, d.bytes_per_slot);
+    // The last slot's end, d_slots + (slots - 1) * pitch + bytes, must be an
+    // address (the kernels compute it in 64 bits).
+    const uint64_t base = reinterpret_cast<uintptr_t>(d.d_slots);
+    const uint64_t rows = static_cast<uint64_t>(num_local_slots - 1);
+    EPLB_CHECK_ARG(
+        d.bytes_per_slot <= UINT64_MAX - base &&
+            (rows == 0 || d.pitch_bytes <= (UINT64_MAX - base - d.bytes_per_slot) / rows),
+        "h_tensors[%d]: d_slots + (num_local_slots - 1) * pitch_bytes (%zu) + "
+        "bytes_per_slot passes the end of the address space",
+        t, d.pitch_bytes);
     sizes[static_cast<size_t>(t)] = d.bytes_per_slot;
     b.tensors[static_cast<size_t>(t)] =
         kernels::PackTensor{static_cast<char*>(d.d_slots), d.bytes_per_slot, d.pitch_bytes, offset};
@@ -685,13 +696,21 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
 void Exchange::Execute(eplbExchangeStats_t* stats, cudaStream_t stream) {
   if (!prepared_.valid)
     Throw(Status::kInvalidUsage, "no exchange prepared (or it was already executed)");
-  DeviceGuard guard(device_);
   const auto t_enqueue = Clock::now();
   const Prepared prep = std::move(prepared_);
   prepared_ = Prepared();
   const std::vector<Chunk>& chunks = prep.chunks;
   const size_t row = prep.rows;
   eplbExchangeStats_t st = prep.stats;
+  // Past the check every error writes the stats (num_layers_done >= 0: the
+  // caller knows the exchange had begun), one switching devices included.
+  std::optional<DeviceGuard> guard;
+  try {
+    guard.emplace(device_);
+  } catch (...) {
+    if (stats) *stats = st;
+    throw;
+  }
   const int32_t N = shape_.num_ranks;
   const int32_t n = prep.num_layers;
   Profile prof;
@@ -700,7 +719,10 @@ void Exchange::Execute(eplbExchangeStats_t* stats, cudaStream_t stream) {
   profile_gpu_ = false;
 
   // Enqueue. Errors from here on leave the layers of finished chunks moved
-  // and the others untouched; stats say which.
+  // and the others untouched (but for a layer moving in column slices whose
+  // first slices are enqueued: torn_layer, named in the error); stats say
+  // which.
+  int32_t torn_layer = -1;
   try {
     if (row > 0) {
       EPLB_CUDA_CHECK(cudaEventRecord(ev_fork_, stream));
@@ -763,6 +785,7 @@ void Exchange::Execute(eplbExchangeStats_t* stats, cudaStream_t stream) {
           } else {
             EPLB_CUDA_CHECK(cudaStreamWaitEvent(unpack_stream_, ev_packed_, 0));
           }
+          if (c.num_slices > 1) torn_layer = c.begin;  // its slots are written from here on
           EPLB_CUDA_CHECK(kernels::LaunchPackRows(
               d_tensors_, d_rows_ + c.unpack_row0, static_cast<int32_t>(c.num_unpack),
               c.max_tensors, c.max_tensor_bytes, region, kernels::PackDirection::kStagingToSlots,
@@ -773,7 +796,10 @@ void Exchange::Execute(eplbExchangeStats_t* stats, cudaStream_t stream) {
           in_flight.push_back(InFlight{rb, re, done});
           head = re;
         }
-        if (c.slice == c.num_slices - 1) st.num_layers_done = c.end;
+        if (c.slice == c.num_slices - 1) {
+          st.num_layers_done = c.end;
+          torn_layer = -1;
+        }
       }
       EPLB_CUDA_CHECK(cudaEventRecord(ev_join_, unpack_stream_));
       EPLB_CUDA_CHECK(cudaEventRecord(ev_t1_, unpack_stream_));
@@ -784,12 +810,26 @@ void Exchange::Execute(eplbExchangeStats_t* stats, cudaStream_t stream) {
       st.num_layers_done = n;
     }
   } catch (...) {
-    // Keep the caller's stream ordered after whatever was enqueued.
+    // Keep the caller's stream ordered after whatever was enqueued (maps
+    // committed on it after this call must not land before these weights);
+    // where even that fails, wait for the unpacks here.
+    bool joined = false;
     if (cudaEventRecord(ev_join_, unpack_stream_) == cudaSuccess) {
       joined_once_ = true;
-      (void)cudaStreamWaitEvent(stream, ev_join_, 0);
+      joined = cudaStreamWaitEvent(stream, ev_join_, 0) == cudaSuccess;
     }
+    if (!joined) (void)cudaStreamSynchronize(unpack_stream_);
     if (stats) *stats = st;
+    if (torn_layer >= 0) {
+      try {
+        throw;
+      } catch (const Error& e) {
+        Throw(e.status(),
+              "%s; layer %d was moving in column slices and only its first ones were enqueued: "
+              "its weights are partly new, partly old",
+              e.what(), prep.first + torn_layer);
+      }
+    }
     throw;
   }
   prof.host_enqueue_ms = MsSince(t_enqueue);

@@ -657,8 +657,11 @@ EPLB_API eplbStatus_t eplbExchangeRegisterLayer(eplbExchange_t ex, int32_t layer
  *   (the other ranks then wait in it: a caller bug).
  * Errors after the check (EPLB_ERROR_NCCL with ncclGetErrorString in the
  * detail, EPLB_ERROR_CUDA): h_stats is written; the layers counted in
- * h_stats->num_layers_done are enqueued in full, the layers after them are
- * untouched; the communicator should be considered broken.
+ * h_stats->num_layers_done are enqueued in full and ordered before later
+ * work on `stream`, the layers after them are untouched, except a layer
+ * moving in column slices (one too large for a staging round) when the
+ * failure falls between its slices: its slots are partly new, and the
+ * detail names it. The communicator should be considered broken.
  *
  * Host: blocks for the check (see above). Not thread safe per handle. */
 EPLB_API eplbStatus_t eplbExchangeRun(eplbExchange_t ex, const int32_t* h_old_phy2log,
@@ -877,15 +880,24 @@ EPLB_API eplbStatus_t eplbStateStep(eplbState_t state, uint32_t flags, cudaStrea
  * counter (the next periodic rearrangement is step_interval steps away).
  *
  * Errors (every rank returns an error; the maps always describe the weights
- * of this rank, each layer wholly old or wholly new):
+ * of this rank, each layer wholly old or wholly new, but for the one case
+ * named below):
  *   EPLB_ERROR_MISMATCH — the ranks planned differently, or a rank failed
  *     before the check; nothing moved anywhere, the state stays usable;
  *   EPLB_ERROR_INVALID_USAGE — a layer not registered, or the staging budget
  *     too small for this plan (nothing moved, the state stays usable);
- *   EPLB_ERROR_CUDA / EPLB_ERROR_NCCL during the exchange or commit — layers
- *     whose weights moved have their new maps, the others keep old ones;
- *     the state is broken (later calls: EPLB_ERROR_INVALID_USAGE) and the
- *     communicator should be aborted. */
+ *   EPLB_ERROR_CUDA / EPLB_ERROR_NCCL (or EPLB_ERROR_OUT_OF_MEMORY) during
+ *     the exchange or commit — layers whose weights moved have their new
+ *     maps, the others keep old ones; the state is broken (later calls:
+ *     EPLB_ERROR_INVALID_USAGE) and the communicator should be aborted. Also
+ *     when the failure came before anything moved on this rank: the other
+ *     ranks had already enqueued their transfers with it. A layer too large
+ *     for one staging round moves in column slices; a failure between its
+ *     slices leaves its weights partly new under its old maps (the message
+ *     names the layer): reload it.
+ *   A failure on one rank before the check (an allocation included) fails
+ *   every rank as above (that rank: its own status, the others
+ *   EPLB_ERROR_MISMATCH), nothing moved, the states stay usable. */
 EPLB_API eplbStatus_t eplbStateRearrange(eplbState_t state, cudaStream_t stream);
 
 /* Counters and the last rearrangement's phases, bytes and slots. Host;

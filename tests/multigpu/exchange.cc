@@ -575,6 +575,37 @@ TEST(ExchangeThreads, OverlapCommChecksAndAgreement) {
   RunThreaded(RanksForTest(), false, OverlapScenario, true);
 }
 
+// A tensor whose last slot would lie past the end of the address space
+// (d_slots + (slots - 1) * pitch wraps in the kernels' 64-bit arithmetic)
+// is refused at registration; one GPU, a one-rank communicator.
+TEST(ExchangeArgs, RegisterLayerRefusesAPitchThatWraps) {
+  EPLB_REQUIRE_GPUS(1);
+  ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
+  ncclComm_t comm = nullptr;
+  int dev = 0;
+  ASSERT_EQ(ncclCommInitAll(&comm, 1, &dev), ncclSuccess);
+  eplbExchangeConfig_t cfg = EPLB_EXCHANGE_CONFIG_INIT;
+  cfg.num_layers = 1;
+  cfg.num_physical_experts = 4;
+  cfg.num_ranks = 1;
+  cfg.rank = 0;
+  cfg.staging_bytes = size_t{1} << 20;
+  cfg.device = 0;
+  eplbExchange_t ex = nullptr;
+  ASSERT_EQ(eplbExchangeCreate(&cfg, comm, &ex), EPLB_SUCCESS) << eplbGetLastErrorDetail();
+  void* d = nullptr;
+  ASSERT_EQ(cudaMalloc(&d, 4 * 256), cudaSuccess);
+  eplbTensorDesc_t t = {d, 256, size_t{1} << 63};
+  EXPECT_EQ(eplbExchangeRegisterLayer(ex, 0, &t, 1, 4), EPLB_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(eplbGetLastErrorDetail()).find("address space"), std::string::npos)
+      << eplbGetLastErrorDetail();
+  t.pitch_bytes = 256;
+  EXPECT_EQ(eplbExchangeRegisterLayer(ex, 0, &t, 1, 4), EPLB_SUCCESS) << eplbGetLastErrorDetail();
+  EXPECT_EQ(eplbExchangeDestroy(ex), EPLB_SUCCESS);
+  EXPECT_EQ(cudaFree(d), cudaSuccess);
+  EXPECT_EQ(ncclCommDestroy(comm), ncclSuccess);
+}
+
 // ---- one process per GPU ----
 
 constexpr const char* kChildEnv = "EPLB_EXCHANGE_TEST_CHILD";  // "rank:N:idfile"
