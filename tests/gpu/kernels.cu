@@ -152,51 +152,49 @@ void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Tab
     d_inv.Fill(0, stream);
     const void* in = ids64 ? static_cast<const void*>(d_ids64.get()) : d_ids32.get();
     const int32_t* dv = valid == kAll ? nullptr : d_valid.get();
-    if (recipe == 1)
-      ASSERT_EQ(
-          eplb_test::LaunchRecipeRoute(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(), t.E, t.P,
-                                       d_rec.get(), d_out.get(), d_load.get(), d_inv.get(), stream),
-          cudaSuccess);
-    else if (recipe == 2)
-      ASSERT_EQ(eplb_test::LaunchBlockRecipeRoute<4>(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(),
-                                                     t.E, t.P, d_rec.get(), d_out.get(),
-                                                     d_load.get(), d_inv.get(), false, stream),
-                cudaSuccess);
-    else if (recipe == 3)
-      ASSERT_EQ(eplb_test::LaunchBlockRecipeRoute<8>(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(),
-                                                     t.E, t.P, d_rec.get(), d_out.get(),
-                                                     d_load.get(), d_inv.get(), true, stream),
-                cudaSuccess);
-    else if (recipe == 4)
-      ASSERT_EQ(eplb_test::LaunchBlockRecipeRoute<32>(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(),
-                                                      t.E, t.P, d_rec.get(), d_out.get(),
-                                                      d_load.get(), d_inv.get(), false, stream),
-                cudaSuccess);
-    else if (recipe == 5)
-      ASSERT_EQ((eplb_test::LaunchBlockRecipeRoute<4, true>(
-                    in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(), t.E, t.P, d_rec.get(),
-                    d_out.get(), d_load.get(), d_inv.get(), false, stream)),
-                cudaSuccess);
-    else if (recipe == 6)
-      ASSERT_EQ((eplb_test::LaunchBlockRecipeRoute<16, false>(
-                    in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(), t.E, t.P, d_rec.get(),
-                    d_out.get(), d_load.get(), d_inv.get(), true, stream)),
-                cudaSuccess);
-    else if (recipe == 7)
-      ASSERT_EQ(eplb_test::LaunchBlockRecipeRoute<12>(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(),
-                                                      t.E, t.P, d_rec.get(), d_out.get(),
-                                                      d_load.get(), d_inv.get(), false, stream),
-                cudaSuccess);
-    else if (recipe == 8)
-      ASSERT_EQ(eplb_test::LaunchBlockRecipeRoute<24>(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(),
-                                                      t.E, t.P, d_rec.get(), d_out.get(),
-                                                      d_load.get(), d_inv.get(), true, stream),
-                cudaSuccess);
-    else
-      EPLB_OK(eplbRouteCount(in, ids64 ? EPLB_ID_INT64 : EPLB_ID_INT32, T,
-                             valid == kAll ? nullptr : d_valid.get(), K, d_l2p.get(), d_cnt.get(),
-                             t.E, t.P, d_rec.get(), d_out.get(), d_load.get(), d_inv.get(),
-                             stream));
+    // The block recipes: a launcher of LaunchBlockRecipeRoute's signature
+    // and its `aggregate`.
+    auto block = [&](auto launch, bool aggregate) {
+      return launch(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(), t.E, t.P, d_rec.get(),
+                    d_out.get(), d_load.get(), d_inv.get(), aggregate, stream);
+    };
+    using eplb_test::LaunchBlockRecipeRoute;
+    switch (recipe) {
+      case 0:
+        EPLB_OK(eplbRouteCount(in, ids64 ? EPLB_ID_INT64 : EPLB_ID_INT32, T, dv, K, d_l2p.get(),
+                               d_cnt.get(), t.E, t.P, d_rec.get(), d_out.get(), d_load.get(),
+                               d_inv.get(), stream));
+        break;
+      case 1:
+        ASSERT_EQ(eplb_test::LaunchRecipeRoute(in, ids64, T, dv, K, d_l2p.get(), d_cnt.get(), t.E,
+                                               t.P, d_rec.get(), d_out.get(), d_load.get(),
+                                               d_inv.get(), stream),
+                  cudaSuccess);
+        break;
+      case 2:
+        ASSERT_EQ(block(LaunchBlockRecipeRoute<4>, false), cudaSuccess);
+        break;
+      case 3:
+        ASSERT_EQ(block(LaunchBlockRecipeRoute<8>, true), cudaSuccess);
+        break;
+      case 4:
+        ASSERT_EQ(block(LaunchBlockRecipeRoute<32>, false), cudaSuccess);
+        break;
+      case 5:
+        ASSERT_EQ(block(LaunchBlockRecipeRoute<4, true>, false), cudaSuccess);
+        break;
+      case 6:
+        ASSERT_EQ(block(LaunchBlockRecipeRoute<16, false>, true), cudaSuccess);
+        break;
+      case 7:
+        ASSERT_EQ(block(LaunchBlockRecipeRoute<12>, false), cudaSuccess);
+        break;
+      case 8:
+        ASSERT_EQ(block(LaunchBlockRecipeRoute<24>, true), cudaSuccess);
+        break;
+      default:
+        FAIL() << "no recipe " << recipe;
+    }
     EXPECT_EQ(d_out.Download(stream, ids.size()), ref_out);
     EXPECT_EQ(d_load.Download(stream), ref_load);
     EXPECT_EQ(d_inv.Download(stream)[0], ref_invalid);

@@ -675,23 +675,43 @@ TEST(StateLogic, PlanMismatchOnOneRankFailsEverywhereNothingMoves) {
   });
 }
 
+// A local failure on one rank before the plan check (an eplb error in the
+// read-out; a std::bad_alloc while planning, which once escaped and left the
+// others waiting in the check): that rank joins the check poisoned, every
+// rank fails, nothing moves, the states stay usable and the next one
+// succeeds.
 TEST(StateLogic, LocalFailureBeforeCheckFailsEverywhere) {
-  StateConfig c = MakeConfig(2, 8, 12, 4, 2, 4, 4, 8);
-  Cluster cl(c);
-  cl.ranks[1].backend->fail_readout = true;
-  cl.Run([&](int r) {
-    StateLogic& logic = *cl.ranks[r].logic;
-    WarmUp(cl, r);
-    const std::vector<int32_t> before = logic.placement();
-    std::string msg;
-    const Status st = StatusOf([&] { logic.Step(0); }, &msg);
-    EXPECT_EQ(st, r == 1 ? Status::kCuda : Status::kMismatch) << msg;
-    if (r == 1) EXPECT_NE(msg.find("injected read-out failure"), std::string::npos) << msg;
-    EXPECT_EQ(logic.placement(), before);
-    EXPECT_EQ(cl.ranks[r].backend->dev_phy2log, before);
-    cl.fabric.Barrier();
-    EXPECT_EQ(cl.world.BadBytes(r, before), 0);
-  });
+  for (int injection = 0; injection < 2; ++injection) {
+    SCOPED_TRACE(injection);
+    StateConfig c = MakeConfig(2, 8, 12, 4, 2, 4, 4, 8);
+    Cluster cl(c);
+    if (injection == 0)
+      cl.ranks[1].backend->fail_readout = true;
+    else
+      cl.ranks[1].backend->bad_alloc_in_prepare = true;
+    const Status own = injection == 0 ? Status::kCuda : Status::kOutOfMemory;
+    cl.Run([&](int r) {
+      StateLogic& logic = *cl.ranks[r].logic;
+      WarmUp(cl, r);
+      const std::vector<int32_t> before = logic.placement();
+      std::string msg;
+      const Status st = StatusOf([&] { logic.Step(0); }, &msg);
+      EXPECT_EQ(st, r == 1 ? own : Status::kMismatch) << msg;
+      if (r == 1 && injection == 0)
+        EXPECT_NE(msg.find("injected read-out failure"), std::string::npos) << msg;
+      EXPECT_EQ(logic.last_report().status, st);
+      EXPECT_EQ(logic.num_failed_rearrangements(), 1);
+      EXPECT_FALSE(logic.broken());
+      EXPECT_EQ(logic.placement(), before);
+      EXPECT_EQ(cl.ranks[r].backend->dev_phy2log, before);
+      cl.fabric.Barrier();
+      EXPECT_EQ(cl.world.BadBytes(r, before), 0);
+      cl.fabric.Barrier();
+      EXPECT_EQ(StatusOf([&] { logic.Rearrange(); }), Status::kSuccess);
+      cl.fabric.Barrier();
+      EXPECT_EQ(cl.world.BadBytes(r, logic.placement()), 0);
+    });
+  }
 }
 
 // The exchange refuses the plan on every rank (what a staging budget too
@@ -731,94 +751,54 @@ TEST(StateLogic, ExchangeRefusedNothingMovesStateUsable) {
   });
 }
 
+// Rank 0's exchange fails after the plans agreed: at layer 2 (layers 0 and
+// 1 moved: their maps are committed, the others keep the old ones), or
+// before anything moved there (a device switch failing: the other ranks'
+// transfers wait on it, so the state is broken all the same, not "refused,
+// usable"). Either way its maps describe its weights and it is broken.
 TEST(StateLogic, ExchangeFailureKeepsMapsConsistentWithWeights) {
-  StateConfig c = MakeConfig(4, 8, 12, 4, 2, 4, 4, 8);
-  Cluster cl(c);
-  cl.ranks[0].backend->fail_exchange_at_layer = 2;
-  cl.Run([&](int r) {
-    StateLogic& logic = *cl.ranks[r].logic;
-    HostBackend& be = *cl.ranks[r].backend;
-    WarmUp(cl, r);
-    const std::vector<int32_t> before = logic.placement();
-    std::string msg;
-    const Status st = StatusOf([&] { logic.Step(0); }, &msg);
-    const size_t P = c.shape.num_physical_experts;
-    if (r == 0) {
-      EXPECT_EQ(st, Status::kNccl) << msg;
-      EXPECT_TRUE(logic.broken());
-      EXPECT_EQ(logic.last_report().layers_committed, 2);
-      // Layers 0, 1 new (and moved), layers 2, 3 old.
-      EXPECT_TRUE(
-          std::equal(before.begin() + 2 * P, before.end(), logic.placement().begin() + 2 * P));
-      EXPECT_NE(std::vector<int32_t>(before.begin(), before.begin() + 2 * P),
-                std::vector<int32_t>(logic.placement().begin(), logic.placement().begin() + 2 * P));
-      EXPECT_EQ(StatusOf([&] { logic.Step(0); }, &msg), Status::kInvalidUsage);
-      EXPECT_NE(msg.find("broken"), std::string::npos) << msg;
-      EXPECT_EQ(StatusOf([&] { logic.Rearrange(); }), Status::kInvalidUsage);
-    } else {
-      EXPECT_EQ(st, Status::kSuccess) << msg;
-      EXPECT_EQ(logic.last_report().layers_committed, 4);
-    }
-    EXPECT_EQ(be.dev_phy2log, logic.placement());
-    std::vector<int32_t> logcnt(be.dev_logcnt.size());
-    BuildLogCnt(c.shape, be.dev_phy2log.data(), logcnt.data());
-    EXPECT_EQ(be.dev_logcnt, logcnt);
-    cl.fabric.Barrier();
-    EXPECT_EQ(cl.world.BadBytes(r, logic.placement()), 0) << "rank " << r;
-  });
-}
-
-// A std::bad_alloc while planning (not an eplb error) on one rank: it joins
-// the check poisoned instead of leaving the others waiting there; every rank
-// fails, nothing moves, the states stay usable and the next one succeeds.
-TEST(StateLogic, AllocationFailureBeforeTheCheckFailsEveryRankWithoutHanging) {
-  StateConfig c = MakeConfig(2, 8, 12, 4, 2, 4, 4, 8);
-  Cluster cl(c);
-  cl.ranks[1].backend->bad_alloc_in_prepare = true;
-  cl.Run([&](int r) {
-    StateLogic& logic = *cl.ranks[r].logic;
-    WarmUp(cl, r);
-    const std::vector<int32_t> before = logic.placement();
-    std::string msg;
-    EXPECT_EQ(StatusOf([&] { logic.Rearrange(); }, &msg),
-              r == 1 ? Status::kOutOfMemory : Status::kMismatch)
-        << msg;
-    EXPECT_FALSE(logic.broken());
-    EXPECT_EQ(logic.num_failed_rearrangements(), 1);
-    EXPECT_EQ(logic.last_report().status, r == 1 ? Status::kOutOfMemory : Status::kMismatch);
-    EXPECT_EQ(logic.placement(), before);
-    cl.fabric.Barrier();
-    EXPECT_EQ(StatusOf([&] { logic.Rearrange(); }), Status::kSuccess);
-    cl.fabric.Barrier();
-    EXPECT_EQ(cl.world.BadBytes(r, logic.placement()), 0);
-  });
-}
-
-// An exchange that fails on one rank after the plans agreed, before anything
-// moved there (a device switch failing): the other ranks' transfers wait on
-// it, so that rank's state is broken, not "refused, usable".
-TEST(StateLogic, ExchangeFailureAfterTheCheckBreaksTheStateEvenIfNothingMoved) {
-  StateConfig c = MakeConfig(2, 8, 12, 4, 2, 4, 4, 8);
-  Cluster cl(c);
-  cl.ranks[2].backend->fail_exchange_unstarted = true;
-  cl.Run([&](int r) {
-    StateLogic& logic = *cl.ranks[r].logic;
-    HostBackend& be = *cl.ranks[r].backend;
-    WarmUp(cl, r);
-    const std::vector<int32_t> before = logic.placement();
-    std::string msg;
-    const Status st = StatusOf([&] { logic.Rearrange(); }, &msg);
-    if (r == 2) {
-      EXPECT_EQ(st, Status::kCuda) << msg;
-      EXPECT_NE(msg.find("after the plans agreed"), std::string::npos) << msg;
-      EXPECT_TRUE(logic.broken());
-      EXPECT_EQ(logic.placement(), before);
-      EXPECT_EQ(StatusOf([&] { logic.Step(0); }), Status::kInvalidUsage);
-    } else {
-      EXPECT_EQ(st, Status::kSuccess) << msg;
-    }
-    EXPECT_EQ(be.dev_phy2log, logic.placement());
-  });
+  for (int injection = 0; injection < 2; ++injection) {
+    SCOPED_TRACE(injection);
+    StateConfig c = MakeConfig(4, 8, 12, 4, 2, 4, 4, 8);
+    Cluster cl(c);
+    if (injection == 0)
+      cl.ranks[0].backend->fail_exchange_at_layer = 2;
+    else
+      cl.ranks[0].backend->fail_exchange_unstarted = true;
+    const int32_t moved = injection == 0 ? 2 : 0;
+    cl.Run([&](int r) {
+      StateLogic& logic = *cl.ranks[r].logic;
+      HostBackend& be = *cl.ranks[r].backend;
+      WarmUp(cl, r);
+      const std::vector<int32_t> before = logic.placement();
+      std::string msg;
+      const Status st = StatusOf([&] { logic.Step(0); }, &msg);
+      const size_t P = c.shape.num_physical_experts;
+      if (r == 0) {
+        EXPECT_EQ(st, injection == 0 ? Status::kNccl : Status::kCuda) << msg;
+        if (injection == 1) EXPECT_NE(msg.find("after the plans agreed"), std::string::npos) << msg;
+        EXPECT_TRUE(logic.broken());
+        EXPECT_EQ(logic.last_report().layers_committed, moved);
+        // Layers [0, moved) new (and moved), the others old.
+        EXPECT_TRUE(std::equal(before.begin() + moved * P, before.end(),
+                               logic.placement().begin() + moved * P));
+        EXPECT_EQ(std::equal(before.begin(), before.begin() + 2 * P, logic.placement().begin()),
+                  moved == 0);
+        EXPECT_EQ(StatusOf([&] { logic.Step(0); }, &msg), Status::kInvalidUsage);
+        EXPECT_NE(msg.find("broken"), std::string::npos) << msg;
+        EXPECT_EQ(StatusOf([&] { logic.Rearrange(); }), Status::kInvalidUsage);
+      } else {
+        EXPECT_EQ(st, Status::kSuccess) << msg;
+        EXPECT_EQ(logic.last_report().layers_committed, 4);
+      }
+      EXPECT_EQ(be.dev_phy2log, logic.placement());
+      std::vector<int32_t> logcnt(be.dev_logcnt.size());
+      BuildLogCnt(c.shape, be.dev_phy2log.data(), logcnt.data());
+      EXPECT_EQ(be.dev_logcnt, logcnt);
+      cl.fabric.Barrier();
+      EXPECT_EQ(cl.world.BadBytes(r, logic.placement()), 0) << "rank " << r;
+    });
+  }
 }
 
 TEST(StateLogic, StepBeforeRegistrationAndBadFlags) {
