@@ -40,6 +40,14 @@ class DeviceGuard {
   bool changed_ = false;
 };
 
+// The stats this header knows, into the caller's struct (which may be a
+// later header's, larger: its struct_size and any later fields are kept).
+void WriteStats(eplbExchangeStats_t* out, eplbExchangeStats_t st) {
+  if (out == nullptr) return;
+  st.struct_size = out->struct_size;
+  *out = st;
+}
+
 size_t RoundUp(size_t v, size_t a) {
   return (v + a - 1) / a * a;
 }
@@ -47,9 +55,11 @@ size_t RoundUp(size_t v, size_t a) {
 }  // namespace
 
 TransferShape ValidateExchangeConfig(const eplbExchangeConfig_t& c, bool for_create) {
-  EPLB_CHECK_ARG(c.struct_size == sizeof(eplbExchangeConfig_t),
-                 "config->struct_size (%zu) must be sizeof(eplbExchangeConfig_t) (%zu); use "
-                 "EPLB_EXCHANGE_CONFIG_INIT",
+  // A caller built against a later header passes a larger struct (fields
+  // are only appended); the fields read here are this header's.
+  EPLB_CHECK_ARG(c.struct_size >= sizeof(eplbExchangeConfig_t),
+                 "config->struct_size (%zu) must be at least sizeof(eplbExchangeConfig_t) (%zu); "
+                 "use EPLB_EXCHANGE_CONFIG_INIT",
                  c.struct_size, sizeof(eplbExchangeConfig_t));
   EPLB_CHECK_ARG(c.num_layers >= 1 && c.num_layers <= EPLB_MAX_LAYERS,
                  "config->num_layers (%d) must be in [1, %d]", c.num_layers, EPLB_MAX_LAYERS);
@@ -667,8 +677,8 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
   std::string local_error;
   uint64_t hash = kPoisonHash;
   try {
-    EPLB_CHECK_ARG(stats == nullptr || stats->struct_size == sizeof(eplbExchangeStats_t),
-                   "h_stats->struct_size (%zu) must be sizeof(eplbExchangeStats_t) (%zu)",
+    EPLB_CHECK_ARG(stats == nullptr || stats->struct_size >= sizeof(eplbExchangeStats_t),
+                   "h_stats->struct_size (%zu) must be at least sizeof(eplbExchangeStats_t) (%zu)",
                    stats ? stats->struct_size : 0, sizeof(eplbExchangeStats_t));
     hash = Prepare(old_p, new_p, first, n);
   } catch (const Error& e) {
@@ -708,7 +718,7 @@ void Exchange::Execute(eplbExchangeStats_t* stats, cudaStream_t stream) {
   try {
     guard.emplace(device_);
   } catch (...) {
-    if (stats) *stats = st;
+    WriteStats(stats, st);
     throw;
   }
   const int32_t N = shape_.num_ranks;
@@ -819,7 +829,7 @@ void Exchange::Execute(eplbExchangeStats_t* stats, cudaStream_t stream) {
       joined = cudaStreamWaitEvent(stream, ev_join_, 0) == cudaSuccess;
     }
     if (!joined) (void)cudaStreamSynchronize(unpack_stream_);
-    if (stats) *stats = st;
+    WriteStats(stats, st);
     if (torn_layer >= 0) {
       try {
         throw;
@@ -834,7 +844,7 @@ void Exchange::Execute(eplbExchangeStats_t* stats, cudaStream_t stream) {
   }
   prof.host_enqueue_ms = MsSince(t_enqueue);
   profile_ = prof;
-  if (stats) *stats = st;
+  WriteStats(stats, st);
 }
 
 }  // namespace cuda

@@ -14,7 +14,10 @@
  *     the work is enqueued and never use the legacy default stream; a call
  *     that blocks the host says so in its comment;
  *   - config and result structs start with struct_size and have an
- *     initializer macro; fields are only ever appended.
+ *     initializer macro; fields are only ever appended, and every call
+ *     accepts a struct_size of at least its header's sizeof (a caller built
+ *     against a later header), reading and writing only the fields it knows
+ *     and leaving struct_size as the caller set it.
  *
  * Vocabulary: L layers, E logical experts, P physical slots (all ranks), R =
  * P - E redundant slots, N ranks (one GPU each, P/N slots per rank), G expert

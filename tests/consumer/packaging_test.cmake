@@ -62,4 +62,14 @@ if(NOT step_output MATCHES "consumer: ok")
   message(FATAL_ERROR "consumer printed: ${step_output}")
 endif()
 message(STATUS "${step_output}")
+
+# The installed command-line tool starts from the prefix (it finds libeplb
+# through its runpath, with nothing in the loader's cache or path).
+if(EXISTS ${prefix}/bin/eplb)
+  run_step("installed eplb --version" ${CMAKE_COMMAND} -E env --unset=LD_LIBRARY_PATH
+           ${prefix}/bin/eplb --version)
+  if(NOT step_output MATCHES "^eplb [0-9]+\\.[0-9]+\\.[0-9]+")
+    message(FATAL_ERROR "installed eplb --version printed: ${step_output}")
+  endif()
+endif()
 file(REMOVE_RECURSE ${WORK_DIR})

@@ -147,6 +147,32 @@ TEST(ReviewStagingQuery, EveryInvalidArgumentLeavesOutputsUntouched) {
 
 // "With plans: exact, the largest over layers and ranks of one layer's send +
 // receive + local-copy staging", rows padded to EPLB_EXCHANGE_ROW_ALIGN.
+// A caller built against a later header passes a larger config (fields are
+// only appended): accepted, with the same answer; a smaller one is not.
+TEST(ReviewStagingQuery, AcceptsTheLargerStructOfALaterHeader) {
+  QueryIo io;
+  ASSERT_EQ(io.Run(true), EPLB_SUCCESS) << eplbGetLastErrorDetail();
+  struct Later {
+    eplbExchangeConfig_t cfg;
+    int64_t appended;
+  } later = {io.cfg, 12345};
+  later.cfg.struct_size = sizeof(Later);
+  size_t min_bytes = kPoisonSize, dev_bytes = kPoisonSize;
+  ASSERT_EQ(eplbExchangeStagingQuery(&later.cfg, io.tensors.data(), io.old_p.data(),
+                                     io.new_p.data(), &min_bytes, &dev_bytes),
+            EPLB_SUCCESS)
+      << eplbGetLastErrorDetail();
+  EXPECT_EQ(min_bytes, io.min_bytes);
+  EXPECT_EQ(dev_bytes, io.dev_bytes);
+  EXPECT_EQ(later.cfg.struct_size, sizeof(Later));
+  EXPECT_EQ(later.appended, 12345);
+  later.cfg.struct_size = sizeof(eplbExchangeConfig_t) - 8;
+  EXPECT_EQ(eplbExchangeStagingQuery(&later.cfg, io.tensors.data(), io.old_p.data(),
+                                     io.new_p.data(), &min_bytes, &dev_bytes),
+            EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbExchangeStagingQuery", "struct_size");
+}
+
 TEST(ReviewStagingQuery, WithPlansIsTheExactLargestRankLayerNeed) {
   eplbExchangeConfig_t cfg = EPLB_EXCHANGE_CONFIG_INIT;
   cfg.num_layers = 1;
@@ -214,7 +240,7 @@ TEST(ReviewExchangeCreate, ConfigErrorsComeBeforeAnyCommunicatorUse) {
     std::function<void(eplbExchangeConfig_t&)> mutate;
   };
   const std::vector<Case> cases = {
-      {"struct_size", "struct_size", [](eplbExchangeConfig_t& c) { c.struct_size += 8; }},
+      {"struct_size", "struct_size", [](eplbExchangeConfig_t& c) { c.struct_size -= 8; }},
       {"staging_bytes 0", "staging_bytes", [](eplbExchangeConfig_t& c) { c.staging_bytes = 0; }},
       {"device -2", "device", [](eplbExchangeConfig_t& c) { c.device = -2; }},
       {"rank = N", "rank", [](eplbExchangeConfig_t& c) { c.rank = 4; }},
