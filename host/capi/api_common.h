@@ -68,23 +68,26 @@ eplbStatus_t Guard(const char* function, F&& body) {
 // Checks a CUDA call; throws kCuda (kOutOfMemory for allocation failures)
 // naming the call, the file position and the CUDA error name.
 void ThrowCuda(cudaError_t err, const char* expr, const char* file, int line);
+
+// Calls that enqueue GPU work never take the legacy default stream (it would
+// serialise with every other stream of the process, collectives included):
+// kInvalidArgument naming `stream`.
+void CheckStream(cudaStream_t stream);
 void ThrowNccl(ncclResult_t res, const char* expr, const char* file, int line);
 
 }  // namespace capi
 }  // namespace eplb
 
-#define EPLB_CUDA_CHECK(expr)                                                  \
-  do {                                                                         \
-    cudaError_t eplb_err_ = (expr);                                            \
-    if (eplb_err_ != cudaSuccess)                                              \
-      ::eplb::capi::ThrowCuda(eplb_err_, #expr, __FILE__, __LINE__);           \
+#define EPLB_CUDA_CHECK(expr)                                                                    \
+  do {                                                                                           \
+    cudaError_t eplb_err_ = (expr);                                                              \
+    if (eplb_err_ != cudaSuccess) ::eplb::capi::ThrowCuda(eplb_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 
-#define EPLB_NCCL_CHECK(expr)                                                  \
-  do {                                                                         \
-    ncclResult_t eplb_res_ = (expr);                                           \
-    if (eplb_res_ != ncclSuccess)                                              \
-      ::eplb::capi::ThrowNccl(eplb_res_, #expr, __FILE__, __LINE__);           \
+#define EPLB_NCCL_CHECK(expr)                                                                    \
+  do {                                                                                           \
+    ncclResult_t eplb_res_ = (expr);                                                             \
+    if (eplb_res_ != ncclSuccess) ::eplb::capi::ThrowNccl(eplb_res_, #expr, __FILE__, __LINE__); \
   } while (0)
 
 // Null-pointer check of an argument, naming it.

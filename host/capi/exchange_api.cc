@@ -70,6 +70,9 @@ EPLB_API eplbStatus_t eplbExchangeRun(eplbExchange_t ex, const int32_t* h_old_ph
                                       cudaStream_t stream) {
   return eplb::capi::Guard("eplbExchangeRun", [&] {
     EPLB_CHECK_NOT_NULL(ex);
+    // Like a NULL handle, refused before the agreement check (the other
+    // ranks then wait in it: a caller bug, reported here).
+    eplb::capi::CheckStream(stream);
     ex->impl->Run(h_old_phy2log, h_new_phy2log, first_layer, num_layers, h_stats, stream);
   });
 }

@@ -24,11 +24,7 @@ static_assert(eplb::kRouteHashMinItemsRef == EPLB_ROUTE_HASH_MIN_ITEMS &&
                   eplb::kernels::kRouteHashMinItems == EPLB_ROUTE_HASH_MIN_ITEMS,
               "hash path threshold");
 
-void CheckStream(cudaStream_t stream) {
-  EPLB_CHECK_ARG(stream != nullptr && stream != cudaStreamLegacy,
-                 "stream is the legacy default stream; pass a created stream or "
-                 "cudaStreamPerThread");
-}
+using eplb::capi::CheckStream;
 
 void CheckIds(eplbIdType_t id_type, int64_t num_tokens, int32_t top_k) {
   EPLB_CHECK_ARG(id_type == EPLB_ID_INT32 || id_type == EPLB_ID_INT64,

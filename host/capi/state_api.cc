@@ -26,14 +26,6 @@ cuda::CudaState& StateOf(eplbState_t state) {
   return *state->impl;
 }
 
-// The per-step path must never touch the legacy default stream (it would
-// serialise with every other stream of the process).
-void CheckStream(cudaStream_t stream) {
-  EPLB_CHECK_ARG(stream != nullptr && stream != cudaStreamLegacy,
-                 "stream is the legacy default stream; pass a created stream or "
-                 "cudaStreamPerThread");
-}
-
 }  // namespace
 }  // namespace capi
 }  // namespace eplb

@@ -222,9 +222,12 @@ void Exchange::Release() noexcept {
   for (cudaStream_t s : {pack_stream_, comm_stream_, comm2_stream_, unpack_stream_})
     if (s) (void)cudaStreamDestroy(s);
   pack_stream_ = comm_stream_ = comm2_stream_ = unpack_stream_ = nullptr;
-  if (staging_reg_) (void)ncclCommDeregister(comm_, staging_reg_);
+  // A broken exchange's communicators are (to be) aborted: deregistering
+  // from an aborted one would use freed memory, and the abort or destroy of
+  // a communicator releases its registrations.
+  if (staging_reg_ && !broken_) (void)ncclCommDeregister(comm_, staging_reg_);
   staging_reg_ = nullptr;
-  if (staging_reg2_) (void)ncclCommDeregister(comm2_, staging_reg2_);
+  if (staging_reg2_ && !broken_) (void)ncclCommDeregister(comm2_, staging_reg2_);
   staging_reg2_ = nullptr;
   if (d_staging_) {
     if (staging_from_nccl_)
@@ -689,7 +692,13 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
   // 2. Agreement check: blocks until every rank's hash is known.
   DeviceGuard guard(device_);
   const auto t_check = Clock::now();
-  const bool agree = AgreementCheck(hash, stream);
+  bool agree = false;
+  try {
+    agree = AgreementCheck(hash, stream);
+  } catch (...) {
+    broken_ = true;
+    throw;
+  }
   if (local_status != Status::kSuccess) Throw(local_status, "%s", local_error.c_str());
   if (!agree) {
     prepared_ = Prepared();
@@ -820,6 +829,7 @@ void Exchange::Execute(eplbExchangeStats_t* stats, cudaStream_t stream) {
       st.num_layers_done = n;
     }
   } catch (...) {
+    broken_ = true;
     // Keep the caller's stream ordered after whatever was enqueued (maps
     // committed on it after this call must not land before these weights);
     // where even that fails, wait for the unpacks here.

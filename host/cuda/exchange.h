@@ -81,6 +81,8 @@ class Exchange {
 
   // See eplbExchangeRegisterLayer. Waits for the exchange's work in flight
   // (the tensor table it rewrites may be in use). Throws.
+  // The communicator failed or will be aborted: Release makes no NCCL call.
+  void MarkBroken() { broken_ = true; }
   void RegisterLayer(int32_t layer, const eplbTensorDesc_t* tensors, int32_t num_tensors,
                      int32_t num_local_slots);
 
@@ -214,6 +216,10 @@ class Exchange {
   cudaEvent_t ev_packed_ = nullptr, ev_comm_ = nullptr;
   std::vector<cudaEvent_t> ev_chunk_done_;  // pool, reused round robin
   bool joined_once_ = false;
+  // Set once a collective or a transfer failed (or the owner says so): the
+  // communicator is then to be aborted, so Release makes no NCCL call on it
+  // (the registrations go with the communicator).
+  bool broken_ = false;
   cudaEvent_t ev_t0_ = nullptr, ev_t1_ = nullptr;  // timing: first copy, join
   Profile profile_;
   bool profile_gpu_ = false;  // ev_t0_/ev_t1_ bracket the last Run

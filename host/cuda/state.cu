@@ -294,7 +294,12 @@ void CudaState::Release() noexcept {
   int previous = -1;
   (void)cudaGetDevice(&previous);
   (void)cudaSetDevice(device_);
-  if (exchange_ != nullptr) (void)eplbExchangeDestroy(exchange_);
+  if (exchange_ != nullptr) {
+    // A broken state's communicator is to be aborted (eplb.h): its exchange
+    // makes no NCCL call on it while releasing.
+    if (logic_ != nullptr && logic_->broken()) exchange_->impl->MarkBroken();
+    (void)eplbExchangeDestroy(exchange_);
+  }
   exchange_ = nullptr;
   // cudaFree waits for the device's work in flight, which may still read or
   // write these buffers.

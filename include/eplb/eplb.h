@@ -656,8 +656,9 @@ EPLB_API eplbStatus_t eplbExchangeRegisterLayer(eplbExchange_t ex, int32_t layer
  *   EPLB_ERROR_INVALID_USAGE — staging_bytes below what a layer of this plan
  *     needs (the same decision on every rank when the inputs agree; a rank
  *     whose own check fails reports its own error, the others MISMATCH).
- *   A NULL handle returns EPLB_ERROR_INVALID_ARGUMENT without the check
- *   (the other ranks then wait in it: a caller bug).
+ *   A NULL handle, or the legacy default stream (0 / cudaStreamLegacy),
+ *   returns EPLB_ERROR_INVALID_ARGUMENT without the check (the other ranks
+ *   then wait in it: a caller bug).
  * Errors after the check (EPLB_ERROR_NCCL with ncclGetErrorString in the
  * detail, EPLB_ERROR_CUDA): h_stats is written; the layers counted in
  * h_stats->num_layers_done are enqueued in full and ordered before later
@@ -674,7 +675,12 @@ EPLB_API eplbStatus_t eplbExchangeRun(eplbExchange_t ex, const int32_t* h_old_ph
 
 /* Releases the exchange's device memory, streams and events. Waits (blocks)
  * for the exchange's work in flight; does not destroy the communicator. NULL
- * is a no-op returning EPLB_SUCCESS. Not collective. */
+ * is a no-op returning EPLB_SUCCESS. Not collective.
+ * After an error past the agreement check (the communicator is then broken):
+ * abort the communicator(s) first (ncclCommAbort, which also ends transfers
+ * a failed peer left hanging), then destroy the exchange; it makes no NCCL
+ * call on them then. Destroying it first can block for ever on a transfer
+ * whose peer died. */
 EPLB_API eplbStatus_t eplbExchangeDestroy(eplbExchange_t ex);
 /* EPLB_EXCHANGE_SECTION_END */
 
@@ -915,7 +921,11 @@ EPLB_API eplbStatus_t eplbStateGetPlacement(eplbState_t state, int32_t* h_phy2lo
 
 /* Releases everything Create allocated; waits (blocks) for the state's work
  * in flight. Not collective; does not destroy the communicator. NULL is a
- * no-op returning EPLB_SUCCESS. */
+ * no-op returning EPLB_SUCCESS.
+ * A broken state (an error past the plan check): abort the communicator(s)
+ * first (ncclCommAbort), then destroy the state; it makes no NCCL call on
+ * them then. Destroying it first can block for ever on a transfer whose
+ * peer died. */
 EPLB_API eplbStatus_t eplbStateDestroy(eplbState_t state);
 /* EPLB_STATE_SECTION_END */
 

@@ -289,6 +289,15 @@ TEST(ReviewExchangeHandle, NullHandleIsRejectedAndStatsUntouched) {
   ExpectDetail("eplbExchangeRun", "ex");
   EXPECT_EQ(stats.bytes_sent, 99);
   EXPECT_EQ(stats.num_layers_done, 77);
+  // The legacy default stream, refused before the handle is used (this fake
+  // one is never dereferenced).
+  for (cudaStream_t legacy : {cudaStream_t{nullptr}, cudaStreamLegacy}) {
+    EXPECT_EQ(eplbExchangeRun(reinterpret_cast<eplbExchange_t>(uintptr_t{0x4000}), p, p, 0, 1,
+                              &stats, legacy),
+              EPLB_ERROR_INVALID_ARGUMENT);
+    ExpectDetail("eplbExchangeRun", "stream");
+  }
+  EXPECT_EQ(stats.bytes_sent, 99);
   EXPECT_EQ(eplbExchangeDestroy(nullptr), EPLB_SUCCESS);
   EXPECT_STREQ(eplbGetLastErrorDetail(), "");
 }

@@ -220,15 +220,36 @@ inline void RankLoop(int rank, int N, ncclComm_t comm, const LoopConfig& c, Rank
     }
     STATE_OK(eplbStateRegisterLayer(st, l, td, kTensors));
   }
-  auto weights_ok = [&](const std::vector<int32_t>& p2l) {
+  // Bytes of the weights w [L * kTensors][S * pitch] that differ from the
+  // pattern of placement p2l.
+  auto bad_bytes = [&](const std::vector<int32_t>& p2l,
+                       const std::vector<std::vector<uint8_t>>& w) {
     int64_t bad = 0;
     for (int32_t l = 0; l < L; ++l)
       for (int t = 0; t < kTensors; ++t) {
-        std::vector<uint8_t> want = fill_host(l, t, p2l), got(want.size());
-        STATE_CK(cudaMemcpy(got.data(), d_w[l * kTensors + t], got.size(), cudaMemcpyDeviceToHost));
-        for (size_t i = 0; i < got.size(); ++i) bad += got[i] != want[i];
+        const std::vector<uint8_t> want = fill_host(l, t, p2l);
+        const std::vector<uint8_t>& got = w[l * kTensors + t];
+        for (size_t i = 0; i < want.size(); ++i) bad += got[i] != want[i];
       }
     return bad;
+  };
+  // The weights as work on `stream` sees them at this point of the stream
+  // (copies in stream order; pageable, so they may block the host).
+  auto weights_seen = [&] {
+    std::vector<std::vector<uint8_t>> w(static_cast<size_t>(L) * kTensors);
+    for (int32_t l = 0; l < L; ++l)
+      for (int t = 0; t < kTensors; ++t) {
+        std::vector<uint8_t>& v = w[l * kTensors + t];
+        v.resize(S * kPitch[t]);
+        STATE_CK(cudaMemcpyAsync(v.data(), d_w[l * kTensors + t], v.size(), cudaMemcpyDeviceToHost,
+                                 stream));
+      }
+    return w;
+  };
+  auto weights_ok = [&](const std::vector<int32_t>& p2l) {
+    const auto w = weights_seen();
+    STATE_CK(cudaStreamSynchronize(stream));
+    return bad_bytes(p2l, w);
   };
 
   eplbStateDeviceMaps_t maps = EPLB_STATE_DEVICE_MAPS_INIT;
@@ -292,6 +313,16 @@ inline void RankLoop(int rank, int N, ncclComm_t comm, const LoopConfig& c, Rank
     const uint32_t flags = (dummy ? EPLB_STEP_DUMMY : 0u) | (stats ? EPLB_STEP_STATS : 0u);
     const eplbStatus_t status = eplbStateStep(st, flags, stream);
     const bool scheduled = step + 1 >= first && (step + 1 - first) % c.interval == 0;
+    // What work enqueued right after the step sees, before any host sync:
+    // the maps must describe the weights already (the exchange is ordered
+    // before the commit on the stream). Checked after the sync below.
+    std::vector<int32_t> seen_p2l(scheduled ? static_cast<size_t>(L) * P : 0);
+    std::vector<std::vector<uint8_t>> seen_w;
+    if (scheduled) {
+      STATE_CK(cudaMemcpyAsync(seen_p2l.data(), maps.d_phy2log, seen_p2l.size() * sizeof(int32_t),
+                               cudaMemcpyDeviceToHost, stream));
+      seen_w = weights_seen();
+    }
     if (scheduled) ++expected_rearrangements;
     eplbStateStats_t ss = EPLB_STATE_STATS_INIT;
     STATE_OK(eplbStateGetStats(st, &ss));
@@ -331,11 +362,28 @@ inline void RankLoop(int rank, int N, ncclComm_t comm, const LoopConfig& c, Rank
       continue;
     }
     STATE_OK(eplbStateGetPlacement(st, placement.data()));
+    STATE_CK(cudaStreamSynchronize(stream));
+    EXPECT_EQ(bad_bytes(seen_p2l, seen_w), 0)
+        << "rank " << rank << " step " << step << ": maps seen before their weights";
+    // The device maps (after the stream's work) are those of placement p2l.
+    auto expect_device_maps = [&](const std::vector<int32_t>& p2l) {
+      std::vector<int32_t> cnt(static_cast<size_t>(L) * E), l2p(static_cast<size_t>(L) * E * W2);
+      BuildLogCnt(ps, p2l.data(), cnt.data());
+      BuildLog2Phy(ps, p2l.data(), l2p.data());
+      std::vector<int32_t> dp(p2l.size()), dc(cnt.size()), dl(l2p.size());
+      STATE_CK(cudaMemcpy(dp.data(), maps.d_phy2log, dp.size() * 4, cudaMemcpyDeviceToHost));
+      STATE_CK(cudaMemcpy(dc.data(), maps.d_logcnt, dc.size() * 4, cudaMemcpyDeviceToHost));
+      STATE_CK(cudaMemcpy(dl.data(), maps.d_log2phy, dl.size() * 4, cudaMemcpyDeviceToHost));
+      EXPECT_EQ(dp, p2l) << "rank " << rank << " step " << step;
+      EXPECT_EQ(dc, cnt) << "rank " << rank << " step " << step;
+      EXPECT_EQ(dl, l2p) << "rank " << rank << " step " << step;
+    };
     if (c.rank_to_tamper >= 0 && expected_rearrangements == 1) {
       EXPECT_EQ(status, EPLB_ERROR_MISMATCH) << "rank " << rank;
       EXPECT_EQ(ss.last_status, EPLB_ERROR_MISMATCH);
       EXPECT_EQ(placement, old);
       STATE_CK(cudaStreamSynchronize(stream));
+      expect_device_maps(old);
       EXPECT_EQ(weights_ok(old), 0) << "rank " << rank;
       continue;
     }
@@ -351,19 +399,11 @@ inline void RankLoop(int rank, int N, ncclComm_t comm, const LoopConfig& c, Rank
       for (size_t i = 0; i < load.size(); ++i)
         load[i] += reinterpret_cast<const int64_t*>(all.data())[q * load.size() + i];
     EXPECT_EQ(st->impl->logic().last_load(), load) << "rank " << rank << " step " << step;
-    std::vector<int32_t> plan(old.size()), logcnt(static_cast<size_t>(L) * E),
-        log2phy(static_cast<size_t>(L) * E * W2);
+    std::vector<int32_t> plan(old.size()), logcnt(static_cast<size_t>(L) * E);
     planner.Plan(ps, ResolvePolicy(ps, Policy::kAuto), Migration::kFull, load.data(), old.data(),
                  plan.data(), logcnt.data(), nullptr);
-    BuildLog2Phy(ps, plan.data(), log2phy.data());
     EXPECT_EQ(placement, plan) << "rank " << rank << " step " << step;
-    std::vector<int32_t> dp(plan.size()), dc(logcnt.size()), dl(log2phy.size());
-    STATE_CK(cudaMemcpy(dp.data(), maps.d_phy2log, dp.size() * 4, cudaMemcpyDeviceToHost));
-    STATE_CK(cudaMemcpy(dc.data(), maps.d_logcnt, dc.size() * 4, cudaMemcpyDeviceToHost));
-    STATE_CK(cudaMemcpy(dl.data(), maps.d_log2phy, dl.size() * 4, cudaMemcpyDeviceToHost));
-    EXPECT_EQ(dp, plan);
-    EXPECT_EQ(dc, logcnt);
-    EXPECT_EQ(dl, log2phy);
+    expect_device_maps(plan);
     EXPECT_EQ(weights_ok(plan), 0) << "rank " << rank << " step " << step;
     EXPECT_EQ(ss.last_slots_moved, CountMovedSlots(ps, plan.data(), old.data()));
     // The reported balance is that of the old and new placements on the load.
