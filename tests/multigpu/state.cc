@@ -32,9 +32,10 @@ std::vector<RankResult> RunThreads(int n, const LoopConfig& c) {
   return res;
 }
 
-void LoopTest(int n, bool overlap = false) {
+void LoopTest(int n, bool overlap = false, int32_t nodes = 2) {
   LoopConfig c;
   c.overlap = overlap;
+  c.M = nodes;
   std::vector<RankResult> a = RunThreads(n, c);
   const int32_t first = c.interval - c.interval / 4;
   EXPECT_EQ(a[0].rearrangements, 1 + (c.steps - first) / c.interval);
@@ -58,6 +59,13 @@ void LoopTest(int n, bool overlap = false) {
   // Deterministic: the same run again gives the same placements.
   std::vector<RankResult> b = RunThreads(n, c);
   EXPECT_EQ(b[0].placements, a[0].placements);
+}
+
+// One rank (its rearrangements move weights between its own slots): runs
+// on any GPU machine, every check of the harness included.
+TEST(StateMultiGpu, LoopOneGpu) {
+  EPLB_REQUIRE_GPUS(1);
+  LoopTest(1, false, 1);
 }
 
 TEST(StateMultiGpu, LoopTwoGpus) {
