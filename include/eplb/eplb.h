@@ -906,7 +906,13 @@ EPLB_API eplbStatus_t eplbStateStep(eplbState_t state, uint32_t flags, cudaStrea
  *     names the layer): reload it.
  *   A failure on one rank before the check (an allocation included) fails
  *   every rank as above (that rank: its own status, the others
- *   EPLB_ERROR_MISMATCH), nothing moved, the states stay usable. */
+ *   EPLB_ERROR_MISMATCH), nothing moved, the states stay usable.
+ *   Not detected: a failure on one rank after the check leaves the other
+ *   ranks' transfers with it pending; they have returned EPLB_SUCCESS, and
+ *   their next call that waits for the GPU (the next rearrangement,
+ *   eplbStateGetStats) blocks. An engine that must survive a rank's failure
+ *   watches its communicator (ncclCommGetAsyncError, a timeout) and aborts
+ *   it, then destroys the state (see eplbStateDestroy). */
 EPLB_API eplbStatus_t eplbStateRearrange(eplbState_t state, cudaStream_t stream);
 
 /* Counters and the last rearrangement's phases, bytes and slots. Host;
