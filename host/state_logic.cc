@@ -168,25 +168,23 @@ void StateLogic::Rearrange() {
       local_message = e.what();
     }
   };
-  // Runs a local step before the check: any failure, an allocation's
-  // included, is noted (this rank then joins the check poisoned), never
-  // thrown past it, which would leave the other ranks waiting there.
+  // A non-eplb exception (an allocation's, most likely) as an Error.
+  auto as_error = [](const std::exception& e) {
+    return dynamic_cast<const std::bad_alloc*>(&e) != nullptr
+               ? Error(Status::kOutOfMemory, "host allocation failed")
+               : Error(Status::kInternal, e.what());
+  };
+  // Runs a local step before the check: any failure is noted (this rank
+  // then joins the check poisoned), never thrown past it, which would leave
+  // the other ranks waiting there.
   auto local = [&](auto&& fn) {
     try {
       fn();
     } catch (const Error& e) {
       note(e);
-    } catch (const std::bad_alloc&) {
-      note(Error(Status::kOutOfMemory, "host allocation failed"));
     } catch (const std::exception& e) {
-      note(Error(Status::kInternal, e.what()));
+      note(as_error(e));
     }
-  };
-  // After the check: a non-eplb exception as an Error, for fail_broken.
-  auto as_error = [](const std::exception& e) {
-    return dynamic_cast<const std::bad_alloc*>(&e) != nullptr
-               ? Error(Status::kOutOfMemory, "host allocation failed")
-               : Error(Status::kInternal, e.what());
   };
   // Unregistered weights: this rank plans nothing but joins every collective
   // with a poisoned check, so all ranks fail together and nothing moves.

@@ -147,8 +147,8 @@ inline bool CheckStatus(const char* command, const char* function, eplbStatus_t 
 inline bool WriteFilesAtomic(const char* command,
                              const std::vector<std::pair<std::string, std::string>>& files) {
   const std::string suffix = ".tmp." + std::to_string(static_cast<long>(::getpid()));
-  auto remove_all = [&](size_t n) {
-    for (size_t i = 0; i < n; ++i) std::remove((files[i].first + suffix).c_str());
+  auto remove_tmp = [&](size_t from, size_t to) {  // the temporaries of files [from, to)
+    for (size_t i = from; i < to; ++i) std::remove((files[i].first + suffix).c_str());
   };
   for (size_t i = 0; i < files.size(); ++i) {
     const std::string tmp = files[i].first + suffix;
@@ -158,7 +158,7 @@ inline bool WriteFilesAtomic(const char* command,
     if (!out) {
       std::fprintf(stderr, "eplb %s: cannot write '%s'\n", command, tmp.c_str());
       out.close();
-      remove_all(i + 1);
+      remove_tmp(0, i + 1);
       return false;
     }
   }
@@ -168,7 +168,7 @@ inline bool WriteFilesAtomic(const char* command,
       std::fprintf(stderr, "eplb %s: cannot rename '%s' to '%s': %s%s\n", command, tmp.c_str(),
                    files[i].first.c_str(), std::strerror(errno),
                    i > 0 ? " (the outputs before it were written)" : "");
-      for (size_t j = i; j < files.size(); ++j) std::remove((files[j].first + suffix).c_str());
+      remove_tmp(i, files.size());
       return false;
     }
   }

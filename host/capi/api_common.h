@@ -68,12 +68,12 @@ eplbStatus_t Guard(const char* function, F&& body) {
 // Checks a CUDA call; throws kCuda (kOutOfMemory for allocation failures)
 // naming the call, the file position and the CUDA error name.
 void ThrowCuda(cudaError_t err, const char* expr, const char* file, int line);
+void ThrowNccl(ncclResult_t res, const char* expr, const char* file, int line);
 
 // Calls that enqueue GPU work never take the legacy default stream (it would
 // serialise with every other stream of the process, collectives included):
 // kInvalidArgument naming `stream`.
 void CheckStream(cudaStream_t stream);
-void ThrowNccl(ncclResult_t res, const char* expr, const char* file, int line);
 
 }  // namespace capi
 }  // namespace eplb

@@ -4,7 +4,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
-#include <utility>
 
 #include "api_common.h"
 #include "kernel_ref.h"
@@ -53,10 +52,11 @@ void CheckLayers(int32_t num_layers) {
                  "num_layers (%d) must be in [1, %d]", num_layers, EPLB_MAX_LAYERS);
 }
 
-// A device buffer an entry point reads or writes, with its extent.
+// A device buffer an entry point reads or writes: its extent, the
+// alignment of its elements.
 struct Buffer {
   const void* p;
-  size_t bytes;
+  size_t bytes, align;
   const char* name;
   bool written;
 };
@@ -66,15 +66,15 @@ struct Buffer {
 // they write (and declare their pointers __restrict__), so an output that
 // shares memory with another argument gives results that depend on
 // timing. Checked after the other arguments.
-void CheckBuffers(std::initializer_list<std::pair<Buffer, size_t>> bufs) {
-  for (const auto& [b, align] : bufs) {
-    EPLB_CHECK_ARG(reinterpret_cast<uintptr_t>(b.p) % align == 0, "%s is not %zu-byte aligned",
-                   b.name, align);
+void CheckBuffers(std::initializer_list<Buffer> bufs) {
+  for (const Buffer& b : bufs) {
+    EPLB_CHECK_ARG(reinterpret_cast<uintptr_t>(b.p) % b.align == 0, "%s is not %zu-byte aligned",
+                   b.name, b.align);
   }
   for (auto x = bufs.begin(); x != bufs.end(); ++x) {
     for (auto y = x + 1; y != bufs.end(); ++y) {
-      const Buffer& a = x->first;
-      const Buffer& b = y->first;
+      const Buffer& a = *x;
+      const Buffer& b = *y;
       if (!(a.written || b.written) || a.p == nullptr || b.p == nullptr || a.bytes == 0 ||
           b.bytes == 0)
         continue;
@@ -161,14 +161,14 @@ EPLB_API eplbStatus_t eplbRouteCount(const void* d_topk_logical, eplbIdType_t id
     const size_t id_bytes = id_type == EPLB_ID_INT64 ? 8 : 4;
     const int64_t E = num_logical_experts, P = num_physical_experts;
     if (items > 0)  // T = 0 is a no-op
-      CheckBuffers({{{d_topk_logical, Bytes(items, id_bytes), "d_topk_logical", false}, id_bytes},
-                    {{d_num_tokens, 4, "d_num_tokens", false}, 4},
-                    {{d_log2phy, Bytes(E * (P - E + 1), 4), "d_log2phy", false}, 4},
-                    {{d_logcnt, Bytes(E, 4), "d_logcnt", false}, 4},
-                    {{d_record, 4, "d_record", false}, 4},
-                    {{d_topk_physical, Bytes(items, 4), "d_topk_physical", true}, 4},
-                    {{d_load_pass, Bytes(P, 4), "d_load_pass", true}, 4},
-                    {{d_invalid_count, 8, "d_invalid_count", true}, 8}});
+      CheckBuffers({{d_topk_logical, Bytes(items, id_bytes), id_bytes, "d_topk_logical", false},
+                    {d_num_tokens, 4, 4, "d_num_tokens", false},
+                    {d_log2phy, Bytes(E * (P - E + 1), 4), 4, "d_log2phy", false},
+                    {d_logcnt, Bytes(E, 4), 4, "d_logcnt", false},
+                    {d_record, 4, 4, "d_record", false},
+                    {d_topk_physical, Bytes(items, 4), 4, "d_topk_physical", true},
+                    {d_load_pass, Bytes(P, 4), 4, "d_load_pass", true},
+                    {d_invalid_count, 8, 8, "d_invalid_count", true}});
     CheckLaunch(eplb::kernels::LaunchRouteCount(
                     d_topk_logical, id_type == EPLB_ID_INT64, num_tokens, d_num_tokens, top_k,
                     d_log2phy, d_logcnt, num_logical_experts, num_physical_experts, d_record,
@@ -192,13 +192,12 @@ EPLB_API eplbStatus_t eplbCount(const void* d_topk_physical, eplbIdType_t id_typ
     CheckStream(stream);
     const size_t id_bytes = id_type == EPLB_ID_INT64 ? 8 : 4;
     if (num_tokens > 0)  // T = 0 is a no-op
-      CheckBuffers(
-          {{{d_topk_physical, Bytes(num_tokens * top_k, id_bytes), "d_topk_physical", false},
-            id_bytes},
-           {{d_num_tokens, 4, "d_num_tokens", false}, 4},
-           {{d_record, 4, "d_record", false}, 4},
-           {{d_load_pass, Bytes(num_physical_experts, 4), "d_load_pass", true}, 4},
-           {{d_invalid_count, 8, "d_invalid_count", true}, 8}});
+      CheckBuffers({{d_topk_physical, Bytes(num_tokens * top_k, id_bytes), id_bytes,
+                     "d_topk_physical", false},
+                    {d_num_tokens, 4, 4, "d_num_tokens", false},
+                    {d_record, 4, 4, "d_record", false},
+                    {d_load_pass, Bytes(num_physical_experts, 4), 4, "d_load_pass", true},
+                    {d_invalid_count, 8, 8, "d_invalid_count", true}});
     CheckLaunch(eplb::kernels::LaunchCount(d_topk_physical, id_type == EPLB_ID_INT64, num_tokens,
                                            d_num_tokens, top_k, num_physical_experts, d_record,
                                            d_load_pass, d_invalid_count, stream),
@@ -223,11 +222,11 @@ EPLB_API eplbStatus_t eplbWindowUpdate(const int32_t* d_phy2log, int32_t* d_load
     CheckStream(stream);
     const int64_t LE = int64_t{num_layers} * num_logical_experts,
                   LP = int64_t{num_layers} * num_physical_experts;
-    CheckBuffers({{{d_phy2log, Bytes(LP, 4), "d_phy2log", false}, 4},
-                  {{d_load_pass, Bytes(LP, 4), "d_load_pass", true}, 4},
-                  {{d_window, Bytes(LE * window_size, 4), "d_window", true}, 4},
-                  {{d_window_sum, Bytes(LE, 8), "d_window_sum", true}, 8},
-                  {{d_ring_state, 8, "d_ring_state", true}, 4}});
+    CheckBuffers({{d_phy2log, Bytes(LP, 4), 4, "d_phy2log", false},
+                  {d_load_pass, Bytes(LP, 4), 4, "d_load_pass", true},
+                  {d_window, Bytes(LE * window_size, 4), 4, "d_window", true},
+                  {d_window_sum, Bytes(LE, 8), 8, "d_window_sum", true},
+                  {d_ring_state, 8, 4, "d_ring_state", true}});
     CheckLaunch(eplb::kernels::LaunchWindowUpdate(
                     d_phy2log, d_load_pass, num_layers, num_logical_experts, num_physical_experts,
                     window_size, d_window, d_window_sum, d_ring_state, stream),
@@ -245,8 +244,8 @@ EPLB_API eplbStatus_t eplbWindowReadout(const int64_t* d_window_sum, int32_t num
     CheckExperts(num_logical_experts, num_logical_experts);
     CheckStream(stream);
     const int64_t LE = int64_t{num_layers} * num_logical_experts;
-    CheckBuffers({{{d_window_sum, Bytes(LE, 8), "d_window_sum", false}, 8},
-                  {{d_load, Bytes(LE, 8), "d_load", true}, 8}});
+    CheckBuffers({{d_window_sum, Bytes(LE, 8), 8, "d_window_sum", false},
+                  {d_load, Bytes(LE, 8), 8, "d_load", true}});
     CheckLaunch(eplb::kernels::LaunchWindowReadout(
                     d_window_sum, int64_t{num_layers} * num_logical_experts, d_load, stream),
                 "window read-out launch");
@@ -264,8 +263,8 @@ EPLB_API eplbStatus_t eplbWindowReduce(const int32_t* d_window, int32_t window_s
     CheckExperts(num_logical_experts, num_logical_experts);
     CheckStream(stream);
     const int64_t LE = int64_t{num_layers} * num_logical_experts;
-    CheckBuffers({{{d_window, Bytes(LE * window_size, 4), "d_window", false}, 4},
-                  {{d_load, Bytes(LE, 8), "d_load", true}, 8}});
+    CheckBuffers({{d_window, Bytes(LE * window_size, 4), 4, "d_window", false},
+                  {d_load, Bytes(LE, 8), 8, "d_load", true}});
     CheckLaunch(
         eplb::kernels::LaunchWindowReduce(
             d_window, window_size, int64_t{num_layers} * num_logical_experts, d_load, stream),
@@ -308,12 +307,12 @@ EPLB_API eplbStatus_t eplbPlanComputeGpu(const eplbPlanConfig_t* config, const i
     CheckStream(stream);
     const int64_t L = config->num_layers, E = config->num_logical_experts,
                   P = config->num_physical_experts;
-    CheckBuffers({{{d_load, Bytes(L * E, 8), "d_load", false}, 8},
-                  {{d_old_phy2log, Bytes(L * P, 4), "d_old_phy2log", false}, 4},
-                  {{d_phy2log, Bytes(L * P, 4), "d_phy2log", true}, 4},
-                  {{d_logcnt, Bytes(L * E, 4), "d_logcnt", true}, 4},
-                  {{d_log2phy, Bytes(L * E * (P - E + 1), 4), "d_log2phy", true}, 4},
-                  {{d_workspace, workspace_bytes, "d_workspace", true}, 1}});
+    CheckBuffers({{d_load, Bytes(L * E, 8), 8, "d_load", false},
+                  {d_old_phy2log, Bytes(L * P, 4), 4, "d_old_phy2log", false},
+                  {d_phy2log, Bytes(L * P, 4), 4, "d_phy2log", true},
+                  {d_logcnt, Bytes(L * E, 4), 4, "d_logcnt", true},
+                  {d_log2phy, Bytes(L * E * (P - E + 1), 4), 4, "d_log2phy", true},
+                  {d_workspace, workspace_bytes, 1, "d_workspace", true}});
     using eplb::kernels::GpuMigration;
     const GpuMigration gm = m == EPLB_MIGRATION_FULL       ? GpuMigration::kFull
                             : m == EPLB_MIGRATION_PRESERVE ? GpuMigration::kPreserve

@@ -712,6 +712,21 @@ void Exchange::Run(const int32_t* old_p, const int32_t* new_p, int32_t first, in
   profile_.host_check_ms = check_ms;
 }
 
+void Exchange::OnEnqueueFailure(eplbExchangeStats_t* stats, const eplbExchangeStats_t& st,
+                                cudaStream_t stream) noexcept {
+  broken_ = true;
+  // Keep the caller's stream ordered after whatever was enqueued (maps
+  // committed on it after this call must not land before these weights);
+  // where even that fails, wait for the unpacks here.
+  bool joined = false;
+  if (cudaEventRecord(ev_join_, unpack_stream_) == cudaSuccess) {
+    joined_once_ = true;
+    joined = cudaStreamWaitEvent(stream, ev_join_, 0) == cudaSuccess;
+  }
+  if (!joined) (void)cudaStreamSynchronize(unpack_stream_);
+  WriteStats(stats, st);
+}
+
 void Exchange::Execute(eplbExchangeStats_t* stats, cudaStream_t stream) {
   if (!prepared_.valid)
     Throw(Status::kInvalidUsage, "no exchange prepared (or it was already executed)");
@@ -828,28 +843,15 @@ void Exchange::Execute(eplbExchangeStats_t* stats, cudaStream_t stream) {
     } else {
       st.num_layers_done = n;
     }
+  } catch (const Error& e) {
+    OnEnqueueFailure(stats, st, stream);
+    if (torn_layer < 0) throw;
+    Throw(e.status(),
+          "%s; layer %d was moving in column slices and only its first ones were enqueued: its "
+          "weights are partly new, partly old",
+          e.what(), prep.first + torn_layer);
   } catch (...) {
-    broken_ = true;
-    // Keep the caller's stream ordered after whatever was enqueued (maps
-    // committed on it after this call must not land before these weights);
-    // where even that fails, wait for the unpacks here.
-    bool joined = false;
-    if (cudaEventRecord(ev_join_, unpack_stream_) == cudaSuccess) {
-      joined_once_ = true;
-      joined = cudaStreamWaitEvent(stream, ev_join_, 0) == cudaSuccess;
-    }
-    if (!joined) (void)cudaStreamSynchronize(unpack_stream_);
-    WriteStats(stats, st);
-    if (torn_layer >= 0) {
-      try {
-        throw;
-      } catch (const Error& e) {
-        Throw(e.status(),
-              "%s; layer %d was moving in column slices and only its first ones were enqueued: "
-              "its weights are partly new, partly old",
-              e.what(), prep.first + torn_layer);
-      }
-    }
+    OnEnqueueFailure(stats, st, stream);
     throw;
   }
   prof.host_enqueue_ms = MsSince(t_enqueue);

@@ -79,10 +79,11 @@ class Exchange {
   Exchange(const Exchange&) = delete;
   Exchange& operator=(const Exchange&) = delete;
 
-  // See eplbExchangeRegisterLayer. Waits for the exchange's work in flight
-  // (the tensor table it rewrites may be in use). Throws.
   // The communicator failed or will be aborted: Release makes no NCCL call.
   void MarkBroken() { broken_ = true; }
+
+  // See eplbExchangeRegisterLayer. Waits for the exchange's work in flight
+  // (the tensor table it rewrites may be in use). Throws.
   void RegisterLayer(int32_t layer, const eplbTensorDesc_t* tensors, int32_t num_tensors,
                      int32_t num_local_slots);
 
@@ -215,6 +216,10 @@ class Exchange {
   cudaEvent_t ev_fork_ = nullptr, ev_upload_ = nullptr, ev_join_ = nullptr;
   cudaEvent_t ev_packed_ = nullptr, ev_comm_ = nullptr;
   std::vector<cudaEvent_t> ev_chunk_done_;  // pool, reused round robin
+  // After a failed enqueue in Execute: marks the exchange broken, orders
+  // `stream` after what was enqueued (or waits for it), writes the stats.
+  void OnEnqueueFailure(eplbExchangeStats_t* stats, const eplbExchangeStats_t& st,
+                        cudaStream_t stream) noexcept;
   bool joined_once_ = false;
   // Set once a collective or a transfer failed (or the owner says so): the
   // communicator is then to be aborted, so Release makes no NCCL call on it
