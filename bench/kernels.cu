@@ -6,8 +6,10 @@
 //   one 58-layer decode step (58 route+count + window update) vs a graph of
 //   59 empty kernels; route+count fused into a stand-in engine kernel with
 //   the public device functions (warp recipe, EplbBlockRoute) vs that
-//   engine kernel alone and followed by eplbRouteCount; window update / read-out / reduce at
-//   W=1000, 58 x 256; the GPU planner on the DeepSeek-V3 shape vs the host planner.
+//   engine kernel alone and followed by eplbRouteCount; count-only on 64 Mi
+//   ids vs the copy, and at decode sizes vs empty kernels; window update /
+//   read-out / reduce at W=1000, 58 x 256; the GPU planner on the
+//   DeepSeek-V3 shape vs the host planner.
 // Counters: GB/s, and ratio counters (vs_memcpy, us_over_empty, vs_host).
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
@@ -148,6 +150,101 @@ BENCHMARK(BM_RouteCountLarge)
     ->Args({12, 8 << 20})
     ->Args({0, (1 << 19) - 1})
     ->Args({12, (1 << 19) - 1})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// Count-only (eplbCount) over T x top-8 int32 physical ids, 288 slots, 64 Mi
+// ids, uniform and Zipf(1.2): bytes = ids read; the baseline is a
+// device-to-device copy of the same ids (their bytes read + written), timed
+// right after each count. vs_memcpy = count's bytes per second over the
+// copy's.
+void BM_CountLarge(benchmark::State& state) {
+  const double zipf = state.range(0) / 10.0;
+  const int64_t T = 8 << 20;
+  const int32_t K = 8, P = 288;
+  const size_t n = static_cast<size_t>(T * K);
+  Ctx c;
+  int32_t* d_ids = Dev(Ids(n, P, zipf, 2));
+  int32_t *d_out, *d_load;
+  CK(cudaMalloc(&d_out, n * 4));
+  CK(cudaMalloc(&d_load, P * 4));
+  CK(cudaMemset(d_load, 0, P * 4));
+  auto count = [&] {
+    EK(eplbCount(d_ids, EPLB_ID_INT32, T, nullptr, K, P, nullptr, d_load, nullptr, c.stream));
+  };
+  auto copy = [&] { CK(cudaMemcpyAsync(d_out, d_ids, n * 4, cudaMemcpyDeviceToDevice, c.stream)); };
+  count();
+  copy();
+  double total = 0, total_copy = 0;
+  int64_t iters = 0;
+  for (auto _ : state) {
+    const double t = c.Time(count);
+    state.SetIterationTime(t);
+    total += t;
+    total_copy += c.Time(copy);
+    ++iters;
+  }
+  const double count_gbps = 4.0 * n / (total / iters) * 1e-9;
+  const double copy_gbps = 8.0 * n / (total_copy / iters) * 1e-9;
+  state.counters["count_GBps"] = count_gbps;
+  state.counters["memcpy_GBps"] = copy_gbps;
+  state.counters["vs_memcpy"] = count_gbps / copy_gbps;
+  state.SetBytesProcessed(static_cast<int64_t>(4.0 * n) * iters);
+  cudaFree(d_ids);
+  cudaFree(d_out);
+  cudaFree(d_load);
+}
+BENCHMARK(BM_CountLarge)->Arg(0)->Arg(12)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// Count-only at decode sizes, T x top-8 int32 (second argument 1: int64)
+// physical ids with a device token count: a graph of 64 eplbCount launches
+// vs a graph of 64 empty kernels; us_over_empty per launch.
+void BM_CountDecodeGraph(benchmark::State& state) {
+  const int64_t T = state.range(0);
+  const bool ids64 = state.range(1) != 0;
+  const int32_t K = 8, P = 288, reps = 64;
+  const size_t n = static_cast<size_t>(T * K);
+  Ctx c;
+  const std::vector<int32_t> ids = Ids(n, P, 1.2, 4);
+  void* d_ids = ids64 ? static_cast<void*>(Dev(std::vector<int64_t>(ids.begin(), ids.end())))
+                      : static_cast<void*>(Dev(ids));
+  int32_t* d_load;
+  CK(cudaMalloc(&d_load, P * 4));
+  CK(cudaMemset(d_load, 0, P * 4));
+  int32_t* d_valid = Dev(std::vector<int32_t>{static_cast<int32_t>(T)});
+  auto capture = [&](bool empty) {
+    return c.Capture([&] {
+      for (int i = 0; i < reps; ++i) {
+        if (empty) {
+          EmptyKernel<<<1, 32, 0, c.stream>>>();
+        } else {
+          EK(eplbCount(d_ids, ids64 ? EPLB_ID_INT64 : EPLB_ID_INT32, T, d_valid, K, P, nullptr,
+                       d_load, nullptr, c.stream));
+        }
+      }
+    });
+  };
+  cudaGraphExec_t gc = capture(false), ge = capture(true);
+  const double t_empty = c.Mean([&] { CK(cudaGraphLaunch(ge, c.stream)); }, 50);
+  c.Mean([&] { CK(cudaGraphLaunch(gc, c.stream)); }, 3);
+  double total = 0;
+  int64_t iters = 0;
+  for (auto _ : state) {
+    const double t = c.Time([&] { CK(cudaGraphLaunch(gc, c.stream)); });
+    state.SetIterationTime(t);
+    total += t;
+    ++iters;
+  }
+  const double t_count = total / iters;
+  state.counters["us_per_launch"] = t_count / reps * 1e6;
+  state.counters["us_empty_launch"] = t_empty / reps * 1e6;
+  state.counters["us_over_empty"] = (t_count - t_empty) / reps * 1e6;
+  cudaGraphExecDestroy(gc);
+  cudaGraphExecDestroy(ge);
+  for (void* p : {d_ids, static_cast<void*>(d_load), static_cast<void*>(d_valid)}) cudaFree(p);
+}
+BENCHMARK(BM_CountDecodeGraph)
+    ->ArgsProduct({{64, 512, 1024, 8192}, {0, 1}})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 
