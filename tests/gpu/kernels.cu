@@ -455,35 +455,39 @@ TEST(Count, MatchesReference) {
 // Both id types, 16-byte aligned and not (ids one element into a buffer
 // whose other entries are valid ids: a read past either end would be
 // counted), T*K not a multiple of 4, both sides of each shape boundary
-// (16384 and 65536 items), one hot id, the record flag off.
+// (16384 and 65536 items), one hot id, the record flag off, P = 1 and the
+// largest P (counters past P must stay as they were).
 TEST(Count, ShapesTypesAlignment) {
   EPLB_REQUIRE_GPUS(1);
   std::mt19937_64 rng(41);
   ScopedStream stream;
-  const int32_t P = 300;
+  const int32_t kMaxP = EPLB_MAX_PHYSICAL_EXPERTS;
   struct Shape {
     int64_t T;
-    int32_t K;
+    int32_t K, P;
   };
-  const Shape shapes[] = {{1, 1},     {1, 3},     {7, 5},     {64, 8},    {513, 8},
-                          {2048, 8},  {16385, 1}, {8192, 8},  {65535, 1}, {65536, 1},
-                          {65537, 1}, {21846, 3}, {123457, 8}};
-  DeviceBuffer<int32_t> d_load(P), d_valid(1), d_rec(1);
+  const Shape shapes[] = {{1, 1, 300},      {1, 3, 300},      {7, 5, 300},       {64, 8, 300},
+                          {513, 8, 300},    {2048, 8, 300},   {16385, 1, 300},   {8192, 8, 300},
+                          {65535, 1, 300},  {65536, 1, 300},  {65537, 1, 300},   {21846, 3, 300},
+                          {123457, 8, 300}, {1000, 8, kMaxP}, {20000, 8, kMaxP}, {3000, 8, 1}};
+  DeviceBuffer<int32_t> d_load(kMaxP), d_valid(1), d_rec(1);
   DeviceBuffer<unsigned long long> d_inv(1);
   for (const Shape& sh : shapes) {
+    const int32_t P = sh.P;
     const size_t n = static_cast<size_t>(sh.T * sh.K);
     std::vector<int64_t> ids = ZipfIds(rng, n, P, 1.2);
     for (size_t k = 0; k < n; k += 61) ids[k] = (k % 2) ? -1 : P + int64_t(k % 7);
     if (sh.T == 8192) std::fill(ids.begin(), ids.end(), 17);  // one hot slot
+    if (P == 1) std::fill(ids.begin(), ids.begin() + n / 2, 0);
     for (int is64 = 0; is64 < 2; ++is64) {
       for (int offset = 0; offset < 2; ++offset) {
         for (int mode = 0; mode < 3; ++mode) {  // all valid / a third valid / not recording
           SCOPED_TRACE("T=" + std::to_string(sh.T) + " K=" + std::to_string(sh.K) +
-                       " int64=" + std::to_string(is64) + " offset=" + std::to_string(offset) +
-                       " mode=" + std::to_string(mode));
+                       " P=" + std::to_string(P) + " int64=" + std::to_string(is64) +
+                       " offset=" + std::to_string(offset) + " mode=" + std::to_string(mode));
           const int64_t valid = mode == 1 ? sh.T / 3 : sh.T;
           const bool record = mode != 2;
-          std::vector<int32_t> ref(P, 3);
+          std::vector<int32_t> ref(kMaxP, 3);
           uint64_t ref_inv = 0;
           eplb::CountRef(ids, valid, sh.K, P, record, ref.data(), &ref_inv);
           // Guards: valid ids around the input, 4 on each side.
@@ -505,7 +509,7 @@ TEST(Count, ShapesTypesAlignment) {
             d_ids = d32.get() + 4 + offset;
           }
           ASSERT_EQ(reinterpret_cast<uintptr_t>(d_ids) % 16 == 0, offset == 0);
-          d_load.Upload(std::vector<int32_t>(P, 3), stream);
+          d_load.Upload(std::vector<int32_t>(kMaxP, 3), stream);
           d_inv.Fill(0, stream);
           d_valid.Upload({static_cast<int32_t>(valid)}, stream);
           d_rec.Upload({record ? 1 : 0}, stream);
