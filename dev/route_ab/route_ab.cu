@@ -9,7 +9,8 @@
 // shape (an empty kernel, a copy of the ids). Env: ROUTE_AB_DECODE_ONLY=1
 // skips the hash path; ROUTE_AB_LOAD_AWARE=1 gives the decode runs a
 // load-aware placement (each redundant slot to the expert with the most
-// items per replica).
+// items per replica); ROUTE_AB_VALID_DIV=d routes the decode runs with a
+// device token count of T / d.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -177,8 +178,12 @@ int main() {
       CK(cudaMemcpy(d.cnt, gc.data(), E * 4, cudaMemcpyHostToDevice));
     }
   }
+  // ROUTE_AB_VALID_DIV=d: a device token count of T / d (a graph captured
+  // at a padded size), so the later items are rejected.
+  const char* valid_div = std::getenv("ROUTE_AB_VALID_DIV");
+  const int64_t div = valid_div != nullptr ? std::max<int64_t>(1, std::atoll(valid_div)) : 1;
   for (int64_t T : {64, 512, 1024, 8192}) {
-    const int32_t t32 = int32_t(T);
+    const int32_t t32 = int32_t(T / div);
     CK(cudaMemcpy(d.valid, &t32, 4, cudaMemcpyHostToDevice));
     check(T, true);
     auto capture = [&](int v) {
