@@ -198,9 +198,9 @@ __device__ __forceinline__ uint32_t EplbDivMod(uint32_t x, uint32_t c, float rc,
 // Shared memory, in bytes, that EplbBlockRoute needs (16-byte aligned):
 // the lane masks [E][kWarps] and the earlier-item counts [E]; with
 // kStageTables, logcnt [E] and two log2phy columns [E][2]; when
-// `aggregate`, a [P] counter row; then 32 ints that the atomics of
-// rejected items go to (so that no atomic sits behind a branch; one per
-// lane for the ORs, so that they do not conflict). The default
+// `aggregate`, a [P] counter row; then 64 ints that the atomics of
+// rejected items go to (so that no shared atomic sits behind a branch; one
+// per lane, so that they do not conflict). The default
 // (stage_tables = true) is enough for either kStageTables; pass the
 // kernel's kStageTables to save 3 * E ints where it does not stage.
 __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int32_t num_e,
@@ -208,7 +208,7 @@ __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int3
                                                              bool stage_tables = true) {
   return sizeof(int32_t) *
          ((static_cast<size_t>(warps) + (stage_tables ? 4 : 1)) * static_cast<size_t>(num_e) +
-          (aggregate ? static_cast<size_t>(num_p) : 0) + 32);
+          (aggregate ? static_cast<size_t>(num_p) : 0) + 64);
 }
 
 // Block-wide route + count of one item per thread: the way to fuse
@@ -296,17 +296,18 @@ __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT*
   // [E][kCols] log2phy, (kWarps + 2) * E ints in: 8-byte aligned (kWarps is even).
   int32_t* s_tab = s_cnt + num_e;
   int32_t* s_load = kStageTables ? s_tab + kCols * num_e : pre + num_e;  // [P] when aggregating
-  // [32] Where the atomics of rejected items go, never read for a result:
-  // the OR of a rejected item to word `lane`, an earlier id that does not
-  // count to word 0. With it every atomic of step 2 is unconditional (with
-  // a branch around each, each sat in its own divergent region): same-run
-  // A/B on an H200, us over an empty kernel at 64 / 512 / 1024 / 8192
-  // tokens x top-8, 0.92 / 1.69 / 1.73 / 2.92 -> 0.85 / 1.60 / 1.65 / 2.81
-  // (a quarter of the tokens valid: 0.89 / 1.62 / 1.69 / 2.17 -> 0.81 /
-  // 1.52 / 1.60 / 2.09; load-aware placement: 1.04 / 1.79 / 1.82 / 2.94 ->
-  // 0.98 / 1.69 / 1.73 / 2.83). One shared trash word for the ORs measured
-  // 0.03 slower at 64 tokens, unconditional earlier adds alone 0.05-0.06
-  // faster than before at 512-8192 tokens.
+  // [64] Where the shared atomics of rejected items go, never read for a
+  // result: the OR of a rejected item to word `lane` and an earlier id that
+  // does not count to word 0 (step 2), a lane that adds no share to word
+  // 32 + `lane` (step 3, when aggregating: apart from the words step 3
+  // reads). With it no shared atomic is conditional (with a branch around
+  // each, each sat in its own divergent region): same-run A/B on an H200,
+  // us over an empty kernel at 64 / 512 / 1024 / 8192 tokens x top-8,
+  // 0.92 / 1.69 / 1.73 / 2.92 -> 0.86 / 1.55 / 1.59 / 2.79 (a quarter of
+  // the tokens valid: 0.89 / 1.62 / 1.68 / 2.16 -> 0.83 / 1.47 / 1.55 /
+  // 2.03; load-aware placement: 1.03 / 1.78 / 1.81 / 2.91 -> 0.98 / 1.63 /
+  // 1.68 / 2.83). Step 2 alone: 0.85 / 1.60 / 1.64 / 2.81; with one
+  // shared trash word for all ORs, 0.95 at 64 tokens.
   int32_t* const trash = s_load + (aggregate ? num_p : 0);
   const int tid = threadIdx.x, warp = tid >> 5;
   const unsigned lane = tid & 31u;
@@ -455,12 +456,15 @@ __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT*
   int32_t v = col == 0 ? tab.x : tab.y;
   if (col >= kCols) v = log2phy[xc * max_rep + static_cast<int32_t>(col)];
   const int32_t slot = (key_ok && v >= 0 && v < num_p) ? v : -1;
-  if (key_ok && load_pass != nullptr && t < c) {  // t < n: the lane is in its run
+  if (load_pass != nullptr) {
+    const bool adds = key_ok && t < c;  // t < n: the lane is in its run
     const int32_t share = static_cast<int32_t>(n_div + (t < n_mod ? 1u : 0u));
-    if (!aggregate)
-      EplbCountAdd(load_pass, slot, share, num_p);
-    else if (slot >= 0)
-      atomicAdd(s_load + slot, share);
+    if (!aggregate) {
+      if (adds) EplbCountAdd(load_pass, slot, share, num_p);
+    } else {
+      const bool to_slot = adds && slot >= 0;
+      atomicAdd(to_slot ? s_load + slot : trash + 32 + lane, to_slot ? share : 0);
+    }
   }
   if (slot_out != nullptr) *slot_out = slot;
   if (aggregate && load_pass != nullptr) {
