@@ -263,9 +263,9 @@ __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int3
 // Speed: the function is latency-bound, so fewer warps per SM finish
 // sooner: eplbRouteCount routes 64 tokens x top-8 in four 4-warp blocks
 // (128 items each, the later ones with their predecessors as `earlier`),
-// 0.90 us over an empty kernel now (bench_kernels, H200); when that shape
+// 0.86 us over an empty kernel now (bench_kernels, H200); when that shape
 // came in, 1.18 where one 16-warp block took 1.49 (same run; two-warp
-// blocks, 1.24 against 1.21); 512 tokens in 8-warp blocks, 1.67 now, 1.79
+// blocks, 1.24 against 1.21); 512 tokens in 8-warp blocks, 1.53 now, 1.79
 // where 16-warp ones took 1.99. An engine with a choice of
 // block size at decode can use it. Pass `aggregate` as a constant where it
 // is one: the compiler then drops the other path (eplbRouteCount's 64-token
