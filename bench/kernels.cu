@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <functional>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "eplb/eplb.h"
@@ -69,9 +70,58 @@ struct Ctx {
     CK(cudaGraphDestroy(g));
     return x;
   }
+  // Mean seconds of `op`, timed in the benchmark loop (its time is the
+  // iteration's), and of `baseline`, timed right after each op, so that
+  // clock and thermal drift hit both alike.
+  std::pair<double, double> TimeWithBaseline(benchmark::State& state,
+                                             const std::function<void()>& op,
+                                             const std::function<void()>& baseline) {
+    op();
+    baseline();
+    double total = 0, total_base = 0;
+    int64_t iters = 0;
+    for (auto _ : state) {
+      const double t = Time(op);
+      state.SetIterationTime(t);
+      total += t;
+      total_base += Time(baseline);
+      ++iters;
+    }
+    return {total / iters, total_base / iters};
+  }
+  // Seconds per launch of `enqueue` (one launch) in a CUDA graph of `reps`
+  // of them, timed in the benchmark loop, and of an empty kernel in a graph
+  // of `reps` empty kernels, timed before; sets the counters us_per_launch,
+  // us_empty_launch and us_over_empty.
+  void GraphPerLaunch(benchmark::State& state, int reps, const std::function<void()>& enqueue);
 };
 
 __global__ void EmptyKernel() {}
+
+void Ctx::GraphPerLaunch(benchmark::State& state, int reps, const std::function<void()>& enqueue) {
+  cudaGraphExec_t gx = Capture([&] {
+    for (int i = 0; i < reps; ++i) enqueue();
+  });
+  cudaGraphExec_t ge = Capture([&] {
+    for (int i = 0; i < reps; ++i) EmptyKernel<<<1, 32, 0, stream>>>();
+  });
+  const double t_empty = Mean([&] { CK(cudaGraphLaunch(ge, stream)); }, 50);
+  Mean([&] { CK(cudaGraphLaunch(gx, stream)); }, 3);
+  double total = 0;
+  int64_t iters = 0;
+  for (auto _ : state) {
+    const double t = Time([&] { CK(cudaGraphLaunch(gx, stream)); });
+    state.SetIterationTime(t);  // one iteration = one graph of `reps` launches
+    total += t;
+    ++iters;
+  }
+  const double t_op = total / iters;
+  state.counters["us_per_launch"] = t_op / reps * 1e6;
+  state.counters["us_empty_launch"] = t_empty / reps * 1e6;
+  state.counters["us_over_empty"] = (t_op - t_empty) / reps * 1e6;
+  cudaGraphExecDestroy(gx);
+  cudaGraphExecDestroy(ge);
+}
 
 struct Placement {
   std::vector<int32_t> phy2log, log2phy, logcnt;
@@ -119,26 +169,12 @@ void BM_RouteCountLarge(benchmark::State& state) {
                       d_load, nullptr, c.stream));
   };
   auto copy = [&] { CK(cudaMemcpyAsync(d_out, d_ids, n * 4, cudaMemcpyDeviceToDevice, c.stream)); };
-  route();
-  copy();
-  // The baseline copy is timed in the same loop, right after each route, so
-  // that clock and thermal drift hit both alike.
-  double total = 0, total_copy = 0;
-  int64_t iters = 0;
-  for (auto _ : state) {
-    const double t = c.Time(route);
-    state.SetIterationTime(t);
-    total += t;
-    total_copy += c.Time(copy);
-    ++iters;
-  }
+  const auto [t_route, t_copy] = c.TimeWithBaseline(state, route, copy);
   const double bytes = 8.0 * n;  // 4 B read + 4 B written per id
-  const double t_route = total / iters;
-  const double t_copy = total_copy / iters;
   state.counters["route_GBps"] = bytes / t_route * 1e-9;
   state.counters["memcpy_GBps"] = bytes / t_copy * 1e-9;
   state.counters["vs_memcpy"] = t_copy / t_route;
-  state.SetBytesProcessed(static_cast<int64_t>(bytes) * iters);
+  state.SetBytesProcessed(static_cast<int64_t>(bytes) * state.iterations());
   cudaFree(d_ids);
   cudaFree(d_out);
   cudaFree(d_load);
@@ -173,23 +209,13 @@ void BM_CountLarge(benchmark::State& state) {
     EK(eplbCount(d_ids, EPLB_ID_INT32, T, nullptr, K, P, nullptr, d_load, nullptr, c.stream));
   };
   auto copy = [&] { CK(cudaMemcpyAsync(d_out, d_ids, n * 4, cudaMemcpyDeviceToDevice, c.stream)); };
-  count();
-  copy();
-  double total = 0, total_copy = 0;
-  int64_t iters = 0;
-  for (auto _ : state) {
-    const double t = c.Time(count);
-    state.SetIterationTime(t);
-    total += t;
-    total_copy += c.Time(copy);
-    ++iters;
-  }
-  const double count_gbps = 4.0 * n / (total / iters) * 1e-9;
-  const double copy_gbps = 8.0 * n / (total_copy / iters) * 1e-9;
+  const auto [t_count, t_copy] = c.TimeWithBaseline(state, count, copy);
+  const double count_gbps = 4.0 * n / t_count * 1e-9;
+  const double copy_gbps = 8.0 * n / t_copy * 1e-9;
   state.counters["count_GBps"] = count_gbps;
   state.counters["memcpy_GBps"] = copy_gbps;
   state.counters["vs_memcpy"] = count_gbps / copy_gbps;
-  state.SetBytesProcessed(static_cast<int64_t>(4.0 * n) * iters);
+  state.SetBytesProcessed(static_cast<int64_t>(4.0 * n) * state.iterations());
   cudaFree(d_ids);
   cudaFree(d_out);
   cudaFree(d_load);
@@ -212,35 +238,10 @@ void BM_CountDecodeGraph(benchmark::State& state) {
   CK(cudaMalloc(&d_load, P * 4));
   CK(cudaMemset(d_load, 0, P * 4));
   int32_t* d_valid = Dev(std::vector<int32_t>{static_cast<int32_t>(T)});
-  auto capture = [&](bool empty) {
-    return c.Capture([&] {
-      for (int i = 0; i < reps; ++i) {
-        if (empty) {
-          EmptyKernel<<<1, 32, 0, c.stream>>>();
-        } else {
-          EK(eplbCount(d_ids, ids64 ? EPLB_ID_INT64 : EPLB_ID_INT32, T, d_valid, K, P, nullptr,
-                       d_load, nullptr, c.stream));
-        }
-      }
-    });
-  };
-  cudaGraphExec_t gc = capture(false), ge = capture(true);
-  const double t_empty = c.Mean([&] { CK(cudaGraphLaunch(ge, c.stream)); }, 50);
-  c.Mean([&] { CK(cudaGraphLaunch(gc, c.stream)); }, 3);
-  double total = 0;
-  int64_t iters = 0;
-  for (auto _ : state) {
-    const double t = c.Time([&] { CK(cudaGraphLaunch(gc, c.stream)); });
-    state.SetIterationTime(t);
-    total += t;
-    ++iters;
-  }
-  const double t_count = total / iters;
-  state.counters["us_per_launch"] = t_count / reps * 1e6;
-  state.counters["us_empty_launch"] = t_empty / reps * 1e6;
-  state.counters["us_over_empty"] = (t_count - t_empty) / reps * 1e6;
-  cudaGraphExecDestroy(gc);
-  cudaGraphExecDestroy(ge);
+  c.GraphPerLaunch(state, reps, [&] {
+    EK(eplbCount(d_ids, ids64 ? EPLB_ID_INT64 : EPLB_ID_INT32, T, d_valid, K, P, nullptr, d_load,
+                 nullptr, c.stream));
+  });
   for (void* p : {d_ids, static_cast<void*>(d_load), static_cast<void*>(d_valid)}) cudaFree(p);
 }
 BENCHMARK(BM_CountDecodeGraph)
@@ -301,35 +302,10 @@ void BM_RouteCountDecodeGraph(benchmark::State& state) {
   CK(cudaMalloc(&d_out, n * 4));
   CK(cudaMalloc(&d_load, P * 4));
   CK(cudaMemset(d_load, 0, P * 4));
-  auto capture = [&](bool empty) {
-    return c.Capture([&] {
-      for (int i = 0; i < reps; ++i) {
-        if (empty) {
-          EmptyKernel<<<1, 32, 0, c.stream>>>();
-        } else {
-          EK(eplbRouteCount(d_ids, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
-                            d_load, nullptr, c.stream));
-        }
-      }
-    });
-  };
-  cudaGraphExec_t gr = capture(false), ge = capture(true);
-  const double t_empty = c.Mean([&] { CK(cudaGraphLaunch(ge, c.stream)); }, 50);
-  double total = 0;
-  int64_t iters = 0;
-  c.Mean([&] { CK(cudaGraphLaunch(gr, c.stream)); }, 3);
-  for (auto _ : state) {
-    const double t = c.Time([&] { CK(cudaGraphLaunch(gr, c.stream)); });
-    state.SetIterationTime(t);  // one iteration = one graph of `reps` launches
-    total += t;
-    ++iters;
-  }
-  const double t_route = total / iters;
-  state.counters["us_per_launch"] = t_route / reps * 1e6;
-  state.counters["us_empty_launch"] = t_empty / reps * 1e6;
-  state.counters["us_over_empty"] = (t_route - t_empty) / reps * 1e6;
-  cudaGraphExecDestroy(gr);
-  cudaGraphExecDestroy(ge);
+  c.GraphPerLaunch(state, reps, [&] {
+    EK(eplbRouteCount(d_ids, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out, d_load,
+                      nullptr, c.stream));
+  });
   for (void* p : {(void*)d_ids, (void*)d_out, (void*)d_load, (void*)d_l2p, (void*)d_cnt,
                   (void*)d_valid, (void*)d_rec})
     cudaFree(p);
