@@ -61,8 +61,9 @@ constexpr int kSegWarps = 8;
 // 1024 tokens, same run, H200); the large shape stages (its 65536 items
 // each loading their own entries: +0.04-0.06). Not staging also takes
 // 3 * E ints less shared memory, so launches of 513-8192 items with large
-// tables (e.g. E = 1024, P <= 3072) now fit the mid shape's 48 KB where
-// they took the segment kernel before.
+// tables (e.g. E = 1024, P <= 3008; P <= 3072 before EplbBlockRoute's 64
+// trash ints) now fit the mid shape's 48 KB where they took the segment
+// kernel before.
 struct SubShape {
   int warps, pre;
   bool aggregate, stage;

@@ -199,9 +199,13 @@ __device__ __forceinline__ uint32_t EplbDivMod(uint32_t x, uint32_t c, float rc,
 // the lane masks [E][kWarps] and the earlier-item counts [E]; with
 // kStageTables, logcnt [E] and two log2phy columns [E][2]; when
 // `aggregate`, a [P] counter row; then 64 ints that the atomics of
-// rejected items go to (so that no shared atomic sits behind a branch; one
-// per lane, so that they do not conflict). The default
-// (stage_tables = true) is enough for either kStageTables; pass the
+// rejected items go to, so that no shared atomic sits behind a branch (the
+// ORs and share adds one word per lane, so that they do not conflict; the
+// earlier ids that do not count all to one word, where the hardware
+// combines a warp's increments of one address). Those 256 bytes came in on
+// 2026-11-29: a shape that needed just under the default 48 KB before may
+// now need the opt-in (cudaFuncAttributeMaxDynamicSharedMemorySize). The
+// default (stage_tables = true) is enough for either kStageTables; pass the
 // kernel's kStageTables to save 3 * E ints where it does not stage.
 __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int32_t num_e,
                                                              int32_t num_p, bool aggregate,

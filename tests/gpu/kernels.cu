@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <dirent.h>
 #include <random>
 #include <string>
@@ -452,16 +453,26 @@ TEST(Count, MatchesReference) {
   }
 }
 
-// Both id types, 16-byte aligned and not (ids one element into a buffer
-// whose other entries are valid ids: a read past either end would be
-// counted), T*K not a multiple of 4, both sides of each shape boundary
-// (16384 and 65536 items), one hot id, the record flag off, P = 1 and the
-// largest P (counters past P must stay as they were).
+// Both id types; four layouts: 16-byte aligned or one element off, each in
+// a buffer padded with valid ids (a read before the start or a misplaced
+// read would be counted) and in an allocation that ends at the last id (a
+// read past the end is an out-of-bounds access for compute-sanitizer
+// memcheck); T*K not a multiple of 4, both sides of each shape boundary
+// (16384 and 65536 items), more than one step of the striding loop, one hot
+// id, P = 1 and the largest P (counters past P must stay as they were); the
+// valid count on the device (all, a third, above T, negative) or from the
+// host, and the record flag off.
 TEST(Count, ShapesTypesAlignment) {
   EPLB_REQUIRE_GPUS(1);
   std::mt19937_64 rng(41);
   ScopedStream stream;
   const int32_t kMaxP = EPLB_MAX_PHYSICAL_EXPERTS;
+  int dev = 0, sms = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), cudaSuccess);
+  // One step of the striding loop covers sms x 2 blocks x 512 threads x 8
+  // groups x 4 ids (int32; int64 half): this size takes 2 steps (int64: 3).
+  const int64_t big_t = int64_t{sms} * 2 * 512 * 8 * 4 / 8 * 5 / 4 + 3;
   struct Shape {
     int64_t T;
     int32_t K, P;
@@ -469,7 +480,8 @@ TEST(Count, ShapesTypesAlignment) {
   const Shape shapes[] = {{1, 1, 300},      {1, 3, 300},      {7, 5, 300},       {64, 8, 300},
                           {513, 8, 300},    {2048, 8, 300},   {16385, 1, 300},   {8192, 8, 300},
                           {65535, 1, 300},  {65536, 1, 300},  {65537, 1, 300},   {21846, 3, 300},
-                          {123457, 8, 300}, {1000, 8, kMaxP}, {20000, 8, kMaxP}, {3000, 8, 1}};
+                          {123457, 8, 300}, {1000, 8, kMaxP}, {20000, 8, kMaxP}, {3000, 8, 1},
+                          {big_t, 8, 300}};
   DeviceBuffer<int32_t> d_load(kMaxP), d_valid(1), d_rec(1);
   DeviceBuffer<unsigned long long> d_inv(1);
   for (const Shape& sh : shapes) {
@@ -480,41 +492,45 @@ TEST(Count, ShapesTypesAlignment) {
     if (sh.T == 8192) std::fill(ids.begin(), ids.end(), 17);  // one hot slot
     if (P == 1) std::fill(ids.begin(), ids.begin() + n / 2, 0);
     for (int is64 = 0; is64 < 2; ++is64) {
-      for (int offset = 0; offset < 2; ++offset) {
-        for (int mode = 0; mode < 3; ++mode) {  // all valid / a third valid / not recording
+      for (int layout = 0; layout < 4; ++layout) {
+        const bool padded = layout < 2;
+        const size_t offset = layout % 2;  // elements: 4 or 8 bytes, never 16
+        const size_t front = (padded ? 4 : 0) + offset;
+        std::vector<int64_t> h(front + n + (padded ? 4 : 0), 5);
+        std::copy(ids.begin(), ids.end(), h.begin() + static_cast<std::ptrdiff_t>(front));
+        DeviceBuffer<int64_t> d64(is64 ? h.size() : 0);
+        DeviceBuffer<int32_t> d32(is64 ? 0 : h.size());
+        const void* d_ids = nullptr;
+        if (is64) {
+          d64.Upload(h, stream);
+          d_ids = d64.get() + front;
+        } else {
+          d32.Upload(std::vector<int32_t>(h.begin(), h.end()), stream);
+          d_ids = d32.get() + front;
+        }
+        ASSERT_EQ(reinterpret_cast<uintptr_t>(d_ids) % 16 == 0, offset == 0);
+        // 0 all valid, 1 a third, 2 not recording, 3 no device count, 4 a
+        // device count above T (clamped to T), 5 a negative one (to 0).
+        for (int mode = 0; mode < 6; ++mode) {
           SCOPED_TRACE("T=" + std::to_string(sh.T) + " K=" + std::to_string(sh.K) +
                        " P=" + std::to_string(P) + " int64=" + std::to_string(is64) +
-                       " offset=" + std::to_string(offset) + " mode=" + std::to_string(mode));
-          const int64_t valid = mode == 1 ? sh.T / 3 : sh.T;
+                       " layout=" + std::to_string(layout) + " mode=" + std::to_string(mode));
+          const int64_t dev_valid = mode == 1   ? sh.T / 3
+                                    : mode == 4 ? sh.T + 5
+                                    : mode == 5 ? -3
+                                                : sh.T;
+          const int64_t valid = std::max<int64_t>(0, std::min(dev_valid, sh.T));
           const bool record = mode != 2;
           std::vector<int32_t> ref(kMaxP, 3);
           uint64_t ref_inv = 0;
           eplb::CountRef(ids, valid, sh.K, P, record, ref.data(), &ref_inv);
-          // Guards: valid ids around the input, 4 on each side.
-          std::vector<int64_t> padded(n + 8, 5);
-          std::copy(ids.begin(), ids.end(), padded.begin() + 4);
-          DeviceBuffer<int64_t> d64(is64 ? padded.size() : 0);
-          DeviceBuffer<int32_t> d32(is64 ? 0 : padded.size());
-          const void* d_ids = nullptr;
-          // 4 + offset elements in: 16-byte aligned without the offset only.
-          if (is64) {
-            std::vector<int64_t> h(padded);
-            if (offset) h.insert(h.begin(), 5);
-            d64.Upload(h, stream);
-            d_ids = d64.get() + 4 + offset;
-          } else {
-            std::vector<int32_t> h(padded.begin(), padded.end());
-            if (offset) h.insert(h.begin(), 5);
-            d32.Upload(h, stream);
-            d_ids = d32.get() + 4 + offset;
-          }
-          ASSERT_EQ(reinterpret_cast<uintptr_t>(d_ids) % 16 == 0, offset == 0);
           d_load.Upload(std::vector<int32_t>(kMaxP, 3), stream);
           d_inv.Fill(0, stream);
-          d_valid.Upload({static_cast<int32_t>(valid)}, stream);
+          d_valid.Upload({static_cast<int32_t>(dev_valid)}, stream);
           d_rec.Upload({record ? 1 : 0}, stream);
-          EPLB_OK(eplbCount(d_ids, is64 ? EPLB_ID_INT64 : EPLB_ID_INT32, sh.T, d_valid.get(), sh.K,
-                            P, d_rec.get(), d_load.get(), d_inv.get(), stream));
+          EPLB_OK(eplbCount(d_ids, is64 ? EPLB_ID_INT64 : EPLB_ID_INT32, sh.T,
+                            mode == 3 ? nullptr : d_valid.get(), sh.K, P, d_rec.get(), d_load.get(),
+                            d_inv.get(), stream));
           EXPECT_EQ(d_load.Download(stream), ref);
           EXPECT_EQ(d_inv.Download(stream)[0], ref_inv);
         }
