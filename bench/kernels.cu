@@ -11,6 +11,10 @@
 //   read-out / reduce at W=1000, 58 x 256; the GPU planner on the
 //   DeepSeek-V3 shape vs the host planner.
 // Counters: GB/s, and ratio counters (vs_memcpy, us_over_empty, vs_host).
+// Run with EPLB_PDL=1 for eplb's early-launched kernels (counter pdl = 1);
+// the decode graphs then also report us_over_empty_pdl (against empty
+// kernels launched early) and the fused benchmark
+// us_separate_over_early_engine (an engine kernel launched early).
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
@@ -18,8 +22,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -98,6 +104,42 @@ struct Ctx {
 
 __global__ void EmptyKernel() {}
 
+// Programmatic dependent launch (eplb launches its decode-size route and
+// count kernels so under EPLB_PDL=1): the cheapest kernel that keeps stream
+// order when launched early waits for the kernel before it, then lets the
+// next one launch.
+__device__ __forceinline__ void PdlWaitThenRelease() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__global__ void EmptyPdlKernel() {
+  PdlWaitThenRelease();
+}
+
+template <typename... Params, typename... Args>
+void LaunchPdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+               Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr = {};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  CK(cudaLaunchKernelEx(&cfg, kernel, args...));
+}
+
+// Whether eplb launches early in this process (EPLB_PDL=1; on a device of
+// compute capability 9.0 or more, as all the benchmark machines are).
+bool PdlRequested() {
+  const char* v = std::getenv("EPLB_PDL");
+  return v != nullptr && std::string(v) == "1";
+}
+
 void Ctx::GraphPerLaunch(benchmark::State& state, int reps, const std::function<void()>& enqueue) {
   cudaGraphExec_t gx = Capture([&] {
     for (int i = 0; i < reps; ++i) enqueue();
@@ -105,7 +147,11 @@ void Ctx::GraphPerLaunch(benchmark::State& state, int reps, const std::function<
   cudaGraphExec_t ge = Capture([&] {
     for (int i = 0; i < reps; ++i) EmptyKernel<<<1, 32, 0, stream>>>();
   });
+  cudaGraphExec_t gp = Capture([&] {
+    for (int i = 0; i < reps; ++i) LaunchPdl(EmptyPdlKernel, dim3(1), dim3(32), stream);
+  });
   const double t_empty = Mean([&] { CK(cudaGraphLaunch(ge, stream)); }, 50);
+  const double t_empty_pdl = Mean([&] { CK(cudaGraphLaunch(gp, stream)); }, 50);
   Mean([&] { CK(cudaGraphLaunch(gx, stream)); }, 3);
   double total = 0;
   int64_t iters = 0;
@@ -119,8 +165,13 @@ void Ctx::GraphPerLaunch(benchmark::State& state, int reps, const std::function<
   state.counters["us_per_launch"] = t_op / reps * 1e6;
   state.counters["us_empty_launch"] = t_empty / reps * 1e6;
   state.counters["us_over_empty"] = (t_op - t_empty) / reps * 1e6;
+  // The same against empty kernels launched early; pdl: whether eplb's
+  // launches were (EPLB_PDL=1).
+  state.counters["us_over_empty_pdl"] = (t_op - t_empty_pdl) / reps * 1e6;
+  state.counters["pdl"] = PdlRequested() ? 1 : 0;
   cudaGraphExecDestroy(gx);
   cudaGraphExecDestroy(ge);
+  cudaGraphExecDestroy(gp);
 }
 
 struct Placement {
@@ -384,8 +435,10 @@ BENCHMARK(BM_DecodeStepGraph)->Arg(64)->Arg(512)->UseManualTime()->Unit(benchmar
 // Stand-in for an engine's top-k kernel: block (s, b) of `threads` threads
 // writes the ids of items [s*Z + b*threads, ...) of segment s (Z: the
 // route segment length), one item per thread per step.
+template <bool kPdl = false>
 __global__ void EngineStandInKernel(const int32_t* ids, int32_t* out, int64_t cap,
                                     int64_t segment_items) {
+  if constexpr (kPdl) PdlWaitThenRelease();  // an engine kernel written for early launch
   const int64_t seg_end =
       (blockIdx.x + 1) * segment_items < cap ? (blockIdx.x + 1) * segment_items : cap;
   const int64_t begin = blockIdx.x * segment_items + int64_t{blockIdx.y} * blockDim.x;
@@ -399,7 +452,11 @@ __global__ void EngineStandInKernel(const int32_t* ids, int32_t* out, int64_t ca
 // launch over the same engine kernel without routing: the warp recipe (one
 // warp per segment) and EplbBlockRoute (16 warps, one item per thread,
 // counting in shared memory first above 512 items as eplbRouteCount does);
-// and, for comparison, the engine kernel followed by eplbRouteCount.
+// and, for comparison, the engine kernel followed by eplbRouteCount, with
+// the engine kernel launched normally and launched early (programmatic
+// dependent launch; it waits first thing and then lets the next kernel
+// launch: an engine written for early launch, where eplbRouteCount's own
+// early launch under EPLB_PDL=1 pays off).
 void BM_FusedRouteDecodeGraph(benchmark::State& state) {
   const int64_t T = state.range(0);
   const int32_t K = 8, E = 256, P = 288, reps = 64;
@@ -419,32 +476,37 @@ void BM_FusedRouteDecodeGraph(benchmark::State& state) {
   eplb_test::RecipeSegments(static_cast<int64_t>(n), &segs, &z);
   const dim3 block_grid(segs, static_cast<unsigned>((z + 511) / 512));
   // 0 engine (warp shape), 1 warp recipe, 2 engine (block shape),
-  // 3 EplbBlockRoute, 4 engine (block shape) + eplbRouteCount.
+  // 3 EplbBlockRoute, 4 engine (block shape) + eplbRouteCount, 5 engine
+  // launched early, 6 engine launched early + eplbRouteCount.
   auto capture = [&](int mode) {
     return c.Capture([&] {
       for (int i = 0; i < reps; ++i) {
         if (mode == 0)
-          EngineStandInKernel<<<segs, 32, 0, c.stream>>>(d_ids, d_out, static_cast<int64_t>(n), z);
+          EngineStandInKernel<false>
+              <<<segs, 32, 0, c.stream>>>(d_ids, d_out, static_cast<int64_t>(n), z);
         if (mode == 1)
           CK(eplb_test::LaunchRecipeRoute(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec,
                                           d_out, d_load, nullptr, c.stream));
         if (mode == 2 || mode == 4)
-          EngineStandInKernel<<<block_grid, 512, 0, c.stream>>>(d_ids, mode == 4 ? d_mid : d_out,
-                                                                static_cast<int64_t>(n), z);
+          EngineStandInKernel<false><<<block_grid, 512, 0, c.stream>>>(
+              d_ids, mode == 4 ? d_mid : d_out, static_cast<int64_t>(n), z);
         if (mode == 3)
           CK(eplb_test::LaunchBlockRecipeRoute<16>(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P,
                                                    d_rec, d_out, d_load, nullptr, n > 512,
                                                    c.stream));
-        if (mode == 4)
+        if (mode == 5 || mode == 6)
+          LaunchPdl(EngineStandInKernel<true>, block_grid, dim3(512), c.stream, d_ids,
+                    mode == 6 ? d_mid : d_out, static_cast<int64_t>(n), z);
+        if (mode == 4 || mode == 6)
           EK(eplbRouteCount(d_mid, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
                             d_load, nullptr, c.stream));
       }
     });
   };
-  cudaGraphExec_t gx[5];
-  for (int m = 0; m < 5; ++m) gx[m] = capture(m);
-  double t[5];
-  for (int m : {0, 1, 2, 4}) t[m] = c.Mean([&] { CK(cudaGraphLaunch(gx[m], c.stream)); }, 30);
+  cudaGraphExec_t gx[7];
+  for (int m = 0; m < 7; ++m) gx[m] = capture(m);
+  double t[7];
+  for (int m : {0, 1, 2, 4, 5, 6}) t[m] = c.Mean([&] { CK(cudaGraphLaunch(gx[m], c.stream)); }, 30);
   c.Mean([&] { CK(cudaGraphLaunch(gx[3], c.stream)); }, 3);
   double total = 0;
   int64_t iters = 0;
@@ -460,6 +522,8 @@ void BM_FusedRouteDecodeGraph(benchmark::State& state) {
   state.counters["us_block_fused_over_engine"] = (t[3] - t[2]) * us;
   state.counters["us_separate_over_engine"] = (t[4] - t[2]) * us;
   state.counters["us_warp_recipe_over_engine"] = (t[1] - t[0]) * us;
+  state.counters["us_separate_over_early_engine"] = (t[6] - t[5]) * us;
+  state.counters["pdl"] = PdlRequested() ? 1 : 0;
   for (cudaGraphExec_t x : gx) cudaGraphExecDestroy(x);
   for (void* p : {(void*)d_ids, (void*)d_mid, (void*)d_out, (void*)d_load, (void*)d_l2p,
                   (void*)d_cnt, (void*)d_valid, (void*)d_rec})

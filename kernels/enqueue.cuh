@@ -7,6 +7,9 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <utility>
 
 namespace eplb {
@@ -21,5 +24,103 @@ cudaError_t EnqueueKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size
   config.stream = stream;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
+
+// Programmatic dependent launch (PDL, compute capability 9.0 and up): a
+// kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization
+// may start before the kernel ahead of it in the stream (or graph) has
+// finished. Its blocks run up to GridDependencyWait() while that kernel
+// ends, and that call returns once it has completed and its writes are
+// visible. So such a kernel must call GridDependencyWait() before its first
+// access to global memory (every input, even the tables, may be the
+// previous kernel's output; every output may still be read by it): before
+// it only parameters, registers and shared memory, and no pointer it reads
+// may be __restrict__ (a load on the read-only path, ld.global.nc, may be
+// moved above the wait). eplb's decode-size route and count kernels are
+// written so (test gpu_pdl_sass checks their SASS), zero their shared
+// memory before the wait where that measured faster, and call
+// GridDependentsLaunch() right after it (except for the 128 blocks of
+// 8192-token route+count, whose next launch would take SM slots while they
+// run), so that a PDL-launched kernel after them starts early too.
+//
+// Off unless EPLB_PDL=1, since it pays only where the kernel before
+// eplb's is launched early too (bench_kernels on an H200, 2026-11-29, the
+// same binary with EPLB_PDL=0 and 1 in alternating runs; us per launch
+// over an empty kernel, at 64 / 512 / 1024 / 8192 tokens x top-8):
+//  - graphs of eplb's kernels alone: route+count 0.85 / 1.48 / 1.52 / 2.77
+//    -> 0.48 / 0.99 / 1.01 / 2.30, count-only 0.67 / 0.79 / 0.83 / 1.02 ->
+//    0.26 / 0.37 / 0.50 / 0.60; 58 route+count + window update 86 / 124 ->
+//    65 / 95 us per graph;
+//  - eplbRouteCount after an engine kernel launched early (it waits first
+//    thing, then lets the next kernel launch), over that kernel alone:
+//    1.31 / 1.95 -> 0.95 / 1.54 at 64 / 512 tokens;
+//  - after an engine kernel launched normally: 1.34 / 2.09 -> 1.48 / 2.16,
+//    and bench_state StepOverhead (such a kernel before each of 58
+//    route+count launches) 163 / 203 -> 174 / 215 us per pass. Why a
+//    kernel launched early after one that was not is slower, we do not
+//    know; an earlier version of this early launch measured the same.
+//
+// PdlEnabled(): EPLB_PDL is "1" (read once per process) and the current
+// device has compute capability 9.0 or more (cached per device).
+inline bool PdlEnabled() {
+  static const bool env_on = [] {
+    const char* v = std::getenv("EPLB_PDL");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  if (!env_on) return false;
+  constexpr int kDevices = 64;
+  static std::atomic<signed char> cache[kDevices];  // 0 unknown, 1 yes, -1 no
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (device >= 0 && device < kDevices) {
+    const signed char c = cache[device].load(std::memory_order_relaxed);
+    if (c != 0) return c > 0;
+  }
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
+    return false;
+  const bool on = major >= 9;
+  if (device >= 0 && device < kDevices) cache[device].store(on ? 1 : -1, std::memory_order_relaxed);
+  return on;
+}
+
+// EnqueueKernel with programmatic dependent launch where PdlEnabled(): only
+// for kernels that call GridDependencyWait() before touching global memory.
+template <typename... Params, typename... Args>
+cudaError_t EnqueuePdlKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
+                             cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem_bytes;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1] = {};
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  if (PdlEnabled()) {
+    config.attrs = attr;
+    config.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+#ifdef __CUDACC__
+// Returns once the kernel ahead of this one in its stream has completed and
+// its memory is visible (griddepcontrol.wait); at once when this kernel was
+// not launched with PDL.
+__device__ __forceinline__ void GridDependencyWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lets a PDL-launched kernel after this one start once every block of this
+// one has called it (griddepcontrol.launch_dependents). Says nothing about
+// memory: that kernel still waits for this one's completion before reading.
+__device__ __forceinline__ void GridDependentsLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+#endif  // __CUDACC__
 
 }  // namespace eplb

@@ -64,15 +64,29 @@ constexpr int kSegWarps = 8;
 // tables (e.g. E = 1024, P <= 3008; P <= 3072 before EplbBlockRoute's 64
 // trash ints) now fit the mid shape's 48 KB where they took the segment
 // kernel before.
+//
+// With programmatic dependent launch (enqueue.cuh), two more choices:
+// whether the blocks zero their shared memory (EplbBlockRouteZero) before
+// GridDependencyWait(), and whether they call GridDependentsLaunch() right
+// after it. Same-run A/B on an H200, us over an empty kernel at 64 / 512 /
+// 1024 / 8192 tokens x top-8, in graphs of 64 launches: PDL with the wait
+// first thing 0.87 / 1.49 / 1.52 / 2.82 -> 0.63 / 1.25 / 1.27 / 2.35; also
+// triggering, 0.49 / 1.14 / 1.16 / 2.40; zeroing first, 0.65 / 1.28 / 1.32
+// / 2.38, and triggering, 0.62 / 1.05 / 1.06 / 2.58. The 128 blocks of
+// 8192 tokens lose by the trigger: the next launch's blocks take SM slots
+// while they run.
 struct SubShape {
   int warps, pre;
   bool aggregate, stage;
+  bool zero_first, trigger;
 };
 constexpr uint32_t kSmallSubItems = 512;
-constexpr SubShape kSmallSub = {4, kSmallSubItems / 128 - 1, false, false};
+constexpr SubShape kSmallSub = {4, kSmallSubItems / 128 - 1, false, false, false, true};
 constexpr uint32_t kMidSubItems = 8192;
-constexpr SubShape kMidSub = {8, static_cast<int>(kRouteTileItems / 256) - 1, true, false};
-constexpr SubShape kSub = {16, static_cast<int>(kRouteTileItems / 512) - 1, true, true};
+constexpr SubShape kMidSub = {8,   static_cast<int>(kRouteTileItems / 256) - 1, true, false, true,
+                              true};
+constexpr SubShape kSub = {16,   static_cast<int>(kRouteTileItems / 512) - 1, true, true, false,
+                           false};
 // EplbBlockRoute zeroes (and, staging, stages) up to its kMaxExperts
 // experts, kMaxExperts / threads per thread: fewer where E is small (one
 // staged expert per thread of a 512-item block instead of two: 0.1-0.2 us
@@ -245,13 +259,18 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
 // 0.18 / 0.23 / 0.2 less (1.51 / 2.29 / 2.07 / 2.97 over an empty kernel);
 // later (2026-11-29) the small and mid shapes load each item's own table
 // entries instead of staging every expert's (SubShape::stage).
-template <typename IdT, int kWarps, int kEarlier, int kMaxExperts, bool kAggregate, bool kStage>
+// Launched with programmatic dependent launch (enqueue.cuh): no pointer is
+// __restrict__, so that no load takes the read-only path (ld.global.nc),
+// which the compiler may move above GridDependencyWait() (a stale logcnt
+// read so failed test EarlyLaunch.KernelsSeeTheWritesOfTheKernelBefore).
+template <typename IdT, int kWarps, int kEarlier, int kMaxExperts, bool kAggregate, bool kStage,
+          bool kZeroFirst, bool kTrigger>
 __global__ void __launch_bounds__(32 * kWarps)
-    RouteSubKernel(const IdT* __restrict__ ids, uint32_t cap_items, int64_t num_tokens,
-                   const int32_t* d_num_tokens, int32_t top_k, const int32_t* __restrict__ log2phy,
-                   const int32_t* __restrict__ logcnt, int32_t num_e, int32_t num_p,
-                   const int32_t* d_record, int32_t* __restrict__ out, int32_t* load_pass,
-                   unsigned long long* d_invalid, uint32_t seg_items) {
+    RouteSubKernel(const IdT* ids, uint32_t cap_items, int64_t num_tokens,
+                   const int32_t* d_num_tokens, int32_t top_k, const int32_t* log2phy,
+                   const int32_t* logcnt, int32_t num_e, int32_t num_p, const int32_t* d_record,
+                   int32_t* out, int32_t* load_pass, unsigned long long* d_invalid,
+                   uint32_t seg_items) {
   extern __shared__ int4 smem4[];
   // kAggregate (the shape's; see SubShape): the large shape adds its counts
   // up in shared memory and flushes them once per block, since thousands of
@@ -265,6 +284,12 @@ __global__ void __launch_bounds__(32 * kWarps)
   if (my_begin >= seg_end) return;
   const uint32_t my_end = min(my_begin + kItems, seg_end);
   const uint32_t i = my_begin + threadIdx.x;
+  if constexpr (kZeroFirst) {
+    EplbBlockRouteZero<kWarps, kEarlier, kMaxExperts, kStage>(num_e, num_p, kAggregate, smem4);
+    __syncthreads();
+  }
+  GridDependencyWait();  // nothing in global memory before this (enqueue.cuh)
+  if constexpr (kTrigger) GridDependentsLaunch();
   // Without staging the item's table loads wait for its id: load it first,
   // at a clamped index (ptxas had put it behind the wait for the valid
   // count). The staging shape keeps the order that measured faster there.
@@ -277,7 +302,7 @@ __global__ void __launch_bounds__(32 * kWarps)
   const uint32_t num_earlier = my_begin - seg_begin;
   const uint32_t num_earlier_valid =
       n_valid <= seg_begin ? 0u : min(num_earlier, n_valid - seg_begin);
-  const int32_t slot = EplbBlockRoute<kWarps, kEarlier, kMaxExperts, kStage>(
+  const int32_t slot = EplbBlockRoute<kWarps, kEarlier, kMaxExperts, kStage, kZeroFirst>(
       raw, valid_item, ids + seg_begin, num_earlier, num_earlier_valid, seg, log2phy, logcnt, num_e,
       num_p, record ? load_pass : nullptr, kAggregate, i < my_end ? out + i : nullptr, smem4);
   if (d_invalid != nullptr) {
@@ -524,8 +549,9 @@ __global__ void __launch_bounds__(kHashThreads, HashBlocksPerSm<IdT>())
 // Count-only. Each thread takes groups of 4 consecutive ids (one 16-byte
 // load for int32, two for int64, where the buffer is 16-byte aligned; else
 // 4 guarded scalar loads, also for the last, partial group), kVec groups
-// per step, all loads of a step in flight before any id is counted; the
-// first step's are issued before the histogram is zeroed. Each block
+// per step, all loads of a step in flight before any id is counted (the
+// shared histogram is zeroed before the PDL wait, so before the first
+// step's loads). Each block
 // counts in a shared histogram and adds its non-zero bins to load_pass.
 // Shapes, from same-run A/B on an H200 (us over an empty kernel in CUDA
 // graphs at 64 / 512 / 1024 / 8192 tokens x top-8; 64 Mi ids as a fraction
@@ -577,6 +603,15 @@ __global__ void __launch_bounds__(kThreads)
       Vec::Set(x, y);
     }
   };
+  // With programmatic dependent launch (enqueue.cuh) the histogram is
+  // zeroed before the wait, then the next launch may start (same-run A/B on
+  // an H200, us over an empty kernel at 64 / 512 / 1024 / 8192 tokens x
+  // top-8: 0.75 / 0.80 / 0.84 / 0.97 -> 0.34 / 0.42 / 0.45 / 0.59; the
+  // loads issued first and the wait first thing, 0.53 / 0.57 / 0.60 / 0.67).
+  for (int p = threadIdx.x; p < num_p + 2; p += blockDim.x) s_hist[p] = 0;
+  __syncthreads();
+  GridDependencyWait();  // nothing in global memory before this
+  GridDependentsLaunch();
   uint32_t g = blockIdx.x * blockDim.x + threadIdx.x;
   typename Vec::Raw x[kVec];
 #pragma unroll
@@ -584,8 +619,6 @@ __global__ void __launch_bounds__(kThreads)
     if (g + k * stride < num_groups) load(g + k * stride, x[k]);
   const uint32_t n_valid = static_cast<uint32_t>(ValidItems(num_tokens, d_num_tokens, top_k));
   const bool record = (d_record == nullptr) || (*d_record != 0);
-  for (int p = threadIdx.x; p < num_p + 2; p += blockDim.x) s_hist[p] = 0;
-  __syncthreads();
   const UIdT bin_invalid = static_cast<UIdT>(num_p);
   while (true) {
 #pragma unroll
@@ -697,8 +730,10 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
       constexpr int kPre = decltype(pre_c)::value;
       constexpr int kFewE = kShape.warps * 32 >= 512 ? 512 : 256;
       return num_logical_experts <= kFewE
-                 ? RouteSubKernel<IdT, kShape.warps, kPre, kFewE, kShape.aggregate, kShape.stage>
-                 : RouteSubKernel<IdT, kShape.warps, kPre, 1024, kShape.aggregate, kShape.stage>;
+                 ? RouteSubKernel<IdT, kShape.warps, kPre, kFewE, kShape.aggregate, kShape.stage,
+                                  kShape.zero_first, kShape.trigger>
+                 : RouteSubKernel<IdT, kShape.warps, kPre, 1024, kShape.aggregate, kShape.stage,
+                                  kShape.zero_first, kShape.trigger>;
     };
     auto k = kernel(std::integral_constant<int, kShape.pre>{});
     // A small launch of one block has no ids before it: a kernel without
@@ -709,10 +744,10 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     // 513 items).
     if constexpr (kShapeIndex == 0)
       if (grid.y == 1) k = kernel(std::integral_constant<int, 0>{});
-    sub_err = EnqueueKernel(k, grid, dim3(kItems), smem, stream, ids, static_cast<uint32_t>(cap),
-                            num_tokens, num_tokens_device, top_k, log2phy, logcnt,
-                            num_logical_experts, num_physical_experts, record, topk_physical,
-                            load_pass, invalid_count, static_cast<uint32_t>(seg_items));
+    sub_err = EnqueuePdlKernel(k, grid, dim3(kItems), smem, stream, ids, static_cast<uint32_t>(cap),
+                               num_tokens, num_tokens_device, top_k, log2phy, logcnt,
+                               num_logical_experts, num_physical_experts, record, topk_physical,
+                               load_pass, invalid_count, static_cast<uint32_t>(seg_items));
     return true;
   };
   auto route_sub = [&](const auto* ids) {
@@ -752,11 +787,11 @@ cudaError_t LaunchCount(const void* topk_physical, bool ids64, int64_t num_token
       constexpr int kT = decltype(threads_c)::value, kV = decltype(vec_c)::value;
       constexpr int64_t kPerBlock = int64_t{kT} * kV;
       const int64_t needed = (groups + kPerBlock - 1) / kPerBlock;
-      return EnqueueKernel(CountKernel<IdT, kT, kV>,
-                           dim3(static_cast<unsigned>(needed < max_blocks ? needed : max_blocks)),
-                           dim3(kT), smem, stream, ids, static_cast<uint32_t>(cap), num_tokens,
-                           num_tokens_device, top_k, num_physical_experts, record, load_pass,
-                           invalid_count);
+      return EnqueuePdlKernel(
+          CountKernel<IdT, kT, kV>,
+          dim3(static_cast<unsigned>(needed < max_blocks ? needed : max_blocks)), dim3(kT), smem,
+          stream, ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k,
+          num_physical_experts, record, load_pass, invalid_count);
     };
     using std::integral_constant;
     if (cap <= kCountSmallItems)

@@ -6,7 +6,10 @@
 // ratio of the device-to-device copy, timed right after each route and after
 // an L2 flush; decode sizes as us per launch over an empty kernel, in CUDA
 // graphs of 64 launches, with two floors in the sub-block kernel's launch
-// shape (an empty kernel, a copy of the ids). Env: ROUTE_AB_DECODE_ONLY=1
+// shape (an empty kernel, a copy of the ids) and a 32-thread empty kernel
+// launched with programmatic dependent launch (the floor of a variant
+// launched so; the library does under EPLB_PDL=1, which the harness passes
+// on to every variant). Env: ROUTE_AB_DECODE_ONLY=1
 // skips the hash path; ROUTE_AB_LOAD_AWARE=1 gives the decode runs a
 // load-aware placement (each redundant slot to the expert with the most
 // items per replica); ROUTE_AB_VALID_DIV=d routes the decode runs with a
@@ -41,6 +44,21 @@ namespace {
 constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
 
 __global__ void EmptyKernel() {}
+
+// An empty kernel launched with programmatic dependent launch, the floor of
+// a kernel that may start before its predecessor ends.
+cudaError_t EmptyPdl(cudaStream_t s) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(1);
+  config.blockDim = dim3(32);
+  config.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, EmptyKernel);
+}
 
 // Floors at decode sizes, in the sub-block kernel's launch shape (grid
 // segments x 512-item sub-blocks, 512 threads, its dynamic shared memory):
@@ -191,7 +209,9 @@ int main() {
       cudaGraphExec_t x;
       CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
       for (int i = 0; i < 64; ++i) {
-        if (v < 0)
+        if (v == -2)
+          CK(EmptyPdl(s));
+        else if (v < 0)
           EmptyKernel<<<1, 32, 0, s>>>();
         else
           route(v, T, true);
@@ -224,12 +244,14 @@ int main() {
     };
     cudaGraphExec_t gf[2] = {capture_floor(false), capture_floor(true)};
     std::vector<double> tf[2];
-    cudaGraphExec_t ge = capture(-1), gv[kNumVariants];
+    cudaGraphExec_t ge = capture(-1), gp = capture(-2), gv[kNumVariants];
     for (int v = 0; v < kNumVariants; ++v) gv[v] = capture(v);
-    std::vector<double> te, tv[kNumVariants];
+    std::vector<double> te, tp, tv[kNumVariants];
     for (int r = 0; r < 403; ++r) {
       const double t = time([&] { CK(cudaGraphLaunch(ge, s)); });
       if (r >= 3) te.push_back(t);
+      const double tpr = time([&] { CK(cudaGraphLaunch(gp, s)); });
+      if (r >= 3) tp.push_back(tpr);
       for (int f = 0; f < 2; ++f) {
         const double tfr = time([&] { CK(cudaGraphLaunch(gf[f], s)); });
         if (r >= 3) tf[f].push_back(tfr);
@@ -243,11 +265,15 @@ int main() {
                 med(te) / 64);
     for (int v = 0; v < kNumVariants; ++v)
       std::printf(" %s %.2f", kVariants[v].name, (med(tv[v]) - med(te)) / 64);
-    std::printf("; floors in the sub-block shape (%u x %u blocks): empty %.2f, copy %.2f\n",
-                shape.x, shape.y, (med(tf[0]) - med(te)) / 64, (med(tf[1]) - med(te)) / 64);
+    std::printf(
+        "; floors in the sub-block shape (%u x %u blocks): empty %.2f, copy %.2f; "
+        "empty kernel launched with PDL %.2f\n",
+        shape.x, shape.y, (med(tf[0]) - med(te)) / 64, (med(tf[1]) - med(te)) / 64,
+        (med(tp) - med(te)) / 64);
     for (int f = 0; f < 2; ++f) CK(cudaGraphExecDestroy(gf[f]));
     for (int v = 0; v < kNumVariants; ++v) CK(cudaGraphExecDestroy(gv[v]));
     CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphExecDestroy(gp));
   }
   std::printf("%s\n", failures == 0 ? "all variants agree" : "VARIANTS DISAGREE");
   return failures == 0 ? 0 : 1;

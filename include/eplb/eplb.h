@@ -368,7 +368,18 @@ typedef enum {
  * d_load_pass, num_tokens < 0, top_k < 1, T*K >= 2^31, E or P out of
  * [1, limits], P < E, bad id_type, a misaligned buffer, d_topk_physical /
  * d_load_pass / d_invalid_count overlapping another argument ->
- * EPLB_ERROR_INVALID_ARGUMENT. T = 0 is a no-op (no buffer is checked). */
+ * EPLB_ERROR_INVALID_ARGUMENT. T = 0 is a no-op (no buffer is checked).
+ *
+ * Early launch: with EPLB_PDL=1 in the environment (read once per process)
+ * on a device of compute capability 9.0 or more, the rank path's decode
+ * kernel (launches of at most 132 segments whose tables fit 48 KB of shared
+ * memory) is launched with programmatic dependent launch: it may start
+ * while the kernel before it in the stream ends, and waits for that
+ * kernel's completion and writes before it touches any argument's memory,
+ * so stream order holds as without it; it then lets a kernel after it that
+ * is launched so too start early. Off by default: it pays only where the
+ * kernel before is launched so too (README, "Early launch"). eplbCount
+ * does the same at every size. */
 EPLB_API eplbStatus_t eplbRouteCount(const void* d_topk_logical, eplbIdType_t id_type,
                                      int64_t num_tokens, const int32_t* d_num_tokens,
                                      int32_t top_k, const int32_t* d_log2phy,
@@ -381,7 +392,7 @@ EPLB_API eplbStatus_t eplbRouteCount(const void* d_topk_logical, eplbIdType_t id
  * device ids (int32 or int64); each id in [0, P) of a valid token adds 1 to
  * d_load_pass[id] when recording; other ids of valid tokens go to
  * d_invalid_count (nullable). Same d_num_tokens / d_record rules, same
- * errors as eplbRouteCount. */
+ * errors and same early launch under EPLB_PDL=1 as eplbRouteCount. */
 EPLB_API eplbStatus_t eplbCount(const void* d_topk_physical, eplbIdType_t id_type,
                                 int64_t num_tokens, const int32_t* d_num_tokens, int32_t top_k,
                                 int32_t num_physical_experts, const int32_t* d_record,

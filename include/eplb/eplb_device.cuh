@@ -215,6 +215,60 @@ __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int3
           (aggregate ? static_cast<size_t>(num_p) : 0) + 64);
 }
 
+// Calls f(p) for p = threadIdx.x, + 32 * kWarps, ... below num_p: the
+// walk over EplbBlockRoute's [P] counter row. ptxas unrolls a loop bounded
+// at run time with a remainder; in blocks of up to 8 warps (two trips at
+// P = 288) a plain loop measured faster (same-run A/B, H200: -0.05 / -0.04
+// us at 512 / 1024 tokens x top-8), in 16-warp blocks slower (+0.1 at 8192
+// tokens).
+template <int kWarps, typename F>
+__device__ __forceinline__ void EplbForEachSlot(int32_t num_p, F&& f) {
+  if constexpr (kWarps <= 8) {
+#pragma unroll 1
+    for (int p = threadIdx.x; p < num_p; p += 32 * kWarps) f(p);
+  } else {
+    for (int p = threadIdx.x; p < num_p; p += 32 * kWarps) f(p);
+  }
+}
+
+// The zeroing that opens EplbBlockRoute, on its own: the shared memory
+// EplbBlockRoute needs zeroed (its per-warp lane masks, with earlier items
+// its earlier counts, when aggregating its [P] counter row). Same template
+// arguments and smem as the EplbBlockRoute call that follows; every thread
+// calls it, then __syncthreads(), then EplbBlockRoute with kZeroed = true.
+// For a kernel launched with programmatic dependent launch: it can zero
+// before griddepcontrol.wait (cudaGridDependencySynchronize), while the
+// kernel before it finishes, since nothing here reads global memory.
+// Stores with compile-time trip counts (E <= kMaxExperts), not loops
+// bounded by E at run time, which compiled to unrolled loops with
+// remainders and several branches before the barrier: 0.04-0.11 us less
+// at 64-1024 tokens x top-8 (H200, same run).
+template <int kWarps, int kEarlierPerThread = 0, int kMaxExperts = 1024,
+          bool kStageTables = (kWarps >= 16)>
+__device__ __forceinline__ void EplbBlockRouteZero(int32_t num_e, int32_t num_p, bool aggregate,
+                                                   void* smem) {
+  constexpr int kThreads = 32 * kWarps;
+  constexpr int kPer = (kMaxExperts + kThreads - 1) / kThreads;
+  const int tid = threadIdx.x;
+  int32_t* pre = static_cast<int32_t*>(smem) + kWarps * num_e;
+  int32_t* s_load = kStageTables ? pre + 4 * num_e : pre + num_e;
+  int4* hist4 = static_cast<int4*>(smem);
+  constexpr int kZero = (kWarps / 4 * kMaxExperts + kThreads - 1) / kThreads;
+#pragma unroll
+  for (int k = 0; k < kZero; ++k) {
+    const int x = tid + k * kThreads;
+    if (x < kWarps / 4 * num_e) hist4[x] = make_int4(0, 0, 0, 0);
+  }
+  if (kEarlierPerThread > 0) {
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int e = tid + k * kThreads;
+      if (e < num_e) pre[e] = 0;
+    }
+  }
+  if (aggregate) EplbForEachSlot<kWarps>(num_p, [&](int p) { s_load[p] = 0; });
+}
+
 // Block-wide route + count of one item per thread: the way to fuse
 // eplbRouteCount into an engine kernel at decode sizes (eplbRouteCount's
 // own decode kernel is this function). Every thread of a 1-D block of
@@ -248,6 +302,12 @@ __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int3
 //   slots, though every access stays in bounds); each thread zeroes (and
 //   stages) kMaxExperts / (32 * kWarps) experts, so the smallest bound
 //   that holds E is the fastest.
+// kZeroed: false, the function zeroes its shared memory itself, behind a
+//   barrier; true, the caller already did, with EplbBlockRouteZero (same
+//   template arguments and smem) and a __syncthreads() after it (e.g.
+//   before griddepcontrol.wait in a kernel launched with programmatic
+//   dependent launch, as eplbRouteCount's 8-warp kernel does under
+//   EPLB_PDL=1): one barrier fewer here.
 // kStageTables: where the item's logcnt and first two log2phy columns come
 //   from (a third column or more is read from global memory once the rank
 //   is known). false: each thread loads its own item's, by its id, right
@@ -277,7 +337,7 @@ __host__ __device__ constexpr size_t EplbBlockRouteSmemBytes(int32_t warps, int3
 // of 672, 0.09 us less; 336 now). Deterministic:
 // masks are ORed and counts added, so no result depends on thread timing.
 template <int kWarps, int kEarlierPerThread = 0, int kMaxExperts = 1024,
-          bool kStageTables = (kWarps >= 16), typename IdT>
+          bool kStageTables = (kWarps >= 16), bool kZeroed = false, typename IdT>
 __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT* earlier,
                                                   uint32_t num_earlier, uint32_t num_earlier_valid,
                                                   uint32_t offset, const int32_t* log2phy,
@@ -357,39 +417,11 @@ __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT*
     tab_r[0][0] = log2phy[xr * max_rep];
     tab_r[0][1] = max_rep > 1 ? log2phy[xr * max_rep + 1] : -1;
   }
-  // Zeroing in unrolled, predicated stores with compile-time trip counts
-  // (E <= kMaxExperts), not loops bounded by E at run time, which compiled
-  // to unrolled loops with remainders and several branches before barrier
-  // 1: 0.04-0.11 us less at 64-1024 tokens x top-8 (H200, same run).
-  int4* hist4 = static_cast<int4*>(smem);
-  constexpr int kZero = (kWarps / 4 * kMaxExperts + kThreads - 1) / kThreads;
-#pragma unroll
-  for (int k = 0; k < kZero; ++k) {
-    const int x = tid + k * kThreads;
-    if (x < kWarps / 4 * num_e) hist4[x] = make_int4(0, 0, 0, 0);
+  if constexpr (!kZeroed) {
+    EplbBlockRouteZero<kWarps, kEarlierPerThread, kMaxExperts, kStageTables>(num_e, num_p,
+                                                                             aggregate, smem);
+    __syncthreads();
   }
-  if (kEarlierPerThread > 0) {
-#pragma unroll
-    for (int k = 0; k < kPer; ++k) {
-      const int e = tid + k * kThreads;
-      if (e < num_e) pre[e] = 0;
-    }
-  }
-  // The [P] counter row is zeroed here and flushed at the end in loops
-  // bounded by P at run time, which ptxas unrolls with a remainder. In
-  // blocks of up to 8 warps (two trips at P = 288) a plain loop measured
-  // faster (same-run A/B, H200: -0.05 / -0.04 us at 512 / 1024 tokens x
-  // top-8), in 16-warp blocks slower (+0.1 at 8192 tokens).
-  auto for_each_slot = [&](auto&& f) {
-    if constexpr (kWarps <= 8) {
-#pragma unroll 1
-      for (int p = tid; p < num_p; p += kThreads) f(p);
-    } else {
-      for (int p = tid; p < num_p; p += kThreads) f(p);
-    }
-  };
-  if (aggregate) for_each_slot([&](int p) { s_load[p] = 0; });
-  __syncthreads();
   if constexpr (kStageTables) {
 #pragma unroll
     for (int k = 0; k < kPer; ++k) {
@@ -485,7 +517,7 @@ __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT*
   if (slot_out != nullptr) *slot_out = slot;
   if (aggregate && load_pass != nullptr) {
     __syncthreads();
-    for_each_slot([&](int p) {
+    EplbForEachSlot<kWarps>(num_p, [&](int p) {
       if (s_load[p] != 0) atomicAdd(load_pass + p, s_load[p]);
     });
   }

@@ -709,12 +709,15 @@ void SlowCopy(int32_t* dst, const int32_t* src, size_t n, cudaStream_t stream) {
 // everything the kernel right before them wrote. A slow kernel writes the
 // ids, the device token count, the maps and the counters right before they
 // read them (the old contents would give other answers); on every
-// route+count path, on a stream and inside a graph. Launching the per-step
-// kernels early (programmatic dependent launch, 2026-11-29) failed this test
-// on the hash path on an H200 (stale logcnt read through the read-only
-// cache path before the wait), so they are launched normally; a kernel
-// launched early must not use ld.global.nc (const __restrict__, __ldg) on
-// anything an earlier kernel may write.
+// route+count path, on a stream and inside a graph. The slow kernel lets the
+// next one launch at once, so with EPLB_PDL=1 (ctest gpu_kernels_pdl) the
+// decode-size route+count kernels and the count kernel start while it
+// spins and must wait for it (kernels/enqueue.cuh). A first version of that
+// early launch failed this test on the hash path on an H200 (a stale logcnt
+// read on the read-only path, which the compiler had moved above the
+// wait): a kernel launched early must not use ld.global.nc (const
+// __restrict__, __ldg) on anything an earlier kernel may write (ctest
+// gpu_pdl_sass checks the SASS).
 TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
   EPLB_REQUIRE_GPUS(1);
   std::mt19937_64 rng(21);
