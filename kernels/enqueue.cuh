@@ -35,12 +35,15 @@ cudaError_t EnqueueKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size
 // previous kernel's output; every output may still be read by it): before
 // it only parameters, registers and shared memory, and no pointer it reads
 // may be __restrict__ (a load on the read-only path, ld.global.nc, may be
-// moved above the wait). eplb's decode-size route and count kernels are
-// written so (test gpu_pdl_sass checks their SASS), zero their shared
-// memory before the wait where that measured faster, and call
-// GridDependentsLaunch() right after it (except for the 128 blocks of
-// 8192-token route+count, whose next launch would take SM slots while they
-// run), so that a PDL-launched kernel after them starts early too.
+// moved above the wait). eplb's route+count kernel for launches of at
+// most 8192 items and its count kernel for launches of at most 65536 (the
+// decode sizes) are launched so under EPLB_PDL=1; all of its sub-block
+// route kernels and count kernels are written so (test gpu_pdl_sass checks
+// their SASS), zero their shared memory before the wait where that
+// measured faster, and those launched early call GridDependentsLaunch()
+// right after the wait, so that a kernel after them that is launched early
+// starts early too. That call pays even where eplb's own launch is normal
+// (kernels/route_count.cu, SubShape).
 //
 // Off unless EPLB_PDL=1, since it pays only where the kernel before
 // eplb's is launched early too (bench_kernels on an H200, 2026-11-29, the
@@ -83,11 +86,12 @@ inline bool PdlEnabled() {
   return on;
 }
 
-// EnqueueKernel with programmatic dependent launch where PdlEnabled(): only
-// for kernels that call GridDependencyWait() before touching global memory.
+// EnqueueKernel, with programmatic dependent launch where `early` and
+// PdlEnabled(): only for kernels that call GridDependencyWait() before
+// touching global memory.
 template <typename... Params, typename... Args>
-cudaError_t EnqueuePdlKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
-                             cudaStream_t stream, Args&&... args) {
+cudaError_t EnqueueKernelEarly(bool early, void (*kernel)(Params...), dim3 grid, dim3 block,
+                               size_t smem_bytes, cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
@@ -96,7 +100,7 @@ cudaError_t EnqueuePdlKernel(void (*kernel)(Params...), dim3 grid, dim3 block, s
   cudaLaunchAttribute attr[1] = {};
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
-  if (PdlEnabled()) {
+  if (early && PdlEnabled()) {
     config.attrs = attr;
     config.numAttrs = 1;
   }

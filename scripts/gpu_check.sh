@@ -70,6 +70,8 @@ bench() {  # name devices [env assignments...]
 }
 bench state "$all"
 bench kernels 0
+# The decode kernels launched early (programmatic dependent launch).
+bench kernels 0 EPLB_PDL=1
 # One process per exchange case (each case keeps its GPU memory to itself).
 for n in 2 4; do
   [ "$ngpu" -ge $n ] || continue
@@ -96,6 +98,22 @@ for t in build-gpu/tests/gpu_*; do
   CUDA_VISIBLE_DEVICES=0 timeout $(budget 120) compute-sanitizer --tool racecheck --error-exitcode 9 "$t" \
     --gtest_filter='RouteCount.Adversarial:Count.*:Window.*:Graph.*:EarlyLaunch.*:DeviceFunctions.*' >>"$out/sanitizer.log" 2>&1
   echo "racecheck $(basename "$t"): rc=$?" | tee -a "$sum"
+  # The kernels launched early (EPLB_PDL=1): the suites that run them.
+  [ "$(basename "$t")" = gpu_kernels ] || continue
+  fits 60 "memcheck gpu_kernels EPLB_PDL=1" || continue
+  pdl_tests='EarlyLaunch.*:Graph.*:RouteCount.*:Count.*'
+  CUDA_VISIBLE_DEVICES=0 EPLB_PDL=1 timeout $(budget 150) compute-sanitizer --tool memcheck \
+    --report-api-errors no --error-exitcode 9 "$t" --gtest_filter="$pdl_tests" \
+    >"$out/sanitizer_tmp.log" 2>&1
+  mrc=$?
+  cat "$out/sanitizer_tmp.log" >>"$out/sanitizer.log"
+  echo "memcheck gpu_kernels EPLB_PDL=1: rc=$mrc; $(grep 'ERROR SUMMARY' "$out/sanitizer_tmp.log")" |
+    tee -a "$sum"
+  rm -f "$out/sanitizer_tmp.log"
+  fits 30 "racecheck gpu_kernels EPLB_PDL=1" || continue
+  CUDA_VISIBLE_DEVICES=0 EPLB_PDL=1 timeout $(budget 120) compute-sanitizer --tool racecheck \
+    --error-exitcode 9 "$t" --gtest_filter="$pdl_tests" >>"$out/sanitizer.log" 2>&1
+  echo "racecheck gpu_kernels EPLB_PDL=1: rc=$?" | tee -a "$sum"
 done
 
 echo "total: $(($(date +%s) - t0)) s, rc=$rc" | tee -a "$sum"

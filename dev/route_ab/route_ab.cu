@@ -70,8 +70,23 @@ __global__ void ShapedCopyKernel(const int32_t* ids, int32_t* out, uint32_t cap,
   if (i < cap) out[i] = ids[i];
 }
 
+// ROUTE_AB_ENGINE: a stand-in engine kernel (copies the ids, 512 threads per
+// block) before every route launch, launched normally (1) or early (2: it
+// waits for the previous kernel first thing, then lets the next launch).
+template <bool kPdl>
+__global__ void EngineKernel(const int32_t* ids, int32_t* out, uint32_t n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (kPdl) {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  }
+#endif
+  const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = ids[i];
+}
+
 struct Dev {
-  int32_t *l2p, *cnt, *ids, *out, *load, *valid, *rec;
+  int32_t *l2p, *cnt, *ids, *out, *load, *valid, *rec, *scratch;
   unsigned long long* inv;
 };
 
@@ -93,6 +108,7 @@ int main() {
   CK(cudaMemcpy(d.cnt, cnt.data(), E * 4, cudaMemcpyHostToDevice));
   CK(cudaMalloc(&d.ids, nmax * 4));
   CK(cudaMalloc(&d.out, nmax * 4));
+  CK(cudaMalloc(&d.scratch, size_t{8192} * K * 4));
   CK(cudaMalloc(&d.load, P * 4));
   CK(cudaMalloc(&d.valid, 4));
   CK(cudaMalloc(&d.rec, 4));
@@ -200,6 +216,11 @@ int main() {
   // at a padded size), so the later items are rejected.
   const char* valid_div = std::getenv("ROUTE_AB_VALID_DIV");
   const int64_t div = valid_div != nullptr ? std::max<int64_t>(1, std::atoll(valid_div)) : 1;
+  const char* engine_env = std::getenv("ROUTE_AB_ENGINE");
+  const int engine = engine_env != nullptr ? std::atoi(engine_env) : 0;
+  if (engine != 0)
+    std::printf("every launch after an engine kernel launched %s; \"empty\" is that kernel alone\n",
+                engine == 2 ? "early" : "normally");
   for (int64_t T : {64, 512, 1024, 8192}) {
     const int32_t t32 = int32_t(T / div);
     CK(cudaMemcpy(d.valid, &t32, 4, cudaMemcpyHostToDevice));
@@ -209,6 +230,25 @@ int main() {
       cudaGraphExec_t x;
       CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
       for (int i = 0; i < 64; ++i) {
+        if (engine != 0) {
+          const uint32_t n = uint32_t(T * K);
+          const dim3 eg((n + 511) / 512);
+          if (engine == 2) {
+            cudaLaunchConfig_t config = {};
+            config.gridDim = eg;
+            config.blockDim = dim3(512);
+            config.stream = s;
+            cudaLaunchAttribute attr[1];
+            attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+            attr[0].val.programmaticStreamSerializationAllowed = 1;
+            config.attrs = attr;
+            config.numAttrs = 1;
+            CK(cudaLaunchKernelEx(&config, EngineKernel<true>, (const int32_t*)d.ids, d.scratch, n));
+          } else {
+            EngineKernel<false><<<eg, 512, 0, s>>>(d.ids, d.scratch, n);
+          }
+          if (v == -1) continue;
+        }
         if (v == -2)
           CK(EmptyPdl(s));
         else if (v < 0)

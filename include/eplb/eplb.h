@@ -371,15 +371,16 @@ typedef enum {
  * EPLB_ERROR_INVALID_ARGUMENT. T = 0 is a no-op (no buffer is checked).
  *
  * Early launch: with EPLB_PDL=1 in the environment (read once per process)
- * on a device of compute capability 9.0 or more, the rank path's decode
- * kernel (launches of at most 132 segments whose tables fit 48 KB of shared
- * memory) is launched with programmatic dependent launch: it may start
+ * on a device of compute capability 9.0 or more, launches of at most 8192
+ * items (e.g. 1024 tokens x top-8) whose tables fit the decode kernel's
+ * 48 KB of shared memory are made with programmatic dependent launch: the
+ * kernel may start
  * while the kernel before it in the stream ends, and waits for that
  * kernel's completion and writes before it touches any argument's memory,
  * so stream order holds as without it; it then lets a kernel after it that
  * is launched so too start early. Off by default: it pays only where the
  * kernel before is launched so too (README, "Early launch"). eplbCount
- * does the same at every size. */
+ * does the same for launches of at most 65536 items. */
 EPLB_API eplbStatus_t eplbRouteCount(const void* d_topk_logical, eplbIdType_t id_type,
                                      int64_t num_tokens, const int32_t* d_num_tokens,
                                      int32_t top_k, const int32_t* d_log2phy,
