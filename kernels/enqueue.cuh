@@ -46,21 +46,23 @@ cudaError_t EnqueueKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size
 // (kernels/route_count.cu, SubShape).
 //
 // Off unless EPLB_PDL=1, since it pays only where the kernel before
-// eplb's is launched early too (bench_kernels on an H200, 2026-11-29, the
-// same binary with EPLB_PDL=0 and 1 in alternating runs; us per launch
-// over an empty kernel, at 64 / 512 / 1024 / 8192 tokens x top-8):
-//  - graphs of eplb's kernels alone: route+count 0.85 / 1.48 / 1.52 / 2.77
-//    -> 0.48 / 0.99 / 1.01 / 2.30, count-only 0.67 / 0.79 / 0.83 / 1.02 ->
-//    0.26 / 0.37 / 0.50 / 0.60; 58 route+count + window update 86 / 124 ->
-//    65 / 95 us per graph;
+// eplb's is launched early too. bench_kernels on one H200 of a 2-GPU
+// machine (2026-11-29, e0c046f, the same binary with EPLB_PDL unset and
+// 1; us per launch over an empty kernel, at 64 / 512 / 1024 / 8192 tokens
+// x top-8; 8192 tokens launch normally either way):
+//  - graphs of eplb's kernels alone: route+count 0.87 / 1.49 / 1.54 / 2.84
+//    -> 0.32 / 0.85 / 0.85 / 2.84, count-only 0.73 / 0.84 / 0.86 / 1.02 ->
+//    0.16 / 0.23 / 0.25 / 0.44; 58 route+count + window update 98 / 136
+//    -> 67 / 96 us per graph;
 //  - eplbRouteCount after an engine kernel launched early (it waits first
 //    thing, then lets the next kernel launch), over that kernel alone:
-//    1.31 / 1.95 -> 0.95 / 1.54 at 64 / 512 tokens;
-//  - after an engine kernel launched normally: 1.34 / 2.09 -> 1.48 / 2.16,
-//    and bench_state StepOverhead (such a kernel before each of 58
-//    route+count launches) 163 / 203 -> 174 / 215 us per pass. Why a
-//    kernel launched early after one that was not is slower, we do not
-//    know; an earlier version of this early launch measured the same.
+//    1.54 / 2.24 -> 1.04 / 1.54 at 64 / 512 tokens;
+//  - after an engine kernel launched normally: 1.56 / 2.26 -> 1.74 / 2.43;
+//    on one H200 in an earlier version, bench_state StepOverhead (such a
+//    kernel before each of 58 route+count launches) 163 / 203 -> 174 / 215
+//    us per pass. Why a kernel launched early after one that was not is
+//    slower, we do not know; an earlier version of this early launch
+//    measured the same.
 //
 // PdlEnabled(): EPLB_PDL is "1" (read once per process) and the current
 // device has compute capability 9.0 or more (cached per device).

@@ -81,8 +81,9 @@ constexpr int kSegWarps = 8;
 // launched normally, 3.86 early, over that kernel alone), so they are
 // launched normally. Letting the next launch start pays even where eplb's
 // own launch is normal: an engine kernel launched early after it starts
-// sooner (after such a kernel, over it alone: 1.37 / 2.09 / 2.09 with it,
-// 1.67 / 2.32 / 2.33 without, at 64 / 512 / 1024 tokens).
+// sooner (route_ab ROUTE_AB_ENGINE=2 with EPLB_PDL unset, over the engine
+// kernel alone: 1.37 / 2.09 / 2.09 with it, 1.67 / 2.32 / 2.33 without, at
+// 64 / 512 / 1024 tokens).
 struct SubShape {
   int warps, pre;
   bool aggregate, stage;
