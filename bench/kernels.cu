@@ -32,6 +32,7 @@
 #include "eplb/eplb.h"
 #include "bench_check.h"
 #include "bench_ids.h"
+#include "early_launch.cuh"
 #include "recipe_route.cuh"
 
 namespace {
@@ -108,29 +109,9 @@ __global__ void EmptyKernel() {}
 // count kernels so under EPLB_PDL=1): the cheapest kernel that keeps stream
 // order when launched early waits for the kernel before it, then lets the
 // next one launch.
-__device__ __forceinline__ void PdlWaitThenRelease() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
 __global__ void EmptyPdlKernel() {
-  PdlWaitThenRelease();
-}
-
-template <typename... Params, typename... Args>
-void LaunchPdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
-               Args... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr = {};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  CK(cudaLaunchKernelEx(&cfg, kernel, args...));
+  eplb_test::WaitForPrevious();
+  eplb_test::LetNextLaunch();
 }
 
 // Whether eplb launches early in this process (EPLB_PDL=1; on a device of
@@ -148,7 +129,8 @@ void Ctx::GraphPerLaunch(benchmark::State& state, int reps, const std::function<
     for (int i = 0; i < reps; ++i) EmptyKernel<<<1, 32, 0, stream>>>();
   });
   cudaGraphExec_t gp = Capture([&] {
-    for (int i = 0; i < reps; ++i) LaunchPdl(EmptyPdlKernel, dim3(1), dim3(32), stream);
+    for (int i = 0; i < reps; ++i)
+      CK(eplb_test::LaunchEarly(EmptyPdlKernel, dim3(1), dim3(32), stream));
   });
   const double t_empty = Mean([&] { CK(cudaGraphLaunch(ge, stream)); }, 50);
   const double t_empty_pdl = Mean([&] { CK(cudaGraphLaunch(gp, stream)); }, 50);
@@ -438,7 +420,10 @@ BENCHMARK(BM_DecodeStepGraph)->Arg(64)->Arg(512)->UseManualTime()->Unit(benchmar
 template <bool kPdl = false>
 __global__ void EngineStandInKernel(const int32_t* ids, int32_t* out, int64_t cap,
                                     int64_t segment_items) {
-  if constexpr (kPdl) PdlWaitThenRelease();  // an engine kernel written for early launch
+  if constexpr (kPdl) {  // an engine kernel written for early launch
+    eplb_test::WaitForPrevious();
+    eplb_test::LetNextLaunch();
+  }
   const int64_t seg_end =
       (blockIdx.x + 1) * segment_items < cap ? (blockIdx.x + 1) * segment_items : cap;
   const int64_t begin = blockIdx.x * segment_items + int64_t{blockIdx.y} * blockDim.x;
@@ -495,8 +480,9 @@ void BM_FusedRouteDecodeGraph(benchmark::State& state) {
                                                    d_rec, d_out, d_load, nullptr, n > 512,
                                                    c.stream));
         if (mode == 5 || mode == 6)
-          LaunchPdl(EngineStandInKernel<true>, block_grid, dim3(512), c.stream, d_ids,
-                    mode == 6 ? d_mid : d_out, static_cast<int64_t>(n), z);
+          CK(eplb_test::LaunchEarly(EngineStandInKernel<true>, block_grid, dim3(512), c.stream,
+                                    static_cast<const int32_t*>(d_ids), mode == 6 ? d_mid : d_out,
+                                    static_cast<int64_t>(n), z));
         if (mode == 4 || mode == 6)
           EK(eplbRouteCount(d_mid, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
                             d_load, nullptr, c.stream));

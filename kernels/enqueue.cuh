@@ -14,17 +14,6 @@
 
 namespace eplb {
 
-template <typename... Params, typename... Args>
-cudaError_t EnqueueKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
-                          cudaStream_t stream, Args&&... args) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = smem_bytes;
-  config.stream = stream;
-  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
-}
-
 // Programmatic dependent launch (PDL, compute capability 9.0 and up): a
 // kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization
 // may start before the kernel ahead of it in the stream (or graph) has
@@ -64,9 +53,14 @@ cudaError_t EnqueueKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size
 //    slower, we do not know; an earlier version of this early launch
 //    measured the same.
 //
-// PdlEnabled(): EPLB_PDL is "1" (read once per process) and the current
-// device has compute capability 9.0 or more (cached per device).
-inline bool PdlEnabled() {
+// PdlEnabled(kernel): EPLB_PDL is "1" (read once per process), the current
+// device has compute capability 9.0 or more, and the code it runs for
+// `kernel` was compiled for 9.0 or more (cudaFuncGetAttributes' ptxVersion):
+// in a build for older architectures only, JIT-compiled for a newer
+// device, GridDependencyWait() is empty, and an early launch would race.
+// eplb's kernels are all built for the same architectures, so the answer
+// is cached per device, from the first kernel asked about.
+inline bool PdlEnabled(const void* kernel) {
   static const bool env_on = [] {
     const char* v = std::getenv("EPLB_PDL");
     return v != nullptr && std::strcmp(v, "1") == 0;
@@ -81,16 +75,19 @@ inline bool PdlEnabled() {
     if (c != 0) return c > 0;
   }
   int major = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
+  cudaFuncAttributes attr = {};
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaFuncGetAttributes(&attr, kernel) != cudaSuccess)
     return false;
-  const bool on = major >= 9;
+  const bool on = major >= 9 && attr.ptxVersion >= 90;
   if (device >= 0 && device < kDevices) cache[device].store(on ? 1 : -1, std::memory_order_relaxed);
   return on;
 }
 
-// EnqueueKernel, with programmatic dependent launch where `early` and
-// PdlEnabled(): only for kernels that call GridDependencyWait() before
-// touching global memory.
+// A launch that returns its own status (cudaLaunchKernelEx), with
+// programmatic dependent launch where `early` and PdlEnabled(kernel): early
+// only for kernels that call GridDependencyWait() before touching global
+// memory.
 template <typename... Params, typename... Args>
 cudaError_t EnqueueKernelEarly(bool early, void (*kernel)(Params...), dim3 grid, dim3 block,
                                size_t smem_bytes, cudaStream_t stream, Args&&... args) {
@@ -102,11 +99,18 @@ cudaError_t EnqueueKernelEarly(bool early, void (*kernel)(Params...), dim3 grid,
   cudaLaunchAttribute attr[1] = {};
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
-  if (early && PdlEnabled()) {
+  if (early && PdlEnabled(reinterpret_cast<const void*>(kernel))) {
     config.attrs = attr;
     config.numAttrs = 1;
   }
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+template <typename... Params, typename... Args>
+cudaError_t EnqueueKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
+                          cudaStream_t stream, Args&&... args) {
+  return EnqueueKernelEarly(false, kernel, grid, block, smem_bytes, stream,
+                            std::forward<Args>(args)...);
 }
 
 #ifdef __CUDACC__

@@ -107,8 +107,8 @@ for t in build-gpu/tests/gpu_*; do
     >"$out/sanitizer_tmp.log" 2>&1
   mrc=$?
   cat "$out/sanitizer_tmp.log" >>"$out/sanitizer.log"
-  echo "memcheck gpu_kernels EPLB_PDL=1: rc=$mrc; $(grep 'ERROR SUMMARY' "$out/sanitizer_tmp.log")" |
-    tee -a "$sum"
+  summary=$(grep 'ERROR SUMMARY' "$out/sanitizer_tmp.log")
+  echo "memcheck gpu_kernels EPLB_PDL=1: rc=$mrc; $summary" | tee -a "$sum"
   rm -f "$out/sanitizer_tmp.log"
   fits 30 "racecheck gpu_kernels EPLB_PDL=1" || continue
   CUDA_VISIBLE_DEVICES=0 EPLB_PDL=1 timeout $(budget 120) compute-sanitizer --tool racecheck \

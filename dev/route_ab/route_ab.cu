@@ -27,6 +27,7 @@
 
 #include "bench_check.h"
 #include "bench_ids.h"
+#include "early_launch.cuh"
 #include "eplb/eplb.h"
 #include "eplb/eplb_device.cuh"
 #include "launch.cuh"
@@ -43,22 +44,9 @@ namespace {
 
 constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
 
+// Also launched early (programmatic dependent launch, eplb_test::LaunchEarly):
+// the floor of a variant launched so.
 __global__ void EmptyKernel() {}
-
-// An empty kernel launched with programmatic dependent launch, the floor of
-// a kernel that may start before its predecessor ends.
-cudaError_t EmptyPdl(cudaStream_t s) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(1);
-  config.blockDim = dim3(32);
-  config.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, EmptyKernel);
-}
 
 // Floors at decode sizes, in the sub-block kernel's launch shape (grid
 // segments x 512-item sub-blocks, 512 threads, its dynamic shared memory):
@@ -75,12 +63,10 @@ __global__ void ShapedCopyKernel(const int32_t* ids, int32_t* out, uint32_t cap,
 // waits for the previous kernel first thing, then lets the next launch).
 template <bool kPdl>
 __global__ void EngineKernel(const int32_t* ids, int32_t* out, uint32_t n) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (kPdl) {
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    eplb_test::WaitForPrevious();
+    eplb_test::LetNextLaunch();
   }
-#endif
   const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = ids[i];
 }
@@ -234,23 +220,15 @@ int main() {
           const uint32_t n = uint32_t(T * K);
           const dim3 eg((n + 511) / 512);
           if (engine == 2) {
-            cudaLaunchConfig_t config = {};
-            config.gridDim = eg;
-            config.blockDim = dim3(512);
-            config.stream = s;
-            cudaLaunchAttribute attr[1];
-            attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-            attr[0].val.programmaticStreamSerializationAllowed = 1;
-            config.attrs = attr;
-            config.numAttrs = 1;
-            CK(cudaLaunchKernelEx(&config, EngineKernel<true>, (const int32_t*)d.ids, d.scratch, n));
+            CK(eplb_test::LaunchEarly(EngineKernel<true>, eg, dim3(512), s,
+                                      static_cast<const int32_t*>(d.ids), d.scratch, n));
           } else {
             EngineKernel<false><<<eg, 512, 0, s>>>(d.ids, d.scratch, n);
           }
           if (v == -1) continue;
         }
         if (v == -2)
-          CK(EmptyPdl(s));
+          CK(eplb_test::LaunchEarly(EmptyKernel, dim3(1), dim3(32), s));
         else if (v < 0)
           EmptyKernel<<<1, 32, 0, s>>>();
         else

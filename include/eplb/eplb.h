@@ -374,13 +374,18 @@ typedef enum {
  * on a device of compute capability 9.0 or more, launches of at most 8192
  * items (e.g. 1024 tokens x top-8) whose tables fit the decode kernel's
  * 48 KB of shared memory are made with programmatic dependent launch: the
- * kernel may start
- * while the kernel before it in the stream ends, and waits for that
- * kernel's completion and writes before it touches any argument's memory,
- * so stream order holds as without it; it then lets a kernel after it that
- * is launched so too start early. Off by default: it pays only where the
- * kernel before is launched so too (README, "Early launch"). eplbCount
- * does the same for launches of at most 65536 items. */
+ * kernel may start while the kernel before it in the stream ends, and
+ * waits for that kernel's completion and writes before it touches any
+ * argument's memory, so stream order holds as without it. Off by
+ * default: it pays only where the kernel before is launched so too
+ * (README, "Early launch"). eplbCount does the same for launches of at
+ * most 65536 items. Also the code must have been built for compute
+ * capability 9.0 or more. With or without
+ * EPLB_PDL, these kernels let a kernel after them that the caller launches
+ * early (cudaLaunchAttributeProgrammaticStreamSerialization) start before
+ * they end (griddepcontrol.launch_dependents); as always with such a
+ * launch, that kernel must wait (cudaGridDependencySynchronize) before it
+ * reads their outputs. */
 EPLB_API eplbStatus_t eplbRouteCount(const void* d_topk_logical, eplbIdType_t id_type,
                                      int64_t num_tokens, const int32_t* d_num_tokens,
                                      int32_t top_k, const int32_t* d_log2phy,

@@ -234,7 +234,8 @@ __device__ __forceinline__ void EplbForEachSlot(int32_t num_p, F&& f) {
 // The zeroing that opens EplbBlockRoute, on its own: the shared memory
 // EplbBlockRoute needs zeroed (its per-warp lane masks, with earlier items
 // its earlier counts, when aggregating its [P] counter row). Same template
-// arguments and smem as the EplbBlockRoute call that follows; every thread
+// arguments, num_e, num_p, aggregate and smem as the EplbBlockRoute call
+// (with kZeroed = true) that follows; every thread
 // calls it, then __syncthreads(), then EplbBlockRoute with kZeroed = true.
 // For a kernel launched with programmatic dependent launch: it can zero
 // before griddepcontrol.wait (cudaGridDependencySynchronize), while the
@@ -296,7 +297,8 @@ __device__ __forceinline__ void EplbBlockRouteZero(int32_t num_e, int32_t num_p,
 //   hot slots).
 // smem: EplbBlockRouteSmemBytes(kWarps, E, P, aggregate, kStageTables)
 //   bytes of shared memory, 16-byte aligned. Two __syncthreads inside
-//   (three with `aggregate`); every thread must call. Needs 1 <= E <= P
+//   (three with `aggregate`; one fewer with kZeroed); every thread must
+//   call. Needs 1 <= E <= P
 //   (as eplbRouteCount checks) and E not above kMaxExperts: the zeroing
 //   (and the staging) cover kMaxExperts experts (a larger E gives wrong
 //   slots, though every access stays in bounds); each thread zeroes (and
@@ -304,10 +306,11 @@ __device__ __forceinline__ void EplbBlockRouteZero(int32_t num_e, int32_t num_p,
 //   that holds E is the fastest.
 // kZeroed: false, the function zeroes its shared memory itself, behind a
 //   barrier; true, the caller already did, with EplbBlockRouteZero (same
-//   template arguments and smem) and a __syncthreads() after it (e.g.
-//   before griddepcontrol.wait in a kernel launched with programmatic
-//   dependent launch, as eplbRouteCount's 8-warp kernel does under
-//   EPLB_PDL=1): one barrier fewer here.
+//   template arguments, E, P, aggregate and smem) and a __syncthreads()
+//   after it (e.g. before griddepcontrol.wait in a kernel launched with
+//   programmatic dependent launch; eplbRouteCount's 8-warp kernel always
+//   zeroes so, and waits there when launched early under EPLB_PDL=1): one
+//   barrier fewer here.
 // kStageTables: where the item's logcnt and first two log2phy columns come
 //   from (a third column or more is read from global memory once the rank
 //   is known). false: each thread loads its own item's, by its id, right
@@ -389,8 +392,9 @@ __device__ __forceinline__ int32_t EplbBlockRoute(IdT id, bool valid, const IdT*
   // 1. Every global load at once (the earlier ids, logcnt, the first
   // columns of log2phy), into registers: a shared store between two loads
   // would make the second wait for the first. Then the zeroing, behind a
-  // barrier that does not wait for the loads: staged tables are stored
-  // after it and read only after barrier 2. The item's own table entries
+  // barrier that does not wait for the loads (unless kZeroed: the caller
+  // zeroed before), then the staged tables are stored; they are read only
+  // after barrier 2. The item's own table entries
   // are read at its raw id, clamped, so that they wait for the id alone
   // (not for `valid`).
   IdT earlier_r[kEarlierPerThread > 0 ? kEarlierPerThread : 1];

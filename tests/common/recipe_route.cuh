@@ -108,8 +108,10 @@ inline cudaError_t LaunchRecipeRoute(const void* ids, bool ids64, int64_t num_to
 // warps with one item per thread would call it: block (s, b) takes items
 // [s*Z + b*32*kWarps, ...) of segment s, the segment's items before it as
 // its earlier items and s as its offset. `aggregate` picks the function's
-// shared-memory count path, kStage its staged tables.
-template <int kWarps, bool kStage, typename IdT>
+// shared-memory count path, kStage its staged tables; kZeroed zeroes the
+// shared memory first with EplbBlockRouteZero (as a kernel launched early
+// does before waiting for the previous kernel).
+template <int kWarps, bool kStage, bool kZeroed, typename IdT>
 __global__ void __launch_bounds__(32 * kWarps)
     BlockRecipeRouteKernel(const IdT* ids, int64_t num_tokens, const int32_t* d_num_tokens,
                            int32_t top_k, const int32_t* log2phy, const int32_t* logcnt,
@@ -126,6 +128,10 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int64_t seg_end = seg_begin + segment_items < cap ? seg_begin + segment_items : cap;
   const int64_t my_begin = seg_begin + int64_t{blockIdx.y} * kThreads;
   if (my_begin >= seg_end) return;  // the whole block: it skips the barriers together
+  if constexpr (kZeroed) {
+    EplbBlockRouteZero<kWarps, kEarlier, 1024, kStage>(num_e, num_p, aggregate, smem);
+    __syncthreads();
+  }
   const int64_t i = my_begin + threadIdx.x;
   const bool in = i < seg_end;
   const IdT id = in ? ids[i] : IdT(-1);
@@ -133,7 +139,7 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int64_t ev = n_valid - seg_begin;
   const uint32_t num_earlier_valid =
       ev <= 0 ? 0u : (ev < num_earlier ? static_cast<uint32_t>(ev) : num_earlier);
-  const int32_t slot = EplbBlockRoute<kWarps, kEarlier, 1024, kStage>(
+  const int32_t slot = EplbBlockRoute<kWarps, kEarlier, 1024, kStage, kZeroed>(
       id, in && i < n_valid, ids + seg_begin, num_earlier, num_earlier_valid, blockIdx.x, log2phy,
       logcnt, num_e, num_p, record ? load_pass : nullptr, aggregate, in ? out + i : nullptr, smem);
   if (d_invalid != nullptr && in && i < n_valid && slot < 0) atomicAdd(d_invalid, 1ull);
@@ -143,7 +149,7 @@ __global__ void __launch_bounds__(32 * kWarps)
 // EPLB_ROUTE_HASH_MIN_ITEMS) where the segments are at most
 // EPLB_ROUTE_TILE_ITEMS long (up to EPLB_ROUTE_MAX_SEGMENTS tiles): the
 // kernel holds that many earlier ids per block. Other sizes: an error.
-template <int kWarps, bool kStage = (kWarps >= 16)>
+template <int kWarps, bool kStage = (kWarps >= 16), bool kZeroed = false>
 cudaError_t LaunchBlockRecipeRoute(const void* ids, bool ids64, int64_t num_tokens,
                                    const int32_t* d_num_tokens, int32_t top_k,
                                    const int32_t* log2phy, const int32_t* logcnt, int32_t num_e,
@@ -162,11 +168,11 @@ cudaError_t LaunchBlockRecipeRoute(const void* ids, bool ids64, int64_t num_toke
   const size_t smem = EplbBlockRouteSmemBytes(kWarps, num_e, num_p, aggregate, kStage);
   if (smem > 48 * 1024) return cudaErrorInvalidValue;
   if (ids64)
-    BlockRecipeRouteKernel<kWarps, kStage><<<grid, 32 * kWarps, smem, stream>>>(
+    BlockRecipeRouteKernel<kWarps, kStage, kZeroed><<<grid, 32 * kWarps, smem, stream>>>(
         static_cast<const int64_t*>(ids), num_tokens, d_num_tokens, top_k, log2phy, logcnt, num_e,
         num_p, d_record, out, load_pass, d_invalid, z, aggregate);
   else
-    BlockRecipeRouteKernel<kWarps, kStage><<<grid, 32 * kWarps, smem, stream>>>(
+    BlockRecipeRouteKernel<kWarps, kStage, kZeroed><<<grid, 32 * kWarps, smem, stream>>>(
         static_cast<const int32_t*>(ids), num_tokens, d_num_tokens, top_k, log2phy, logcnt, num_e,
         num_p, d_record, out, load_pass, d_invalid, z, aggregate);
   return cudaGetLastError();

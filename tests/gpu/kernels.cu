@@ -9,12 +9,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdlib>
 #include <dirent.h>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "case_format.h"
+#include "early_launch.cuh"
 #include "eplb/eplb.h"
 #include "gpu_env.h"
 #include "kernel_ref.h"
@@ -120,7 +122,9 @@ constexpr int64_t kAll = INT64_MIN;
 // with the default kStageTables: the 32-warp blocks stage the tables); 5
 // with 4 warps staging, 6 with 16 warps not staging and counting through
 // shared memory; 7 with 12 warps and 8 with 24 warps (rows of 3 and 6
-// quads, not swizzled), 24 staging and counting through shared memory.
+// quads, not swizzled), 24 staging and counting through shared memory; 9
+// and 10 with the shared memory zeroed by EplbBlockRouteZero first
+// (kZeroed): 8 warps counting through shared memory, 16 warps staging.
 void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Table& t, bool ids64,
                 int64_t valid, bool record, int recipe = 0) {
   // The outputs are compared over ids.size() items: the device writes T * K.
@@ -192,6 +196,12 @@ void CheckRoute(const std::vector<int64_t>& ids, int64_t T, int32_t K, const Tab
         break;
       case 8:
         ASSERT_EQ(block(LaunchBlockRecipeRoute<24>, true), cudaSuccess);
+        break;
+      case 9:
+        ASSERT_EQ(block(LaunchBlockRecipeRoute<8, false, true>, true), cudaSuccess);
+        break;
+      case 10:
+        ASSERT_EQ(block(LaunchBlockRecipeRoute<16, true, true>, false), cudaSuccess);
         break;
       default:
         FAIL() << "no recipe " << recipe;
@@ -271,7 +281,8 @@ TEST(RouteCount, HotExpertsWithManyReplicas) {
 // eplbRouteCount's choices: its warp recipe (one warp per segment) and
 // EplbBlockRoute in blocks of 4, 8, 12, 16, 24 and 32 warps, staging the tables
 // and not (each block counting the segment's earlier items; direct and
-// shared-memory counting), against the
+// shared-memory counting; zeroed by the function or by EplbBlockRouteZero
+// before it), against the
 // same reference, on the rank path (one and many segments, a hot placement,
 // invalid ids, device counts) and, for the recipe, the hash path.
 TEST(DeviceFunctions, RecipeKernelMatchesReference) {
@@ -283,7 +294,7 @@ TEST(DeviceFunctions, RecipeKernelMatchesReference) {
       SCOPED_TRACE(T);
       auto ids = ZipfIds(rng, static_cast<size_t>(T * 8), t->E, 1.2);
       for (int k = 0; k < 9; ++k) ids[rng() % ids.size()] = k % 2 ? -1 : t->E + k;
-      for (int recipe = 1; recipe <= 8; ++recipe) {
+      for (int recipe = 1; recipe <= 10; ++recipe) {
         SCOPED_TRACE(recipe);
         CheckRoute(ids, T, 8, *t, false, kAll, true, recipe);
         CheckRoute(ids, T, 8, *t, true, T - T / 3, true, recipe);
@@ -678,10 +689,8 @@ TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
 // dst before the copy.
 __global__ void SlowCopyKernel(int32_t* dst, const int32_t* src, size_t n,
                                unsigned long long spin_ns) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+  eplb_test::LetNextLaunch();
+  eplb_test::WaitForPrevious();
   unsigned long long t0, t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
   do {
@@ -693,23 +702,18 @@ __global__ void SlowCopyKernel(int32_t* dst, const int32_t* src, size_t n,
 }
 
 void SlowCopy(int32_t* dst, const int32_t* src, size_t n, cudaStream_t stream) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(8);
-  cfg.blockDim = dim3(256);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr = {};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  ASSERT_EQ(cudaLaunchKernelEx(&cfg, SlowCopyKernel, dst, src, n, 200000ull), cudaSuccess);
+  ASSERT_EQ(
+      eplb_test::LaunchEarly(SlowCopyKernel, dim3(8), dim3(256), stream, dst, src, n, 200000ull),
+      cudaSuccess);
 }
 
 // Stream order: route+count, count and the window update must see
 // everything the kernel right before them wrote. A slow kernel writes the
 // ids, the device token count, the maps and the counters right before they
-// read them (the old contents would give other answers); on every
-// route+count path, on a stream and inside a graph. The slow kernel lets the
+// read them (the old contents would give other answers), and the record
+// flag (0 before, so counts read early would be missing), and the routed
+// ids again right before count-only reads them; on every route+count and
+// count path, on a stream and inside a graph. The slow kernel lets the
 // next one launch at once, so with EPLB_PDL=1 (ctest gpu_kernels_pdl) the
 // decode-size route+count kernels and the count kernel start while it
 // spins and must wait for it (kernels/enqueue.cuh). A first version of that
@@ -724,10 +728,11 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
   ScopedStream stream;
   const int32_t E = 64, P = 80, K = 8, L = 1, W = 2;
   // One 128-item sub-block (no earlier ids); one segment over 4 and over
-  // 16 sub-blocks (each reads the ids before it); 128 sub-blocks; many
-  // segments; the hash path.
-  for (int64_t T : {int64_t{16}, int64_t{64}, int64_t{512}, int64_t{8192}, int64_t{70000},
-                    int64_t{(1 << 22) / 8}}) {
+  // 16 sub-blocks (each reads the ids before it); two segments of 16; 128
+  // sub-blocks; many segments; the hash path. Count-only: 256-thread blocks
+  // up to 16384 items, 512-thread ones up to 65536, then the striding shape.
+  for (int64_t T : {int64_t{16}, int64_t{64}, int64_t{512}, int64_t{1024}, int64_t{8192},
+                    int64_t{70000}, int64_t{(1 << 22) / 8}}) {
     for (int graph = 0; graph < 2; ++graph) {
       SCOPED_TRACE(T * 10 + graph);
       const size_t TK = static_cast<size_t>(T * K);
@@ -739,7 +744,8 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
       // Device: the stale contents, and the new ones the slow kernel copies in.
       DeviceBuffer<int32_t> d_ids(TK), d_ids_new(TK), d_valid(1), d_valid_new(1),
           d_l2p(t_old.log2phy.size()), d_l2p_new(t_new.log2phy.size()), d_cnt(E), d_cnt_new(E),
-          d_out(TK), d_pass(P), d_cpass(P), d_cpass_new(P), d_p2l(P), d_win(W * L * E), d_state(2);
+          d_out(TK), d_routed(TK), d_pass(P), d_cpass(P), d_cpass_new(P), d_p2l(P),
+          d_win(W * L * E), d_state(2), d_rec(1), d_rec_new(1);
       DeviceBuffer<int64_t> d_sum(L * E);
       DeviceBuffer<unsigned long long> d_inv(1);
       d_ids.Upload(std::vector<int32_t>(TK, 0), stream);
@@ -753,7 +759,8 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
       d_cpass.Upload(std::vector<int32_t>(P, 7), stream);
       d_cpass_new.Upload(pass_new, stream);
       d_p2l.Upload(t_new.phy2log, stream);
-      for (auto* b : {&d_out, &d_pass, &d_win, &d_state}) b->Fill(0, stream);
+      d_rec_new.Upload({1}, stream);
+      for (auto* b : {&d_out, &d_routed, &d_pass, &d_win, &d_state, &d_rec}) b->Fill(0, stream);
       d_sum.Fill(0, stream);
       d_inv.Fill(0, stream);
       ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
@@ -763,12 +770,15 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
         SlowCopy(d_valid.get(), d_valid_new.get(), 1, stream);
         SlowCopy(d_l2p.get(), d_l2p_new.get(), t_new.log2phy.size(), stream);
         SlowCopy(d_cnt.get(), d_cnt_new.get(), E, stream);
+        SlowCopy(d_rec.get(), d_rec_new.get(), 1, stream);
         EPLB_OK(eplbRouteCount(d_ids.get(), EPLB_ID_INT32, T, d_valid.get(), K, d_l2p.get(),
-                               d_cnt.get(), E, P, nullptr, d_out.get(), d_pass.get(), d_inv.get(),
-                               stream));
-        // Count-only on the routed ids, right after the kernel that wrote them.
-        EPLB_OK(eplbCount(d_out.get(), EPLB_ID_INT32, T, d_valid.get(), K, P, nullptr, d_pass.get(),
-                          d_inv.get(), stream));
+                               d_cnt.get(), E, P, d_rec.get(), d_out.get(), d_pass.get(),
+                               d_inv.get(), stream));
+        // Count-only on the routed ids, copied in by the slow kernel right
+        // before it (the stale zeros would all count for slot 0).
+        SlowCopy(d_routed.get(), d_out.get(), TK, stream);
+        EPLB_OK(eplbCount(d_routed.get(), EPLB_ID_INT32, T, d_valid.get(), K, P, d_rec.get(),
+                          d_pass.get(), d_inv.get(), stream));
         SlowCopy(d_cpass.get(), d_cpass_new.get(), P, stream);
         EPLB_OK(eplbWindowUpdate(d_p2l.get(), d_cpass.get(), L, E, P, W, d_win.get(), d_sum.get(),
                                  d_state.get(), stream));
@@ -806,6 +816,68 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
       EXPECT_EQ(d_state.Download(stream), state);
     }
   }
+}
+
+__global__ void NoopKernel() {}
+
+// Which launches eplb makes early: in a captured graph, the edge from a
+// kernel to eplb's is programmatic exactly for route+count up to 8192
+// items and count-only up to 65536 (the decode shapes), and only with
+// EPLB_PDL=1 on a device of compute capability 9.0 or more (as
+// kernels/enqueue.cuh and eplb.h say); else a normal edge. Under
+// gpu_kernels_pdl this also shows that the early-launch tests there did
+// launch early.
+TEST(EarlyLaunch, GraphEdgesFollowTheLaunchShapes) {
+  EPLB_REQUIRE_GPUS(1);
+  const char* env = std::getenv("EPLB_PDL");
+  int device = 0, major = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+  const bool pdl = env != nullptr && std::string(env) == "1" && major >= 9;
+  std::mt19937_64 rng(23);
+  ScopedStream stream;
+  const int32_t E = 64, P = 80, K = 8;
+  const int64_t t_max = 16384;
+  const Table t = RandomTable(rng, E, P);
+  DeviceBuffer<int32_t> d_ids(t_max * K), d_out(t_max * K), d_pass(P), d_l2p(t.log2phy.size()),
+      d_cnt(E);
+  d_l2p.Upload(t.log2phy, stream);
+  d_cnt.Upload(t.logcnt, stream);
+  for (auto* b : {&d_ids, &d_out, &d_pass}) b->Fill(0, stream);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  struct Case {
+    bool count;
+    int64_t tokens;
+    bool early;
+  };
+  int programmatic = 0;
+  for (const Case c : {Case{false, 16, true}, Case{false, 64, true}, Case{false, 512, true},
+                       Case{false, 1024, true}, Case{false, 1025, false}, Case{false, 8192, false},
+                       Case{true, 64, true}, Case{true, 8192, true}, Case{true, 8193, false},
+                       Case{true, t_max, false}}) {
+    SCOPED_TRACE(c.tokens * 2 + (c.count ? 1 : 0));
+    cudaGraph_t g;
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    NoopKernel<<<1, 32, 0, stream>>>();
+    if (c.count)
+      EPLB_OK(eplbCount(d_out.get(), EPLB_ID_INT32, c.tokens, nullptr, K, P, nullptr, d_pass.get(),
+                        nullptr, stream));
+    else
+      EPLB_OK(eplbRouteCount(d_ids.get(), EPLB_ID_INT32, c.tokens, nullptr, K, d_l2p.get(),
+                             d_cnt.get(), E, P, nullptr, d_out.get(), d_pass.get(), nullptr,
+                             stream));
+    ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
+    cudaGraphNode_t from = nullptr, to = nullptr;
+    cudaGraphEdgeData data = {};
+    size_t n = 1;
+    ASSERT_EQ(cudaGraphGetEdges(g, &from, &to, &data, &n), cudaSuccess);
+    cudaGraphDestroy(g);
+    ASSERT_EQ(n, 1u);
+    const bool is_programmatic = data.type == cudaGraphDependencyTypeProgrammatic;
+    EXPECT_EQ(is_programmatic, pdl && c.early);
+    programmatic += is_programmatic ? 1 : 0;
+  }
+  if (pdl) EXPECT_EQ(programmatic, 6);
 }
 
 // GPU plan vs host plan (eplbPlanCompute) for one input; both runs on the
