@@ -8,6 +8,11 @@
 //                  baseline_us, overhead_us (eplb - baseline per pass), and the
 //                  same with EPLB_STEP_STATS. One GPU (the per-step path has no
 //                  collective without STATS; with STATS a 1-rank all-reduce).
+//                  Second argument 1: the engine kernel is launched early
+//                  (programmatic dependent launch: it waits for the kernel
+//                  before it first thing, then lets the next one launch), as
+//                  in an engine written for it; run with EPLB_PDL=1 to launch
+//                  eplb's kernels so too.
 //   Rearrange/N    a full rearrangement on N GPUs (one thread per GPU): the
 //                  stall from the call to the stream being idle again (max
 //                  over ranks), split by phase (rank 0's stream time per
@@ -38,6 +43,7 @@
 #include "eplb/eplb.h"
 #include "transfer_plan.h"
 #include "bench_check.h"
+#include "early_launch.cuh"
 
 namespace {
 
@@ -95,13 +101,19 @@ void RegisterWeights(eplbState_t st, int n, bool tiny, std::vector<void*>* owned
 
 // Stand-in for an engine's per-layer work around routing: reads the top-k ids
 // and writes them out (a dispatch-layout-like pass).
+template <bool kEarly>
 __global__ void EngineLayerKernel(const int32_t* ids, int32_t n, int32_t* out) {
+  if constexpr (kEarly) {
+    eplb_test::WaitForPrevious();
+    eplb_test::LetNextLaunch();
+  }
   for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
     out[i] = ids[i] ^ 1;
 }
 
 void BM_StepOverhead(benchmark::State& state) {
   const int32_t tokens = static_cast<int32_t>(state.range(0)), top_k = 8;
+  const bool early_engine = state.range(1) != 0;
   const size_t TK = static_cast<size_t>(tokens) * top_k;
   CK(cudaSetDevice(0));
   ncclComm_t comm;
@@ -133,8 +145,13 @@ void BM_StepOverhead(benchmark::State& state) {
     cudaGraphExec_t ge;
     CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
     for (int32_t l = 0; l < kL; ++l) {
-      EngineLayerKernel<<<64, 256, 0, s>>>(d_ids + l * TK, static_cast<int32_t>(TK),
-                                           d_out + l * TK);
+      if (early_engine)
+        CK(eplb_test::LaunchEarly(EngineLayerKernel<true>, dim3(64), dim3(256), s,
+                                  static_cast<const int32_t*>(d_ids + l * TK),
+                                  static_cast<int32_t>(TK), d_out + l * TK));
+      else
+        EngineLayerKernel<false>
+            <<<64, 256, 0, s>>>(d_ids + l * TK, static_cast<int32_t>(TK), d_out + l * TK);
       if (with_eplb)
         EK(eplbRouteCount(d_ids + l * TK, EPLB_ID_INT32, tokens, nullptr, top_k,
                           maps.d_log2phy + static_cast<size_t>(l) * kE * W2,
@@ -438,9 +455,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_state: no GPU; nothing to run\n");
     return 0;
   }
-  benchmark::RegisterBenchmark("StepOverhead/L58/tokens", BM_StepOverhead)
-      ->Arg(64)
-      ->Arg(512)
+  benchmark::RegisterBenchmark("StepOverhead/L58", BM_StepOverhead)
+      ->ArgNames({"tokens", "early_engine"})
+      ->ArgsProduct({{64, 512}, {0, 1}})
       ->UseManualTime()
       ->Unit(benchmark::kMicrosecond)
       ->Iterations(20);

@@ -46,12 +46,13 @@ namespace eplb {
 //  - eplbRouteCount after an engine kernel launched early (it waits first
 //    thing, then lets the next kernel launch), over that kernel alone:
 //    1.54 / 2.24 -> 1.04 / 1.54 at 64 / 512 tokens;
-//  - after an engine kernel launched normally: 1.56 / 2.26 -> 1.74 / 2.43;
-//    on one H200 in an earlier version, bench_state StepOverhead (such a
-//    kernel before each of 58 route+count launches) 163 / 203 -> 174 / 215
-//    us per pass. Why a kernel launched early after one that was not is
-//    slower, we do not know; an earlier version of this early launch
-//    measured the same.
+//  - after an engine kernel launched normally: 1.56 / 2.26 -> 1.74 / 2.43.
+//    Why a kernel launched early after one that was not is slower, we do
+//    not know; an earlier version of this early launch measured the same.
+// bench_state StepOverhead (an engine kernel and route+count per layer,
+// 58 layers, then eplbStateStep; one H200), eplb's overhead per pass at
+// 64 / 512 tokens: engine kernel launched normally 95 / 134 -> 106 / 145
+// us; launched early 93 / 134 -> 68 / 106 us.
 //
 // PdlEnabled(kernel): EPLB_PDL is "1" (read once per process), the current
 // device has compute capability 9.0 or more, and the code it runs for
