@@ -13,7 +13,9 @@
 // skips the hash path; ROUTE_AB_LOAD_AWARE=1 gives the decode runs a
 // load-aware placement (each redundant slot to the expert with the most
 // items per replica); ROUTE_AB_VALID_DIV=d routes the decode runs with a
-// device token count of T / d.
+// device token count of T / d; ROUTE_AB_ENGINE=1 (2) puts a stand-in engine
+// kernel, launched normally (early), before every launch, and the decode
+// figures are then over a graph of that kernel alone.
 #include <cuda_runtime.h>
 
 #include <algorithm>
