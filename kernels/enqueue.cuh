@@ -8,9 +8,9 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <utility>
+
+#include "early_launch_setting.h"
 
 namespace eplb {
 
@@ -34,11 +34,11 @@ namespace eplb {
 // starts early too. That call pays even where eplb's own launch is normal
 // (kernels/route_count.cu, SubShape).
 //
-// Off unless EPLB_PDL=1, since it pays only where the kernel before
-// eplb's is launched early too. bench_kernels on one H200 of a 2-GPU
-// machine (2026-11-29, e0c046f, the same binary with EPLB_PDL unset and
-// 1; us per launch over an empty kernel, at 64 / 512 / 1024 / 8192 tokens
-// x top-8; 8192 tokens launch normally either way):
+// Off unless EPLB_PDL=1 or eplbSetEarlyLaunch(1), since it pays only where
+// the kernel before eplb's is launched early too. bench_kernels on one H200
+// of a 2-GPU machine (2026-11-29, e0c046f, the same binary with EPLB_PDL
+// unset and 1; us per launch over an empty kernel, at 64 / 512 / 1024 /
+// 8192 tokens x top-8; 8192 tokens launch normally either way):
 //  - graphs of eplb's kernels alone: route+count 0.87 / 1.49 / 1.54 / 2.84
 //    -> 0.32 / 0.85 / 0.85 / 2.84, count-only 0.73 / 0.84 / 0.86 / 1.02 ->
 //    0.16 / 0.23 / 0.25 / 0.44; 58 route+count + window update 98 / 136
@@ -54,19 +54,16 @@ namespace eplb {
 // 64 / 512 tokens: engine kernel launched normally 95 / 134 -> 106 / 145
 // us; launched early 93 / 134 -> 68 / 106 us.
 //
-// PdlEnabled(kernel): EPLB_PDL is "1" (read once per process), the current
-// device has compute capability 9.0 or more, and the code it runs for
+// PdlEnabled(kernel): early launch is on (EPLB_PDL=1 or eplbSetEarlyLaunch,
+// early_launch_setting.h), the current device has compute capability 9.0
+// or more, and the code it runs for
 // `kernel` was compiled for 9.0 or more (cudaFuncGetAttributes' ptxVersion):
 // in a build for older architectures only, JIT-compiled for a newer
 // device, GridDependencyWait() is empty, and an early launch would race.
 // eplb's kernels are all built for the same architectures, so the answer
 // is cached per device, from the first kernel asked about.
 inline bool PdlEnabled(const void* kernel) {
-  static const bool env_on = [] {
-    const char* v = std::getenv("EPLB_PDL");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }();
-  if (!env_on) return false;
+  if (!kernels::EarlyLaunchRequested()) return false;
   constexpr int kDevices = 64;
   static std::atomic<signed char> cache[kDevices];  // 0 unknown, 1 yes, -1 no
   int device = 0;

@@ -7,6 +7,7 @@
 
 #include "api_common.h"
 #include "kernel_ref.h"
+#include "kernels/early_launch_setting.h"
 #include "kernels/launch.cuh"
 #include "planner.h"
 
@@ -202,6 +203,20 @@ EPLB_API eplbStatus_t eplbCount(const void* d_topk_physical, eplbIdType_t id_typ
                                            d_num_tokens, top_k, num_physical_experts, d_record,
                                            d_load_pass, d_invalid_count, stream),
                 "count launch");
+  });
+}
+
+EPLB_API eplbStatus_t eplbSetEarlyLaunch(int enable) {
+  return eplb::capi::Guard("eplbSetEarlyLaunch", [&] {
+    EPLB_CHECK_ARG(enable == 0 || enable == 1, "enable (%d) must be 0 or 1", enable);
+    eplb::kernels::SetEarlyLaunch(enable == 1);
+  });
+}
+
+EPLB_API eplbStatus_t eplbGetEarlyLaunch(int* enabled) {
+  return eplb::capi::Guard("eplbGetEarlyLaunch", [&] {
+    EPLB_CHECK_NOT_NULL(enabled);
+    *enabled = eplb::kernels::EarlyLaunchRequested() ? 1 : 0;
   });
 }
 

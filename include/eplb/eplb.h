@@ -370,22 +370,21 @@ typedef enum {
  * d_load_pass / d_invalid_count overlapping another argument ->
  * EPLB_ERROR_INVALID_ARGUMENT. T = 0 is a no-op (no buffer is checked).
  *
- * Early launch: with EPLB_PDL=1 in the environment (read once per process)
- * on a device of compute capability 9.0 or more, launches of at most 8192
- * items (e.g. 1024 tokens x top-8) whose tables fit the decode kernel's
- * 48 KB of shared memory are made with programmatic dependent launch: the
- * kernel may start while the kernel before it in the stream ends, and
- * waits for that kernel's completion and writes before it touches any
- * argument's memory, so stream order holds as without it. Off by
- * default: it pays only where the kernel before is launched so too
- * (README, "Early launch"). eplbCount does the same for launches of at
- * most 65536 items. Also the code must have been built for compute
- * capability 9.0 or more. With or without
- * EPLB_PDL, these kernels let a kernel after them that the caller launches
- * early (cudaLaunchAttributeProgrammaticStreamSerialization) start before
- * they end (griddepcontrol.launch_dependents); as always with such a
- * launch, that kernel must wait (cudaGridDependencySynchronize) before it
- * reads their outputs. */
+ * Early launch: when it is on (EPLB_PDL=1 in the environment, or
+ * eplbSetEarlyLaunch(1)), launches of at most 8192 items (e.g. 1024 tokens
+ * x top-8) whose tables fit the decode kernel's 48 KB of shared memory are
+ * made with programmatic dependent launch, where the device and the code
+ * built for it are of compute capability 9.0 or more: the kernel may start
+ * while the kernel before it in the stream ends, and waits for that
+ * kernel's completion and writes before it touches any argument's memory,
+ * so stream order holds as without it. Off by default: it pays only where
+ * the kernel before is launched so too (README, "Early launch"). eplbCount
+ * does the same for launches of at most 65536 items. Either way, these
+ * kernels let a kernel after them that the caller launches early
+ * (cudaLaunchAttributeProgrammaticStreamSerialization) start before they
+ * end (griddepcontrol.launch_dependents); as always with such a launch,
+ * that kernel must wait (cudaGridDependencySynchronize) before it reads
+ * their outputs. */
 EPLB_API eplbStatus_t eplbRouteCount(const void* d_topk_logical, eplbIdType_t id_type,
                                      int64_t num_tokens, const int32_t* d_num_tokens,
                                      int32_t top_k, const int32_t* d_log2phy,
@@ -404,6 +403,20 @@ EPLB_API eplbStatus_t eplbCount(const void* d_topk_physical, eplbIdType_t id_typ
                                 int32_t num_physical_experts, const int32_t* d_record,
                                 int32_t* d_load_pass, unsigned long long* d_invalid_count,
                                 cudaStream_t stream);
+
+/* Early launch of eplbRouteCount and eplbCount at decode sizes (see
+ * eplbRouteCount), process-wide: enable 1 on, 0 off. Without this call the
+ * setting comes from the environment variable EPLB_PDL ("1" = on; read
+ * once, at the first launch or query); the call overrides it for every
+ * launch made after it (graphs captured before keep theirs). Where the
+ * device or the code is below compute capability 9.0, launches stay normal
+ * whatever the setting. Host, thread-safe.
+ * Errors: enable not 0 or 1 -> EPLB_ERROR_INVALID_ARGUMENT. */
+EPLB_API eplbStatus_t eplbSetEarlyLaunch(int enable);
+
+/* The current early-launch setting (EPLB_PDL or eplbSetEarlyLaunch) in
+ * *enabled: 1 or 0. Errors: enabled NULL -> EPLB_ERROR_INVALID_ARGUMENT. */
+EPLB_API eplbStatus_t eplbGetEarlyLaunch(int* enabled);
 
 /* Ends a step for all layers in one launch.
  *

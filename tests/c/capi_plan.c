@@ -272,8 +272,25 @@ static void TestInvalidCalls(void) {
   CHECK(metrics.balancedness > 0.0 && metrics.balancedness <= 1.0);
 }
 
+/* The process-wide early-launch setting, from C: set, read back, refused
+ * values leave it alone. Host only. */
+static void TestEarlyLaunchSetting(void) {
+  int before = -1, on = -1;
+  CHECK_OK(eplbGetEarlyLaunch(&before));
+  CHECK(before == 0 || before == 1);
+  CHECK_OK(eplbSetEarlyLaunch(1));
+  CHECK_OK(eplbGetEarlyLaunch(&on));
+  CHECK(on == 1);
+  CHECK(eplbSetEarlyLaunch(3) == EPLB_ERROR_INVALID_ARGUMENT);
+  CHECK_OK(eplbGetEarlyLaunch(&on));
+  CHECK(on == 1);
+  CHECK(eplbGetEarlyLaunch(NULL) == EPLB_ERROR_INVALID_ARGUMENT);
+  CHECK_OK(eplbSetEarlyLaunch(before));
+}
+
 int main(void) {
   TestVersionAndStatus();
+  TestEarlyLaunchSetting();
   TestReadmeExample();
   TestMigration();
   TestInvalidCalls();

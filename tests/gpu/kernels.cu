@@ -823,17 +823,18 @@ __global__ void NoopKernel() {}
 // Which launches eplb makes early: in a captured graph, the edge from a
 // kernel to eplb's is programmatic exactly for route+count up to 8192
 // items and count-only up to 65536 (the decode shapes), and only with
-// EPLB_PDL=1 on a device of compute capability 9.0 or more (as
-// kernels/enqueue.cuh and eplb.h say); else a normal edge. Under
-// gpu_kernels_pdl this also shows that the early-launch tests there did
-// launch early.
+// early launch on (EPLB_PDL=1, or eplbSetEarlyLaunch(1)) on a device of
+// compute capability 9.0 or more (as kernels/enqueue.cuh and eplb.h say);
+// else a normal edge. With the setting from the environment, then set on
+// and off by the call. Under gpu_kernels_pdl this also shows that the
+// early-launch tests there did launch early.
 TEST(EarlyLaunch, GraphEdgesFollowTheLaunchShapes) {
   EPLB_REQUIRE_GPUS(1);
   const char* env = std::getenv("EPLB_PDL");
+  const int from_env = env != nullptr && std::string(env) == "1" ? 1 : 0;
   int device = 0, major = 0;
   ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
-  const bool pdl = env != nullptr && std::string(env) == "1" && major >= 9;
   std::mt19937_64 rng(23);
   ScopedStream stream;
   const int32_t E = 64, P = 80, K = 8;
@@ -850,34 +851,46 @@ TEST(EarlyLaunch, GraphEdgesFollowTheLaunchShapes) {
     int64_t tokens;
     bool early;
   };
-  int programmatic = 0;
-  for (const Case c : {Case{false, 16, true}, Case{false, 64, true}, Case{false, 512, true},
-                       Case{false, 1024, true}, Case{false, 1025, false}, Case{false, 8192, false},
-                       Case{true, 64, true}, Case{true, 8192, true}, Case{true, 8193, false},
-                       Case{true, t_max, false}}) {
-    SCOPED_TRACE(c.tokens * 2 + (c.count ? 1 : 0));
-    cudaGraph_t g;
-    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-    NoopKernel<<<1, 32, 0, stream>>>();
-    if (c.count)
-      EPLB_OK(eplbCount(d_out.get(), EPLB_ID_INT32, c.tokens, nullptr, K, P, nullptr, d_pass.get(),
-                        nullptr, stream));
-    else
-      EPLB_OK(eplbRouteCount(d_ids.get(), EPLB_ID_INT32, c.tokens, nullptr, K, d_l2p.get(),
-                             d_cnt.get(), E, P, nullptr, d_out.get(), d_pass.get(), nullptr,
-                             stream));
-    ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
-    cudaGraphNode_t from = nullptr, to = nullptr;
-    cudaGraphEdgeData data = {};
-    size_t n = 1;
-    ASSERT_EQ(cudaGraphGetEdges(g, &from, &to, &data, &n), cudaSuccess);
-    cudaGraphDestroy(g);
-    ASSERT_EQ(n, 1u);
-    const bool is_programmatic = data.type == cudaGraphDependencyTypeProgrammatic;
-    EXPECT_EQ(is_programmatic, pdl && c.early);
-    programmatic += is_programmatic ? 1 : 0;
+  struct RestoreSetting {  // also when an assertion leaves the test early
+    int value;
+    ~RestoreSetting() { eplbSetEarlyLaunch(value); }
+  } restore{from_env};
+  for (int setting : {-1, 1, 0}) {  // -1: from the environment
+    SCOPED_TRACE(setting);
+    if (setting >= 0) EPLB_OK(eplbSetEarlyLaunch(setting));
+    int on = -1;
+    EPLB_OK(eplbGetEarlyLaunch(&on));
+    EXPECT_EQ(on, setting >= 0 ? setting : from_env);
+    const bool pdl = on == 1 && major >= 9;
+    int programmatic = 0;
+    for (const Case c : {Case{false, 16, true}, Case{false, 64, true}, Case{false, 512, true},
+                         Case{false, 1024, true}, Case{false, 1025, false},
+                         Case{false, 8192, false}, Case{true, 64, true}, Case{true, 8192, true},
+                         Case{true, 8193, false}, Case{true, t_max, false}}) {
+      SCOPED_TRACE(c.tokens * 2 + (c.count ? 1 : 0));
+      cudaGraph_t g;
+      ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+      NoopKernel<<<1, 32, 0, stream>>>();
+      if (c.count)
+        EPLB_OK(eplbCount(d_out.get(), EPLB_ID_INT32, c.tokens, nullptr, K, P, nullptr,
+                          d_pass.get(), nullptr, stream));
+      else
+        EPLB_OK(eplbRouteCount(d_ids.get(), EPLB_ID_INT32, c.tokens, nullptr, K, d_l2p.get(),
+                               d_cnt.get(), E, P, nullptr, d_out.get(), d_pass.get(), nullptr,
+                               stream));
+      ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
+      cudaGraphNode_t from = nullptr, to = nullptr;
+      cudaGraphEdgeData data = {};
+      size_t n = 1;
+      ASSERT_EQ(cudaGraphGetEdges(g, &from, &to, &data, &n), cudaSuccess);
+      cudaGraphDestroy(g);
+      ASSERT_EQ(n, 1u);
+      const bool is_programmatic = data.type == cudaGraphDependencyTypeProgrammatic;
+      EXPECT_EQ(is_programmatic, pdl && c.early);
+      programmatic += is_programmatic ? 1 : 0;
+    }
+    if (pdl) EXPECT_EQ(programmatic, 6);
   }
-  if (pdl) EXPECT_EQ(programmatic, 6);
 }
 
 // GPU plan vs host plan (eplbPlanCompute) for one input; both runs on the

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -457,6 +458,31 @@ TEST(ReviewKernelArgs, CountAndWindowCallsRejectBadArguments) {
 // Outputs that share memory with another argument, and buffers not aligned
 // to their element size, are rejected before any launch (the kernels read
 // their inputs while they write).
+// The early-launch setting (eplbSetEarlyLaunch / eplbGetEarlyLaunch): its
+// default comes from EPLB_PDL, the call overrides it, a bad value or a
+// null output is refused and changes nothing. Host only.
+TEST(ReviewKernelArgs, EarlyLaunchSettingRoundTripsAndRejectsBadValues) {
+  const char* env = std::getenv("EPLB_PDL");
+  const int from_env = env != nullptr && std::string(env) == "1" ? 1 : 0;
+  int on = -7;
+  ASSERT_EQ(eplbGetEarlyLaunch(&on), EPLB_SUCCESS);
+  EXPECT_EQ(on, from_env);
+  for (int v : {1, 0, 1}) {
+    ASSERT_EQ(eplbSetEarlyLaunch(v), EPLB_SUCCESS);
+    ASSERT_EQ(eplbGetEarlyLaunch(&on), EPLB_SUCCESS);
+    EXPECT_EQ(on, v);
+  }
+  for (int bad : {2, -1}) {
+    EXPECT_EQ(eplbSetEarlyLaunch(bad), EPLB_ERROR_INVALID_ARGUMENT);
+    ExpectDetail("eplbSetEarlyLaunch", "enable");
+    ASSERT_EQ(eplbGetEarlyLaunch(&on), EPLB_SUCCESS);
+    EXPECT_EQ(on, 1);  // unchanged
+  }
+  EXPECT_EQ(eplbGetEarlyLaunch(nullptr), EPLB_ERROR_INVALID_ARGUMENT);
+  ExpectDetail("eplbGetEarlyLaunch", "enabled");
+  ASSERT_EQ(eplbSetEarlyLaunch(from_env), EPLB_SUCCESS);
+}
+
 TEST(ReviewKernelArgs, OverlappingOrMisalignedBuffersAreRejected) {
   const cudaStream_t s = FakeStream();
   // Distinct fake buffers; RouteArgs' T * K = 512 ids, E = 16, P = 24.
