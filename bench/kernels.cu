@@ -22,17 +22,15 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <functional>
 #include <random>
-#include <string>
 #include <utility>
 #include <vector>
 
 #include "eplb/eplb.h"
 #include "bench_check.h"
 #include "bench_ids.h"
-#include "early_launch.cuh"
+#include "kernels/enqueue.cuh"
 #include "recipe_route.cuh"
 
 namespace {
@@ -110,15 +108,17 @@ __global__ void EmptyKernel() {}
 // order when launched early waits for the kernel before it, then lets the
 // next one launch.
 __global__ void EmptyPdlKernel() {
-  eplb_test::WaitForPrevious();
-  eplb_test::LetNextLaunch();
+  eplb::GridDependencyWait();
+  eplb::GridDependentsLaunch();
 }
 
-// Whether eplb launches early in this process (EPLB_PDL=1; on a device of
-// compute capability 9.0 or more, as all the benchmark machines are).
+// Whether eplb launches early in this process (EPLB_PDL=1 or
+// eplbSetEarlyLaunch; on a device of compute capability 9.0 or more, as all
+// the benchmark machines are).
 bool PdlRequested() {
-  const char* v = std::getenv("EPLB_PDL");
-  return v != nullptr && std::string(v) == "1";
+  int on = 0;
+  EK(eplbGetEarlyLaunch(&on));
+  return on == 1;
 }
 
 void Ctx::GraphPerLaunch(benchmark::State& state, int reps, const std::function<void()>& enqueue) {
@@ -130,7 +130,7 @@ void Ctx::GraphPerLaunch(benchmark::State& state, int reps, const std::function<
   });
   cudaGraphExec_t gp = Capture([&] {
     for (int i = 0; i < reps; ++i)
-      CK(eplb_test::LaunchEarly(EmptyPdlKernel, dim3(1), dim3(32), stream));
+      CK(eplb::EnqueueKernelPdl(true, EmptyPdlKernel, dim3(1), dim3(32), 0, stream));
   });
   const double t_empty = Mean([&] { CK(cudaGraphLaunch(ge, stream)); }, 50);
   const double t_empty_pdl = Mean([&] { CK(cudaGraphLaunch(gp, stream)); }, 50);
@@ -421,8 +421,8 @@ template <bool kPdl = false>
 __global__ void EngineStandInKernel(const int32_t* ids, int32_t* out, int64_t cap,
                                     int64_t segment_items) {
   if constexpr (kPdl) {  // an engine kernel written for early launch
-    eplb_test::WaitForPrevious();
-    eplb_test::LetNextLaunch();
+    eplb::GridDependencyWait();
+    eplb::GridDependentsLaunch();
   }
   const int64_t seg_end =
       (blockIdx.x + 1) * segment_items < cap ? (blockIdx.x + 1) * segment_items : cap;
@@ -480,9 +480,9 @@ void BM_FusedRouteDecodeGraph(benchmark::State& state) {
                                                    d_rec, d_out, d_load, nullptr, n > 512,
                                                    c.stream));
         if (mode == 5 || mode == 6)
-          CK(eplb_test::LaunchEarly(EngineStandInKernel<true>, block_grid, dim3(512), c.stream,
-                                    static_cast<const int32_t*>(d_ids), mode == 6 ? d_mid : d_out,
-                                    static_cast<int64_t>(n), z));
+          CK(eplb::EnqueueKernelPdl(true, EngineStandInKernel<true>, block_grid, dim3(512), 0,
+                                    c.stream, static_cast<const int32_t*>(d_ids),
+                                    mode == 6 ? d_mid : d_out, static_cast<int64_t>(n), z));
         if (mode == 4 || mode == 6)
           EK(eplbRouteCount(d_mid, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
                             d_load, nullptr, c.stream));

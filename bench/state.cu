@@ -43,7 +43,7 @@
 #include "eplb/eplb.h"
 #include "transfer_plan.h"
 #include "bench_check.h"
-#include "early_launch.cuh"
+#include "kernels/enqueue.cuh"
 
 namespace {
 
@@ -104,8 +104,8 @@ void RegisterWeights(eplbState_t st, int n, bool tiny, std::vector<void*>* owned
 template <bool kEarly>
 __global__ void EngineLayerKernel(const int32_t* ids, int32_t n, int32_t* out) {
   if constexpr (kEarly) {
-    eplb_test::WaitForPrevious();
-    eplb_test::LetNextLaunch();
+    eplb::GridDependencyWait();
+    eplb::GridDependentsLaunch();
   }
   for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
     out[i] = ids[i] ^ 1;
@@ -146,7 +146,7 @@ void BM_StepOverhead(benchmark::State& state) {
     CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
     for (int32_t l = 0; l < kL; ++l) {
       if (early_engine)
-        CK(eplb_test::LaunchEarly(EngineLayerKernel<true>, dim3(64), dim3(256), s,
+        CK(eplb::EnqueueKernelPdl(true, EngineLayerKernel<true>, dim3(64), dim3(256), 0, s,
                                   static_cast<const int32_t*>(d_ids + l * TK),
                                   static_cast<int32_t>(TK), d_out + l * TK));
       else

@@ -45,5 +45,5 @@ variant_init() {
 #                                    OUT/variants.inc) into OUT/BIN
 variant_build() {
   nvcc -std=c++17 -arch=sm_90 -O3 --fmad=false --expt-relaxed-constexpr -I"$1/include" \
-    -I"$1/kernels" -I"$1/bench" -I"$1/tests/common" -I"$2" -o "$2/$4" "$3"
+    -I"$1/kernels" -I"$1/bench" -I"$1" -I"$2" -o "$2/$4" "$3"
 }

@@ -83,12 +83,11 @@ inline bool PdlEnabled(const void* kernel) {
 }
 
 // A launch that returns its own status (cudaLaunchKernelEx), with
-// programmatic dependent launch where `early` and PdlEnabled(kernel): early
-// only for kernels that call GridDependencyWait() before touching global
-// memory.
+// programmatic dependent launch when `pdl` (whatever the setting: the tests
+// and benchmarks launch their own kernels so with it).
 template <typename... Params, typename... Args>
-cudaError_t EnqueueKernelEarly(bool early, void (*kernel)(Params...), dim3 grid, dim3 block,
-                               size_t smem_bytes, cudaStream_t stream, Args&&... args) {
+cudaError_t EnqueueKernelPdl(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block,
+                             size_t smem_bytes, cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
@@ -97,18 +96,27 @@ cudaError_t EnqueueKernelEarly(bool early, void (*kernel)(Params...), dim3 grid,
   cudaLaunchAttribute attr[1] = {};
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
-  if (early && PdlEnabled(reinterpret_cast<const void*>(kernel))) {
+  if (pdl) {
     config.attrs = attr;
     config.numAttrs = 1;
   }
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
+// eplb's launches: early where `early` and PdlEnabled(kernel); early only
+// for kernels that call GridDependencyWait() before touching global memory.
+template <typename... Params, typename... Args>
+cudaError_t EnqueueKernelEarly(bool early, void (*kernel)(Params...), dim3 grid, dim3 block,
+                               size_t smem_bytes, cudaStream_t stream, Args&&... args) {
+  return EnqueueKernelPdl(early && PdlEnabled(reinterpret_cast<const void*>(kernel)), kernel, grid,
+                          block, smem_bytes, stream, std::forward<Args>(args)...);
+}
+
 template <typename... Params, typename... Args>
 cudaError_t EnqueueKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
                           cudaStream_t stream, Args&&... args) {
-  return EnqueueKernelEarly(false, kernel, grid, block, smem_bytes, stream,
-                            std::forward<Args>(args)...);
+  return EnqueueKernelPdl(false, kernel, grid, block, smem_bytes, stream,
+                          std::forward<Args>(args)...);
 }
 
 #ifdef __CUDACC__

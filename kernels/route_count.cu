@@ -89,13 +89,12 @@ struct SubShape {
   bool aggregate, stage;
   bool zero_first, trigger, early;
 };
+// {warps, pre, aggregate, stage, zero_first, trigger, early}:
 constexpr uint32_t kSmallSubItems = 512;
 constexpr SubShape kSmallSub = {4, kSmallSubItems / 128 - 1, false, false, false, true, true};
 constexpr uint32_t kMidSubItems = 8192;
-constexpr int kMidPre = static_cast<int>(kRouteTileItems / 256) - 1;
-constexpr SubShape kMidSub = {8, kMidPre, true, false, true, true, true};
-constexpr int kLargePre = static_cast<int>(kRouteTileItems / 512) - 1;
-constexpr SubShape kSub = {16, kLargePre, true, true, false, false, false};
+constexpr SubShape kMidSub = {8, kRouteTileItems / 256 - 1, true, false, true, true, true};
+constexpr SubShape kSub = {16, kRouteTileItems / 512 - 1, true, true, false, false, false};
 // EplbBlockRoute zeroes (and, staging, stages) up to its kMaxExperts
 // experts, kMaxExperts / threads per thread: fewer where E is small (one
 // staged expert per thread of a 512-item block instead of two: 0.1-0.2 us
@@ -671,6 +670,15 @@ __global__ void __launch_bounds__(kThreads)
     atomicAdd(d_invalid, static_cast<unsigned long long>(s_hist[num_p]));
 }
 
+// SMs of the current device, for the launches sized to one resident wave
+// (the hash path, the count kernel's striding shape).
+cudaError_t CurrentDeviceSms(int* sms) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+  return err;
+}
+
 }  // namespace
 
 void RouteSegments(int64_t capacity_items, int32_t* num_segments, int64_t* segment_items) {
@@ -699,11 +707,8 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
   if (cap >= kRouteHashMinItems) {
     // One resident wave: HashBlocksPerSm blocks on every SM, each striding
     // over the whole input (fewer blocks = fewer histogram flushes).
-    int device = 0, sms = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess)
-      err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (err != cudaSuccess) return err;
+    int sms = 0;
+    if (const cudaError_t err = CurrentDeviceSms(&sms); err != cudaSuccess) return err;
     const int64_t needed = (cap / 4 + kHashThreads - 1) / kHashThreads;
     const size_t hsmem = sizeof(int32_t) * static_cast<size_t>(2 * num_physical_experts + 2 +
                                                                2 * num_logical_experts);
@@ -815,11 +820,8 @@ cudaError_t LaunchCount(const void* topk_physical, bool ids64, int64_t num_token
     if (cap <= kCountDecodeItems)
       return launch(integral_constant<int, kCountMid.threads>{},
                     integral_constant<int, kCountMid.vec>{}, INT64_MAX);
-    int device = 0, sms = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess)
-      err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (err != cudaSuccess) return err;
+    int sms = 0;
+    if (const cudaError_t err = CurrentDeviceSms(&sms); err != cudaSuccess) return err;
     constexpr int kLargeVec = sizeof(IdT) == 8 ? kCountLarge.vec / 2 : kCountLarge.vec;
     return launch(integral_constant<int, kCountLarge.threads>{},
                   integral_constant<int, kLargeVec>{}, int64_t{sms} * kCountLargeBlocksPerSm);

@@ -29,7 +29,7 @@
 
 #include "bench_check.h"
 #include "bench_ids.h"
-#include "early_launch.cuh"
+#include "kernels/enqueue.cuh"
 #include "eplb/eplb.h"
 #include "eplb/eplb_device.cuh"
 #include "launch.cuh"
@@ -46,7 +46,7 @@ namespace {
 
 constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
 
-// Also launched early (programmatic dependent launch, eplb_test::LaunchEarly):
+// Also launched early (programmatic dependent launch, eplb::EnqueueKernelPdl):
 // the floor of a variant launched so.
 __global__ void EmptyKernel() {}
 
@@ -66,8 +66,8 @@ __global__ void ShapedCopyKernel(const int32_t* ids, int32_t* out, uint32_t cap,
 template <bool kPdl>
 __global__ void EngineKernel(const int32_t* ids, int32_t* out, uint32_t n) {
   if (kPdl) {
-    eplb_test::WaitForPrevious();
-    eplb_test::LetNextLaunch();
+    eplb::GridDependencyWait();
+    eplb::GridDependentsLaunch();
   }
   const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = ids[i];
@@ -222,7 +222,7 @@ int main() {
           const uint32_t n = uint32_t(T * K);
           const dim3 eg((n + 511) / 512);
           if (engine == 2) {
-            CK(eplb_test::LaunchEarly(EngineKernel<true>, eg, dim3(512), s,
+            CK(eplb::EnqueueKernelPdl(true, EngineKernel<true>, eg, dim3(512), 0, s,
                                       static_cast<const int32_t*>(d.ids), d.scratch, n));
           } else {
             EngineKernel<false><<<eg, 512, 0, s>>>(d.ids, d.scratch, n);
@@ -230,7 +230,7 @@ int main() {
           if (v == -1) continue;
         }
         if (v == -2)
-          CK(eplb_test::LaunchEarly(EmptyKernel, dim3(1), dim3(32), s));
+          CK(eplb::EnqueueKernelPdl(true, EmptyKernel, dim3(1), dim3(32), 0, s));
         else if (v < 0)
           EmptyKernel<<<1, 32, 0, s>>>();
         else

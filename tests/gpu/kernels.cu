@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "case_format.h"
-#include "early_launch.cuh"
+#include "kernels/enqueue.cuh"
 #include "eplb/eplb.h"
 #include "gpu_env.h"
 #include "kernel_ref.h"
@@ -689,8 +689,8 @@ TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
 // dst before the copy.
 __global__ void SlowCopyKernel(int32_t* dst, const int32_t* src, size_t n,
                                unsigned long long spin_ns) {
-  eplb_test::LetNextLaunch();
-  eplb_test::WaitForPrevious();
+  eplb::GridDependentsLaunch();
+  eplb::GridDependencyWait();
   unsigned long long t0, t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
   do {
@@ -702,9 +702,9 @@ __global__ void SlowCopyKernel(int32_t* dst, const int32_t* src, size_t n,
 }
 
 void SlowCopy(int32_t* dst, const int32_t* src, size_t n, cudaStream_t stream) {
-  ASSERT_EQ(
-      eplb_test::LaunchEarly(SlowCopyKernel, dim3(8), dim3(256), stream, dst, src, n, 200000ull),
-      cudaSuccess);
+  ASSERT_EQ(eplb::EnqueueKernelPdl(true, SlowCopyKernel, dim3(8), dim3(256), 0, stream, dst, src, n,
+                                   200000ull),
+            cudaSuccess);
 }
 
 // Stream order: route+count, count and the window update must see
