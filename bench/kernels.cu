@@ -11,10 +11,13 @@
 //   read-out / reduce at W=1000, 58 x 256; the GPU planner on the
 //   DeepSeek-V3 shape vs the host planner.
 // Counters: GB/s, and ratio counters (vs_memcpy, us_over_empty, vs_host).
-// Run with EPLB_PDL=1 for eplb's early-launched kernels (counter pdl = 1);
-// the decode graphs then also report us_over_empty_pdl (against empty
-// kernels launched early) and the fused benchmark
-// us_separate_over_early_engine (an engine kernel launched early).
+// The early-launch mode (EPLB_PDL, eplbSetEarlyLaunch) applies when a graph
+// is captured, so the decode graphs are captured and timed in each mode in
+// the same run: *_off, *_auto (the default), *_on; the unsuffixed counters
+// are the process's mode (counter mode: 0 off, 1 on, 2 auto). The decode
+// graphs also report us_over_empty_pdl (against empty kernels launched
+// early), the fused benchmark us_separate_over_early_engine (an engine
+// kernel launched early).
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
@@ -24,6 +27,7 @@
 #include <cstdio>
 #include <functional>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -75,6 +79,27 @@ struct Ctx {
     CK(cudaGraphDestroy(g));
     return x;
   }
+  // The same, captured with eplb's early-launch mode set to `mode`
+  // (EPLB_EARLY_LAUNCH_*), then the process's mode restored.
+  cudaGraphExec_t CaptureInMode(int mode, const std::function<void()>& enqueue) {
+    int before = 0;
+    EK(eplbGetEarlyLaunch(&before));
+    EK(eplbSetEarlyLaunch(mode));
+    cudaGraphExec_t x = Capture(enqueue);
+    EK(eplbSetEarlyLaunch(before));
+    return x;
+  }
+  // Mean seconds of a graph of `enqueue` captured in each early-launch mode
+  // (off, on, auto; indexed by EPLB_EARLY_LAUNCH_*), `reps` launches each.
+  std::vector<double> MeanPerMode(const std::function<void()>& enqueue, int reps) {
+    std::vector<double> t(3);
+    for (int mode : {EPLB_EARLY_LAUNCH_OFF, EPLB_EARLY_LAUNCH_ON, EPLB_EARLY_LAUNCH_AUTO}) {
+      cudaGraphExec_t x = CaptureInMode(mode, enqueue);
+      t[static_cast<size_t>(mode)] = Mean([&] { CK(cudaGraphLaunch(x, stream)); }, reps);
+      CK(cudaGraphExecDestroy(x));
+    }
+    return t;
+  }
   // Mean seconds of `op`, timed in the benchmark loop (its time is the
   // iteration's), and of `baseline`, timed right after each op, so that
   // clock and thermal drift hit both alike.
@@ -104,21 +129,29 @@ struct Ctx {
 __global__ void EmptyKernel() {}
 
 // Programmatic dependent launch (eplb launches its decode-size route and
-// count kernels so under EPLB_PDL=1): the cheapest kernel that keeps stream
-// order when launched early waits for the kernel before it, then lets the
-// next one launch.
+// count kernels so where its early-launch mode says): the cheapest kernel
+// that keeps stream order when launched early waits for the kernel before
+// it, then lets the next one launch.
 __global__ void EmptyPdlKernel() {
   eplb::GridDependencyWait();
   eplb::GridDependentsLaunch();
 }
 
-// Whether eplb launches early in this process (EPLB_PDL=1 or
-// eplbSetEarlyLaunch; on a device of compute capability 9.0 or more, as all
-// the benchmark machines are).
-bool PdlRequested() {
-  int on = 0;
-  EK(eplbGetEarlyLaunch(&on));
-  return on == 1;
+// The process's early-launch mode (EPLB_PDL or eplbSetEarlyLaunch; it
+// takes effect on a device of compute capability 9.0 or more, as all the
+// benchmark machines are).
+int EarlyLaunchMode() {
+  int mode = 0;
+  EK(eplbGetEarlyLaunch(&mode));
+  return mode;
+}
+
+// The counters `name`_off, _on and _auto: (t[mode] - base) * scale.
+void ModeCounters(benchmark::State& state, const char* name, const std::vector<double>& t,
+                  double base, double scale) {
+  const char* suffix[3] = {"_off", "_on", "_auto"};
+  for (int m = 0; m < 3; ++m)
+    state.counters[std::string(name) + suffix[m]] = (t[static_cast<size_t>(m)] - base) * scale;
 }
 
 void Ctx::GraphPerLaunch(benchmark::State& state, int reps, const std::function<void()>& enqueue) {
@@ -134,6 +167,11 @@ void Ctx::GraphPerLaunch(benchmark::State& state, int reps, const std::function<
   });
   const double t_empty = Mean([&] { CK(cudaGraphLaunch(ge, stream)); }, 50);
   const double t_empty_pdl = Mean([&] { CK(cudaGraphLaunch(gp, stream)); }, 50);
+  const std::vector<double> t_mode = MeanPerMode(
+      [&] {
+        for (int i = 0; i < reps; ++i) enqueue();
+      },
+      30);
   Mean([&] { CK(cudaGraphLaunch(gx, stream)); }, 3);
   double total = 0;
   int64_t iters = 0;
@@ -147,10 +185,10 @@ void Ctx::GraphPerLaunch(benchmark::State& state, int reps, const std::function<
   state.counters["us_per_launch"] = t_op / reps * 1e6;
   state.counters["us_empty_launch"] = t_empty / reps * 1e6;
   state.counters["us_over_empty"] = (t_op - t_empty) / reps * 1e6;
-  // The same against empty kernels launched early; pdl: whether eplb's
-  // launches were (EPLB_PDL=1).
+  // The same against empty kernels launched early; per early-launch mode.
   state.counters["us_over_empty_pdl"] = (t_op - t_empty_pdl) / reps * 1e6;
-  state.counters["pdl"] = PdlRequested() ? 1 : 0;
+  ModeCounters(state, "us_over_empty", t_mode, t_empty, 1e6 / reps);
+  state.counters["mode"] = EarlyLaunchMode();
   cudaGraphExecDestroy(gx);
   cudaGraphExecDestroy(ge);
   cudaGraphExecDestroy(gp);
@@ -372,27 +410,26 @@ void BM_DecodeStepGraph(benchmark::State& state) {
   CK(cudaMemset(d_sum, 0, static_cast<size_t>(L) * E * 8));
   CK(cudaMemset(d_state, 0, 8));
   const int32_t R1 = P - E + 1;
-  auto capture = [&](bool empty) {
-    return c.Capture([&] {
-      for (int32_t l = 0; l < L; ++l) {
-        if (empty) {
-          EmptyKernel<<<1, 32, 0, c.stream>>>();
-        } else {
-          EK(eplbRouteCount(d_ids + n * l, EPLB_ID_INT32, T, d_valid, K,
-                            d_l2p + static_cast<size_t>(l) * E * R1,
-                            d_cnt + static_cast<size_t>(l) * E, E, P, d_rec, d_out + n * l,
-                            d_pass + static_cast<size_t>(l) * P, nullptr, c.stream));
-        }
-      }
+  auto enqueue = [&](bool empty) {
+    for (int32_t l = 0; l < L; ++l) {
       if (empty) {
         EmptyKernel<<<1, 32, 0, c.stream>>>();
       } else {
-        EK(eplbWindowUpdate(d_p2l, d_pass, L, E, P, W, d_win, d_sum, d_state, c.stream));
+        EK(eplbRouteCount(d_ids + n * l, EPLB_ID_INT32, T, d_valid, K,
+                          d_l2p + static_cast<size_t>(l) * E * R1,
+                          d_cnt + static_cast<size_t>(l) * E, E, P, d_rec, d_out + n * l,
+                          d_pass + static_cast<size_t>(l) * P, nullptr, c.stream));
       }
-    });
+    }
+    if (empty) {
+      EmptyKernel<<<1, 32, 0, c.stream>>>();
+    } else {
+      EK(eplbWindowUpdate(d_p2l, d_pass, L, E, P, W, d_win, d_sum, d_state, c.stream));
+    }
   };
-  cudaGraphExec_t gr = capture(false), ge = capture(true);
+  cudaGraphExec_t gr = c.Capture([&] { enqueue(false); }), ge = c.Capture([&] { enqueue(true); });
   const double t_empty = c.Mean([&] { CK(cudaGraphLaunch(ge, c.stream)); }, 50);
+  const std::vector<double> t_mode = c.MeanPerMode([&] { enqueue(false); }, 30);
   c.Mean([&] { CK(cudaGraphLaunch(gr, c.stream)); }, 3);
   double total = 0;
   int64_t iters = 0;
@@ -405,6 +442,8 @@ void BM_DecodeStepGraph(benchmark::State& state) {
   state.counters["us_step"] = total / iters * 1e6;
   state.counters["us_empty59"] = t_empty * 1e6;
   state.counters["ratio_vs_empty"] = (total / iters) / t_empty;
+  ModeCounters(state, "us_step", t_mode, 0, 1e6);
+  state.counters["mode"] = EarlyLaunchMode();
   cudaGraphExecDestroy(gr);
   cudaGraphExecDestroy(ge);
   for (void* p :
@@ -441,7 +480,7 @@ __global__ void EngineStandInKernel(const int32_t* ids, int32_t* out, int64_t ca
 // the engine kernel launched normally and launched early (programmatic
 // dependent launch; it waits first thing and then lets the next kernel
 // launch: an engine written for early launch, where eplbRouteCount's own
-// early launch under EPLB_PDL=1 pays off).
+// early launch on (EPLB_PDL=1) pays off).
 void BM_FusedRouteDecodeGraph(benchmark::State& state) {
   const int64_t T = state.range(0);
   const int32_t K = 8, E = 256, P = 288, reps = 64;
@@ -463,32 +502,30 @@ void BM_FusedRouteDecodeGraph(benchmark::State& state) {
   // 0 engine (warp shape), 1 warp recipe, 2 engine (block shape),
   // 3 EplbBlockRoute, 4 engine (block shape) + eplbRouteCount, 5 engine
   // launched early, 6 engine launched early + eplbRouteCount.
-  auto capture = [&](int mode) {
-    return c.Capture([&] {
-      for (int i = 0; i < reps; ++i) {
-        if (mode == 0)
-          EngineStandInKernel<false>
-              <<<segs, 32, 0, c.stream>>>(d_ids, d_out, static_cast<int64_t>(n), z);
-        if (mode == 1)
-          CK(eplb_test::LaunchRecipeRoute(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec,
-                                          d_out, d_load, nullptr, c.stream));
-        if (mode == 2 || mode == 4)
-          EngineStandInKernel<false><<<block_grid, 512, 0, c.stream>>>(
-              d_ids, mode == 4 ? d_mid : d_out, static_cast<int64_t>(n), z);
-        if (mode == 3)
-          CK(eplb_test::LaunchBlockRecipeRoute<16>(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P,
-                                                   d_rec, d_out, d_load, nullptr, n > 512,
-                                                   c.stream));
-        if (mode == 5 || mode == 6)
-          CK(eplb::EnqueueKernelPdl(true, EngineStandInKernel<true>, block_grid, dim3(512), 0,
-                                    c.stream, static_cast<const int32_t*>(d_ids),
-                                    mode == 6 ? d_mid : d_out, static_cast<int64_t>(n), z));
-        if (mode == 4 || mode == 6)
-          EK(eplbRouteCount(d_mid, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
-                            d_load, nullptr, c.stream));
-      }
-    });
+  auto capture_into = [&](int mode) {
+    for (int i = 0; i < reps; ++i) {
+      if (mode == 0)
+        EngineStandInKernel<false>
+            <<<segs, 32, 0, c.stream>>>(d_ids, d_out, static_cast<int64_t>(n), z);
+      if (mode == 1)
+        CK(eplb_test::LaunchRecipeRoute(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec,
+                                        d_out, d_load, nullptr, c.stream));
+      if (mode == 2 || mode == 4)
+        EngineStandInKernel<false><<<block_grid, 512, 0, c.stream>>>(
+            d_ids, mode == 4 ? d_mid : d_out, static_cast<int64_t>(n), z);
+      if (mode == 3)
+        CK(eplb_test::LaunchBlockRecipeRoute<16>(d_ids, false, T, d_valid, K, d_l2p, d_cnt, E, P,
+                                                 d_rec, d_out, d_load, nullptr, n > 512, c.stream));
+      if (mode == 5 || mode == 6)
+        CK(eplb::EnqueueKernelPdl(true, EngineStandInKernel<true>, block_grid, dim3(512), 0,
+                                  c.stream, static_cast<const int32_t*>(d_ids),
+                                  mode == 6 ? d_mid : d_out, static_cast<int64_t>(n), z));
+      if (mode == 4 || mode == 6)
+        EK(eplbRouteCount(d_mid, EPLB_ID_INT32, T, d_valid, K, d_l2p, d_cnt, E, P, d_rec, d_out,
+                          d_load, nullptr, c.stream));
+    }
   };
+  auto capture = [&](int mode) { return c.Capture([&] { capture_into(mode); }); };
   cudaGraphExec_t gx[7];
   for (int m = 0; m < 7; ++m) gx[m] = capture(m);
   double t[7];
@@ -509,7 +546,17 @@ void BM_FusedRouteDecodeGraph(benchmark::State& state) {
   state.counters["us_separate_over_engine"] = (t[4] - t[2]) * us;
   state.counters["us_warp_recipe_over_engine"] = (t[1] - t[0]) * us;
   state.counters["us_separate_over_early_engine"] = (t[6] - t[5]) * us;
-  state.counters["pdl"] = PdlRequested() ? 1 : 0;
+  // eplbRouteCount with early launch on, after either engine kernel (in
+  // the auto mode, a launch after the engine's kernel is normal).
+  cudaGraphExec_t on4 = c.CaptureInMode(EPLB_EARLY_LAUNCH_ON, [&] { capture_into(4); });
+  cudaGraphExec_t on6 = c.CaptureInMode(EPLB_EARLY_LAUNCH_ON, [&] { capture_into(6); });
+  const double t_on4 = c.Mean([&] { CK(cudaGraphLaunch(on4, c.stream)); }, 30);
+  const double t_on6 = c.Mean([&] { CK(cudaGraphLaunch(on6, c.stream)); }, 30);
+  state.counters["us_separate_over_engine_on"] = (t_on4 - t[2]) * us;
+  state.counters["us_separate_over_early_engine_on"] = (t_on6 - t[5]) * us;
+  CK(cudaGraphExecDestroy(on4));
+  CK(cudaGraphExecDestroy(on6));
+  state.counters["mode"] = EarlyLaunchMode();
   for (cudaGraphExec_t x : gx) cudaGraphExecDestroy(x);
   for (void* p : {(void*)d_ids, (void*)d_mid, (void*)d_out, (void*)d_load, (void*)d_l2p,
                   (void*)d_cnt, (void*)d_valid, (void*)d_rec})

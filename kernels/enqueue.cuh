@@ -26,7 +26,7 @@ namespace eplb {
 // may be __restrict__ (a load on the read-only path, ld.global.nc, may be
 // moved above the wait). eplb's route+count kernel for launches of at
 // most 8192 items and its count kernel for launches of at most 65536 (the
-// decode sizes) are launched so under EPLB_PDL=1; all of its sub-block
+// decode sizes) are launched so (LaunchEarly below); all of its sub-block
 // route kernels and count kernels are written so (test gpu_pdl_sass checks
 // their SASS), zero their shared memory before the wait where that
 // measured faster, and those launched early call GridDependentsLaunch()
@@ -34,11 +34,14 @@ namespace eplb {
 // starts early too. That call pays even where eplb's own launch is normal
 // (kernels/route_count.cu, SubShape).
 //
-// Off unless EPLB_PDL=1 or eplbSetEarlyLaunch(1), since it pays only where
-// the kernel before eplb's is launched early too. bench_kernels on one H200
-// of a 2-GPU machine (2026-11-29, e0c046f, the same binary with EPLB_PDL
-// unset and 1; us per launch over an empty kernel, at 64 / 512 / 1024 /
-// 8192 tokens x top-8; 8192 tokens launch normally either way):
+// It pays only where the kernel before eplb's lets it start, so by default
+// (auto) eplb launches early only where it can see that kernel: in a graph
+// being captured, behind its own kernels that do (LaunchEarly). Measured
+// with early launch off and on for every launch (EPLB_PDL=0 / 1; before the
+// auto mode, EPLB_PDL unset meant off), bench_kernels on one H200 of a
+// 2-GPU machine (2026-11-29, e0c046f, the same binary; us per launch over an
+// empty kernel, at 64 / 512 / 1024 / 8192 tokens x top-8; 8192 tokens
+// launch normally either way):
 //  - graphs of eplb's kernels alone: route+count 0.87 / 1.49 / 1.54 / 2.84
 //    -> 0.32 / 0.85 / 0.85 / 2.84, count-only 0.73 / 0.84 / 0.86 / 1.02 ->
 //    0.16 / 0.23 / 0.25 / 0.44; 58 route+count + window update 98 / 136
@@ -54,16 +57,14 @@ namespace eplb {
 // 64 / 512 tokens: engine kernel launched normally 95 / 134 -> 106 / 145
 // us; launched early 93 / 134 -> 68 / 106 us.
 //
-// PdlEnabled(kernel): early launch is on (EPLB_PDL=1 or eplbSetEarlyLaunch,
-// early_launch_setting.h), the current device has compute capability 9.0
-// or more, and the code it runs for
-// `kernel` was compiled for 9.0 or more (cudaFuncGetAttributes' ptxVersion):
-// in a build for older architectures only, JIT-compiled for a newer
-// device, GridDependencyWait() is empty, and an early launch would race.
-// eplb's kernels are all built for the same architectures, so the answer
-// is cached per device, from the first kernel asked about.
-inline bool PdlEnabled(const void* kernel) {
-  if (!kernels::EarlyLaunchRequested()) return false;
+// DeviceRunsEarly(kernel): the current device has compute capability 9.0
+// or more, and the code it runs for `kernel` was compiled for 9.0 or more
+// (cudaFuncGetAttributes' ptxVersion): in a build for older architectures
+// only, JIT-compiled for a newer device, GridDependencyWait() is empty, and
+// an early launch would race. eplb's kernels are all built for the same
+// architectures, so the answer is cached per device, from the first kernel
+// asked about.
+inline bool DeviceRunsEarly(const void* kernel) {
   constexpr int kDevices = 64;
   static std::atomic<signed char> cache[kDevices];  // 0 unknown, 1 yes, -1 no
   int device = 0;
@@ -80,6 +81,61 @@ inline bool PdlEnabled(const void* kernel) {
   const bool on = major >= 9 && attr.ptxVersion >= 90;
   if (device >= 0 && device < kDevices) cache[device].store(on ? 1 : -1, std::memory_order_relaxed);
   return on;
+}
+
+// Whether `stream` is being captured and every node the next captured node
+// will depend on is a kernel node of one of eplb's kernels that let the
+// next launch start (kernels::IsTriggeringKernel): the case where an early
+// launch pays. Queries only (cudaStreamGetCaptureInfo, the dependencies'
+// types and kernel parameters); any that fails answers no.
+inline bool FollowsTriggeringKernels(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaGraphNode_t* deps = nullptr;
+  size_t num_deps = 0;
+  if (cudaStreamGetCaptureInfo(stream, &status, nullptr, nullptr, &deps, nullptr, &num_deps) !=
+          cudaSuccess ||
+      status != cudaStreamCaptureStatusActive || num_deps == 0 || deps == nullptr)
+    return false;
+  for (size_t i = 0; i < num_deps; ++i) {
+    cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+    if (cudaGraphNodeGetType(deps[i], &type) != cudaSuccess || type != cudaGraphNodeTypeKernel)
+      return false;
+    cudaKernelNodeParams params = {};
+    if (cudaGraphKernelNodeGetParams(deps[i], &params) != cudaSuccess ||
+        !kernels::IsTriggeringKernel(params.func))
+      return false;
+  }
+  return true;
+}
+
+// When a launch shape of eplb's may be launched early.
+enum class EarlyShape {
+  kNever,
+  // Per the mode (LaunchEarly): where the mode is on, or auto and behind
+  // eplb's own kernels that let it start.
+  kByMode,
+  // Only behind eplb's own kernels that let it start, whatever the mode
+  // (off aside): the shape that lost by an early launch behind a kernel of
+  // the caller's (the 16-warp route blocks; kernels/route_count.cu).
+  kBehindEplb,
+};
+
+// Whether eplb launches `kernel` (written for it, below) of a launch shape
+// `shape` early on `stream`: never with the mode off (EPLB_PDL=0,
+// eplbSetEarlyLaunch(0)) or where the device or the code is below 9.0;
+// with it on (EPLB_PDL=1), always for kByMode shapes; in the default auto
+// mode (and for kBehindEplb shapes), only while `stream` is being captured
+// right behind eplb kernels that let it start (FollowsTriggeringKernels),
+// e.g. route+count after route+count in a decode step's graph. After any
+// other kernel, whose end a kernel launched early can only wait for, an
+// early launch was 0.1-0.2 us slower than a normal one (figures above);
+// outside capture eplb cannot see what the kernel before it is.
+inline bool LaunchEarly(EarlyShape shape, const void* kernel, cudaStream_t stream) {
+  if (shape == EarlyShape::kNever) return false;
+  const int mode = kernels::EarlyLaunchMode();
+  if (mode == kernels::kEarlyLaunchOff || !DeviceRunsEarly(kernel)) return false;
+  if (mode == kernels::kEarlyLaunchOn && shape == EarlyShape::kByMode) return true;
+  return FollowsTriggeringKernels(stream);
 }
 
 // A launch that returns its own status (cudaLaunchKernelEx), with
@@ -103,13 +159,18 @@ cudaError_t EnqueueKernelPdl(bool pdl, void (*kernel)(Params...), dim3 grid, dim
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
-// eplb's launches: early where `early` and PdlEnabled(kernel); early only
-// for kernels that call GridDependencyWait() before touching global memory.
+// eplb's launches of the kernels written for early launch (GridDependencyWait()
+// before any global memory access): early where LaunchEarly(shape, kernel,
+// stream). `triggers`: the kernel calls GridDependentsLaunch() (noted for
+// LaunchEarly's look behind).
 template <typename... Params, typename... Args>
-cudaError_t EnqueueKernelEarly(bool early, void (*kernel)(Params...), dim3 grid, dim3 block,
-                               size_t smem_bytes, cudaStream_t stream, Args&&... args) {
-  return EnqueueKernelPdl(early && PdlEnabled(reinterpret_cast<const void*>(kernel)), kernel, grid,
-                          block, smem_bytes, stream, std::forward<Args>(args)...);
+cudaError_t EnqueueKernelEarly(EarlyShape shape, bool triggers, void (*kernel)(Params...),
+                               dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream,
+                               Args&&... args) {
+  const void* fn = reinterpret_cast<const void*>(kernel);
+  if (triggers) kernels::NoteTriggeringKernel(fn);
+  return EnqueueKernelPdl(LaunchEarly(shape, fn, stream), kernel, grid, block, smem_bytes, stream,
+                          std::forward<Args>(args)...);
 }
 
 template <typename... Params, typename... Args>

@@ -65,36 +65,39 @@ constexpr int kSegWarps = 8;
 // trash ints) now fit the mid shape's 48 KB where they took the segment
 // kernel before.
 //
-// Programmatic dependent launch (enqueue.cuh) adds three choices: whether
-// the blocks zero their shared memory (EplbBlockRouteZero) before
-// GridDependencyWait(), whether they call GridDependentsLaunch() right
-// after it, and whether the shape is launched early under EPLB_PDL=1 at
-// all. Same-run A/B on an H200, us over an empty kernel at 64 / 512 / 1024
-// / 8192 tokens x top-8, in graphs of 64 launches, each after the last:
-// launched early with the wait first thing 0.87 / 1.49 / 1.52 / 2.82 ->
-// 0.63 / 1.25 / 1.27 / 2.35; also letting the next launch start, 0.49 /
-// 1.14 / 1.16 / 2.40; zeroing first, 0.65 / 1.28 / 1.32 / 2.38, and
-// letting the next launch start, 0.62 / 1.05 / 1.06 / 2.58. The 128 blocks
-// of 8192 tokens lose by letting the next launch start (its blocks take SM
-// slots while they run), and by being launched early after an engine
+// Programmatic dependent launch (enqueue.cuh) adds three choices: whether the
+// blocks zero their shared memory (EplbBlockRouteZero) before
+// GridDependencyWait(), whether they call GridDependentsLaunch() right after
+// it, and whether the shape is launched early at all (under EPLB_PDL=1, or in
+// the auto mode behind kernels that call it). Same-run A/B on an H200, us
+// over an empty kernel at 64 / 512 / 1024 / 8192 tokens x top-8, in graphs of
+// 64 launches, each after the last: launched early with the wait first thing
+// 0.87 / 1.49 / 1.52 / 2.82 -> 0.63 / 1.25 / 1.27 / 2.35; also letting the
+// next launch start, 0.49 / 1.14 / 1.16 / 2.40; zeroing first, 0.65 / 1.28 /
+// 1.32 / 2.38, and letting the next launch start, 0.62 / 1.05 / 1.06 / 2.58.
+// The 128 blocks of 8192 tokens lose by being launched early after an engine
 // kernel that lets them start at once (route_ab ROUTE_AB_ENGINE=2: 3.28
 // launched normally, 3.86 early, over that kernel alone), so they are
-// launched normally. Letting the next launch start pays even where eplb's
-// own launch is normal: an engine kernel launched early after it starts
-// sooner (route_ab ROUTE_AB_ENGINE=2 with EPLB_PDL unset, over the engine
-// kernel alone: 1.37 / 2.09 / 2.09 with it, 1.67 / 2.32 / 2.33 without, at
-// 64 / 512 / 1024 tokens).
+// launched early only behind eplb's own kernels (kBehindEplb), and let the
+// next launch start (0.05 more than without, route after route, but a chain
+// of them launches early). Letting the next launch start pays even where
+// eplb's own launch is normal: an engine kernel launched early after it
+// starts sooner (route_ab ROUTE_AB_ENGINE=2 with early launch off, over the
+// engine kernel alone: 1.37 / 2.09 / 2.09 with it, 1.67 / 2.32 / 2.33
+// without, at 64 / 512 / 1024 tokens).
 struct SubShape {
   int warps, pre;
   bool aggregate, stage;
-  bool zero_first, trigger, early;
+  bool zero_first, trigger;
+  EarlyShape early;
 };
+constexpr EarlyShape kByMode = EarlyShape::kByMode, kBehindEplb = EarlyShape::kBehindEplb;
 // {warps, pre, aggregate, stage, zero_first, trigger, early}:
 constexpr uint32_t kSmallSubItems = 512;
-constexpr SubShape kSmallSub = {4, kSmallSubItems / 128 - 1, false, false, false, true, true};
+constexpr SubShape kSmallSub = {4, kSmallSubItems / 128 - 1, false, false, false, true, kByMode};
 constexpr uint32_t kMidSubItems = 8192;
-constexpr SubShape kMidSub = {8, kRouteTileItems / 256 - 1, true, false, true, true, true};
-constexpr SubShape kSub = {16, kRouteTileItems / 512 - 1, true, true, false, false, false};
+constexpr SubShape kMidSub = {8, kRouteTileItems / 256 - 1, true, false, true, true, kByMode};
+constexpr SubShape kSub = {16, kRouteTileItems / 512 - 1, true, true, false, true, kBehindEplb};
 // EplbBlockRoute zeroes (and, staging, stages) up to its kMaxExperts
 // experts, kMaxExperts / threads per thread: fewer where E is small (one
 // staged expert per thread of a 512-item block instead of two: 0.1-0.2 us
@@ -763,10 +766,10 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     // 513 items).
     if constexpr (kShapeIndex == 0)
       if (grid.y == 1) k = kernel(std::integral_constant<int, 0>{});
-    sub_err = EnqueueKernelEarly(kShape.early, k, grid, dim3(kItems), smem, stream, ids,
-                                 static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k,
-                                 log2phy, logcnt, num_logical_experts, num_physical_experts, record,
-                                 topk_physical, load_pass, invalid_count,
+    sub_err = EnqueueKernelEarly(kShape.early, kShape.trigger, k, grid, dim3(kItems), smem, stream,
+                                 ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device,
+                                 top_k, log2phy, logcnt, num_logical_experts, num_physical_experts,
+                                 record, topk_physical, load_pass, invalid_count,
                                  static_cast<uint32_t>(seg_items));
     return true;
   };
@@ -808,7 +811,7 @@ cudaError_t LaunchCount(const void* topk_physical, bool ids64, int64_t num_token
       constexpr int64_t kPerBlock = int64_t{kT} * kV;
       const int64_t needed = (groups + kPerBlock - 1) / kPerBlock;
       return EnqueueKernelEarly(
-          kV == 1, CountKernel<IdT, kT, kV>,
+          kV == 1 ? EarlyShape::kByMode : EarlyShape::kNever, kV == 1, CountKernel<IdT, kT, kV>,
           dim3(static_cast<unsigned>(needed < max_blocks ? needed : max_blocks)), dim3(kT), smem,
           stream, ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k,
           num_physical_experts, record, load_pass, invalid_count);

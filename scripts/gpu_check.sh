@@ -69,9 +69,9 @@ bench() {  # name devices [env assignments...]
   echo "bench_$n on GPUs $devs $*: rc=$?" | tee -a "$sum"
 }
 bench state "$all"
+# Its decode graphs are captured in each early-launch mode (off / on /
+# auto) in the same run (counters *_off, *_on, *_auto).
 bench kernels 0
-# The decode kernels launched early (programmatic dependent launch).
-bench kernels 0 EPLB_PDL=1
 # One process per exchange case (each case keeps its GPU memory to itself).
 for n in 2 4; do
   [ "$ngpu" -ge $n ] || continue

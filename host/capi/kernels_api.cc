@@ -19,6 +19,10 @@ static_assert(EPLB_ROUTE_TILE_ITEMS == eplb::kernels::kRouteTileItems, "route ti
 static_assert(EPLB_ROUTE_MAX_SEGMENTS == eplb::kernels::kRouteMaxSegments, "route segments");
 // The host reference mirrors the same segmentation.
 static_assert(eplb::kRouteTileItemsRef == EPLB_ROUTE_TILE_ITEMS, "reference tile");
+static_assert(EPLB_EARLY_LAUNCH_OFF == eplb::kernels::kEarlyLaunchOff &&
+                  EPLB_EARLY_LAUNCH_ON == eplb::kernels::kEarlyLaunchOn &&
+                  EPLB_EARLY_LAUNCH_AUTO == eplb::kernels::kEarlyLaunchAuto,
+              "early-launch modes");
 static_assert(eplb::kRouteMaxSegmentsRef == EPLB_ROUTE_MAX_SEGMENTS, "reference segments");
 static_assert(eplb::kRouteHashMinItemsRef == EPLB_ROUTE_HASH_MIN_ITEMS &&
                   eplb::kernels::kRouteHashMinItems == EPLB_ROUTE_HASH_MIN_ITEMS,
@@ -206,17 +210,19 @@ EPLB_API eplbStatus_t eplbCount(const void* d_topk_physical, eplbIdType_t id_typ
   });
 }
 
-EPLB_API eplbStatus_t eplbSetEarlyLaunch(int enable) {
+EPLB_API eplbStatus_t eplbSetEarlyLaunch(int mode) {
   return eplb::capi::Guard("eplbSetEarlyLaunch", [&] {
-    EPLB_CHECK_ARG(enable == 0 || enable == 1, "enable (%d) must be 0 or 1", enable);
-    eplb::kernels::SetEarlyLaunch(enable == 1);
+    EPLB_CHECK_ARG(mode == EPLB_EARLY_LAUNCH_OFF || mode == EPLB_EARLY_LAUNCH_ON ||
+                       mode == EPLB_EARLY_LAUNCH_AUTO,
+                   "mode (%d) must be EPLB_EARLY_LAUNCH_OFF (0), _ON (1) or _AUTO (2)", mode);
+    eplb::kernels::SetEarlyLaunch(mode);
   });
 }
 
-EPLB_API eplbStatus_t eplbGetEarlyLaunch(int* enabled) {
+EPLB_API eplbStatus_t eplbGetEarlyLaunch(int* mode) {
   return eplb::capi::Guard("eplbGetEarlyLaunch", [&] {
-    EPLB_CHECK_NOT_NULL(enabled);
-    *enabled = eplb::kernels::EarlyLaunchRequested() ? 1 : 0;
+    EPLB_CHECK_NOT_NULL(mode);
+    *mode = eplb::kernels::EarlyLaunchMode();
   });
 }
 

@@ -370,17 +370,21 @@ typedef enum {
  * d_load_pass / d_invalid_count overlapping another argument ->
  * EPLB_ERROR_INVALID_ARGUMENT. T = 0 is a no-op (no buffer is checked).
  *
- * Early launch: when it is on (EPLB_PDL=1 in the environment, or
- * eplbSetEarlyLaunch(1)), launches of at most 8192 items (e.g. 1024 tokens
- * x top-8) whose tables fit the decode kernel's 48 KB of shared memory are
- * made with programmatic dependent launch, where the device and the code
- * built for it are of compute capability 9.0 or more: the kernel may start
- * while the kernel before it in the stream ends, and waits for that
- * kernel's completion and writes before it touches any argument's memory,
- * so stream order holds as without it. Off by default: it pays only where
- * the kernel before is launched so too (README, "Early launch"). eplbCount
- * does the same for launches of at most 65536 items. Either way, these
- * kernels let a kernel after them that the caller launches early
+ * Early launch: launches of at most 8192 items (e.g. 1024 tokens x top-8)
+ * whose tables fit the decode kernel's 48 KB of shared memory may be made
+ * with programmatic dependent launch, where the device and the code built
+ * for it are of compute capability 9.0 or more: the kernel may start while
+ * the kernel before it in the stream ends, and waits for that kernel's
+ * completion and writes before it touches any argument's memory, so
+ * stream order holds as without it. When, eplbSetEarlyLaunch's mode says: by
+ * default (EPLB_EARLY_LAUNCH_AUTO) only while the stream is being captured
+ * into a graph right behind eplb's own decode-size eplbRouteCount or
+ * eplbCount kernels (e.g. the layers of a decode step captured one after
+ * the other), the one case where it pays and eplb can see it; with
+ * EPLB_EARLY_LAUNCH_ON always (pays where the kernel before is launched
+ * early too and lets it start; README, "Early launch"). eplbCount does the
+ * same for launches of at most 65536 items. Either way, these kernels let
+ * a kernel after them that the caller launches early
  * (cudaLaunchAttributeProgrammaticStreamSerialization) start before they
  * end (griddepcontrol.launch_dependents); as always with such a launch,
  * that kernel must wait (cudaGridDependencySynchronize) before it reads
@@ -397,26 +401,33 @@ EPLB_API eplbStatus_t eplbRouteCount(const void* d_topk_logical, eplbIdType_t id
  * device ids (int32 or int64); each id in [0, P) of a valid token adds 1 to
  * d_load_pass[id] when recording; other ids of valid tokens go to
  * d_invalid_count (nullable). Same d_num_tokens / d_record rules, same
- * errors and same early launch under EPLB_PDL=1 as eplbRouteCount. */
+ * errors and same early launch as eplbRouteCount. */
 EPLB_API eplbStatus_t eplbCount(const void* d_topk_physical, eplbIdType_t id_type,
                                 int64_t num_tokens, const int32_t* d_num_tokens, int32_t top_k,
                                 int32_t num_physical_experts, const int32_t* d_record,
                                 int32_t* d_load_pass, unsigned long long* d_invalid_count,
                                 cudaStream_t stream);
 
-/* Early launch of eplbRouteCount and eplbCount at decode sizes (see
- * eplbRouteCount), process-wide: enable 1 on, 0 off. Without this call the
- * setting comes from the environment variable EPLB_PDL ("1" = on; read
- * once, at the first launch or query); the call overrides it for every
- * launch made after it (graphs captured before keep theirs). Where the
- * device or the code is below compute capability 9.0, launches stay normal
- * whatever the setting. Host, thread-safe.
- * Errors: enable not 0 or 1 -> EPLB_ERROR_INVALID_ARGUMENT. */
-EPLB_API eplbStatus_t eplbSetEarlyLaunch(int enable);
+/* Early-launch modes of eplbRouteCount and eplbCount at decode sizes (see
+ * eplbRouteCount). */
+#define EPLB_EARLY_LAUNCH_OFF 0  /* never */
+#define EPLB_EARLY_LAUNCH_ON 1   /* always */
+#define EPLB_EARLY_LAUNCH_AUTO 2 /* while captured behind eplb's own (default) */
 
-/* The current early-launch setting (EPLB_PDL or eplbSetEarlyLaunch) in
- * *enabled: 1 or 0. Errors: enabled NULL -> EPLB_ERROR_INVALID_ARGUMENT. */
-EPLB_API eplbStatus_t eplbGetEarlyLaunch(int* enabled);
+/* Sets the early-launch mode, process-wide: one of EPLB_EARLY_LAUNCH_*.
+ * Without this call the mode comes from the environment variable EPLB_PDL
+ * ("0" off, "1" on, unset or anything else auto; read once, at the first
+ * launch or query); the call overrides it for every launch made after it
+ * (graphs captured before keep theirs). Where the device or the code is
+ * below compute capability 9.0, launches stay normal whatever the mode.
+ * Host, thread-safe.
+ * Errors: mode not one of the three -> EPLB_ERROR_INVALID_ARGUMENT. */
+EPLB_API eplbStatus_t eplbSetEarlyLaunch(int mode);
+
+/* The current early-launch mode (EPLB_PDL or eplbSetEarlyLaunch) in *mode:
+ * EPLB_EARLY_LAUNCH_OFF, _ON or _AUTO.
+ * Errors: mode NULL -> EPLB_ERROR_INVALID_ARGUMENT. */
+EPLB_API eplbStatus_t eplbGetEarlyLaunch(int* mode);
 
 /* Ends a step for all layers in one launch.
  *

@@ -272,18 +272,23 @@ static void TestInvalidCalls(void) {
   CHECK(metrics.balancedness > 0.0 && metrics.balancedness <= 1.0);
 }
 
-/* The process-wide early-launch setting, from C: set, read back, refused
- * values leave it alone. Host only. */
+/* The process-wide early-launch mode, from C: every mode set and read
+ * back, refused values leave it alone. Host only. */
 static void TestEarlyLaunchSetting(void) {
-  int before = -1, on = -1;
+  int before = -1, mode = -1;
+  const int modes[] = {EPLB_EARLY_LAUNCH_OFF, EPLB_EARLY_LAUNCH_AUTO, EPLB_EARLY_LAUNCH_ON};
+  size_t i;
   CHECK_OK(eplbGetEarlyLaunch(&before));
-  CHECK(before == 0 || before == 1);
-  CHECK_OK(eplbSetEarlyLaunch(1));
-  CHECK_OK(eplbGetEarlyLaunch(&on));
-  CHECK(on == 1);
+  CHECK(before == EPLB_EARLY_LAUNCH_OFF || before == EPLB_EARLY_LAUNCH_ON ||
+        before == EPLB_EARLY_LAUNCH_AUTO);
+  for (i = 0; i < sizeof(modes) / sizeof(modes[0]); ++i) {
+    CHECK_OK(eplbSetEarlyLaunch(modes[i]));
+    CHECK_OK(eplbGetEarlyLaunch(&mode));
+    CHECK(mode == modes[i]);
+  }
   CHECK(eplbSetEarlyLaunch(3) == EPLB_ERROR_INVALID_ARGUMENT);
-  CHECK_OK(eplbGetEarlyLaunch(&on));
-  CHECK(on == 1);
+  CHECK_OK(eplbGetEarlyLaunch(&mode));
+  CHECK(mode == EPLB_EARLY_LAUNCH_ON);
   CHECK(eplbGetEarlyLaunch(NULL) == EPLB_ERROR_INVALID_ARGUMENT);
   CHECK_OK(eplbSetEarlyLaunch(before));
 }

@@ -712,8 +712,9 @@ void SlowCopy(int32_t* dst, const int32_t* src, size_t n, cudaStream_t stream) {
 // ids, the device token count, the maps and the counters right before they
 // read them (the old contents would give other answers), and the record
 // flag (0 before, so counts read early would be missing), and the routed
-// ids again right before count-only reads them; on every route+count and
-// count path, on a stream and inside a graph. The slow kernel lets the
+// ids again right before count-only reads them; and count-only reads the
+// routed ids right behind route+count; on every route+count and count
+// path, on a stream and inside a graph. The slow kernel lets the
 // next one launch at once, so with EPLB_PDL=1 (ctest gpu_kernels_pdl) the
 // decode-size route+count kernels and the count kernel start while it
 // spins and must wait for it (kernels/enqueue.cuh). A first version of that
@@ -745,7 +746,7 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
       DeviceBuffer<int32_t> d_ids(TK), d_ids_new(TK), d_valid(1), d_valid_new(1),
           d_l2p(t_old.log2phy.size()), d_l2p_new(t_new.log2phy.size()), d_cnt(E), d_cnt_new(E),
           d_out(TK), d_routed(TK), d_pass(P), d_cpass(P), d_cpass_new(P), d_p2l(P),
-          d_win(W * L * E), d_state(2), d_rec(1), d_rec_new(1);
+          d_win(W * L * E), d_state(2), d_rec(1), d_rec_new(1), d_pass2(P);
       DeviceBuffer<int64_t> d_sum(L * E);
       DeviceBuffer<unsigned long long> d_inv(1);
       d_ids.Upload(std::vector<int32_t>(TK, 0), stream);
@@ -760,7 +761,8 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
       d_cpass_new.Upload(pass_new, stream);
       d_p2l.Upload(t_new.phy2log, stream);
       d_rec_new.Upload({1}, stream);
-      for (auto* b : {&d_out, &d_routed, &d_pass, &d_win, &d_state, &d_rec}) b->Fill(0, stream);
+      for (auto* b : {&d_out, &d_routed, &d_pass, &d_win, &d_state, &d_rec, &d_pass2})
+        b->Fill(0, stream);
       d_sum.Fill(0, stream);
       d_inv.Fill(0, stream);
       ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
@@ -774,6 +776,11 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
         EPLB_OK(eplbRouteCount(d_ids.get(), EPLB_ID_INT32, T, d_valid.get(), K, d_l2p.get(),
                                d_cnt.get(), E, P, d_rec.get(), d_out.get(), d_pass.get(),
                                d_inv.get(), stream));
+        // Count-only right behind route+count, on the ids it wrote: inside
+        // a graph, in the default auto mode, an early launch behind eplb's
+        // own kernel where both have decode shapes.
+        EPLB_OK(eplbCount(d_out.get(), EPLB_ID_INT32, T, d_valid.get(), K, P, nullptr,
+                          d_pass2.get(), nullptr, stream));
         // Count-only on the routed ids, copied in by the slow kernel right
         // before it (the stale zeros would all count for slot 0).
         SlowCopy(d_routed.get(), d_out.get(), TK, stream);
@@ -803,12 +810,17 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
       uint64_t inv_ref = 0;
       eplb::RouteCountRef(ids, T, valid, K, t_new.log2phy.data(), t_new.logcnt.data(), E, P, true,
                           out_ref.data(), pass_ref.data(), &inv_ref);
+      std::vector<int32_t> pass2_ref(P, 0);
+      uint64_t inv2_ref = 0;
+      eplb::CountRef(std::vector<int64_t>(out_ref.begin(), out_ref.end()), valid, K, P, true,
+                     pass2_ref.data(), &inv2_ref);
       eplb::CountRef(std::vector<int64_t>(out_ref.begin(), out_ref.end()), valid, K, P, true,
                      pass_ref.data(), &inv_ref);
       eplb::WindowUpdateRef(t_new.phy2log.data(), pass_new.data(), L, E, P, W, win.data(),
                             sum.data(), state.data());
       EXPECT_EQ(d_out.Download(stream), out_ref);
       EXPECT_EQ(d_pass.Download(stream), pass_ref);
+      EXPECT_EQ(d_pass2.Download(stream), pass2_ref);
       EXPECT_EQ(d_inv.Download(stream)[0], inv_ref);
       EXPECT_EQ(d_win.Download(stream), win);
       EXPECT_EQ(d_sum.Download(stream), sum);
@@ -820,18 +832,28 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
 
 __global__ void NoopKernel() {}
 
-// Which launches eplb makes early: in a captured graph, the edge from a
-// kernel to eplb's is programmatic exactly for route+count up to 8192
-// items and count-only up to 65536 (the decode shapes), and only with
-// early launch on (EPLB_PDL=1, or eplbSetEarlyLaunch(1)) on a device of
-// compute capability 9.0 or more (as kernels/enqueue.cuh and eplb.h say);
-// else a normal edge. With the setting from the environment, then set on
-// and off by the call. Under gpu_kernels_pdl this also shows that the
-// early-launch tests there did launch early.
+// Which launches eplb makes early, in each mode: in a captured chain of
+// launches, on a device of compute capability 9.0 or more, the edge into
+// eplb's launch is programmatic exactly where (kernels/enqueue.cuh, eplb.h)
+//  - the launch has a decode shape (route+count up to 8192 items,
+//    count-only up to 65536) and the mode is on (EPLB_PDL=1,
+//    eplbSetEarlyLaunch(1));
+//  - or the mode is not off, the launch is route+count through the
+//    sub-block kernels (up to 132 segments of 4096 items) or a decode-shape
+//    count, and the kernel before is one of those (they let the next launch
+//    start);
+// else a normal edge. With the mode
+// from the environment, then set to each value by the call. Under
+// gpu_kernels_pdl this also shows that the early-launch tests there did
+// launch early; in the default run, that graphs of eplb's launches get
+// early launches (the suites' graph tests run them).
 TEST(EarlyLaunch, GraphEdgesFollowTheLaunchShapes) {
   EPLB_REQUIRE_GPUS(1);
   const char* env = std::getenv("EPLB_PDL");
-  const int from_env = env != nullptr && std::string(env) == "1" ? 1 : 0;
+  const std::string e = env == nullptr ? "" : env;
+  const int from_env = e == "0"   ? EPLB_EARLY_LAUNCH_OFF
+                       : e == "1" ? EPLB_EARLY_LAUNCH_ON
+                                  : EPLB_EARLY_LAUNCH_AUTO;
   int device = 0, major = 0;
   ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
   ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
@@ -846,50 +868,84 @@ TEST(EarlyLaunch, GraphEdgesFollowTheLaunchShapes) {
   d_cnt.Upload(t.logcnt, stream);
   for (auto* b : {&d_ids, &d_out, &d_pass}) b->Fill(0, stream);
   ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-  struct Case {
-    bool count;
+  enum Kind { kNoop, kRoute, kCount };
+  struct Op {
+    Kind kind;
     int64_t tokens;
-    bool early;
+    bool decode;  // a decode shape: early with the mode on
+    bool eplb;    // one of eplb's kernels that let the next launch start
   };
+  const std::vector<Op> chain = {
+      {kNoop, 0, false, false},     {kRoute, 64, true, true},    {kRoute, 64, true, true},
+      {kRoute, 512, true, true},    {kCount, 64, true, true},    {kRoute, 1024, true, true},
+      {kRoute, 1025, false, true},  {kRoute, 64, true, true},    {kCount, 8192, true, true},
+      {kCount, 8193, false, false}, {kRoute, 64, true, true},    {kCount, t_max, false, false},
+      {kCount, 64, true, true},     {kRoute, 8192, false, true}, {kRoute, 16, true, true},
+      {kRoute, 8192, false, true},  {kRoute, 8192, false, true}, {kNoop, 0, false, false},
+      {kRoute, 8192, false, true}};
   struct RestoreSetting {  // also when an assertion leaves the test early
     int value;
     ~RestoreSetting() { eplbSetEarlyLaunch(value); }
   } restore{from_env};
-  for (int setting : {-1, 1, 0}) {  // -1: from the environment
-    SCOPED_TRACE(setting);
+  for (int setting : {-1, EPLB_EARLY_LAUNCH_ON, EPLB_EARLY_LAUNCH_OFF, EPLB_EARLY_LAUNCH_AUTO}) {
+    SCOPED_TRACE(setting);  // -1: from the environment
     if (setting >= 0) EPLB_OK(eplbSetEarlyLaunch(setting));
-    int on = -1;
-    EPLB_OK(eplbGetEarlyLaunch(&on));
-    EXPECT_EQ(on, setting >= 0 ? setting : from_env);
-    const bool pdl = on == 1 && major >= 9;
-    int programmatic = 0;
-    for (const Case c : {Case{false, 16, true}, Case{false, 64, true}, Case{false, 512, true},
-                         Case{false, 1024, true}, Case{false, 1025, false},
-                         Case{false, 8192, false}, Case{true, 64, true}, Case{true, 8192, true},
-                         Case{true, 8193, false}, Case{true, t_max, false}}) {
-      SCOPED_TRACE(c.tokens * 2 + (c.count ? 1 : 0));
-      cudaGraph_t g;
-      ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-      NoopKernel<<<1, 32, 0, stream>>>();
-      if (c.count)
-        EPLB_OK(eplbCount(d_out.get(), EPLB_ID_INT32, c.tokens, nullptr, K, P, nullptr,
+    int mode = -1;
+    EPLB_OK(eplbGetEarlyLaunch(&mode));
+    EXPECT_EQ(mode, setting >= 0 ? setting : from_env);
+    ASSERT_TRUE(mode >= 0 && mode <= 2);
+    // Capture the chain; after each launch, the node it added.
+    cudaGraph_t g;
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    std::vector<cudaGraphNode_t> nodes;
+    for (const Op& op : chain) {
+      if (op.kind == kNoop)
+        NoopKernel<<<1, 32, 0, stream>>>();
+      else if (op.kind == kCount)
+        EPLB_OK(eplbCount(d_out.get(), EPLB_ID_INT32, op.tokens, nullptr, K, P, nullptr,
                           d_pass.get(), nullptr, stream));
       else
-        EPLB_OK(eplbRouteCount(d_ids.get(), EPLB_ID_INT32, c.tokens, nullptr, K, d_l2p.get(),
+        EPLB_OK(eplbRouteCount(d_ids.get(), EPLB_ID_INT32, op.tokens, nullptr, K, d_l2p.get(),
                                d_cnt.get(), E, P, nullptr, d_out.get(), d_pass.get(), nullptr,
                                stream));
-      ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
-      cudaGraphNode_t from = nullptr, to = nullptr;
-      cudaGraphEdgeData data = {};
-      size_t n = 1;
-      ASSERT_EQ(cudaGraphGetEdges(g, &from, &to, &data, &n), cudaSuccess);
-      cudaGraphDestroy(g);
-      ASSERT_EQ(n, 1u);
-      const bool is_programmatic = data.type == cudaGraphDependencyTypeProgrammatic;
-      EXPECT_EQ(is_programmatic, pdl && c.early);
-      programmatic += is_programmatic ? 1 : 0;
+      cudaStreamCaptureStatus status;
+      const cudaGraphNode_t* deps = nullptr;
+      size_t n = 0;
+      ASSERT_EQ(cudaStreamGetCaptureInfo(stream, &status, nullptr, nullptr, &deps, nullptr, &n),
+                cudaSuccess);
+      ASSERT_EQ(n, 1u);  // every launch is one kernel node
+      nodes.push_back(deps[0]);
     }
-    if (pdl) EXPECT_EQ(programmatic, 6);
+    ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
+    size_t n = 0;
+    ASSERT_EQ(cudaGraphGetEdges(g, nullptr, nullptr, nullptr, &n), cudaSuccess);
+    std::vector<cudaGraphNode_t> from(n), to(n);
+    std::vector<cudaGraphEdgeData> data(n);
+    ASSERT_EQ(cudaGraphGetEdges(g, from.data(), to.data(), data.data(), &n), cudaSuccess);
+    cudaGraphDestroy(g);
+    ASSERT_EQ(n, chain.size() - 1);
+    int programmatic = 0, expected_programmatic = 0;
+    for (size_t i = 1; i < chain.size(); ++i) {
+      SCOPED_TRACE(i);
+      size_t j = 0;
+      while (j < n && !(from[j] == nodes[i - 1] && to[j] == nodes[i])) ++j;
+      ASSERT_LT(j, n);  // the chain's edge from launch i - 1 to launch i
+      const bool early = major >= 9 && mode != EPLB_EARLY_LAUNCH_OFF &&
+                         ((mode == EPLB_EARLY_LAUNCH_ON && chain[i].decode) ||
+                          (chain[i].eplb && chain[i - 1].eplb));
+      const bool is_programmatic = data[j].type == cudaGraphDependencyTypeProgrammatic;
+      EXPECT_EQ(is_programmatic, early);
+      programmatic += is_programmatic ? 1 : 0;
+      expected_programmatic += early ? 1 : 0;
+    }
+    // The chain has 10 decode launches and 15 of eplb's launches that let
+    // the next start, 11 of them right behind another; with the mode on,
+    // those 11 and the 3 decode launches that follow another kernel.
+    if (major >= 9) {
+      const int want[3] = {0, 14, 11};  // off, on, auto
+      EXPECT_EQ(expected_programmatic, want[mode]);
+    }
+    EXPECT_EQ(programmatic, expected_programmatic);
   }
 }
 

@@ -458,28 +458,37 @@ TEST(ReviewKernelArgs, CountAndWindowCallsRejectBadArguments) {
 // Outputs that share memory with another argument, and buffers not aligned
 // to their element size, are rejected before any launch (the kernels read
 // their inputs while they write).
-// The early-launch setting (eplbSetEarlyLaunch / eplbGetEarlyLaunch): its
-// default comes from EPLB_PDL, the call overrides it, a bad value or a
-// null output is refused and changes nothing. Host only.
+// The early-launch mode (eplbSetEarlyLaunch / eplbGetEarlyLaunch): its
+// default comes from EPLB_PDL ("0" off, "1" on, unset or anything else
+// auto; ctest runs this test also with EPLB_PDL=0, 1 and "yes"), the call
+// overrides it, a bad value or a null output is refused and changes
+// nothing. Host only.
 TEST(ReviewKernelArgs, EarlyLaunchSettingRoundTripsAndRejectsBadValues) {
   const char* env = std::getenv("EPLB_PDL");
-  const int from_env = env != nullptr && std::string(env) == "1" ? 1 : 0;
-  int on = -7;
-  ASSERT_EQ(eplbGetEarlyLaunch(&on), EPLB_SUCCESS);
-  EXPECT_EQ(on, from_env);
-  for (int v : {1, 0, 1}) {
+  const std::string e = env == nullptr ? "" : env;
+  const int from_env = e == "0"   ? EPLB_EARLY_LAUNCH_OFF
+                       : e == "1" ? EPLB_EARLY_LAUNCH_ON
+                                  : EPLB_EARLY_LAUNCH_AUTO;
+  EXPECT_EQ(EPLB_EARLY_LAUNCH_OFF, 0);
+  EXPECT_EQ(EPLB_EARLY_LAUNCH_ON, 1);
+  EXPECT_EQ(EPLB_EARLY_LAUNCH_AUTO, 2);
+  int mode = -7;
+  ASSERT_EQ(eplbGetEarlyLaunch(&mode), EPLB_SUCCESS);
+  EXPECT_EQ(mode, from_env);
+  for (int v : {EPLB_EARLY_LAUNCH_ON, EPLB_EARLY_LAUNCH_OFF, EPLB_EARLY_LAUNCH_AUTO,
+                EPLB_EARLY_LAUNCH_ON}) {
     ASSERT_EQ(eplbSetEarlyLaunch(v), EPLB_SUCCESS);
-    ASSERT_EQ(eplbGetEarlyLaunch(&on), EPLB_SUCCESS);
-    EXPECT_EQ(on, v);
+    ASSERT_EQ(eplbGetEarlyLaunch(&mode), EPLB_SUCCESS);
+    EXPECT_EQ(mode, v);
   }
-  for (int bad : {2, -1}) {
+  for (int bad : {3, -1, 100}) {
     EXPECT_EQ(eplbSetEarlyLaunch(bad), EPLB_ERROR_INVALID_ARGUMENT);
-    ExpectDetail("eplbSetEarlyLaunch", "enable");
-    ASSERT_EQ(eplbGetEarlyLaunch(&on), EPLB_SUCCESS);
-    EXPECT_EQ(on, 1);  // unchanged
+    ExpectDetail("eplbSetEarlyLaunch", "mode");
+    ASSERT_EQ(eplbGetEarlyLaunch(&mode), EPLB_SUCCESS);
+    EXPECT_EQ(mode, EPLB_EARLY_LAUNCH_ON);  // unchanged
   }
   EXPECT_EQ(eplbGetEarlyLaunch(nullptr), EPLB_ERROR_INVALID_ARGUMENT);
-  ExpectDetail("eplbGetEarlyLaunch", "enabled");
+  ExpectDetail("eplbGetEarlyLaunch", "mode");
   ASSERT_EQ(eplbSetEarlyLaunch(from_env), EPLB_SUCCESS);
 }
 
