@@ -24,19 +24,18 @@ namespace eplb {
 // previous kernel's output; every output may still be read by it): before
 // it only parameters, registers and shared memory, and no pointer it reads
 // may be __restrict__ (a load on the read-only path, ld.global.nc, may be
-// moved above the wait). eplb's route+count kernel for launches of at
-// most 8192 items and its count kernel for launches of at most 65536 (the
-// decode sizes) are launched so (LaunchEarly below); all of its sub-block
-// route kernels and count kernels are written so (test gpu_pdl_sass checks
-// their SASS), zero their shared memory before the wait where that
-// measured faster, and those launched early call GridDependentsLaunch()
-// right after the wait, so that a kernel after them that is launched early
-// starts early too. That call pays even where eplb's own launch is normal
-// (kernels/route_count.cu, SubShape).
+// moved above the wait). eplb's route+count sub-block kernels (launches of
+// up to 132 segments of 4096 items) and its count kernel for launches of at
+// most 65536 items are launched so where EnqueueKernelEarly (below) says;
+// they are written so (test gpu_pdl_sass checks their SASS), zero their
+// shared memory before the wait where that measured faster, and call
+// GridDependentsLaunch() right after the wait, so that a kernel after them
+// that is launched early starts early too. That call pays even where
+// eplb's own launch is normal (kernels/route_count.cu, SubShape).
 //
 // It pays only where the kernel before eplb's lets it start, so by default
 // (auto) eplb launches early only where it can see that kernel: in a graph
-// being captured, behind its own kernels that do (LaunchEarly). Measured
+// being captured, behind its own kernels that do. Measured
 // with early launch off and on for every launch (EPLB_PDL=0 / 1; before the
 // auto mode, EPLB_PDL unset meant off), bench_kernels on one H200 of a
 // 2-GPU machine (2026-11-29, e0c046f, the same binary; us per launch over an
@@ -83,36 +82,11 @@ inline bool DeviceRunsEarly(const void* kernel) {
   return on;
 }
 
-// Whether `stream` is being captured and every node the next captured node
-// will depend on is a kernel node of one of eplb's kernels that let the
-// next launch start (kernels::IsTriggeringKernel): the case where an early
-// launch pays. Queries only (cudaStreamGetCaptureInfo, the dependencies'
-// types and kernel parameters); any that fails answers no.
-inline bool FollowsTriggeringKernels(cudaStream_t stream) {
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  const cudaGraphNode_t* deps = nullptr;
-  size_t num_deps = 0;
-  if (cudaStreamGetCaptureInfo(stream, &status, nullptr, nullptr, &deps, nullptr, &num_deps) !=
-          cudaSuccess ||
-      status != cudaStreamCaptureStatusActive || num_deps == 0 || deps == nullptr)
-    return false;
-  for (size_t i = 0; i < num_deps; ++i) {
-    cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
-    if (cudaGraphNodeGetType(deps[i], &type) != cudaSuccess || type != cudaGraphNodeTypeKernel)
-      return false;
-    cudaKernelNodeParams params = {};
-    if (cudaGraphKernelNodeGetParams(deps[i], &params) != cudaSuccess ||
-        !kernels::IsTriggeringKernel(params.func))
-      return false;
-  }
-  return true;
-}
-
 // When a launch shape of eplb's may be launched early.
 enum class EarlyShape {
   kNever,
-  // Per the mode (LaunchEarly): where the mode is on, or auto and behind
-  // eplb's own kernels that let it start.
+  // Per the mode (EnqueueKernelEarly): where the mode is on, or auto and
+  // behind eplb's own kernels that let it start.
   kByMode,
   // Only behind eplb's own kernels that let it start, whatever the mode
   // (off aside): the shape that lost by an early launch behind a kernel of
@@ -120,22 +94,23 @@ enum class EarlyShape {
   kBehindEplb,
 };
 
-// Whether eplb launches `kernel` (written for it, below) of a launch shape
-// `shape` early on `stream`: never with the mode off (EPLB_PDL=0,
-// eplbSetEarlyLaunch(0)) or where the device or the code is below 9.0;
-// with it on (EPLB_PDL=1), always for kByMode shapes; in the default auto
-// mode (and for kBehindEplb shapes), only while `stream` is being captured
-// right behind eplb kernels that let it start (FollowsTriggeringKernels),
-// e.g. route+count after route+count in a decode step's graph. After any
-// other kernel, whose end a kernel launched early can only wait for, an
-// early launch was 0.1-0.2 us slower than a normal one (figures above);
-// outside capture eplb cannot see what the kernel before it is.
-inline bool LaunchEarly(EarlyShape shape, const void* kernel, cudaStream_t stream) {
-  if (shape == EarlyShape::kNever) return false;
-  const int mode = kernels::EarlyLaunchMode();
-  if (mode == kernels::kEarlyLaunchOff || !DeviceRunsEarly(kernel)) return false;
-  if (mode == kernels::kEarlyLaunchOn && shape == EarlyShape::kByMode) return true;
-  return FollowsTriggeringKernels(stream);
+// Whether `stream` is being captured (into *capturing) and every node the
+// next captured node will depend on is one of eplb's kernels that let the
+// next launch start (noted by EnqueueKernelEarly as it captured them). It
+// queries the capture alone, never a node: a query of a node that the
+// caller captured (a driver-API kernel, say) may fail, and its error would
+// be left for the caller's next cudaGetLastError.
+inline bool FollowsTriggeringNodes(cudaStream_t stream, bool* capturing) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaGraphNode_t* deps = nullptr;
+  size_t num_deps = 0;
+  *capturing = cudaStreamGetCaptureInfo(stream, &status, nullptr, nullptr, &deps, nullptr,
+                                        &num_deps) == cudaSuccess &&
+               status == cudaStreamCaptureStatusActive;
+  if (!*capturing || num_deps == 0 || deps == nullptr) return false;
+  for (size_t i = 0; i < num_deps; ++i)
+    if (!kernels::IsTriggeringNode(deps[i])) return false;
+  return true;
 }
 
 // A launch that returns its own status (cudaLaunchKernelEx), with
@@ -160,17 +135,42 @@ cudaError_t EnqueueKernelPdl(bool pdl, void (*kernel)(Params...), dim3 grid, dim
 }
 
 // eplb's launches of the kernels written for early launch (GridDependencyWait()
-// before any global memory access): early where LaunchEarly(shape, kernel,
-// stream). `triggers`: the kernel calls GridDependentsLaunch() (noted for
-// LaunchEarly's look behind).
+// before any global memory access). Early never with the mode off
+// (EPLB_PDL=0, eplbSetEarlyLaunch(0)) or where the device or the code is
+// below 9.0 (DeviceRunsEarly); with it on (EPLB_PDL=1), always for kByMode
+// shapes; in the default auto mode (and for kBehindEplb shapes), only while
+// `stream` is being captured right behind eplb kernels that let it start
+// (FollowsTriggeringNodes), e.g. route+count after route+count in a decode
+// step's graph. After any other kernel, whose end a kernel launched early
+// can only wait for, an early launch was 0.1-0.2 us slower than a normal
+// one (figures above); outside capture eplb cannot see what the kernel
+// before it is. `triggers`: the kernel calls GridDependentsLaunch(); when
+// captured, its node is noted (kernels::NoteTriggeringNode).
 template <typename... Params, typename... Args>
 cudaError_t EnqueueKernelEarly(EarlyShape shape, bool triggers, void (*kernel)(Params...),
                                dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream,
                                Args&&... args) {
   const void* fn = reinterpret_cast<const void*>(kernel);
-  if (triggers) kernels::NoteTriggeringKernel(fn);
-  return EnqueueKernelPdl(LaunchEarly(shape, fn, stream), kernel, grid, block, smem_bytes, stream,
-                          std::forward<Args>(args)...);
+  const int mode = kernels::EarlyLaunchMode();
+  bool early = false, capturing = false;
+  if (mode != kernels::kEarlyLaunchOff && (shape != EarlyShape::kNever || triggers) &&
+      DeviceRunsEarly(fn)) {
+    const bool behind_eplb = FollowsTriggeringNodes(stream, &capturing);
+    early = shape != EarlyShape::kNever &&
+            ((mode == kernels::kEarlyLaunchOn && shape == EarlyShape::kByMode) || behind_eplb);
+  }
+  const cudaError_t err =
+      EnqueueKernelPdl(early, kernel, grid, block, smem_bytes, stream, std::forward<Args>(args)...);
+  if (err == cudaSuccess && triggers && capturing) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    const cudaGraphNode_t* deps = nullptr;
+    size_t num_deps = 0;
+    if (cudaStreamGetCaptureInfo(stream, &status, nullptr, nullptr, &deps, nullptr, &num_deps) ==
+            cudaSuccess &&
+        status == cudaStreamCaptureStatusActive && num_deps == 1 && deps != nullptr)
+      kernels::NoteTriggeringNode(deps[0]);  // the node this launch added
+  }
+  return err;
 }
 
 template <typename... Params, typename... Args>

@@ -3,6 +3,7 @@
 // trace, adversarial ids, a CUDA graph with changing device-side counts, and
 // every conformance case. Every run happens twice on a stream the test made;
 // both runs must be bit-identical to the reference.
+#include <cuda.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -946,6 +947,93 @@ TEST(EarlyLaunch, GraphEdgesFollowTheLaunchShapes) {
       EXPECT_EQ(expected_programmatic, want[mode]);
     }
     EXPECT_EQ(programmatic, expected_programmatic);
+  }
+}
+
+// An engine's kernel launched through the driver API (as Triton's are) in
+// front of eplb's launches in a graph being captured, in the auto mode:
+// eplb's look behind (it queries the capture, never the caller's nodes)
+// leaves no error for the caller's next cudaGetLastError and keeps one the
+// caller left before; the launch behind that kernel is normal, the one
+// behind eplb's own early (compute capability 9.0 or more).
+TEST(EarlyLaunch, AutoModeBehindADriverApiKernelKeepsTheCallersErrorState) {
+  EPLB_REQUIRE_GPUS(1);
+  int before = 0;
+  EPLB_OK(eplbGetEarlyLaunch(&before));
+  struct RestoreSetting {
+    int value;
+    ~RestoreSetting() { eplbSetEarlyLaunch(value); }
+  } restore{before};
+  EPLB_OK(eplbSetEarlyLaunch(EPLB_EARLY_LAUNCH_AUTO));
+  int device = 0, major = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+  cudaFunction_t noop = nullptr;
+  ASSERT_EQ(cudaGetFuncBySymbol(&noop, reinterpret_cast<const void*>(NoopKernel)), cudaSuccess);
+  void* entry = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  ASSERT_EQ(
+      cudaGetDriverEntryPointByVersion("cuLaunchKernel", &entry, 12000, cudaEnableDefault, &found),
+      cudaSuccess);
+  ASSERT_EQ(found, cudaDriverEntryPointSuccess);
+  using LaunchFn = CUresult (*)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                unsigned, unsigned, CUstream, void**, void**);
+  const auto driver_launch = reinterpret_cast<LaunchFn>(entry);
+  std::mt19937_64 rng(29);
+  ScopedStream stream;
+  const int32_t E = 64, P = 80, K = 8, T = 64;
+  const Table t = RandomTable(rng, E, P);
+  DeviceBuffer<int32_t> d_ids(T * K), d_out(T * K), d_pass(P), d_l2p(t.log2phy.size()), d_cnt(E);
+  d_l2p.Upload(t.log2phy, stream);
+  d_cnt.Upload(t.logcnt, stream);
+  for (auto* b : {&d_ids, &d_out, &d_pass}) b->Fill(0, stream);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  for (int with_error = 0; with_error < 2; ++with_error) {
+    SCOPED_TRACE(with_error);
+    // A non-sticky error of the caller's own, pending when eplb is called.
+    if (with_error) ASSERT_EQ(cudaSetDevice(-1), cudaErrorInvalidDevice);
+    cudaGraph_t g;
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    std::vector<cudaGraphNode_t> nodes;
+    auto last_node = [&] {
+      cudaStreamCaptureStatus status;
+      const cudaGraphNode_t* deps = nullptr;
+      size_t n = 0;
+      ASSERT_EQ(cudaStreamGetCaptureInfo(stream, &status, nullptr, nullptr, &deps, nullptr, &n),
+                cudaSuccess);
+      ASSERT_EQ(n, 1u);
+      nodes.push_back(deps[0]);
+    };
+    ASSERT_EQ(driver_launch(reinterpret_cast<CUfunction>(noop), 1, 1, 1, 32, 1, 1, 0,
+                            reinterpret_cast<CUstream>(static_cast<cudaStream_t>(stream)), nullptr,
+                            nullptr),
+              CUDA_SUCCESS);
+    last_node();
+    for (int i = 0; i < 2; ++i) {
+      EPLB_OK(eplbRouteCount(d_ids.get(), EPLB_ID_INT32, T, nullptr, K, d_l2p.get(), d_cnt.get(), E,
+                             P, nullptr, d_out.get(), d_pass.get(), nullptr, stream));
+      last_node();
+    }
+    ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
+    EXPECT_EQ(cudaGetLastError(), with_error ? cudaErrorInvalidDevice : cudaSuccess);
+    size_t n = 0;
+    ASSERT_EQ(cudaGraphGetEdges(g, nullptr, nullptr, nullptr, &n), cudaSuccess);
+    ASSERT_EQ(n, 2u);
+    std::vector<cudaGraphNode_t> from(n), to(n);
+    std::vector<cudaGraphEdgeData> data(n);
+    ASSERT_EQ(cudaGraphGetEdges(g, from.data(), to.data(), data.data(), &n), cudaSuccess);
+    cudaGraphDestroy(g);
+    ASSERT_EQ(nodes.size(), 3u);
+    for (size_t j = 0; j < n; ++j) {
+      const bool programmatic = data[j].type == cudaGraphDependencyTypeProgrammatic;
+      if (from[j] == nodes[0] && to[j] == nodes[1])
+        EXPECT_FALSE(programmatic);
+      else if (from[j] == nodes[1] && to[j] == nodes[2])
+        EXPECT_EQ(programmatic, major >= 9);
+      else
+        ADD_FAILURE() << "an edge outside the chain";
+    }
   }
 }
 
