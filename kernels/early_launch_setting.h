@@ -1,17 +1,17 @@
-// When eplb launches its decode-size route+count and count kernels early
-// (programmatic dependent launch, kernels/enqueue.cuh): one process-wide
-// mode, by default from the environment variable EPLB_PDL ("0" off, "1"
-// on, anything else or unset: auto; read once, at the first launch or
-// query), overridden by eplbSetEarlyLaunch. Plus the record of eplb's
-// captured kernel nodes that let the next launch start
-// (GridDependentsLaunch), which the auto mode looks for in front of a
-// launch. Host-only C++; inline, so that
-// a kernel file compiled on its own (as dev/route_ab does) has it too.
+// When eplb launches its route+count and count kernels early (programmatic
+// dependent launch, kernels/enqueue.cuh): one process-wide mode, by default
+// from the environment variable EPLB_PDL ("0" off, "1" on, anything else or
+// unset: auto; read once, at the first launch or query), overridden by
+// eplbSetEarlyLaunch. Plus the record of eplb's captured kernel nodes that
+// let the next launch start (GridDependentsLaunch), which the auto mode
+// looks for in front of a launch. Host-only C++; inline, so that a kernel
+// file compiled on its own (as dev/route_ab does) has it too.
 #pragma once
 
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 
 namespace eplb {
 namespace kernels {
@@ -49,31 +49,38 @@ inline void SetEarlyLaunch(int mode) {
 
 // The graph nodes of eplb's kernels that call GridDependentsLaunch(),
 // noted as eplb captures them, for the look behind of the auto mode: a ring
-// of the last kTriggeringNodes, shared by all threads (a lookup is a scan
-// of them). A node that has left the ring only makes a launch behind it
-// normal; a node handle that a destroyed graph's node had and a new node of
-// another kernel reuses would make one launch early behind that kernel:
-// slower by 0.1-0.2 us at most, as correct as any early launch.
+// of the last kTriggeringNodes, shared by all threads, each node with the
+// id of its capture sequence (cudaStreamGetCaptureInfo), since a node
+// handle of a destroyed graph comes back as a node of a later one (on an
+// H200, a test's next capture reused them at once). Taken only while
+// capturing. A node that has left the ring only makes a launch behind it
+// normal.
 constexpr int kTriggeringNodes = 256;
-inline std::atomic<const void*>* TriggeringNodes() {
-  static std::atomic<const void*> ring[kTriggeringNodes];
+struct TriggeringNodeRing {
+  std::mutex mu;
+  unsigned long long capture[kTriggeringNodes] = {};
+  const void* node[kTriggeringNodes] = {};
+  unsigned next = 0;
+};
+inline TriggeringNodeRing& TriggeringNodes() {
+  static TriggeringNodeRing ring;
   return ring;
 }
-inline std::atomic<unsigned>& TriggeringNodesNext() {
-  static std::atomic<unsigned> next{0};
-  return next;
+
+inline void NoteTriggeringNode(unsigned long long capture_id, const void* node) {
+  TriggeringNodeRing& r = TriggeringNodes();
+  std::lock_guard<std::mutex> lock(r.mu);
+  r.capture[r.next] = capture_id;
+  r.node[r.next] = node;
+  r.next = (r.next + 1) % kTriggeringNodes;
 }
 
-inline void NoteTriggeringNode(const void* node) {
-  const unsigned i = TriggeringNodesNext().fetch_add(1, std::memory_order_relaxed);
-  TriggeringNodes()[i % kTriggeringNodes].store(node, std::memory_order_release);
-}
-
-inline bool IsTriggeringNode(const void* node) {
+inline bool IsTriggeringNode(unsigned long long capture_id, const void* node) {
   if (node == nullptr) return false;
-  std::atomic<const void*>* ring = TriggeringNodes();
+  TriggeringNodeRing& r = TriggeringNodes();
+  std::lock_guard<std::mutex> lock(r.mu);
   for (int i = 0; i < kTriggeringNodes; ++i)
-    if (ring[i].load(std::memory_order_acquire) == node) return true;
+    if (r.node[i] == node && r.capture[i] == capture_id) return true;
   return false;
 }
 

@@ -102,14 +102,15 @@ enum class EarlyShape {
 // be left for the caller's next cudaGetLastError.
 inline bool FollowsTriggeringNodes(cudaStream_t stream, bool* capturing) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  unsigned long long capture_id = 0;
   const cudaGraphNode_t* deps = nullptr;
   size_t num_deps = 0;
-  *capturing = cudaStreamGetCaptureInfo(stream, &status, nullptr, nullptr, &deps, nullptr,
+  *capturing = cudaStreamGetCaptureInfo(stream, &status, &capture_id, nullptr, &deps, nullptr,
                                         &num_deps) == cudaSuccess &&
                status == cudaStreamCaptureStatusActive;
   if (!*capturing || num_deps == 0 || deps == nullptr) return false;
   for (size_t i = 0; i < num_deps; ++i)
-    if (!kernels::IsTriggeringNode(deps[i])) return false;
+    if (!kernels::IsTriggeringNode(capture_id, deps[i])) return false;
   return true;
 }
 
@@ -163,12 +164,13 @@ cudaError_t EnqueueKernelEarly(EarlyShape shape, bool triggers, void (*kernel)(P
       EnqueueKernelPdl(early, kernel, grid, block, smem_bytes, stream, std::forward<Args>(args)...);
   if (err == cudaSuccess && triggers && capturing) {
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    unsigned long long capture_id = 0;
     const cudaGraphNode_t* deps = nullptr;
     size_t num_deps = 0;
-    if (cudaStreamGetCaptureInfo(stream, &status, nullptr, nullptr, &deps, nullptr, &num_deps) ==
-            cudaSuccess &&
+    if (cudaStreamGetCaptureInfo(stream, &status, &capture_id, nullptr, &deps, nullptr,
+                                 &num_deps) == cudaSuccess &&
         status == cudaStreamCaptureStatusActive && num_deps == 1 && deps != nullptr)
-      kernels::NoteTriggeringNode(deps[0]);  // the node this launch added
+      kernels::NoteTriggeringNode(capture_id, deps[0]);  // the node this launch added
   }
   return err;
 }
