@@ -370,25 +370,31 @@ typedef enum {
  * d_load_pass / d_invalid_count overlapping another argument ->
  * EPLB_ERROR_INVALID_ARGUMENT. T = 0 is a no-op (no buffer is checked).
  *
- * Early launch: launches of at most 8192 items (e.g. 1024 tokens x top-8)
- * whose tables fit the decode kernel's 48 KB of shared memory may be made
- * with programmatic dependent launch, where the device and the code built
- * for it are of compute capability 9.0 or more: the kernel may start while
- * the kernel before it in the stream ends, and waits for that kernel's
- * completion and writes before it touches any argument's memory, so
- * stream order holds as without it. When, eplbSetEarlyLaunch's mode says: by
- * default (EPLB_EARLY_LAUNCH_AUTO) only while the stream is being captured
- * into a graph right behind eplb's own decode-size eplbRouteCount or
- * eplbCount kernels (e.g. the layers of a decode step captured one after
- * the other), the one case where it pays and eplb can see it; with
- * EPLB_EARLY_LAUNCH_ON always (pays where the kernel before is launched
- * early too and lets it start; README, "Early launch"). eplbCount does the
- * same for launches of at most 65536 items. Either way, these kernels let
- * a kernel after them that the caller launches early
- * (cudaLaunchAttributeProgrammaticStreamSerialization) start before they
- * end (griddepcontrol.launch_dependents); as always with such a launch,
- * that kernel must wait (cudaGridDependencySynchronize) before it reads
- * their outputs. */
+ * Early launch: the launch may be made with programmatic dependent launch,
+ * where the device and the code built for it are of compute capability
+ * 9.0 or more: the kernel may start while the kernel before it in the
+ * stream ends, and waits for that kernel's completion and writes before
+ * it touches any argument's memory, so stream order holds as without it.
+ * When, eplbSetEarlyLaunch's mode says:
+ *   - EPLB_EARLY_LAUNCH_AUTO (the default): only while the stream is being
+ *     captured into a graph right behind eplb's own eplbRouteCount or
+ *     eplbCount kernels that let it start (those below; e.g. the layers
+ *     of a decode step captured one after the other): the one case where
+ *     it pays and eplb can see it;
+ *   - EPLB_EARLY_LAUNCH_ON: also behind any kernel for launches of at most
+ *     8192 items (e.g. 1024 tokens x top-8) whose tables fit the decode
+ *     kernel's 48 KB of shared memory (pays where the kernel before is
+ *     launched early too and lets it start; README, "Early launch");
+ *   - EPLB_EARLY_LAUNCH_OFF: never.
+ * The kernels that let the next launch start (griddepcontrol.launch_dependents,
+ * right after their wait), and so may launch early behind eplb's own: those
+ * of launches below EPLB_ROUTE_HASH_MIN_ITEMS whose tables fit 48 KB of
+ * shared memory and that have at most 132 segments of EPLB_ROUTE_TILE_ITEMS
+ * items (e.g. up to 67584 tokens x top-8), and eplbCount's of at most 65536
+ * items. A kernel after them that the caller launches early
+ * (cudaLaunchAttributeProgrammaticStreamSerialization) starts before they
+ * end; as always with such a launch, that kernel must wait
+ * (cudaGridDependencySynchronize) before it reads their outputs. */
 EPLB_API eplbStatus_t eplbRouteCount(const void* d_topk_logical, eplbIdType_t id_type,
                                      int64_t num_tokens, const int32_t* d_num_tokens,
                                      int32_t top_k, const int32_t* d_log2phy,
@@ -401,7 +407,7 @@ EPLB_API eplbStatus_t eplbRouteCount(const void* d_topk_logical, eplbIdType_t id
  * device ids (int32 or int64); each id in [0, P) of a valid token adds 1 to
  * d_load_pass[id] when recording; other ids of valid tokens go to
  * d_invalid_count (nullable). Same d_num_tokens / d_record rules, same
- * errors and same early launch as eplbRouteCount. */
+ * errors and same early launch as eplbRouteCount (up to 65536 items). */
 EPLB_API eplbStatus_t eplbCount(const void* d_topk_physical, eplbIdType_t id_type,
                                 int64_t num_tokens, const int32_t* d_num_tokens, int32_t top_k,
                                 int32_t num_physical_experts, const int32_t* d_record,
