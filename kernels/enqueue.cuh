@@ -105,17 +105,26 @@ enum class EarlyShape {
 // queries the capture alone, never a node: a query of a node that the
 // caller captured (a driver-API kernel, say) may fail, and its error would
 // be left for the caller's next cudaGetLastError.
+// The edge data is asked for too: without it the query fails
+// (cudaErrorLossyQuery) where a dependency's edge is not a default one (the
+// caller's programmatic event, say), and leaves that error for the caller.
+// Behind such an edge the launch is normal.
 inline bool FollowsTriggeringNodes(cudaStream_t stream, bool* capturing) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   unsigned long long capture_id = 0;
   const cudaGraphNode_t* deps = nullptr;
+  const cudaGraphEdgeData* edges = nullptr;
   size_t num_deps = 0;
-  *capturing = cudaStreamGetCaptureInfo(stream, &status, &capture_id, nullptr, &deps, nullptr,
+  *capturing = cudaStreamGetCaptureInfo(stream, &status, &capture_id, nullptr, &deps, &edges,
                                         &num_deps) == cudaSuccess &&
                status == cudaStreamCaptureStatusActive;
   if (!*capturing || num_deps == 0 || deps == nullptr) return false;
-  for (size_t i = 0; i < num_deps; ++i)
+  for (size_t i = 0; i < num_deps; ++i) {
+    if (edges != nullptr && (edges[i].type != cudaGraphDependencyTypeDefault ||
+                             edges[i].from_port != 0 || edges[i].to_port != 0))
+      return false;
     if (!kernels::IsTriggeringNode(capture_id, deps[i])) return false;
+  }
   return true;
 }
 
@@ -171,9 +180,10 @@ cudaError_t EnqueueKernelEarly(EarlyShape shape, bool triggers, void (*kernel)(P
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
     unsigned long long capture_id = 0;
     const cudaGraphNode_t* deps = nullptr;
+    const cudaGraphEdgeData* edges = nullptr;  // asked for: see FollowsTriggeringNodes
     size_t num_deps = 0;
-    if (cudaStreamGetCaptureInfo(stream, &status, &capture_id, nullptr, &deps, nullptr,
-                                 &num_deps) == cudaSuccess &&
+    if (cudaStreamGetCaptureInfo(stream, &status, &capture_id, nullptr, &deps, &edges, &num_deps) ==
+            cudaSuccess &&
         status == cudaStreamCaptureStatusActive && num_deps == 1 && deps != nullptr)
       kernels::NoteTriggeringNode(capture_id, deps[0]);  // the node this launch added
   }

@@ -414,10 +414,9 @@ EPLB_API eplbStatus_t eplbCount(const void* d_topk_physical, eplbIdType_t id_typ
                                 int32_t* d_load_pass, unsigned long long* d_invalid_count,
                                 cudaStream_t stream);
 
-/* Early-launch modes of eplbRouteCount and eplbCount at decode sizes (see
- * eplbRouteCount). */
+/* Early-launch modes of eplbRouteCount and eplbCount (see eplbRouteCount). */
 #define EPLB_EARLY_LAUNCH_OFF 0  /* never */
-#define EPLB_EARLY_LAUNCH_ON 1   /* always */
+#define EPLB_EARLY_LAUNCH_ON 1   /* also behind any kernel, at decode sizes */
 #define EPLB_EARLY_LAUNCH_AUTO 2 /* while captured behind eplb's own (default) */
 
 /* Sets the early-launch mode, process-wide: one of EPLB_EARLY_LAUNCH_*.

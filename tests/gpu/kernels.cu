@@ -779,7 +779,8 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
                                d_inv.get(), stream));
         // Count-only right behind route+count, on the ids it wrote: inside
         // a graph, in the default auto mode, an early launch behind eplb's
-        // own kernel where both have decode shapes.
+        // own kernel where count-only has a decode shape (up to 65536 items)
+        // and route+count runs its sub-block kernels.
         EPLB_OK(eplbCount(d_out.get(), EPLB_ID_INT32, T, d_valid.get(), K, P, nullptr,
                           d_pass2.get(), nullptr, stream));
         // Count-only on the routed ids, copied in by the slow kernel right
@@ -1035,6 +1036,81 @@ TEST(EarlyLaunch, AutoModeBehindADriverApiKernelKeepsTheCallersErrorState) {
         ADD_FAILURE() << "an edge outside the chain";
     }
   }
+}
+
+// The caller's own programmatic dependency in front of eplb's launches in a
+// graph being captured (a kernel launched with a programmatic event that
+// the stream then waits on, the early-launch pattern across kernels), in
+// each mode: eplb's look behind asks for the edge data too, so its query
+// does not fail with cudaErrorLossyQuery and leave that error for the
+// caller; the graph routes and counts as the host reference does.
+TEST(EarlyLaunch, ProgrammaticEdgeInFrontLeavesNoError) {
+  EPLB_REQUIRE_GPUS(1);
+  int device = 0, major = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+  if (major < 9) GTEST_SKIP() << "programmatic events need compute capability 9.0";
+  int before = 0;
+  EPLB_OK(eplbGetEarlyLaunch(&before));
+  struct RestoreSetting {
+    int value;
+    ~RestoreSetting() { eplbSetEarlyLaunch(value); }
+  } restore{before};
+  std::mt19937_64 rng(31);
+  ScopedStream stream;
+  const int32_t E = 64, P = 80, K = 8, T = 64;
+  const size_t TK = static_cast<size_t>(T * K);
+  const Table t = RandomTable(rng, E, P);
+  const std::vector<int64_t> ids = ZipfIds(rng, TK, E, 1.2);
+  std::vector<int32_t> out_ref(TK), pass_ref(P, 0);
+  uint64_t inv_ref = 0;
+  eplb::RouteCountRef(ids, T, T, K, t.log2phy.data(), t.logcnt.data(), E, P, true, out_ref.data(),
+                      pass_ref.data(), &inv_ref);
+  eplb::CountRef(std::vector<int64_t>(out_ref.begin(), out_ref.end()), T, K, P, true,
+                 pass_ref.data(), &inv_ref);
+  DeviceBuffer<int32_t> d_ids(TK), d_out(TK), d_pass(P), d_l2p(t.log2phy.size()), d_cnt(E);
+  d_ids.Upload(std::vector<int32_t>(ids.begin(), ids.end()), stream);
+  d_l2p.Upload(t.log2phy, stream);
+  d_cnt.Upload(t.logcnt, stream);
+  cudaEvent_t ev;
+  ASSERT_EQ(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  for (int mode : {EPLB_EARLY_LAUNCH_AUTO, EPLB_EARLY_LAUNCH_ON, EPLB_EARLY_LAUNCH_OFF}) {
+    SCOPED_TRACE(mode);
+    EPLB_OK(eplbSetEarlyLaunch(mode));
+    d_out.Fill(0, stream);
+    d_pass.Fill(0, stream);
+    cudaGraph_t g;
+    cudaGraphExec_t x;
+    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    cudaLaunchAttribute attr = {};
+    attr.id = cudaLaunchAttributeProgrammaticEvent;
+    attr.val.programmaticEvent.event = ev;
+    attr.val.programmaticEvent.triggerAtBlockStart = 0;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(1);
+    config.blockDim = dim3(32);
+    config.stream = stream;
+    config.attrs = &attr;
+    config.numAttrs = 1;
+    ASSERT_EQ(cudaLaunchKernelEx(&config, NoopKernel), cudaSuccess);
+    ASSERT_EQ(cudaStreamWaitEvent(stream, ev, 0), cudaSuccess);
+    EPLB_OK(eplbRouteCount(d_ids.get(), EPLB_ID_INT32, T, nullptr, K, d_l2p.get(), d_cnt.get(), E,
+                           P, nullptr, d_out.get(), d_pass.get(), nullptr, stream));
+    EPLB_OK(eplbCount(d_out.get(), EPLB_ID_INT32, T, nullptr, K, P, nullptr, d_pass.get(), nullptr,
+                      stream));
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
+    ASSERT_EQ(cudaGraphInstantiate(&x, g, 0), cudaSuccess);
+    ASSERT_EQ(cudaGraphLaunch(x, stream), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    cudaGraphExecDestroy(x);
+    cudaGraphDestroy(g);
+    EXPECT_EQ(d_out.Download(stream), out_ref);
+    EXPECT_EQ(d_pass.Download(stream), pass_ref);
+  }
+  cudaEventDestroy(ev);
 }
 
 // GPU plan vs host plan (eplbPlanCompute) for one input; both runs on the
