@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <dirent.h>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -682,6 +683,21 @@ TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
   cudaGraphDestroy(graph);
 }
 
+// Captures what `enqueue` puts on `stream` into a graph, runs it once and
+// waits for it.
+void RunCaptured(cudaStream_t stream, const std::function<void()>& enqueue) {
+  cudaGraph_t g;
+  cudaGraphExec_t x;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  enqueue();
+  ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
+  ASSERT_EQ(cudaGraphInstantiate(&x, g, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(x, stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  cudaGraphExecDestroy(x);
+  cudaGraphDestroy(g);
+}
+
 // A slow writer: waits for its own predecessors, spins for spin_ns, then
 // copies n words from src to dst. Launched early (programmatic dependent
 // launch) and letting its dependents launch at once, it is the worst case
@@ -792,20 +808,10 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
         EPLB_OK(eplbWindowUpdate(d_p2l.get(), d_cpass.get(), L, E, P, W, d_win.get(), d_sum.get(),
                                  d_state.get(), stream));
       };
-      if (graph) {
-        cudaGraph_t g;
-        cudaGraphExec_t x;
-        ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+      if (graph)
+        RunCaptured(stream, enqueue);
+      else
         enqueue();
-        ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
-        ASSERT_EQ(cudaGraphInstantiate(&x, g, 0), cudaSuccess);
-        ASSERT_EQ(cudaGraphLaunch(x, stream), cudaSuccess);
-        ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-        cudaGraphExecDestroy(x);
-        cudaGraphDestroy(g);
-      } else {
-        enqueue();
-      }
 
       std::vector<int32_t> out_ref(TK), pass_ref(P, 0), win(W * L * E, 0), state{0, 0};
       std::vector<int64_t> sum(L * E, 0);
@@ -834,6 +840,22 @@ TEST(EarlyLaunch, KernelsSeeTheWritesOfTheKernelBefore) {
 
 __global__ void NoopKernel() {}
 
+// The process's early-launch mode as it was when made, set back when gone
+// (also when an assertion leaves a test early).
+struct SavedEarlyLaunchMode {
+  int mode = EPLB_EARLY_LAUNCH_AUTO;
+  SavedEarlyLaunchMode() { eplbGetEarlyLaunch(&mode); }
+  ~SavedEarlyLaunchMode() { eplbSetEarlyLaunch(mode); }
+};
+
+// The current device's compute capability major version.
+int DeviceMajor() {
+  int device = 0, major = 0;
+  EXPECT_EQ(cudaGetDevice(&device), cudaSuccess);
+  EXPECT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+  return major;
+}
+
 // Which launches eplb makes early, in each mode: in a captured chain of
 // launches, on a device of compute capability 9.0 or more, the edge into
 // eplb's launch is programmatic exactly where (kernels/enqueue.cuh, eplb.h)
@@ -856,9 +878,7 @@ TEST(EarlyLaunch, GraphEdgesFollowTheLaunchShapes) {
   const int from_env = e == "0"   ? EPLB_EARLY_LAUNCH_OFF
                        : e == "1" ? EPLB_EARLY_LAUNCH_ON
                                   : EPLB_EARLY_LAUNCH_AUTO;
-  int device = 0, major = 0;
-  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
-  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+  const int major = DeviceMajor();
   std::mt19937_64 rng(23);
   ScopedStream stream;
   const int32_t E = 64, P = 80, K = 8;
@@ -885,10 +905,7 @@ TEST(EarlyLaunch, GraphEdgesFollowTheLaunchShapes) {
       {kCount, 64, true, true},     {kRoute, 8192, false, true}, {kRoute, 16, true, true},
       {kRoute, 8192, false, true},  {kRoute, 8192, false, true}, {kNoop, 0, false, false},
       {kRoute, 8192, false, true}};
-  struct RestoreSetting {  // also when an assertion leaves the test early
-    int value;
-    ~RestoreSetting() { eplbSetEarlyLaunch(value); }
-  } restore{from_env};
+  const SavedEarlyLaunchMode saved;
   for (int setting : {-1, EPLB_EARLY_LAUNCH_ON, EPLB_EARLY_LAUNCH_OFF, EPLB_EARLY_LAUNCH_AUTO}) {
     SCOPED_TRACE(setting);  // -1: from the environment
     if (setting >= 0) EPLB_OK(eplbSetEarlyLaunch(setting));
@@ -959,16 +976,9 @@ TEST(EarlyLaunch, GraphEdgesFollowTheLaunchShapes) {
 // behind eplb's own early (compute capability 9.0 or more).
 TEST(EarlyLaunch, AutoModeBehindADriverApiKernelKeepsTheCallersErrorState) {
   EPLB_REQUIRE_GPUS(1);
-  int before = 0;
-  EPLB_OK(eplbGetEarlyLaunch(&before));
-  struct RestoreSetting {
-    int value;
-    ~RestoreSetting() { eplbSetEarlyLaunch(value); }
-  } restore{before};
+  const SavedEarlyLaunchMode saved;
   EPLB_OK(eplbSetEarlyLaunch(EPLB_EARLY_LAUNCH_AUTO));
-  int device = 0, major = 0;
-  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
-  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
+  const int major = DeviceMajor();
   cudaFunction_t noop = nullptr;
   ASSERT_EQ(cudaGetFuncBySymbol(&noop, reinterpret_cast<const void*>(NoopKernel)), cudaSuccess);
   void* entry = nullptr;
@@ -1046,16 +1056,8 @@ TEST(EarlyLaunch, AutoModeBehindADriverApiKernelKeepsTheCallersErrorState) {
 // caller; the graph routes and counts as the host reference does.
 TEST(EarlyLaunch, ProgrammaticEdgeInFrontLeavesNoError) {
   EPLB_REQUIRE_GPUS(1);
-  int device = 0, major = 0;
-  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
-  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), cudaSuccess);
-  if (major < 9) GTEST_SKIP() << "programmatic events need compute capability 9.0";
-  int before = 0;
-  EPLB_OK(eplbGetEarlyLaunch(&before));
-  struct RestoreSetting {
-    int value;
-    ~RestoreSetting() { eplbSetEarlyLaunch(value); }
-  } restore{before};
+  if (DeviceMajor() < 9) GTEST_SKIP() << "programmatic events need compute capability 9.0";
+  const SavedEarlyLaunchMode saved;
   std::mt19937_64 rng(31);
   ScopedStream stream;
   const int32_t E = 64, P = 80, K = 8, T = 64;
@@ -1081,32 +1083,25 @@ TEST(EarlyLaunch, ProgrammaticEdgeInFrontLeavesNoError) {
     EPLB_OK(eplbSetEarlyLaunch(mode));
     d_out.Fill(0, stream);
     d_pass.Fill(0, stream);
-    cudaGraph_t g;
-    cudaGraphExec_t x;
-    ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-    cudaLaunchAttribute attr = {};
-    attr.id = cudaLaunchAttributeProgrammaticEvent;
-    attr.val.programmaticEvent.event = ev;
-    attr.val.programmaticEvent.triggerAtBlockStart = 0;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(1);
-    config.blockDim = dim3(32);
-    config.stream = stream;
-    config.attrs = &attr;
-    config.numAttrs = 1;
-    ASSERT_EQ(cudaLaunchKernelEx(&config, NoopKernel), cudaSuccess);
-    ASSERT_EQ(cudaStreamWaitEvent(stream, ev, 0), cudaSuccess);
-    EPLB_OK(eplbRouteCount(d_ids.get(), EPLB_ID_INT32, T, nullptr, K, d_l2p.get(), d_cnt.get(), E,
-                           P, nullptr, d_out.get(), d_pass.get(), nullptr, stream));
-    EPLB_OK(eplbCount(d_out.get(), EPLB_ID_INT32, T, nullptr, K, P, nullptr, d_pass.get(), nullptr,
-                      stream));
-    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
-    ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
-    ASSERT_EQ(cudaGraphInstantiate(&x, g, 0), cudaSuccess);
-    ASSERT_EQ(cudaGraphLaunch(x, stream), cudaSuccess);
-    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-    cudaGraphExecDestroy(x);
-    cudaGraphDestroy(g);
+    RunCaptured(stream, [&] {
+      cudaLaunchAttribute attr = {};
+      attr.id = cudaLaunchAttributeProgrammaticEvent;
+      attr.val.programmaticEvent.event = ev;
+      attr.val.programmaticEvent.triggerAtBlockStart = 0;
+      cudaLaunchConfig_t config = {};
+      config.gridDim = dim3(1);
+      config.blockDim = dim3(32);
+      config.stream = stream;
+      config.attrs = &attr;
+      config.numAttrs = 1;
+      ASSERT_EQ(cudaLaunchKernelEx(&config, NoopKernel), cudaSuccess);
+      ASSERT_EQ(cudaStreamWaitEvent(stream, ev, 0), cudaSuccess);
+      EPLB_OK(eplbRouteCount(d_ids.get(), EPLB_ID_INT32, T, nullptr, K, d_l2p.get(), d_cnt.get(), E,
+                             P, nullptr, d_out.get(), d_pass.get(), nullptr, stream));
+      EPLB_OK(eplbCount(d_out.get(), EPLB_ID_INT32, T, nullptr, K, P, nullptr, d_pass.get(),
+                        nullptr, stream));
+      EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    });
     EXPECT_EQ(d_out.Download(stream), out_ref);
     EXPECT_EQ(d_pass.Download(stream), pass_ref);
   }
