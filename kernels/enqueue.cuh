@@ -87,7 +87,8 @@ inline bool DeviceRunsEarly(const void* kernel) {
   return on;
 }
 
-// When a launch shape of eplb's may be launched early.
+// When a launch shape of eplb's may be launched early. The kernels of
+// every shape but kNever call GridDependentsLaunch() right after their wait.
 enum class EarlyShape {
   kNever,
   // Per the mode (EnqueueKernelEarly): where the mode is on, or auto and
@@ -99,31 +100,40 @@ enum class EarlyShape {
   kBehindEplb,
 };
 
-// Whether `stream` is being captured (into *capturing) and every node the
-// next captured node will depend on is one of eplb's kernels that let the
-// next launch start (noted by EnqueueKernelEarly as it captured them). It
-// queries the capture alone, never a node: a query of a node that the
-// caller captured (a driver-API kernel, say) may fail, and its error would
-// be left for the caller's next cudaGetLastError.
-// The edge data is asked for too: without it the query fails
-// (cudaErrorLossyQuery) where a dependency's edge is not a default one (the
-// caller's programmatic event, say), and leaves that error for the caller.
-// Behind such an edge the launch is normal.
-inline bool FollowsTriggeringNodes(cudaStream_t stream, bool* capturing) {
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  unsigned long long capture_id = 0;
-  const cudaGraphNode_t* deps = nullptr;
+// What the next node captured on a stream will depend on
+// (cudaStreamGetCaptureInfo); `active` false where the stream is not being
+// captured or the query fails. The query never touches a node: one of a
+// node that the caller captured (a driver-API kernel, say) may fail, and
+// its error would be left for the caller's next cudaGetLastError. The edge
+// data is asked for too: without it the query fails (cudaErrorLossyQuery,
+// left for the caller likewise) where a dependency's edge is not a default
+// one (the caller's programmatic event, say).
+struct CaptureDeps {
+  bool active = false;
+  unsigned long long id = 0;
+  const cudaGraphNode_t* nodes = nullptr;
   const cudaGraphEdgeData* edges = nullptr;
-  size_t num_deps = 0;
-  *capturing = cudaStreamGetCaptureInfo(stream, &status, &capture_id, nullptr, &deps, &edges,
-                                        &num_deps) == cudaSuccess &&
-               status == cudaStreamCaptureStatusActive;
-  if (!*capturing || num_deps == 0 || deps == nullptr) return false;
-  for (size_t i = 0; i < num_deps; ++i) {
-    if (edges != nullptr && (edges[i].type != cudaGraphDependencyTypeDefault ||
-                             edges[i].from_port != 0 || edges[i].to_port != 0))
+  size_t count = 0;
+};
+inline CaptureDeps QueryCaptureDeps(cudaStream_t stream) {
+  CaptureDeps c;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  c.active = cudaStreamGetCaptureInfo(stream, &status, &c.id, nullptr, &c.nodes, &c.edges,
+                                      &c.count) == cudaSuccess &&
+             status == cudaStreamCaptureStatusActive && (c.count == 0 || c.nodes != nullptr);
+  return c;
+}
+
+// Whether every node of `c` is one of eplb's kernels that let the next
+// launch start (noted by EnqueueKernelEarly as it captured them), each
+// behind a default edge.
+inline bool FollowsTriggeringNodes(const CaptureDeps& c) {
+  if (!c.active || c.count == 0) return false;
+  for (size_t i = 0; i < c.count; ++i) {
+    if (c.edges != nullptr && (c.edges[i].type != cudaGraphDependencyTypeDefault ||
+                               c.edges[i].from_port != 0 || c.edges[i].to_port != 0))
       return false;
-    if (!kernels::IsTriggeringNode(capture_id, deps[i])) return false;
+    if (!kernels::IsTriggeringNode(c.id, c.nodes[i])) return false;
   }
   return true;
 }
@@ -150,42 +160,34 @@ cudaError_t EnqueueKernelPdl(bool pdl, void (*kernel)(Params...), dim3 grid, dim
 }
 
 // eplb's launches of the kernels written for early launch (GridDependencyWait()
-// before any global memory access). Early never with the mode off
-// (EPLB_PDL=0, eplbSetEarlyLaunch(0)) or where the device or the code is
-// below 9.0 (DeviceRunsEarly); with it on (EPLB_PDL=1), always for kByMode
-// shapes; in the default auto mode (and for kBehindEplb shapes), only while
-// `stream` is being captured right behind eplb kernels that let it start
-// (FollowsTriggeringNodes), e.g. route+count after route+count in a decode
-// step's graph. After any other kernel, whose end a kernel launched early
-// can only wait for, an early launch was 0.1-0.2 us slower than a normal
-// one (figures above); outside capture eplb cannot see what the kernel
-// before it is. `triggers`: the kernel calls GridDependentsLaunch(); when
-// captured, its node is noted (kernels::NoteTriggeringNode).
+// before any global memory access). Early never for kNever shapes, with the
+// mode off (EPLB_PDL=0, eplbSetEarlyLaunch(0)) or where the device or the
+// code is below 9.0 (DeviceRunsEarly); with it on (EPLB_PDL=1), always for
+// kByMode shapes; in the default auto mode (and for kBehindEplb shapes),
+// only while `stream` is being captured right behind eplb kernels that let
+// it start (FollowsTriggeringNodes), e.g. route+count after route+count in
+// a decode step's graph. After any other kernel, whose end a kernel
+// launched early can only wait for, an early launch was 0.1-0.2 us slower
+// than a normal one (figures above); outside capture eplb cannot see what
+// the kernel before it is. A captured launch of a shape other than kNever
+// has its node noted (kernels::NoteTriggeringNode).
 template <typename... Params, typename... Args>
-cudaError_t EnqueueKernelEarly(EarlyShape shape, bool triggers, void (*kernel)(Params...),
-                               dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream,
-                               Args&&... args) {
-  const void* fn = reinterpret_cast<const void*>(kernel);
+cudaError_t EnqueueKernelEarly(EarlyShape shape, void (*kernel)(Params...), dim3 grid, dim3 block,
+                               size_t smem_bytes, cudaStream_t stream, Args&&... args) {
   const int mode = kernels::EarlyLaunchMode();
-  bool early = false, capturing = false;
-  if (mode != kernels::kEarlyLaunchOff && (shape != EarlyShape::kNever || triggers) &&
-      DeviceRunsEarly(fn)) {
-    const bool behind_eplb = FollowsTriggeringNodes(stream, &capturing);
-    early = shape != EarlyShape::kNever &&
-            ((mode == kernels::kEarlyLaunchOn && shape == EarlyShape::kByMode) || behind_eplb);
-  }
+  if (shape == EarlyShape::kNever || mode == kernels::kEarlyLaunchOff ||
+      !DeviceRunsEarly(reinterpret_cast<const void*>(kernel)))
+    return EnqueueKernelPdl(false, kernel, grid, block, smem_bytes, stream,
+                            std::forward<Args>(args)...);
+  const CaptureDeps before = QueryCaptureDeps(stream);
+  const bool early = (mode == kernels::kEarlyLaunchOn && shape == EarlyShape::kByMode) ||
+                     FollowsTriggeringNodes(before);
   const cudaError_t err =
       EnqueueKernelPdl(early, kernel, grid, block, smem_bytes, stream, std::forward<Args>(args)...);
-  if (err == cudaSuccess && triggers && capturing) {
-    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    unsigned long long capture_id = 0;
-    const cudaGraphNode_t* deps = nullptr;
-    const cudaGraphEdgeData* edges = nullptr;  // asked for: see FollowsTriggeringNodes
-    size_t num_deps = 0;
-    if (cudaStreamGetCaptureInfo(stream, &status, &capture_id, nullptr, &deps, &edges, &num_deps) ==
-            cudaSuccess &&
-        status == cudaStreamCaptureStatusActive && num_deps == 1 && deps != nullptr)
-      kernels::NoteTriggeringNode(capture_id, deps[0]);  // the node this launch added
+  if (err == cudaSuccess && before.active) {
+    const CaptureDeps after = QueryCaptureDeps(stream);
+    if (after.active && after.count == 1)
+      kernels::NoteTriggeringNode(after.id, after.nodes[0]);  // the node this launch added
   }
   return err;
 }

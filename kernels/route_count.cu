@@ -65,11 +65,10 @@ constexpr int kSegWarps = 8;
 // trash ints) now fit the mid shape's 48 KB where they took the segment
 // kernel before.
 //
-// Programmatic dependent launch (enqueue.cuh) adds three choices: whether the
+// Programmatic dependent launch (enqueue.cuh) adds two choices: whether the
 // blocks zero their shared memory (EplbBlockRouteZero) before
-// GridDependencyWait(), whether they call GridDependentsLaunch() right after
-// it, and whether the shape is launched early at all (under EPLB_PDL=1, or in
-// the auto mode behind kernels that call it). Same-run A/B on an H200, us
+// GridDependencyWait(), and when the shape is launched early (EarlyShape).
+// Every shape calls GridDependentsLaunch() right after the wait. Same-run A/B on an H200, us
 // over an empty kernel at 64 / 512 / 1024 / 8192 tokens x top-8, in graphs of
 // 64 launches, each after the last: launched early with the wait first thing
 // 0.87 / 1.49 / 1.52 / 2.82 -> 0.63 / 1.25 / 1.27 / 2.35; also letting the
@@ -88,16 +87,16 @@ constexpr int kSegWarps = 8;
 struct SubShape {
   int warps, pre;
   bool aggregate, stage;
-  bool zero_first, trigger;
+  bool zero_first;
   EarlyShape early;
 };
 constexpr EarlyShape kByMode = EarlyShape::kByMode, kBehindEplb = EarlyShape::kBehindEplb;
-// {warps, pre, aggregate, stage, zero_first, trigger, early}:
+// {warps, pre, aggregate, stage, zero_first, early}:
 constexpr uint32_t kSmallSubItems = 512;
-constexpr SubShape kSmallSub = {4, kSmallSubItems / 128 - 1, false, false, false, true, kByMode};
+constexpr SubShape kSmallSub = {4, kSmallSubItems / 128 - 1, false, false, false, kByMode};
 constexpr uint32_t kMidSubItems = 8192;
-constexpr SubShape kMidSub = {8, kRouteTileItems / 256 - 1, true, false, true, true, kByMode};
-constexpr SubShape kSub = {16, kRouteTileItems / 512 - 1, true, true, false, true, kBehindEplb};
+constexpr SubShape kMidSub = {8, kRouteTileItems / 256 - 1, true, false, true, kByMode};
+constexpr SubShape kSub = {16, kRouteTileItems / 512 - 1, true, true, false, kBehindEplb};
 // EplbBlockRoute zeroes (and, staging, stages) up to its kMaxExperts
 // experts, kMaxExperts / threads per thread: fewer where E is small (one
 // staged expert per thread of a 512-item block instead of two: 0.1-0.2 us
@@ -275,7 +274,7 @@ __global__ void __launch_bounds__(kSegWarps * 32, 4)
 // which the compiler may move above GridDependencyWait() (a stale logcnt
 // read so failed test EarlyLaunch.KernelsSeeTheWritesOfTheKernelBefore).
 template <typename IdT, int kWarps, int kEarlier, int kMaxExperts, bool kAggregate, bool kStage,
-          bool kZeroFirst, bool kTrigger>
+          bool kZeroFirst>
 __global__ void __launch_bounds__(32 * kWarps)
     RouteSubKernel(const IdT* ids, uint32_t cap_items, int64_t num_tokens,
                    const int32_t* d_num_tokens, int32_t top_k, const int32_t* log2phy,
@@ -300,7 +299,7 @@ __global__ void __launch_bounds__(32 * kWarps)
     __syncthreads();
   }
   GridDependencyWait();  // nothing in global memory before this (enqueue.cuh)
-  if constexpr (kTrigger) GridDependentsLaunch();
+  GridDependentsLaunch();
   // Without staging the item's table loads wait for its id: load it first,
   // at a clamped index (ptxas had put it behind the wait for the valid
   // count). The staging shape keeps the order that measured faster there.
@@ -753,9 +752,9 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
       constexpr int kFewE = kShape.warps * 32 >= 512 ? 512 : 256;
       return num_logical_experts <= kFewE
                  ? RouteSubKernel<IdT, kShape.warps, kPre, kFewE, kShape.aggregate, kShape.stage,
-                                  kShape.zero_first, kShape.trigger>
+                                  kShape.zero_first>
                  : RouteSubKernel<IdT, kShape.warps, kPre, 1024, kShape.aggregate, kShape.stage,
-                                  kShape.zero_first, kShape.trigger>;
+                                  kShape.zero_first>;
     };
     auto k = kernel(std::integral_constant<int, kShape.pre>{});
     // A small launch of one block has no ids before it: a kernel without
@@ -766,10 +765,10 @@ cudaError_t LaunchRouteCount(const void* topk_logical, bool ids64, int64_t num_t
     // 513 items).
     if constexpr (kShapeIndex == 0)
       if (grid.y == 1) k = kernel(std::integral_constant<int, 0>{});
-    sub_err = EnqueueKernelEarly(kShape.early, kShape.trigger, k, grid, dim3(kItems), smem, stream,
-                                 ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device,
-                                 top_k, log2phy, logcnt, num_logical_experts, num_physical_experts,
-                                 record, topk_physical, load_pass, invalid_count,
+    sub_err = EnqueueKernelEarly(kShape.early, k, grid, dim3(kItems), smem, stream, ids,
+                                 static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k,
+                                 log2phy, logcnt, num_logical_experts, num_physical_experts, record,
+                                 topk_physical, load_pass, invalid_count,
                                  static_cast<uint32_t>(seg_items));
     return true;
   };
@@ -811,7 +810,7 @@ cudaError_t LaunchCount(const void* topk_physical, bool ids64, int64_t num_token
       constexpr int64_t kPerBlock = int64_t{kT} * kV;
       const int64_t needed = (groups + kPerBlock - 1) / kPerBlock;
       return EnqueueKernelEarly(
-          kV == 1 ? EarlyShape::kByMode : EarlyShape::kNever, kV == 1, CountKernel<IdT, kT, kV>,
+          kV == 1 ? EarlyShape::kByMode : EarlyShape::kNever, CountKernel<IdT, kT, kV>,
           dim3(static_cast<unsigned>(needed < max_blocks ? needed : max_blocks)), dim3(kT), smem,
           stream, ids, static_cast<uint32_t>(cap), num_tokens, num_tokens_device, top_k,
           num_physical_experts, record, load_pass, invalid_count);
