@@ -101,6 +101,20 @@ struct Ctx {
     return t;
   }
   // Mean seconds of `op`, timed in the benchmark loop (its time is the
+  // iteration's), after `warm` untimed runs.
+  double LoopMean(benchmark::State& state, const std::function<void()>& op, int warm) {
+    for (int i = 0; i < warm; ++i) op();
+    double total = 0;
+    int64_t iters = 0;
+    for (auto _ : state) {
+      const double t = Time(op);
+      state.SetIterationTime(t);
+      total += t;
+      ++iters;
+    }
+    return total / iters;
+  }
+  // Mean seconds of `op`, timed in the benchmark loop (its time is the
   // iteration's), and of `baseline`, timed right after each op, so that
   // clock and thermal drift hit both alike.
   std::pair<double, double> TimeWithBaseline(benchmark::State& state,
@@ -155,9 +169,10 @@ void ModeCounters(benchmark::State& state, const char* name, const std::vector<d
 }
 
 void Ctx::GraphPerLaunch(benchmark::State& state, int reps, const std::function<void()>& enqueue) {
-  cudaGraphExec_t gx = Capture([&] {
+  auto all = [&] {
     for (int i = 0; i < reps; ++i) enqueue();
-  });
+  };
+  cudaGraphExec_t gx = Capture(all);
   cudaGraphExec_t ge = Capture([&] {
     for (int i = 0; i < reps; ++i) EmptyKernel<<<1, 32, 0, stream>>>();
   });
@@ -167,21 +182,10 @@ void Ctx::GraphPerLaunch(benchmark::State& state, int reps, const std::function<
   });
   const double t_empty = Mean([&] { CK(cudaGraphLaunch(ge, stream)); }, 50);
   const double t_empty_pdl = Mean([&] { CK(cudaGraphLaunch(gp, stream)); }, 50);
-  const std::vector<double> t_mode = MeanPerMode(
-      [&] {
-        for (int i = 0; i < reps; ++i) enqueue();
-      },
-      30);
-  Mean([&] { CK(cudaGraphLaunch(gx, stream)); }, 3);
-  double total = 0;
-  int64_t iters = 0;
-  for (auto _ : state) {
-    const double t = Time([&] { CK(cudaGraphLaunch(gx, stream)); });
-    state.SetIterationTime(t);  // one iteration = one graph of `reps` launches
-    total += t;
-    ++iters;
-  }
-  const double t_op = total / iters;
+  const std::vector<double> t_mode = MeanPerMode(all, 30);
+  // One iteration = one graph of `reps` launches.
+  const double t_op = LoopMean(
+      state, [&] { CK(cudaGraphLaunch(gx, stream)); }, 4);
   state.counters["us_per_launch"] = t_op / reps * 1e6;
   state.counters["us_empty_launch"] = t_empty / reps * 1e6;
   state.counters["us_over_empty"] = (t_op - t_empty) / reps * 1e6;
@@ -430,18 +434,11 @@ void BM_DecodeStepGraph(benchmark::State& state) {
   cudaGraphExec_t gr = c.Capture([&] { enqueue(false); }), ge = c.Capture([&] { enqueue(true); });
   const double t_empty = c.Mean([&] { CK(cudaGraphLaunch(ge, c.stream)); }, 50);
   const std::vector<double> t_mode = c.MeanPerMode([&] { enqueue(false); }, 30);
-  c.Mean([&] { CK(cudaGraphLaunch(gr, c.stream)); }, 3);
-  double total = 0;
-  int64_t iters = 0;
-  for (auto _ : state) {
-    const double t = c.Time([&] { CK(cudaGraphLaunch(gr, c.stream)); });
-    state.SetIterationTime(t);
-    total += t;
-    ++iters;
-  }
-  state.counters["us_step"] = total / iters * 1e6;
+  const double t_step = c.LoopMean(
+      state, [&] { CK(cudaGraphLaunch(gr, c.stream)); }, 4);
+  state.counters["us_step"] = t_step * 1e6;
   state.counters["us_empty59"] = t_empty * 1e6;
-  state.counters["ratio_vs_empty"] = (total / iters) / t_empty;
+  state.counters["ratio_vs_empty"] = t_step / t_empty;
   ModeCounters(state, "us_step", t_mode, 0, 1e6);
   state.counters["mode"] = EarlyLaunchMode();
   cudaGraphExecDestroy(gr);
@@ -530,16 +527,8 @@ void BM_FusedRouteDecodeGraph(benchmark::State& state) {
   for (int m = 0; m < 7; ++m) gx[m] = capture(m);
   double t[7];
   for (int m : {0, 1, 2, 4, 5, 6}) t[m] = c.Mean([&] { CK(cudaGraphLaunch(gx[m], c.stream)); }, 30);
-  c.Mean([&] { CK(cudaGraphLaunch(gx[3], c.stream)); }, 3);
-  double total = 0;
-  int64_t iters = 0;
-  for (auto _ : state) {
-    const double ti = c.Time([&] { CK(cudaGraphLaunch(gx[3], c.stream)); });
-    state.SetIterationTime(ti);
-    total += ti;
-    ++iters;
-  }
-  t[3] = total / iters;
+  t[3] = c.LoopMean(
+      state, [&] { CK(cudaGraphLaunch(gx[3], c.stream)); }, 4);
   const double us = 1e6 / reps;
   state.counters["us_engine"] = t[2] * us;
   state.counters["us_block_fused_over_engine"] = (t[3] - t[2]) * us;
@@ -594,18 +583,10 @@ void BM_Window(benchmark::State& state) {
     if (which == 2) EK(eplbWindowReduce(d_win, W, L, E, d_out, c.stream));
   };
   const double t_empty = c.Mean([&] { EmptyKernel<<<1, 32, 0, c.stream>>>(); }, 50);
-  op();
-  double total = 0;
-  int64_t iters = 0;
-  for (auto _ : state) {
-    const double t = c.Time(op);
-    state.SetIterationTime(t);
-    total += t;
-    ++iters;
-  }
-  state.counters["us"] = total / iters * 1e6;
+  const double t_op = c.LoopMean(state, op, 1);
+  state.counters["us"] = t_op * 1e6;
   state.counters["us_empty_kernel"] = t_empty * 1e6;
-  if (which == 2) state.counters["ring_GBps"] = 4.0 * W * L * E / (total / iters) * 1e-9;
+  if (which == 2) state.counters["ring_GBps"] = 4.0 * W * L * E / t_op * 1e-9;
   for (void* p :
        {(void*)d_p2l, (void*)d_pass, (void*)d_win, (void*)d_state, (void*)d_sum, (void*)d_out})
     cudaFree(p);
@@ -660,20 +641,12 @@ void BM_PlanGpu(benchmark::State& state) {
   auto op = [&] {
     EK(eplbPlanComputeGpu(&cfg, d_load, d_old, d_p2l, d_cnt, d_l2p, d_ws, ws, c.stream));
   };
-  op();
-  double total = 0;
-  int64_t iters = 0;
-  for (auto _ : state) {
-    const double t = c.Time(op);
-    state.SetIterationTime(t);
-    total += t;
-    ++iters;
-  }
+  const double t_gpu = c.LoopMean(state, op, 1);
   std::vector<int32_t> g_p2l(h_p2l.size());
   CK(cudaMemcpy(g_p2l.data(), d_p2l, g_p2l.size() * 4, cudaMemcpyDeviceToHost));
-  state.counters["us_gpu"] = total / iters * 1e6;
+  state.counters["us_gpu"] = t_gpu * 1e6;
   state.counters["us_host"] = t_host * 1e6;
-  state.counters["host_over_gpu"] = t_host / (total / iters);
+  state.counters["host_over_gpu"] = t_host / t_gpu;
   state.counters["bit_equal"] = g_p2l == h_p2l ? 1 : 0;
   for (void* p : {d_ws, (void*)d_load, (void*)d_old, (void*)d_p2l, (void*)d_cnt, (void*)d_l2p})
     cudaFree(p);
