@@ -4,7 +4,9 @@
 # and every benchmark. Usage, from the repository root of a GPU machine:
 #   bash scripts/gpu_check.sh [OUTDIR]
 # Needs the shared data copied to .data/ (conformance/, traces/) or
-# EPLB_DATA_DIR set. Writes six logs to OUTDIR and prints a summary.
+# EPLB_DATA_DIR set. Writes six logs to OUTDIR and prints a summary. Exits
+# non-zero when a test, benchmark, sanitizer run or the demo fails, or a
+# step is skipped for the deadline.
 # EPLB_CHECK_STEPS picks steps (default: all of host gpu multigpu demo bench
 # sanitizer), e.g. EPLB_CHECK_STEPS="gpu multigpu" for a quick re-check.
 set -uo pipefail
@@ -24,7 +26,8 @@ t0=$(date +%s)
 deadline=${EPLB_CHECK_SECONDS:-560}  # the device tool's call limit is 600 s
 left() { echo $((deadline - ($(date +%s) - t0))); }
 budget() { local l; l=$(left); echo $((l < $1 ? l : $1)); }  # min(left, cap)
-fits() { [ "$(left)" -ge "$1" ] || { echo "skipped $2: deadline" | tee -a "$sum"; return 1; }; }
+# A step skipped for the deadline fails the run too (rc is set below).
+fits() { [ "$(left)" -ge "$1" ] || { echo "skipped $2: deadline" | tee -a "$sum"; rc=1; return 1; }; }
 cmake -S . -B build-gpu -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90 >"$out/build.log" 2>&1 &&
   cmake --build build-gpu >>"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
 echo "build: $(($(date +%s) - t0)) s" | tee -a "$sum"
@@ -53,7 +56,9 @@ want multigpu && [ "$ngpu" -ge 4 ] && run_ctest multigpu 0,1,2,3
 # The README's main job on all GPUs.
 if want demo; then
   CUDA_VISIBLE_DEVICES=$all timeout $(budget 150) build-gpu/eplb demo >"$out/demo.txt" 2>&1
-  echo "demo: rc=$?" | tee -a "$sum"
+  drc=$?
+  echo "demo: rc=$drc" | tee -a "$sum"
+  [ $drc -eq 0 ] || rc=1
 fi
 
 # Benchmarks (each measures its own baseline and reports the ratio), the
@@ -66,7 +71,9 @@ bench() {  # name devices [env assignments...]
   echo "===== bench_$n on GPUs $devs $*" >>"$out/bench.txt"
   env CUDA_VISIBLE_DEVICES=$devs "$@" timeout $(budget 120) "$b" --benchmark_min_time=0.1s \
     --benchmark_counters_tabular=true >>"$out/bench.txt" 2>&1
-  echo "bench_$n on GPUs $devs $*: rc=$?" | tee -a "$sum"
+  local brc=$?
+  echo "bench_$n on GPUs $devs $*: rc=$brc" | tee -a "$sum"
+  [ $brc -eq 0 ] || rc=1
 }
 bench state "$all"
 # Its decode graphs are captured in each early-launch mode (off / on /
@@ -91,13 +98,16 @@ for t in build-gpu/tests/gpu_*; do
   CUDA_VISIBLE_DEVICES=0 timeout $(budget 200) compute-sanitizer --tool memcheck --report-api-errors no \
     --error-exitcode 9 "$t" >"$out/sanitizer_tmp.log" 2>&1
   mrc=$?
+  [ $mrc -eq 0 ] || rc=1
   cat "$out/sanitizer_tmp.log" >>"$out/sanitizer.log"
   echo "memcheck $(basename "$t"): rc=$mrc; $(grep 'ERROR SUMMARY' "$out/sanitizer_tmp.log")" | tee -a "$sum"
   rm -f "$out/sanitizer_tmp.log"
   fits 30 "racecheck $(basename "$t")" || continue
   CUDA_VISIBLE_DEVICES=0 timeout $(budget 120) compute-sanitizer --tool racecheck --error-exitcode 9 "$t" \
     --gtest_filter='RouteCount.Adversarial:Count.*:Window.*:Graph.*:EarlyLaunch.*:DeviceFunctions.*' >>"$out/sanitizer.log" 2>&1
-  echo "racecheck $(basename "$t"): rc=$?" | tee -a "$sum"
+  mrc=$?
+  [ $mrc -eq 0 ] || rc=1
+  echo "racecheck $(basename "$t"): rc=$mrc" | tee -a "$sum"
   # The kernels launched early (EPLB_PDL=1): the suites that run them.
   [ "$(basename "$t")" = gpu_kernels ] || continue
   fits 60 "memcheck gpu_kernels EPLB_PDL=1" || continue
@@ -106,6 +116,7 @@ for t in build-gpu/tests/gpu_*; do
     --report-api-errors no --error-exitcode 9 "$t" --gtest_filter="$pdl_tests" \
     >"$out/sanitizer_tmp.log" 2>&1
   mrc=$?
+  [ $mrc -eq 0 ] || rc=1
   cat "$out/sanitizer_tmp.log" >>"$out/sanitizer.log"
   summary=$(grep 'ERROR SUMMARY' "$out/sanitizer_tmp.log")
   echo "memcheck gpu_kernels EPLB_PDL=1: rc=$mrc; $summary" | tee -a "$sum"
@@ -113,7 +124,9 @@ for t in build-gpu/tests/gpu_*; do
   fits 30 "racecheck gpu_kernels EPLB_PDL=1" || continue
   CUDA_VISIBLE_DEVICES=0 EPLB_PDL=1 timeout $(budget 120) compute-sanitizer --tool racecheck \
     --error-exitcode 9 "$t" --gtest_filter="$pdl_tests" >>"$out/sanitizer.log" 2>&1
-  echo "racecheck gpu_kernels EPLB_PDL=1: rc=$?" | tee -a "$sum"
+  mrc=$?
+  [ $mrc -eq 0 ] || rc=1
+  echo "racecheck gpu_kernels EPLB_PDL=1: rc=$mrc" | tee -a "$sum"
 done
 
 echo "total: $(($(date +%s) - t0)) s, rc=$rc" | tee -a "$sum"

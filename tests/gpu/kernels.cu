@@ -410,6 +410,42 @@ TEST(RouteCount, BrokenTablesMatchReference) {
   CheckRoute(ids, 4096, 8, t, true, kAll, true);
 }
 
+// A load-aware table for one layer: each of the P - E redundant slots goes
+// to the expert with the most of `ids` per replica (ties: the lower id), as
+// a planner that saw this batch would place them; slots shuffled.
+Table LoadAwareTable(std::mt19937_64& rng, const int32_t* ids, size_t n, int32_t E, int32_t P) {
+  std::vector<int64_t> load(static_cast<size_t>(E), 0);
+  for (size_t i = 0; i < n; ++i) ++load[static_cast<size_t>(ids[i])];
+  std::vector<int32_t> cnt(static_cast<size_t>(E), 1);
+  Table t;
+  t.E = E;
+  t.P = P;
+  for (int32_t e = 0; e < E; ++e) t.phy2log.push_back(e);
+  for (int32_t r = E; r < P; ++r) {
+    int32_t best = 0;
+    for (int32_t e = 1; e < E; ++e)
+      if (load[e] * cnt[best] > load[best] * cnt[e]) best = e;
+    ++cnt[best];
+    t.phy2log.push_back(best);
+  }
+  std::shuffle(t.phy2log.begin(), t.phy2log.end(), rng);
+  const int32_t R1 = P - E + 1;
+  t.log2phy.assign(static_cast<size_t>(E) * R1, -1);
+  t.logcnt.assign(static_cast<size_t>(E), 0);
+  for (int32_t p = 0; p < P; ++p) {
+    const int32_t e = t.phy2log[p];
+    t.log2phy[static_cast<size_t>(e) * R1 + t.logcnt[e]++] = p;
+  }
+  return t;
+}
+
+// The real routing: every layer of every prompt through route+count (both id
+// types; a random and a load-aware table; all tokens, or a device count of
+// half of them with the record flag off on some layers), each layer twice;
+// then, per prompt, the pipeline on the device: route+count of all 26
+// layers, count-only over the device's own physical ids (it must count what
+// route+count counted), one window update of all layers; twice, each equal
+// to its reference.
 TEST(RouteCount, RealTrace) {
   EPLB_REQUIRE_GPUS(1);
   EPLB_REQUIRE_DATA_PATH(dir, "traces/deepseek-v2-lite/topk");
@@ -424,14 +460,80 @@ TEST(RouteCount, RealTrace) {
   closedir(d);
   std::sort(files.begin(), files.end());
   ASSERT_EQ(files.size(), 20u);
+  ScopedStream stream;
   for (const std::string& f : files) {
     SCOPED_TRACE(f);
     const eplb::TopkTrace tr = eplb::ReadTopkTrace(dir + "/" + f);
-    const Table t = RandomTable(rng, tr.num_experts, tr.num_experts + 16);
-    for (int32_t l = 0; l < tr.num_layers; l += 5) {
+    const int32_t L = tr.num_layers, E = tr.num_experts, P = E + 16, K = tr.top_k, W = 2;
+    const int64_t T = tr.num_tokens;
+    const size_t TK = static_cast<size_t>(T * K);
+    const Table random = RandomTable(rng, E, P);
+    std::vector<Table> aware;
+    for (int32_t l = 0; l < L; ++l) {
+      SCOPED_TRACE(l);
       const int32_t* p = tr.layer(l);
-      std::vector<int64_t> ids(p, p + tr.num_tokens * tr.top_k);
-      CheckRoute(ids, tr.num_tokens, tr.top_k, t, (l % 2) == 0, kAll, true);
+      aware.push_back(LoadAwareTable(rng, p, TK, E, P));
+      const std::vector<int64_t> ids(p, p + TK);
+      CheckRoute(ids, T, K, (l % 2) ? aware[l] : random, (l % 4) < 2, (l % 3) ? kAll : T / 2,
+                 (l % 5) != 4);
+    }
+    // The pipeline with the load-aware tables.
+    const int32_t R1 = P - E + 1;
+    std::vector<int32_t> phy2log, log2phy, logcnt, h_ids(tr.ids.begin(), tr.ids.end());
+    for (const Table& t : aware) {
+      phy2log.insert(phy2log.end(), t.phy2log.begin(), t.phy2log.end());
+      log2phy.insert(log2phy.end(), t.log2phy.begin(), t.log2phy.end());
+      logcnt.insert(logcnt.end(), t.logcnt.begin(), t.logcnt.end());
+    }
+    ASSERT_EQ(h_ids.size(), TK * L);
+    std::vector<int32_t> out_ref(TK * L), pass_ref(static_cast<size_t>(L) * P, 0);
+    uint64_t inv_ref = 0;
+    for (int32_t l = 0; l < L; ++l) {
+      const std::vector<int64_t> ids(h_ids.begin() + TK * l, h_ids.begin() + TK * (l + 1));
+      eplb::RouteCountRef(ids, T, T, K, aware[l].log2phy.data(), aware[l].logcnt.data(), E, P, true,
+                          out_ref.data() + TK * l, pass_ref.data() + static_cast<size_t>(l) * P,
+                          &inv_ref);
+    }
+    EXPECT_EQ(inv_ref, 0u);
+    std::vector<int32_t> win_ref(static_cast<size_t>(W) * L * E, 0), state_ref{0, 0};
+    std::vector<int64_t> sum_ref(static_cast<size_t>(L) * E, 0);
+    std::vector<int32_t> counted_ref = pass_ref;
+    eplb::WindowUpdateRef(phy2log.data(), pass_ref.data(), L, E, P, W, win_ref.data(),
+                          sum_ref.data(), state_ref.data());
+    DeviceBuffer<int32_t> d_ids(h_ids.size()), d_out(h_ids.size()), d_p2l(phy2log.size()),
+        d_l2p(log2phy.size()), d_cnt(logcnt.size()), d_pass(pass_ref.size()),
+        d_pass2(pass_ref.size()), d_win(win_ref.size()), d_state(2);
+    DeviceBuffer<int64_t> d_sum(sum_ref.size());
+    DeviceBuffer<unsigned long long> d_inv(1);
+    d_ids.Upload(h_ids, stream);
+    d_p2l.Upload(phy2log, stream);
+    d_l2p.Upload(log2phy, stream);
+    d_cnt.Upload(logcnt, stream);
+    for (int run = 0; run < 2; ++run) {
+      SCOPED_TRACE(run);
+      for (auto* b : {&d_pass, &d_pass2, &d_win, &d_state}) b->Fill(0, stream);
+      d_out.Fill(0x5a, stream);
+      d_sum.Fill(0, stream);
+      d_inv.Fill(0, stream);
+      for (int32_t l = 0; l < L; ++l) {
+        EPLB_OK(eplbRouteCount(d_ids.get() + TK * l, EPLB_ID_INT32, T, nullptr, K,
+                               d_l2p.get() + static_cast<size_t>(l) * E * R1,
+                               d_cnt.get() + static_cast<size_t>(l) * E, E, P, nullptr,
+                               d_out.get() + TK * l, d_pass.get() + static_cast<size_t>(l) * P,
+                               d_inv.get(), stream));
+        EPLB_OK(eplbCount(d_out.get() + TK * l, EPLB_ID_INT32, T, nullptr, K, P, nullptr,
+                          d_pass2.get() + static_cast<size_t>(l) * P, d_inv.get(), stream));
+      }
+      EXPECT_EQ(d_out.Download(stream), out_ref);
+      EXPECT_EQ(d_pass2.Download(stream), counted_ref);
+      EXPECT_EQ(d_pass.Download(stream), counted_ref);
+      EXPECT_EQ(d_inv.Download(stream)[0], 0u);
+      EPLB_OK(eplbWindowUpdate(d_p2l.get(), d_pass.get(), L, E, P, W, d_win.get(), d_sum.get(),
+                               d_state.get(), stream));
+      EXPECT_EQ(d_pass.Download(stream), pass_ref);  // zeroed
+      EXPECT_EQ(d_win.Download(stream), win_ref);
+      EXPECT_EQ(d_sum.Download(stream), sum_ref);
+      EXPECT_EQ(d_state.Download(stream), state_ref);
     }
   }
 }
@@ -445,6 +547,8 @@ TEST(Count, MatchesReference) {
       const int32_t K = 8, P = 288;
       std::vector<int64_t> ids = ZipfIds(rng, static_cast<size_t>(T * K), P, 1.2);
       for (size_t k = 0; k < ids.size(); k += 97) ids[k] = (k % 2) ? -1 : P + int64_t(k);
+      // Above 2^32: a valid slot in the low word must not count.
+      for (size_t k = 50; k < ids.size(); k += 89) ids[k] = (int64_t{1} << 32) + int64_t(k % P);
       const int64_t valid = v ? T / 3 : T;
       std::vector<int32_t> ref(P, 0);
       uint64_t ref_inv = 0;
@@ -537,73 +641,103 @@ TEST(Count, ShapesTypesAlignment) {
           std::vector<int32_t> ref(kMaxP, 3);
           uint64_t ref_inv = 0;
           eplb::CountRef(ids, valid, sh.K, P, record, ref.data(), &ref_inv);
-          d_load.Upload(std::vector<int32_t>(kMaxP, 3), stream);
-          d_inv.Fill(0, stream);
           d_valid.Upload({static_cast<int32_t>(dev_valid)}, stream);
           d_rec.Upload({record ? 1 : 0}, stream);
-          EPLB_OK(eplbCount(d_ids, is64 ? EPLB_ID_INT64 : EPLB_ID_INT32, sh.T,
-                            mode == 3 ? nullptr : d_valid.get(), sh.K, P, d_rec.get(), d_load.get(),
-                            d_inv.get(), stream));
-          EXPECT_EQ(d_load.Download(stream), ref);
-          EXPECT_EQ(d_inv.Download(stream)[0], ref_inv);
+          for (int run = 0; run < 2; ++run) {
+            SCOPED_TRACE(run);
+            d_load.Upload(std::vector<int32_t>(kMaxP, 3), stream);
+            d_inv.Fill(0, stream);
+            EPLB_OK(eplbCount(d_ids, is64 ? EPLB_ID_INT64 : EPLB_ID_INT32, sh.T,
+                              mode == 3 ? nullptr : d_valid.get(), sh.K, P, d_rec.get(),
+                              d_load.get(), d_inv.get(), stream));
+            EXPECT_EQ(d_load.Download(stream), ref);
+            EXPECT_EQ(d_inv.Download(stream)[0], ref_inv);
+          }
         }
       }
     }
   }
 }
 
-TEST(Window, UpdateReadoutReduceMatchReference) {
-  EPLB_REQUIRE_GPUS(1);
-  std::mt19937_64 rng(15);
+// The window update, read-out and reduce against their references: two
+// device rings (runs 0 and 1) fed the same passes, each equal to the
+// reference after every step; broken phy2log entries (-1, >= E) dropped.
+void CheckWindow(int32_t L, int32_t E, int32_t P, int32_t W, int steps, uint64_t seed) {
+  std::mt19937_64 rng(seed);
   ScopedStream stream;
-  const int32_t L = 5, E = 64, P = 80, W = 4;
   std::vector<int32_t> phy2log(static_cast<size_t>(L) * P);
   for (int32_t l = 0; l < L; ++l) {
     const Table t = RandomTable(rng, E, P);
-    std::copy(t.phy2log.begin(), t.phy2log.end(), phy2log.begin() + l * P);
+    std::copy(t.phy2log.begin(), t.phy2log.end(), phy2log.begin() + static_cast<size_t>(l) * P);
   }
-  phy2log[3] = -1;  // a broken entry is dropped, never an address
-  phy2log[7] = E + 3;
-  DeviceBuffer<int32_t> d_p2l(phy2log.size()), d_pass(phy2log.size()),
-      d_win(static_cast<size_t>(W) * L * E), d_state(2);
-  DeviceBuffer<int64_t> d_sum(static_cast<size_t>(L) * E), d_out(static_cast<size_t>(L) * E),
-      d_red(static_cast<size_t>(L) * E);
+  phy2log[3 % phy2log.size()] = -1;  // a broken entry is dropped, never an address
+  phy2log[phy2log.size() - 1] = E + 3;
+  const size_t LE = static_cast<size_t>(L) * E;
+  DeviceBuffer<int32_t> d_p2l(phy2log.size()), d_pass(phy2log.size());
   d_p2l.Upload(phy2log, stream);
-  d_win.Fill(0, stream);
-  d_sum.Fill(0, stream);
-  d_state.Fill(0, stream);
-  std::vector<int32_t> win(d_win.size(), 0), state{0, 0};
-  std::vector<int64_t> sum(d_sum.size(), 0), red(d_sum.size());
-  for (int step = 0; step < 11; ++step) {
+  struct Ring {
+    DeviceBuffer<int32_t> win, state;
+    DeviceBuffer<int64_t> sum, out, red;
+  } ring[2];
+  for (Ring& r : ring) {
+    r.win.Resize(static_cast<size_t>(W) * LE);
+    r.state.Resize(2);
+    r.sum.Resize(LE);
+    r.out.Resize(LE);
+    r.red.Resize(LE);
+    r.win.Fill(0, stream);
+    r.sum.Fill(0, stream);
+    r.state.Fill(0, stream);
+  }
+  std::vector<int32_t> win(static_cast<size_t>(W) * LE, 0), state{0, 0};
+  std::vector<int64_t> sum(LE, 0), red(LE);
+  for (int step = 0; step < steps; ++step) {
     SCOPED_TRACE(step);
     std::vector<int32_t> pass(phy2log.size());
     for (auto& v : pass) v = static_cast<int32_t>(rng() % 1000);
-    d_pass.Upload(pass, stream);
+    if (step == 2) std::fill(pass.begin(), pass.end(), 0);  // a pass with no tokens
+    const std::vector<int32_t> input = pass;                // the reference zeroes `pass`
     eplb::WindowUpdateRef(phy2log.data(), pass.data(), L, E, P, W, win.data(), sum.data(),
                           state.data());
-    EPLB_OK(eplbWindowUpdate(d_p2l.get(), d_pass.get(), L, E, P, W, d_win.get(), d_sum.get(),
-                             d_state.get(), stream));
-    EXPECT_EQ(d_pass.Download(stream), pass);
-    EXPECT_EQ(d_win.Download(stream), win);
-    EXPECT_EQ(d_sum.Download(stream), sum);
-    EXPECT_EQ(d_state.Download(stream), state);
-    EPLB_OK(eplbWindowReadout(d_sum.get(), L, E, d_out.get(), stream));
-    EPLB_OK(eplbWindowReduce(d_win.get(), W, L, E, d_red.get(), stream));
-    eplb::WindowReduceRef(win.data(), W, int64_t{L} * E, red.data());
+    eplb::WindowReduceRef(win.data(), W, static_cast<int64_t>(LE), red.data());
     EXPECT_EQ(red, sum);
-    EXPECT_EQ(d_out.Download(stream), sum);
-    EXPECT_EQ(d_red.Download(stream), sum);
+    for (int run = 0; run < 2; ++run) {
+      SCOPED_TRACE(run);
+      Ring& r = ring[run];
+      d_pass.Upload(input, stream);
+      EPLB_OK(eplbWindowUpdate(d_p2l.get(), d_pass.get(), L, E, P, W, r.win.get(), r.sum.get(),
+                               r.state.get(), stream));
+      EXPECT_EQ(d_pass.Download(stream), pass);
+      EXPECT_EQ(r.win.Download(stream), win);
+      EXPECT_EQ(r.sum.Download(stream), sum);
+      EXPECT_EQ(r.state.Download(stream), state);
+      EPLB_OK(eplbWindowReadout(r.sum.get(), L, E, r.out.get(), stream));
+      EPLB_OK(eplbWindowReduce(r.win.get(), W, L, E, r.red.get(), stream));
+      EXPECT_EQ(r.out.Download(stream), sum);
+      EXPECT_EQ(r.red.Download(stream), sum);
+    }
   }
 }
 
-// Route+count of every layer and the window update captured once, replayed
-// with a changing device token count and the record flag toggled.
-TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
+// Shapes: a small one; W = 1 (the newest row evicts itself each step); the
+// DeepSeek-V3 one; the largest E and P with a ring that wraps several times.
+TEST(Window, UpdateReadoutReduceMatchReference) {
   EPLB_REQUIRE_GPUS(1);
-  std::mt19937_64 rng(16);
+  CheckWindow(5, 64, 80, 4, 11, 15);
+  CheckWindow(3, 64, 80, 1, 5, 16);
+  CheckWindow(58, 256, 288, 7, 9, 17);
+  CheckWindow(2, EPLB_MAX_LOGICAL_EXPERTS, EPLB_MAX_PHYSICAL_EXPERTS, 3, 8, 18);
+}
+
+// Route+count of every layer and the window update captured once, replayed
+// with a changing device token count (0 and T among them) and the record
+// flag toggled; each input replayed twice (the two replays must give the
+// same outputs, each equal to the reference).
+void ReplayGraph(int64_t T, int32_t K, int32_t E, int32_t P, int32_t L, bool ids64, int reps,
+                 uint64_t seed) {
+  std::mt19937_64 rng(seed);
   ScopedStream stream;
-  const int32_t L = 3, E = 64, P = 80, K = 6, W = 3;
-  const int64_t T = 5000;
+  const int32_t W = 3;
   std::vector<Table> tables;
   std::vector<int32_t> phy2log, log2phy, logcnt;
   for (int32_t l = 0; l < L; ++l) {
@@ -613,10 +747,10 @@ TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
     logcnt.insert(logcnt.end(), tables[l].logcnt.begin(), tables[l].logcnt.end());
   }
   const size_t TK = static_cast<size_t>(T * K);
-  DeviceBuffer<int32_t> d_ids(TK * L), d_out(TK * L), d_p2l(phy2log.size()), d_l2p(log2phy.size()),
-      d_cnt(logcnt.size()), d_pass(static_cast<size_t>(L) * P),
+  DeviceBuffer<int32_t> d_ids32(ids64 ? 0 : TK * L), d_out(TK * L), d_p2l(phy2log.size()),
+      d_l2p(log2phy.size()), d_cnt(logcnt.size()), d_pass(static_cast<size_t>(L) * P),
       d_win(static_cast<size_t>(W) * L * E), d_state(2), d_valid(1), d_rec(1);
-  DeviceBuffer<int64_t> d_sum(static_cast<size_t>(L) * E);
+  DeviceBuffer<int64_t> d_ids64(ids64 ? TK * L : 0), d_sum(static_cast<size_t>(L) * E);
   DeviceBuffer<unsigned long long> d_inv(1);
   // The per-slot counts as route+count left them, copied in the graph before
   // the window update folds and zeroes them.
@@ -633,7 +767,9 @@ TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
   const int32_t R1 = P - E + 1;
   for (int32_t l = 0; l < L; ++l) {
-    EPLB_OK(eplbRouteCount(d_ids.get() + TK * l, EPLB_ID_INT32, T, d_valid.get(), K,
+    const void* in = ids64 ? static_cast<const void*>(d_ids64.get() + TK * l)
+                           : static_cast<const void*>(d_ids32.get() + TK * l);
+    EPLB_OK(eplbRouteCount(in, ids64 ? EPLB_ID_INT64 : EPLB_ID_INT32, T, d_valid.get(), K,
                            d_l2p.get() + static_cast<size_t>(l) * E * R1,
                            d_cnt.get() + static_cast<size_t>(l) * E, E, P, d_rec.get(),
                            d_out.get() + TK * l, d_pass.get() + static_cast<size_t>(l) * P,
@@ -651,36 +787,63 @@ TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
   std::vector<int32_t> win(d_win.size(), 0), state{0, 0}, pass(d_pass.size(), 0);
   std::vector<int64_t> sum(d_sum.size(), 0);
   uint64_t invalid = 0;
-  for (int rep = 0; rep < 8; ++rep) {
+  for (int rep = 0; rep < reps; ++rep) {
     SCOPED_TRACE(rep);
-    const int32_t valid = static_cast<int32_t>(rng() % (T + 1));
-    const int32_t record = rep % 3 != 1;
-    std::vector<int64_t> ids64 = ZipfIds(rng, TK * L, E, 1.2);
-    for (size_t k = 0; k < ids64.size(); k += 1001) ids64[k] = -1;
-    d_ids.Upload(std::vector<int32_t>(ids64.begin(), ids64.end()), stream);
+    const int32_t valid = rep == 0   ? static_cast<int32_t>(T)
+                          : rep == 1 ? 0
+                                     : static_cast<int32_t>(rng() % (T + 1));
+    const int32_t record = rep % 3 != 2;
+    std::vector<int64_t> ids = ZipfIds(rng, TK * L, E, 1.2);
+    for (size_t k = 0; k < ids.size(); k += 1001) ids[k] = -1;
+    for (size_t k = 500; k < ids.size(); k += 2003) ids[k] = E + static_cast<int64_t>(k % 5);
+    if (ids64) {
+      // Ids with high bits set: garbage in the upper word must not alias a valid id.
+      for (size_t k = 700; k < ids.size(); k += 3001) ids[k] = (int64_t{1} << 32) + (k % E);
+      d_ids64.Upload(ids, stream);
+    } else {
+      d_ids32.Upload(std::vector<int32_t>(ids.begin(), ids.end()), stream);
+    }
     d_valid.Upload({valid}, stream);
     d_rec.Upload({record}, stream);
-    ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
     std::vector<int32_t> out_ref(TK * L);
-    for (int32_t l = 0; l < L; ++l) {
-      std::vector<int64_t> layer_ids(ids64.begin() + TK * l, ids64.begin() + TK * (l + 1));
-      eplb::RouteCountRef(layer_ids, T, valid, K, tables[l].log2phy.data(), tables[l].logcnt.data(),
-                          E, P, record != 0, out_ref.data() + TK * l,
-                          pass.data() + static_cast<size_t>(l) * P, &invalid);
+    for (int launch = 0; launch < 2; ++launch) {
+      SCOPED_TRACE(launch);
+      d_out.Fill(0x5a, stream);
+      ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+      for (int32_t l = 0; l < L; ++l) {
+        std::vector<int64_t> layer_ids(ids.begin() + TK * l, ids.begin() + TK * (l + 1));
+        eplb::RouteCountRef(layer_ids, T, valid, K, tables[l].log2phy.data(),
+                            tables[l].logcnt.data(), E, P, record != 0, out_ref.data() + TK * l,
+                            pass.data() + static_cast<size_t>(l) * P, &invalid);
+      }
+      const std::vector<int32_t> counted = pass;
+      eplb::WindowUpdateRef(phy2log.data(), pass.data(), L, E, P, W, win.data(), sum.data(),
+                            state.data());
+      EXPECT_EQ(d_out.Download(stream), out_ref);
+      EXPECT_EQ(d_counted.Download(stream), counted);
+      EXPECT_EQ(d_sum.Download(stream), sum);
+      EXPECT_EQ(d_win.Download(stream), win);
+      EXPECT_EQ(d_state.Download(stream), state);
+      EXPECT_EQ(d_pass.Download(stream), pass);
+      EXPECT_EQ(d_inv.Download(stream)[0], invalid);
     }
-    const std::vector<int32_t> counted = pass;
-    eplb::WindowUpdateRef(phy2log.data(), pass.data(), L, E, P, W, win.data(), sum.data(),
-                          state.data());
-    EXPECT_EQ(d_out.Download(stream), out_ref);
-    EXPECT_EQ(d_counted.Download(stream), counted);
-    EXPECT_EQ(d_sum.Download(stream), sum);
-    EXPECT_EQ(d_win.Download(stream), win);
-    EXPECT_EQ(d_state.Download(stream), state);
-    EXPECT_EQ(d_pass.Download(stream), pass);
-    EXPECT_EQ(d_inv.Download(stream)[0], invalid);
   }
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
+}
+
+// Every launch shape of route+count: 4-warp blocks (64 tokens x top-8, one
+// segment), 8-warp blocks (1024 tokens, two segments), 16-warp blocks (5000
+// x 6 items, 8 segments; 8192 x 8, 16), the segment kernel (150000 x 6
+// items, 220 segments), the hash path (4 Mi items); both id types.
+TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
+  EPLB_REQUIRE_GPUS(1);
+  ReplayGraph(5000, 6, 64, 80, 3, false, 8, 16);
+  ReplayGraph(64, 8, 256, 288, 4, true, 6, 161);
+  ReplayGraph(1024, 8, 256, 288, 3, false, 6, 162);
+  ReplayGraph(8192, 8, 256, 288, 2, true, 6, 163);
+  ReplayGraph(150000, 6, 64, 80, 1, false, 4, 164);
+  ReplayGraph((1 << 22) / 8, 8, 256, 288, 1, true, 4, 165);
 }
 
 // Captures what `enqueue` puts on `stream` into a graph, runs it once and
@@ -1227,6 +1390,22 @@ TEST(PlanGpu, RandomMatchesHost) {
       }
       eplbPlanConfig_t cfg = ConfigOf(s.L, s.E, s.P, s.G, s.M, s.N, EPLB_MIGRATION_NONE);
       CheckPlan(cfg, load, nullptr);
+      // Each policy asked for by name, where the shape allows it (the host
+      // planner says).
+      for (eplbPolicy_t policy : {EPLB_POLICY_HIERARCHICAL, EPLB_POLICY_GLOBAL}) {
+        SCOPED_TRACE(policy);
+        eplbPlanConfig_t named = cfg;
+        named.policy = policy;
+        std::vector<int32_t> p2l(static_cast<size_t>(s.L) * s.P), c(load.size());
+        const eplbStatus_t host =
+            eplbPlanCompute(&named, load.data(), nullptr, p2l.data(), c.data(), nullptr, nullptr);
+        if (host == EPLB_SUCCESS) {
+          CheckPlan(named, load, nullptr);
+        } else {  // refused on the GPU too, with the same status
+          size_t ws = 0;
+          EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&named, &ws), host);
+        }
+      }
       // An old placement: the host plan of other loads.
       std::vector<int64_t> load2(load.size());
       for (auto& v : load2) v = static_cast<int64_t>(rng() % 1000);
