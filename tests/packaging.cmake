@@ -1,6 +1,7 @@
 # Packaging test: `cmake --install` into a temporary prefix, then a tiny
 # downstream project (tests/consumer) does find_package(eplb) and links
-# eplb::eplb, builds and runs. Host-only: no GPU, no download.
+# eplb::eplb, builds and runs, and compiles an engine's kernels on the
+# installed device header. Host-only: no GPU, no download.
 get_filename_component(_eplb_cuda_root "${CUDAToolkit_BIN_DIR}" DIRECTORY)
 add_test(NAME packaging_find_package
   COMMAND ${CMAKE_COMMAND}
@@ -9,6 +10,7 @@ add_test(NAME packaging_find_package
     -DCONSUMER_SOURCE_DIR=${CMAKE_CURRENT_SOURCE_DIR}/consumer
     -DGENERATOR=${CMAKE_GENERATOR}
     -DC_COMPILER=${CMAKE_C_COMPILER}
+    -DCUDA_COMPILER=${CMAKE_CUDA_COMPILER}
     -DCONFIG=$<CONFIG>
     -DCUDA_ROOT=${_eplb_cuda_root}
     -DNCCL_INCLUDE_DIR=${NCCL_INCLUDE_DIR}

@@ -3,7 +3,7 @@
 # prefix only. Needs no GPU and downloads nothing.
 #
 # Inputs (-D): EPLB_BUILD_DIR, WORK_DIR, CONSUMER_SOURCE_DIR, GENERATOR,
-# C_COMPILER, CONFIG, CUDA_ROOT, NCCL_INCLUDE_DIR, NCCL_LIBRARY.
+# C_COMPILER, CUDA_COMPILER, CONFIG, CUDA_ROOT, NCCL_INCLUDE_DIR, NCCL_LIBRARY.
 cmake_minimum_required(VERSION 3.25)
 
 function(run_step what)
@@ -26,7 +26,7 @@ endif()
 run_step("cmake --install" ${CMAKE_COMMAND} --install ${EPLB_BUILD_DIR} --prefix ${prefix}
          ${config_args})
 
-foreach(f include/eplb/eplb.h)
+foreach(f include/eplb/eplb.h include/eplb/eplb_device.cuh)
   if(NOT EXISTS ${prefix}/${f})
     message(FATAL_ERROR "install did not produce ${prefix}/${f}")
   endif()
@@ -38,7 +38,8 @@ if(NOT config_file OR NOT targets_file)
 endif()
 
 run_step("configure consumer" ${CMAKE_COMMAND} -S ${CONSUMER_SOURCE_DIR} -B ${build}
-         -G ${GENERATOR} -DCMAKE_C_COMPILER=${C_COMPILER} -DCMAKE_BUILD_TYPE=Release
+         -G ${GENERATOR} -DCMAKE_C_COMPILER=${C_COMPILER} -DCMAKE_CUDA_COMPILER=${CUDA_COMPILER}
+         -DCMAKE_BUILD_TYPE=Release
          -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
          -DCUDAToolkit_ROOT=${CUDA_ROOT} -DNCCL_INCLUDE_DIR=${NCCL_INCLUDE_DIR}
          -DNCCL_LIBRARY=${NCCL_LIBRARY})

@@ -445,7 +445,8 @@ Table LoadAwareTable(std::mt19937_64& rng, const int32_t* ids, size_t n, int32_t
 // then, per prompt, the pipeline on the device: route+count of all 26
 // layers, count-only over the device's own physical ids (it must count what
 // route+count counted), one window update of all layers; twice, each equal
-// to its reference.
+// to its reference, and the device's counts within the contract's spread
+// bound.
 TEST(RouteCount, RealTrace) {
   EPLB_REQUIRE_GPUS(1);
   EPLB_REQUIRE_DATA_PATH(dir, "traces/deepseek-v2-lite/topk");
@@ -526,7 +527,25 @@ TEST(RouteCount, RealTrace) {
       }
       EXPECT_EQ(d_out.Download(stream), out_ref);
       EXPECT_EQ(d_pass2.Download(stream), counted_ref);
-      EXPECT_EQ(d_pass.Download(stream), counted_ref);
+      const std::vector<int32_t> counted = d_pass.Download(stream);
+      EXPECT_EQ(counted, counted_ref);
+      // The spread bound of the contract on the device's own counts: an
+      // expert's replicas differ by at most the number of segments.
+      int32_t segs = 0;
+      int64_t seg_len = 0;
+      eplb::RouteSegmentsRef(static_cast<int64_t>(TK), &segs, &seg_len);
+      for (int32_t l = 0; l < L && !counted.empty(); ++l) {
+        for (int32_t e = 0; e < E; ++e) {
+          int32_t lo = INT32_MAX, hi = 0;
+          for (int32_t j = 0; j < aware[l].logcnt[e]; ++j) {
+            const int32_t c = counted[static_cast<size_t>(l) * P +
+                                      aware[l].log2phy[static_cast<size_t>(e) * R1 + j]];
+            lo = std::min(lo, c);
+            hi = std::max(hi, c);
+          }
+          EXPECT_LE(hi - lo, segs) << "layer " << l << " expert " << e;
+        }
+      }
       EXPECT_EQ(d_inv.Download(stream)[0], 0u);
       EPLB_OK(eplbWindowUpdate(d_p2l.get(), d_pass.get(), L, E, P, W, d_win.get(), d_sum.get(),
                                d_state.get(), stream));
