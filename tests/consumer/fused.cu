@@ -9,8 +9,10 @@
 
 #include "eplb/eplb_device.cuh"
 
-// 64 tokens x top-8 in four 128-item blocks: each block routes its items,
-// the blocks before it its earlier items (as eplbRouteCount ranks them).
+// Up to 64 tokens x top-8 (cap <= 512 items: kEarlierPerThread = 3 covers
+// the 384 items before the last block) in ceil(cap / 128) blocks of 128
+// items: each block routes its items, the blocks before it its earlier
+// items (as eplbRouteCount ranks them).
 __global__ void EngineTopkAndRoute(const int32_t* topk, int32_t cap, const int32_t* log2phy,
                                    const int32_t* logcnt, int32_t num_e, int32_t num_p,
                                    int32_t* load_pass, int32_t* topk_physical) {
@@ -19,7 +21,8 @@ __global__ void EngineTopkAndRoute(const int32_t* topk, int32_t cap, const int32
   const uint32_t i = begin + threadIdx.x;
   const bool valid = i < static_cast<uint32_t>(cap);
   const int32_t id = valid ? topk[i] : -1;
-  EplbBlockRoute<4, 3, 256>(id, valid, topk, begin, begin, 0u, log2phy, logcnt, num_e, num_p,
+  const uint32_t earlier = min(begin, static_cast<uint32_t>(cap));
+  EplbBlockRoute<4, 3, 256>(id, valid, topk, earlier, earlier, 0u, log2phy, logcnt, num_e, num_p,
                             load_pass, false, valid ? topk_physical + i : nullptr, smem);
 }
 

@@ -3,7 +3,8 @@
 # prefix only. Needs no GPU and downloads nothing.
 #
 # Inputs (-D): EPLB_BUILD_DIR, WORK_DIR, CONSUMER_SOURCE_DIR, GENERATOR,
-# C_COMPILER, CUDA_COMPILER, CONFIG, CUDA_ROOT, NCCL_INCLUDE_DIR, NCCL_LIBRARY.
+# C_COMPILER, CUDA_COMPILER and CUDA_HOST_COMPILER (optional), CONFIG, CUDA_ROOT,
+# NCCL_INCLUDE_DIR, NCCL_LIBRARY.
 cmake_minimum_required(VERSION 3.25)
 
 function(run_step what)
@@ -37,9 +38,17 @@ if(NOT config_file OR NOT targets_file)
   message(FATAL_ERROR "install did not produce eplbConfig.cmake and eplbTargets.cmake")
 endif()
 
+# The project's CUDA compiler (and its host compiler) where given; else the
+# consumer finds nvcc as any project would.
+set(cuda_args)
+if(CUDA_COMPILER)
+  list(APPEND cuda_args -DCMAKE_CUDA_COMPILER=${CUDA_COMPILER})
+endif()
+if(CUDA_HOST_COMPILER)
+  list(APPEND cuda_args -DCMAKE_CUDA_HOST_COMPILER=${CUDA_HOST_COMPILER})
+endif()
 run_step("configure consumer" ${CMAKE_COMMAND} -S ${CONSUMER_SOURCE_DIR} -B ${build}
-         -G ${GENERATOR} -DCMAKE_C_COMPILER=${C_COMPILER} -DCMAKE_CUDA_COMPILER=${CUDA_COMPILER}
-         -DCMAKE_BUILD_TYPE=Release
+         -G ${GENERATOR} -DCMAKE_C_COMPILER=${C_COMPILER} ${cuda_args} -DCMAKE_BUILD_TYPE=Release
          -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
          -DCUDAToolkit_ROOT=${CUDA_ROOT} -DNCCL_INCLUDE_DIR=${NCCL_INCLUDE_DIR}
          -DNCCL_LIBRARY=${NCCL_LIBRARY})

@@ -15,6 +15,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "case_format.h"
@@ -81,21 +82,28 @@ struct Table {
 
 // Slot p < E holds expert p, each further slot an expert drawn from [0,
 // hot) (E: any), then the slots are shuffled; log2phy rows in slot order.
-Table ShuffledTable(std::mt19937_64& rng, int32_t E, int32_t P, int32_t hot) {
+// The table of the slots' experts `phy2log` (every expert of [0, E) at
+// least once) after shuffling the slots; log2phy rows in slot order.
+Table ShuffledSlots(std::mt19937_64& rng, int32_t E, std::vector<int32_t> phy2log) {
   Table t;
   t.E = E;
-  t.P = P;
-  const int32_t R1 = P - E + 1;
-  t.phy2log.resize(static_cast<size_t>(P));
-  for (int32_t p = 0; p < P; ++p) t.phy2log[p] = p < E ? p : static_cast<int32_t>(rng() % hot);
+  t.P = static_cast<int32_t>(phy2log.size());
+  t.phy2log = std::move(phy2log);
   std::shuffle(t.phy2log.begin(), t.phy2log.end(), rng);
+  const int32_t R1 = t.P - E + 1;
   t.log2phy.assign(static_cast<size_t>(E) * R1, -1);
   t.logcnt.assign(static_cast<size_t>(E), 0);
-  for (int32_t p = 0; p < P; ++p) {
+  for (int32_t p = 0; p < t.P; ++p) {
     const int32_t e = t.phy2log[p];
     t.log2phy[static_cast<size_t>(e) * R1 + t.logcnt[e]++] = p;
   }
   return t;
+}
+
+Table ShuffledTable(std::mt19937_64& rng, int32_t E, int32_t P, int32_t hot) {
+  std::vector<int32_t> phy2log(static_cast<size_t>(P));
+  for (int32_t p = 0; p < P; ++p) phy2log[p] = p < E ? p : static_cast<int32_t>(rng() % hot);
+  return ShuffledSlots(rng, E, std::move(phy2log));
 }
 
 Table RandomTable(std::mt19937_64& rng, int32_t E, int32_t P) {
@@ -416,27 +424,16 @@ TEST(RouteCount, BrokenTablesMatchReference) {
 Table LoadAwareTable(std::mt19937_64& rng, const int32_t* ids, size_t n, int32_t E, int32_t P) {
   std::vector<int64_t> load(static_cast<size_t>(E), 0);
   for (size_t i = 0; i < n; ++i) ++load[static_cast<size_t>(ids[i])];
-  std::vector<int32_t> cnt(static_cast<size_t>(E), 1);
-  Table t;
-  t.E = E;
-  t.P = P;
-  for (int32_t e = 0; e < E; ++e) t.phy2log.push_back(e);
+  std::vector<int32_t> cnt(static_cast<size_t>(E), 1), phy2log;
+  for (int32_t e = 0; e < E; ++e) phy2log.push_back(e);
   for (int32_t r = E; r < P; ++r) {
     int32_t best = 0;
     for (int32_t e = 1; e < E; ++e)
       if (load[e] * cnt[best] > load[best] * cnt[e]) best = e;
     ++cnt[best];
-    t.phy2log.push_back(best);
+    phy2log.push_back(best);
   }
-  std::shuffle(t.phy2log.begin(), t.phy2log.end(), rng);
-  const int32_t R1 = P - E + 1;
-  t.log2phy.assign(static_cast<size_t>(E) * R1, -1);
-  t.logcnt.assign(static_cast<size_t>(E), 0);
-  for (int32_t p = 0; p < P; ++p) {
-    const int32_t e = t.phy2log[p];
-    t.log2phy[static_cast<size_t>(e) * R1 + t.logcnt[e]++] = p;
-  }
-  return t;
+  return ShuffledSlots(rng, E, std::move(phy2log));
 }
 
 // The real routing: every layer of every prompt through route+count (both id
@@ -817,7 +814,8 @@ void ReplayGraph(int64_t T, int32_t K, int32_t E, int32_t P, int32_t L, bool ids
     for (size_t k = 500; k < ids.size(); k += 2003) ids[k] = E + static_cast<int64_t>(k % 5);
     if (ids64) {
       // Ids with high bits set: garbage in the upper word must not alias a valid id.
-      for (size_t k = 700; k < ids.size(); k += 3001) ids[k] = (int64_t{1} << 32) + (k % E);
+      const size_t step = std::max<size_t>(61, ids.size() / 64);
+      for (size_t k = 7; k < ids.size(); k += step) ids[k] = (int64_t{1} << 32) + (k % E);
       d_ids64.Upload(ids, stream);
     } else {
       d_ids32.Upload(std::vector<int32_t>(ids.begin(), ids.end()), stream);
@@ -854,15 +852,19 @@ void ReplayGraph(int64_t T, int32_t K, int32_t E, int32_t P, int32_t L, bool ids
 // Every launch shape of route+count: 4-warp blocks (64 tokens x top-8, one
 // segment), 8-warp blocks (1024 tokens, two segments), 16-warp blocks (5000
 // x 6 items, 8 segments; 8192 x 8, 16), the segment kernel (150000 x 6
-// items, 220 segments), the hash path (4 Mi items); both id types.
+// items, 220 segments), the hash path (4 Mi items); each with int32 and
+// int64 ids.
 TEST(Graph, ReplayWithChangingCountsAndRecordFlag) {
   EPLB_REQUIRE_GPUS(1);
-  ReplayGraph(5000, 6, 64, 80, 3, false, 8, 16);
-  ReplayGraph(64, 8, 256, 288, 4, true, 6, 161);
-  ReplayGraph(1024, 8, 256, 288, 3, false, 6, 162);
-  ReplayGraph(8192, 8, 256, 288, 2, true, 6, 163);
-  ReplayGraph(150000, 6, 64, 80, 1, false, 4, 164);
-  ReplayGraph((1 << 22) / 8, 8, 256, 288, 1, true, 4, 165);
+  for (bool ids64 : {false, true}) {
+    SCOPED_TRACE(ids64);
+    ReplayGraph(5000, 6, 64, 80, 3, ids64, 8, 16);
+    ReplayGraph(64, 8, 256, 288, 4, ids64, 6, 161);
+    ReplayGraph(1024, 8, 256, 288, 3, ids64, 6, 162);
+    ReplayGraph(8192, 8, 256, 288, 2, ids64, 6, 163);
+    ReplayGraph(150000, 6, 64, 80, 1, ids64, 4, 164);
+    ReplayGraph((1 << 22) / 8, 8, 256, 288, 1, ids64, 4, 165);
+  }
 }
 
 // Captures what `enqueue` puts on `stream` into a graph, runs it once and
@@ -1420,7 +1422,7 @@ TEST(PlanGpu, RandomMatchesHost) {
             eplbPlanCompute(&named, load.data(), nullptr, p2l.data(), c.data(), nullptr, nullptr);
         if (host == EPLB_SUCCESS) {
           CheckPlan(named, load, nullptr);
-        } else {  // refused on the GPU too, with the same status
+        } else {  // the GPU planner's config check (its workspace query) refuses it too
           size_t ws = 0;
           EXPECT_EQ(eplbPlanComputeGpuWorkspaceSize(&named, &ws), host);
         }
