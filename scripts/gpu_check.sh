@@ -88,45 +88,39 @@ bench planner 0
 bench churn_policy 0
 # compute-sanitizer: memcheck over the single-GPU suites, racecheck on the
 # kernels that use shared memory.
+# sanitize TOOL LABEL MIN_SECONDS CAP_SECONDS ENV BINARY [ARGS...]: one run
+# on GPU 0 (ENV: assignments, or ""), logged to sanitizer.log, its rc and
+# summary line in the summary; returns 1 only when skipped for the deadline.
+# memcheck reports no API errors: KernelsApi.OwnStatusAndAdjacentBuffers
+# provokes an out-of-memory cudaMalloc on purpose (two API errors, which
+# made memcheck exit 9 with no memory-access error); the tests check every
+# status themselves.
+sanitize() {
+  local tool=$1 label=$2 min=$3 cap=$4 envs=$5 bin=$6
+  shift 6
+  fits "$min" "$label" || return 1
+  local opts=(--tool "$tool" --error-exitcode 9)
+  [ "$tool" = memcheck ] && opts+=(--report-api-errors no)
+  # shellcheck disable=SC2086  # ENV is a list of assignments
+  env CUDA_VISIBLE_DEVICES=0 $envs timeout "$(budget "$cap")" compute-sanitizer "${opts[@]}" \
+    "$bin" "$@" >"$out/sanitizer_tmp.log" 2>&1
+  local src=$?
+  [ $src -eq 0 ] || rc=1
+  cat "$out/sanitizer_tmp.log" >>"$out/sanitizer.log"
+  echo "$label: rc=$src; $(grep -m1 'SUMMARY' "$out/sanitizer_tmp.log")" | tee -a "$sum"
+  rm -f "$out/sanitizer_tmp.log"
+}
+race_tests='RouteCount.Adversarial:Count.*:Window.*:Graph.*:EarlyLaunch.*:DeviceFunctions.*'
+pdl_tests='EarlyLaunch.*:Graph.*:RouteCount.*:Count.*'  # the kernels launched early
 for t in build-gpu/tests/gpu_*; do
   [ -x "$t" ] && want sanitizer || continue
-  fits 60 "memcheck $(basename "$t")" || continue
-  # API errors are not reported: KernelsApi.OwnStatusAndAdjacentBuffers
-  # provokes an out-of-memory cudaMalloc on purpose (two API errors, which
-  # made memcheck exit 9 with no memory-access error); the tests check
-  # every status themselves.
-  CUDA_VISIBLE_DEVICES=0 timeout $(budget 200) compute-sanitizer --tool memcheck --report-api-errors no \
-    --error-exitcode 9 "$t" >"$out/sanitizer_tmp.log" 2>&1
-  mrc=$?
-  [ $mrc -eq 0 ] || rc=1
-  cat "$out/sanitizer_tmp.log" >>"$out/sanitizer.log"
-  echo "memcheck $(basename "$t"): rc=$mrc; $(grep 'ERROR SUMMARY' "$out/sanitizer_tmp.log")" | tee -a "$sum"
-  rm -f "$out/sanitizer_tmp.log"
-  fits 30 "racecheck $(basename "$t")" || continue
-  CUDA_VISIBLE_DEVICES=0 timeout $(budget 120) compute-sanitizer --tool racecheck --error-exitcode 9 "$t" \
-    --gtest_filter='RouteCount.Adversarial:Count.*:Window.*:Graph.*:EarlyLaunch.*:DeviceFunctions.*' >>"$out/sanitizer.log" 2>&1
-  mrc=$?
-  [ $mrc -eq 0 ] || rc=1
-  echo "racecheck $(basename "$t"): rc=$mrc" | tee -a "$sum"
-  # The kernels launched early (EPLB_PDL=1): the suites that run them.
-  [ "$(basename "$t")" = gpu_kernels ] || continue
-  fits 60 "memcheck gpu_kernels EPLB_PDL=1" || continue
-  pdl_tests='EarlyLaunch.*:Graph.*:RouteCount.*:Count.*'
-  CUDA_VISIBLE_DEVICES=0 EPLB_PDL=1 timeout $(budget 150) compute-sanitizer --tool memcheck \
-    --report-api-errors no --error-exitcode 9 "$t" --gtest_filter="$pdl_tests" \
-    >"$out/sanitizer_tmp.log" 2>&1
-  mrc=$?
-  [ $mrc -eq 0 ] || rc=1
-  cat "$out/sanitizer_tmp.log" >>"$out/sanitizer.log"
-  summary=$(grep 'ERROR SUMMARY' "$out/sanitizer_tmp.log")
-  echo "memcheck gpu_kernels EPLB_PDL=1: rc=$mrc; $summary" | tee -a "$sum"
-  rm -f "$out/sanitizer_tmp.log"
-  fits 30 "racecheck gpu_kernels EPLB_PDL=1" || continue
-  CUDA_VISIBLE_DEVICES=0 EPLB_PDL=1 timeout $(budget 120) compute-sanitizer --tool racecheck \
-    --error-exitcode 9 "$t" --gtest_filter="$pdl_tests" >>"$out/sanitizer.log" 2>&1
-  mrc=$?
-  [ $mrc -eq 0 ] || rc=1
-  echo "racecheck gpu_kernels EPLB_PDL=1: rc=$mrc" | tee -a "$sum"
+  n=$(basename "$t")
+  sanitize memcheck "memcheck $n" 60 200 "" "$t" || continue
+  sanitize racecheck "racecheck $n" 30 120 "" "$t" --gtest_filter="$race_tests" || continue
+  [ "$n" = gpu_kernels ] || continue
+  sanitize memcheck "memcheck $n EPLB_PDL=1" 60 150 EPLB_PDL=1 "$t" \
+    --gtest_filter="$pdl_tests" || continue
+  sanitize racecheck "racecheck $n EPLB_PDL=1" 30 120 EPLB_PDL=1 "$t" --gtest_filter="$pdl_tests"
 done
 
 echo "total: $(($(date +%s) - t0)) s, rc=$rc" | tee -a "$sum"

@@ -80,8 +80,6 @@ struct Table {
   std::vector<int32_t> phy2log, log2phy, logcnt;
 };
 
-// Slot p < E holds expert p, each further slot an expert drawn from [0,
-// hot) (E: any), then the slots are shuffled; log2phy rows in slot order.
 // The table of the slots' experts `phy2log` (every expert of [0, E) at
 // least once) after shuffling the slots; log2phy rows in slot order.
 Table ShuffledSlots(std::mt19937_64& rng, int32_t E, std::vector<int32_t> phy2log) {
@@ -100,6 +98,8 @@ Table ShuffledSlots(std::mt19937_64& rng, int32_t E, std::vector<int32_t> phy2lo
   return t;
 }
 
+// Slot p < E holds expert p, each further slot an expert drawn from [0,
+// hot) (E: any), then the slots are shuffled.
 Table ShuffledTable(std::mt19937_64& rng, int32_t E, int32_t P, int32_t hot) {
   std::vector<int32_t> phy2log(static_cast<size_t>(P));
   for (int32_t p = 0; p < P; ++p) phy2log[p] = p < E ? p : static_cast<int32_t>(rng() % hot);
@@ -108,6 +108,21 @@ Table ShuffledTable(std::mt19937_64& rng, int32_t E, int32_t P, int32_t hot) {
 
 Table RandomTable(std::mt19937_64& rng, int32_t E, int32_t P) {
   return ShuffledTable(rng, E, P, E);
+}
+
+// The layers' tables one after another ([L][P], [L][E][R+1], [L][E]), as
+// the window update and a graph of every layer's route+count read them.
+struct StackedTables {
+  std::vector<int32_t> phy2log, log2phy, logcnt;
+};
+StackedTables Stack(const std::vector<Table>& tables) {
+  StackedTables s;
+  for (const Table& t : tables) {
+    s.phy2log.insert(s.phy2log.end(), t.phy2log.begin(), t.phy2log.end());
+    s.log2phy.insert(s.log2phy.end(), t.log2phy.begin(), t.log2phy.end());
+    s.logcnt.insert(s.logcnt.end(), t.logcnt.begin(), t.logcnt.end());
+  }
+  return s;
 }
 
 std::vector<int64_t> ZipfIds(std::mt19937_64& rng, size_t n, int32_t E, double s) {
@@ -477,12 +492,8 @@ TEST(RouteCount, RealTrace) {
     }
     // The pipeline with the load-aware tables.
     const int32_t R1 = P - E + 1;
-    std::vector<int32_t> phy2log, log2phy, logcnt, h_ids(tr.ids.begin(), tr.ids.end());
-    for (const Table& t : aware) {
-      phy2log.insert(phy2log.end(), t.phy2log.begin(), t.phy2log.end());
-      log2phy.insert(log2phy.end(), t.log2phy.begin(), t.log2phy.end());
-      logcnt.insert(logcnt.end(), t.logcnt.begin(), t.logcnt.end());
-    }
+    const auto& [phy2log, log2phy, logcnt] = Stack(aware);
+    const std::vector<int32_t> h_ids(tr.ids.begin(), tr.ids.end());
     ASSERT_EQ(h_ids.size(), TK * L);
     std::vector<int32_t> out_ref(TK * L), pass_ref(static_cast<size_t>(L) * P, 0);
     uint64_t inv_ref = 0;
@@ -755,13 +766,8 @@ void ReplayGraph(int64_t T, int32_t K, int32_t E, int32_t P, int32_t L, bool ids
   ScopedStream stream;
   const int32_t W = 3;
   std::vector<Table> tables;
-  std::vector<int32_t> phy2log, log2phy, logcnt;
-  for (int32_t l = 0; l < L; ++l) {
-    tables.push_back(RandomTable(rng, E, P));
-    phy2log.insert(phy2log.end(), tables[l].phy2log.begin(), tables[l].phy2log.end());
-    log2phy.insert(log2phy.end(), tables[l].log2phy.begin(), tables[l].log2phy.end());
-    logcnt.insert(logcnt.end(), tables[l].logcnt.begin(), tables[l].logcnt.end());
-  }
+  for (int32_t l = 0; l < L; ++l) tables.push_back(RandomTable(rng, E, P));
+  const auto& [phy2log, log2phy, logcnt] = Stack(tables);
   const size_t TK = static_cast<size_t>(T * K);
   DeviceBuffer<int32_t> d_ids32(ids64 ? 0 : TK * L), d_out(TK * L), d_p2l(phy2log.size()),
       d_l2p(log2phy.size()), d_cnt(logcnt.size()), d_pass(static_cast<size_t>(L) * P),
@@ -1040,6 +1046,35 @@ int DeviceMajor() {
   return major;
 }
 
+// The node the last launch on `stream` added to the graph being captured:
+// the one node a launch after it would depend on (nullptr, and a failure,
+// where there is not exactly one).
+cudaGraphNode_t LastCapturedNode(cudaStream_t stream) {
+  cudaStreamCaptureStatus status;
+  const cudaGraphNode_t* deps = nullptr;
+  size_t n = 0;
+  EXPECT_EQ(cudaStreamGetCaptureInfo(stream, &status, nullptr, nullptr, &deps, nullptr, &n),
+            cudaSuccess);
+  EXPECT_EQ(n, 1u);
+  return n == 1 ? deps[0] : nullptr;
+}
+
+// Every edge of `g`: its two ends and its data (type, ports).
+struct GraphEdges {
+  std::vector<cudaGraphNode_t> from, to;
+  std::vector<cudaGraphEdgeData> data;
+};
+GraphEdges EdgesOf(cudaGraph_t g) {
+  GraphEdges e;
+  size_t n = 0;
+  EXPECT_EQ(cudaGraphGetEdges(g, nullptr, nullptr, nullptr, &n), cudaSuccess);
+  e.from.resize(n);
+  e.to.resize(n);
+  e.data.resize(n);
+  EXPECT_EQ(cudaGraphGetEdges(g, e.from.data(), e.to.data(), e.data.data(), &n), cudaSuccess);
+  return e;
+}
+
 // Which launches eplb makes early, in each mode: in a captured chain of
 // launches, on a device of compute capability 9.0 or more, the edge into
 // eplb's launch is programmatic exactly where (kernels/enqueue.cuh, eplb.h)
@@ -1111,20 +1146,12 @@ TEST(EarlyLaunch, GraphEdgesFollowTheLaunchShapes) {
         EPLB_OK(eplbRouteCount(d_ids.get(), EPLB_ID_INT32, op.tokens, nullptr, K, d_l2p.get(),
                                d_cnt.get(), E, P, nullptr, d_out.get(), d_pass.get(), nullptr,
                                stream));
-      cudaStreamCaptureStatus status;
-      const cudaGraphNode_t* deps = nullptr;
-      size_t n = 0;
-      ASSERT_EQ(cudaStreamGetCaptureInfo(stream, &status, nullptr, nullptr, &deps, nullptr, &n),
-                cudaSuccess);
-      ASSERT_EQ(n, 1u);  // every launch is one kernel node
-      nodes.push_back(deps[0]);
+      nodes.push_back(LastCapturedNode(stream));  // every launch is one kernel node
+      ASSERT_NE(nodes.back(), nullptr);
     }
     ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
-    size_t n = 0;
-    ASSERT_EQ(cudaGraphGetEdges(g, nullptr, nullptr, nullptr, &n), cudaSuccess);
-    std::vector<cudaGraphNode_t> from(n), to(n);
-    std::vector<cudaGraphEdgeData> data(n);
-    ASSERT_EQ(cudaGraphGetEdges(g, from.data(), to.data(), data.data(), &n), cudaSuccess);
+    const auto& [from, to, data] = EdgesOf(g);
+    const size_t n = from.size();
     cudaGraphDestroy(g);
     ASSERT_EQ(n, chain.size() - 1);
     int programmatic = 0, expected_programmatic = 0;
@@ -1192,13 +1219,8 @@ TEST(EarlyLaunch, AutoModeBehindADriverApiKernelKeepsTheCallersErrorState) {
     ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
     std::vector<cudaGraphNode_t> nodes;
     auto last_node = [&] {
-      cudaStreamCaptureStatus status;
-      const cudaGraphNode_t* deps = nullptr;
-      size_t n = 0;
-      ASSERT_EQ(cudaStreamGetCaptureInfo(stream, &status, nullptr, nullptr, &deps, nullptr, &n),
-                cudaSuccess);
-      ASSERT_EQ(n, 1u);
-      nodes.push_back(deps[0]);
+      nodes.push_back(LastCapturedNode(stream));
+      ASSERT_NE(nodes.back(), nullptr);
     };
     ASSERT_EQ(driver_launch(reinterpret_cast<CUfunction>(noop), 1, 1, 1, 32, 1, 1, 0,
                             reinterpret_cast<CUstream>(static_cast<cudaStream_t>(stream)), nullptr,
@@ -1212,13 +1234,10 @@ TEST(EarlyLaunch, AutoModeBehindADriverApiKernelKeepsTheCallersErrorState) {
     }
     ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess);
     EXPECT_EQ(cudaGetLastError(), with_error ? cudaErrorInvalidDevice : cudaSuccess);
-    size_t n = 0;
-    ASSERT_EQ(cudaGraphGetEdges(g, nullptr, nullptr, nullptr, &n), cudaSuccess);
-    ASSERT_EQ(n, 2u);
-    std::vector<cudaGraphNode_t> from(n), to(n);
-    std::vector<cudaGraphEdgeData> data(n);
-    ASSERT_EQ(cudaGraphGetEdges(g, from.data(), to.data(), data.data(), &n), cudaSuccess);
+    const auto& [from, to, data] = EdgesOf(g);
+    const size_t n = from.size();
     cudaGraphDestroy(g);
+    ASSERT_EQ(n, 2u);
     ASSERT_EQ(nodes.size(), 3u);
     for (size_t j = 0; j < n; ++j) {
       const bool programmatic = data[j].type == cudaGraphDependencyTypeProgrammatic;
